@@ -1,0 +1,1 @@
+//! Manifests in, items out: parsing rows, the demo catalogue, and the batched ingest pipeline.

@@ -1,0 +1,31 @@
+//! Trio's engine: everything that classifies and searches image–title–description trios.
+//!
+//! The engine is a library with no HTTP or terminal types in it. The tree maps one folder to
+//! one concept:
+//!
+//! - [`fetch`]: getting pinned, verified model weights and the demo catalogue into `TRIO_HOME`.
+//! - [`weights`]: reading weight files (safetensors, legacy PyTorch `.pth`) into `VarBuilder`s.
+//! - [`models`]: the networks (EfficientNet-Lite image tower, MiniLM text tower, fused model).
+//! - [`towers`]: the frozen feature extractors with their preprocessing (image decode, tokenise).
+//! - [`store`]: the redb catalogue, the source of truth for items, features and models.
+//! - [`index`]: vector indexes (HNSW) derived from the store.
+//! - [`ingest`]: manifests in, items out: parsing, the demo catalogue, the batched pipeline.
+//! - [`train`]: training and evaluating the fused model and its baselines.
+//! - [`query`]: search, duplicates and label-noise detection.
+
+pub mod device;
+pub mod error;
+pub mod fetch;
+pub mod index;
+pub mod ingest;
+pub mod models;
+pub mod progress;
+pub mod query;
+pub mod store;
+pub mod towers;
+pub mod train;
+pub mod weights;
+
+pub use device::DeviceChoice;
+pub use error::{Error, Result};
+pub use progress::{NoProgress, Progress};

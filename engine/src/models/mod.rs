@@ -1,0 +1,1 @@
+//! The networks. One file per network; each takes a `VarBuilder`, never a path.

@@ -1,0 +1,1 @@
+//! Questions asked of the catalogue: search, duplicates, label noise.

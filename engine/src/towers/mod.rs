@@ -1,0 +1,1 @@
+//! The frozen feature extractors ("towers") with their preprocessing.

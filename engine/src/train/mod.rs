@@ -1,0 +1,1 @@
+//! Training and evaluating the fused model and its baselines.

@@ -1,0 +1,1 @@
+//! Reading weight files (safetensors, legacy PyTorch `.pth`) and handing out `VarBuilder`s.

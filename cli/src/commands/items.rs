@@ -1,0 +1,110 @@
+//! `trio items get|delete|list`: look at and remove stored items.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use trio_engine::catalog::Catalog;
+use trio_engine::store::Item;
+
+use crate::output;
+use crate::settings::{DbArgs, GlobalArgs};
+
+#[derive(Debug, Args)]
+pub struct ItemsArgs {
+    #[command(subcommand)]
+    cmd: ItemsCommand,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ItemsCommand {
+    /// Show one item.
+    Get { id: String },
+    /// Delete items (their vectors leave every index).
+    Delete { ids: Vec<String> },
+    /// List items in the order they were added.
+    List {
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    deleted: Vec<String>,
+    not_found: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    total: u64,
+    offset: usize,
+    items: Vec<Item>,
+}
+
+pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
+    let catalog = Catalog::open_existing(&args.db.db)?;
+    match args.cmd {
+        ItemsCommand::Get { id } => match catalog.get(&id)? {
+            Some(item) => {
+                output::emit(global.json, &item, print_item)?;
+                Ok(0)
+            }
+            None => {
+                anyhow::bail!("no item with id `{id}` in {}", args.db.db.display())
+            }
+        },
+        ItemsCommand::Delete { ids } => {
+            let mut out = Deleted { deleted: Vec::new(), not_found: Vec::new() };
+            for id in ids {
+                if catalog.delete(&id)? {
+                    out.deleted.push(id);
+                } else {
+                    out.not_found.push(id);
+                }
+            }
+            let code = if out.not_found.is_empty() { 0 } else { 1 };
+            output::emit(global.json, &out, |o| {
+                println!("deleted {}", o.deleted.len());
+                for id in &o.not_found {
+                    println!("not found: {id}");
+                }
+            })?;
+            Ok(code)
+        }
+        ItemsCommand::List { offset, limit } => {
+            let out = Listing {
+                total: catalog.count()?,
+                offset,
+                items: catalog.list(offset, limit)?,
+            };
+            output::emit(global.json, &out, |o| {
+                for item in &o.items {
+                    println!(
+                        "{:<28} {:<24} {}",
+                        item.id,
+                        item.label.as_deref().unwrap_or("-"),
+                        item.title.as_deref().unwrap_or("")
+                    );
+                }
+                println!("({} of {} items from offset {})", o.items.len(), o.total, o.offset);
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+fn print_item(item: &Item) {
+    println!("id:          {}", item.id);
+    println!("title:       {}", item.title.as_deref().unwrap_or("(none)"));
+    println!("description: {}", item.description.as_deref().unwrap_or("(none)"));
+    println!("tags:        {}", item.tags.join(", "));
+    println!("label:       {}", item.label.as_deref().unwrap_or("(none)"));
+    println!("image:       {}", item.image_path.as_deref().unwrap_or("(none)"));
+    println!("hash:        {}", item.content_hash);
+    if !item.metadata.is_empty() {
+        println!("metadata:    {}", serde_json::Value::Object(item.metadata.clone()));
+    }
+}

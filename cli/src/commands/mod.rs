@@ -1,0 +1,6 @@
+//! One module per `trio` subcommand.
+
+pub mod embed;
+pub mod fetch;
+pub mod ingest;
+pub mod items;

@@ -1,0 +1,106 @@
+//! Flags shared by commands, validated into engine settings before anything runs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use trio_engine::Device;
+use clap::Args;
+use trio_engine::fetch::{Home, LiteVariant};
+use trio_engine::towers::image::ImageTower;
+use trio_engine::towers::service::{EmbeddingService, TowerSettings};
+use trio_engine::towers::text::TextTower;
+use trio_engine::DeviceChoice;
+
+/// Global flags: where models live, which device, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Machine-readable JSON on stdout (no progress bars).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Where fetched models and data live (default: $TRIO_HOME, else the platform cache folder).
+    #[arg(long, global = true, env = "TRIO_HOME")]
+    pub home: Option<PathBuf>,
+
+    /// Where tensors run: auto picks CUDA when built with it and a GPU answers.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// No progress bars or warnings on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+impl GlobalArgs {
+    pub fn home(&self) -> anyhow::Result<Home> {
+        Ok(Home::resolve(self.home.as_deref())?)
+    }
+
+    pub fn device(&self) -> anyhow::Result<Device> {
+        Ok(self.device.resolve()?)
+    }
+
+    /// Progress bars are drawn for people only.
+    pub fn show_progress(&self) -> bool {
+        !(self.quiet || self.json)
+    }
+}
+
+/// Which towers to use: the fetched defaults, or weights the user brings.
+#[derive(Debug, Clone, Args)]
+pub struct TowerArgs {
+    /// Image tower variant (lite0, lite1, lite2); `trio fetch --image-model` gets lite1/lite2.
+    #[arg(long = "image-model", default_value = "lite0")]
+    pub image_model: LiteVariant,
+    /// Image tower weights file (.safetensors or .pth) instead of the fetched one.
+    #[arg(long = "image-weights")]
+    pub image_weights: Option<PathBuf>,
+    /// Text tower folder (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    #[arg(long = "text-model")]
+    pub text_model: Option<PathBuf>,
+    /// Largest image accepted, in decoded pixels (decompression-bomb guard).
+    #[arg(long = "max-pixels", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+}
+
+impl TowerArgs {
+    pub fn settings(&self, global: &GlobalArgs) -> anyhow::Result<TowerSettings> {
+        let home = global.home()?;
+        let mut s = TowerSettings::from_home(&home, self.image_model);
+        if let Some(p) = &self.image_weights {
+            s.image_weights = p.clone();
+        }
+        if let Some(p) = &self.text_model {
+            s.text_model_dir = p.clone();
+        }
+        s.max_pixels = self.max_pixels;
+        Ok(s)
+    }
+
+    pub fn load_image_tower(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<ImageTower> {
+        let s = self.settings(global)?;
+        ImageTower::load(&s.image_weights, &s.image_config(), device).with_context(|| {
+            format!("loading the image tower from {} (run `trio fetch`?)", s.image_weights.display())
+        })
+    }
+
+    pub fn load_text_tower(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<TextTower> {
+        let s = self.settings(global)?;
+        TextTower::load(&s.text_model_dir, device).with_context(|| {
+            format!("loading the text tower from {} (run `trio fetch`?)", s.text_model_dir.display())
+        })
+    }
+
+    pub fn load_service(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<EmbeddingService> {
+        let s = self.settings(global)?;
+        EmbeddingService::load(&s, device).context("loading the towers (run `trio fetch`?)")
+    }
+}
+
+/// The catalogue database.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// The catalogue database file.
+    #[arg(long, default_value = "catalog.trio", env = "TRIO_DB")]
+    pub db: PathBuf,
+}

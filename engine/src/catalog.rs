@@ -1,0 +1,357 @@
+//! The catalogue: one database with its derived indexes and the towers that feed it. This is
+//! the Rust API the CLI and the HTTP server both use.
+//!
+//! The store is the source of truth. Each vector space (image, text, fused) has an HNSW index
+//! derived from it, persisted beside the database in `<db>.index/<space>/` with the store
+//! generation it was built at. On first use an index is loaded if its dump matches the store,
+//! and rebuilt from the store otherwise; a corrupt or stale dump is never trusted. Writes made
+//! through the catalogue update live indexes in place, so a long-running server never rebuilds.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::index::{HnswIndex, HnswParams, VectorIndex};
+use crate::ingest::manifest::{ManifestRow, RowError};
+use crate::ingest::pipeline::{self, IngestOptions, IngestReport};
+use crate::progress::Progress;
+use crate::store::{Features, Item, Store};
+use crate::towers::service::{EmbeddingService, TowerSettings};
+
+/// A vector space items can be searched in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Space {
+    /// The trained model's concatenation layer (needs a trained model).
+    #[default]
+    Fused,
+    /// Frozen image-tower features.
+    Image,
+    /// Frozen text-tower features, averaged over the item's text fields.
+    Text,
+}
+
+impl Space {
+    pub const ALL: [Space; 3] = [Space::Fused, Space::Image, Space::Text];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Space::Fused => "fused",
+            Space::Image => "image",
+            Space::Text => "text",
+        }
+    }
+}
+
+impl std::str::FromStr for Space {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fused" => Ok(Space::Fused),
+            "image" => Ok(Space::Image),
+            "text" => Ok(Space::Text),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown space `{other}`: expected fused, image or text"
+            ))),
+        }
+    }
+}
+
+/// The text-space vector of an item: the normalised mean of its text fields' embeddings.
+pub fn text_space_vector(features: &Features) -> Option<Vec<f32>> {
+    let mut fields = features.text.values();
+    let first = fields.next()?;
+    let mut sum = first.clone();
+    for v in fields {
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s += x;
+        }
+    }
+    normalise(&mut sum);
+    Some(sum)
+}
+
+pub(crate) fn normalise(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+struct BuiltIndex {
+    index: Arc<HnswIndex>,
+    /// The store generation the index is up to date with.
+    generation: u64,
+    /// The model version the fused index was built from (0 for the tower spaces).
+    model_version: u32,
+}
+
+/// A catalogue database with its indexes and (lazily loaded) towers.
+pub struct Catalog {
+    store: Store,
+    index_dir: Option<PathBuf>,
+    towers: Option<TowerSettings>,
+    device: Device,
+    service: OnceLock<Arc<EmbeddingService>>,
+    indexes: RwLock<HashMap<Space, Arc<BuiltIndex>>>,
+    hnsw: HnswParams,
+}
+
+impl Catalog {
+    /// Opens a database, creating it if needed; `towers` says where the towers' weights are
+    /// (loaded only when something needs them).
+    pub fn open_or_create(db: &Path, towers: TowerSettings, device: Device) -> Result<Self> {
+        let store = Store::open_or_create(db)?;
+        Ok(Self::with_store(store, Some(index_dir_for(db)), Some(towers), device))
+    }
+
+    /// Opens an existing database for reading and deleting; no towers.
+    pub fn open_existing(db: &Path) -> Result<Self> {
+        let store = Store::open(db)?;
+        Ok(Self::with_store(store, Some(index_dir_for(db)), None, Device::Cpu))
+    }
+
+    /// Opens an existing database with towers (queries that embed inputs need them).
+    pub fn open(db: &Path, towers: TowerSettings, device: Device) -> Result<Self> {
+        let store = Store::open(db)?;
+        Ok(Self::with_store(store, Some(index_dir_for(db)), Some(towers), device))
+    }
+
+    /// A catalogue held in memory (tests, throwaway runs): indexes are never written to disk.
+    pub fn in_memory(towers: Option<TowerSettings>, device: Device) -> Result<Self> {
+        Ok(Self::with_store(Store::in_memory()?, None, towers, device))
+    }
+
+    fn with_store(store: Store, index_dir: Option<PathBuf>, towers: Option<TowerSettings>, device: Device) -> Self {
+        Self {
+            store,
+            index_dir,
+            towers,
+            device,
+            service: OnceLock::new(),
+            indexes: RwLock::new(HashMap::new()),
+            hnsw: HnswParams::default(),
+        }
+    }
+
+    /// Uses an already loaded embedding service (shared between catalogues, or preloaded by a
+    /// server before it starts answering).
+    pub fn with_service(self, service: Arc<EmbeddingService>) -> Self {
+        let _ = self.service.set(service);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The towers, loaded on first use and then shared.
+    pub fn service(&self) -> Result<Arc<EmbeddingService>> {
+        if let Some(s) = self.service.get() {
+            return Ok(s.clone());
+        }
+        let settings = self.towers.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("this catalogue was opened without towers".into())
+        })?;
+        let service = Arc::new(EmbeddingService::load(settings, &self.device)?);
+        Ok(self.service.get_or_init(|| service).clone())
+    }
+
+    // ----- items -----
+
+    /// Ingests rows; each committed chunk also goes into any index already in memory, and
+    /// gets fused vectors when a model is active.
+    pub fn ingest(
+        &self,
+        rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
+        opts: &IngestOptions,
+        progress: &dyn Progress,
+        on_commit: &mut dyn FnMut(&[String]),
+    ) -> Result<IngestReport> {
+        let service = self.service()?;
+        let mut committed = Vec::new();
+        let mut record = |ids: &[String]| {
+            committed.extend_from_slice(ids);
+            on_commit(ids);
+        };
+        let report = pipeline::ingest(rows, &self.store, &service, opts, progress, &mut record)?;
+        self.after_write(&committed)?;
+        Ok(report)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Item>> {
+        self.store.get(id)
+    }
+
+    pub fn count(&self) -> Result<u64> {
+        self.store.count()
+    }
+
+    pub fn list(&self, offset: usize, limit: usize) -> Result<Vec<Item>> {
+        self.store.list(offset, limit)
+    }
+
+    /// Deletes an item from the store and from every index in memory.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let Some(key) = self.store.key_of(id)? else {
+            return Ok(false);
+        };
+        let deleted = self.store.delete(id)?;
+        if deleted {
+            let generation = self.store.generation()?;
+            let mut indexes = self.write_indexes()?;
+            for built in indexes.values_mut() {
+                built.index.delete(key)?;
+                *built = Arc::new(BuiltIndex {
+                    index: built.index.clone(),
+                    generation,
+                    model_version: built.model_version,
+                });
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Brings in-memory indexes up to date with items just written through this catalogue.
+    pub(crate) fn after_write(&self, ids: &[String]) -> Result<()> {
+        let generation = self.store.generation()?;
+        let mut indexes = self.write_indexes()?;
+        for (space, built) in indexes.iter_mut() {
+            let mut points = Vec::new();
+            for id in ids {
+                if let Some(key) = self.store.key_of(id)? {
+                    if let Some(v) = self.vector_of(*space, key, built.model_version)? {
+                        points.push((key, v));
+                    }
+                }
+            }
+            built.index.insert_batch(&points)?;
+            *built = Arc::new(BuiltIndex {
+                index: built.index.clone(),
+                generation,
+                model_version: built.model_version,
+            });
+        }
+        Ok(())
+    }
+
+    // ----- indexes -----
+
+    /// The stored vector of one item in a space, if it has one.
+    pub fn vector_of(&self, space: Space, key: u64, model_version: u32) -> Result<Option<Vec<f32>>> {
+        Ok(match space {
+            Space::Fused => self.store.get_fused(model_version, key)?,
+            Space::Image => self.store.get_features(key)?.and_then(|f| f.image),
+            Space::Text => self.store.get_features(key)?.and_then(|f| text_space_vector(&f)),
+        })
+    }
+
+    /// Every stored vector of a space, in key order.
+    pub fn vectors(&self, space: Space, model_version: u32) -> Result<Vec<(u64, Vec<f32>)>> {
+        let mut out = Vec::new();
+        match space {
+            Space::Fused => {
+                for entry in self.store.iter_fused(model_version)? {
+                    out.push(entry?);
+                }
+            }
+            Space::Image | Space::Text => {
+                for entry in self.store.iter_features()? {
+                    let (key, f) = entry?;
+                    let v = if space == Space::Image { f.image } else { text_space_vector(&f) };
+                    if let Some(v) = v {
+                        out.push((key, v));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index of a space, loaded from its dump or rebuilt from the store when the dump is
+    /// missing, stale or damaged.
+    pub fn index(&self, space: Space, progress: &dyn Progress) -> Result<Arc<HnswIndex>> {
+        let generation = self.store.generation()?;
+        let model_version = match space {
+            Space::Fused => self.store.active_version()?.ok_or_else(|| Error::NoModel {
+                reason: "the fused space needs a trained model: run `trio train` first".into(),
+            })?,
+            _ => 0,
+        };
+        if let Some(built) = self.read_indexes()?.get(&space) {
+            if built.generation == generation && built.model_version == model_version {
+                return Ok(built.index.clone());
+            }
+        }
+        let index = Arc::new(self.load_or_build(space, model_version, generation, progress)?);
+        self.write_indexes()?.insert(
+            space,
+            Arc::new(BuiltIndex {
+                index: index.clone(),
+                generation,
+                model_version,
+            }),
+        );
+        Ok(index)
+    }
+
+    fn load_or_build(
+        &self,
+        space: Space,
+        model_version: u32,
+        generation: u64,
+        progress: &dyn Progress,
+    ) -> Result<HnswIndex> {
+        let vectors = self.vectors(space, model_version)?;
+        let dim = vectors.first().map(|(_, v)| v.len()).unwrap_or(1);
+        let dir = self.index_dir.as_ref().map(|d| d.join(space.as_str()));
+        if let Some(dir) = &dir {
+            match HnswIndex::load(dir, dim, self.hnsw.clone(), generation) {
+                Ok(index) if index.len() == vectors.len() => return Ok(index),
+                Ok(_) => tracing::warn!(space = space.as_str(), "index dump count differs from the store; rebuilding"),
+                Err(e) => tracing::info!(space = space.as_str(), "rebuilding index: {e}"),
+            }
+        }
+        progress.start(&format!("index {}", space.as_str()), Some(vectors.len() as u64));
+        let index = HnswIndex::build(dim, self.hnsw.clone(), &vectors)?;
+        progress.advance(vectors.len() as u64);
+        progress.finish();
+        if let Some(dir) = &dir {
+            // A failed dump costs only a rebuild next time; the search still works.
+            if let Err(e) = index.dump(dir, generation) {
+                tracing::warn!(space = space.as_str(), "could not save the index: {e}");
+            }
+        }
+        Ok(index)
+    }
+
+    /// Forgets in-memory indexes (after a model change, for example).
+    pub fn drop_indexes(&self) -> Result<()> {
+        self.write_indexes()?.clear();
+        Ok(())
+    }
+
+    fn read_indexes(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
+        self.indexes.read().map_err(|_| Error::Internal("index table lock poisoned".into()))
+    }
+
+    fn write_indexes(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
+        self.indexes.write().map_err(|_| Error::Internal("index table lock poisoned".into()))
+    }
+}
+
+/// Index dumps live beside the database: `catalog.trio` → `catalog.trio.index/`.
+fn index_dir_for(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".index");
+    db.with_file_name(name)
+}

@@ -1,0 +1,286 @@
+//! The batched ingest pipeline: rows in, committed items out.
+//!
+//! Each chunk of rows goes through three stages: read, hash and decode images in parallel
+//! (rayon); run both towers batched; commit the chunk in one store transaction. A chunk is the
+//! unit of durability: once `on_commit` hears about its ids they survive any crash, and a re-run
+//! skips them (same id and content hash) before any inference, which is how an interrupted ingest
+//! resumes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ingest::manifest::{ManifestRow, RowError};
+use crate::progress::Progress;
+use crate::query::phash;
+use crate::store::{Features, NewItem, PutMode, Store};
+use crate::towers::image::{PreparedImage, Preprocessor};
+use crate::towers::service::EmbeddingService;
+
+/// The text fields every item may carry, in the order the towers embed them.
+pub const TEXT_FIELDS: [&str; 2] = ["title", "description"];
+
+/// Settings of one ingest run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestOptions {
+    /// What to do with an id already stored with different content.
+    pub mode: PutMode,
+    /// Rows per chunk: one tower batch and one commit each.
+    pub batch_size: usize,
+    /// Stop after this many rows (for samples of a big catalogue); `None` reads all.
+    pub limit: Option<usize>,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            mode: PutMode::Skip,
+            batch_size: 64,
+            limit: None,
+        }
+    }
+}
+
+/// Where the time went, for the throughput figures in BENCHMARKS.md.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct StageTimes {
+    pub read_decode_s: f64,
+    pub image_tower_s: f64,
+    pub text_tower_s: f64,
+    pub commit_s: f64,
+    pub total_s: f64,
+}
+
+/// What an ingest run did. `failed` rows are listed in `errors` with their row number and id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub rows: usize,
+    pub inserted: usize,
+    pub updated: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub warnings: usize,
+    /// Texts cut at the text tower's token limit.
+    pub truncated_texts: usize,
+    pub errors: Vec<RowError>,
+    pub times: StageTimes,
+}
+
+impl IngestReport {
+    /// Items the store holds from this run: new plus replaced.
+    pub fn stored(&self) -> usize {
+        self.inserted + self.updated
+    }
+}
+
+/// A row that survived reading and hashing, waiting for the towers.
+struct Pending {
+    item: NewItem,
+    image: Option<PreparedImage>,
+}
+
+/// Ingests rows into the store. `on_commit` hears the ids of each committed chunk (the CLI
+/// prints them for crash tests; the server counts them).
+pub fn ingest(
+    rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
+    store: &Store,
+    towers: &EmbeddingService,
+    opts: &IngestOptions,
+    progress: &dyn Progress,
+    on_commit: &mut dyn FnMut(&[String]),
+) -> Result<IngestReport> {
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+    }
+    let started = Instant::now();
+    let mut report = IngestReport::default();
+    let preprocessor = towers.image.preprocessor();
+    let mut rows = rows.take(opts.limit.unwrap_or(usize::MAX));
+    loop {
+        let mut chunk = Vec::with_capacity(opts.batch_size);
+        for row in rows.by_ref() {
+            report.rows += 1;
+            match row {
+                Ok(row) => {
+                    report.warnings += row.warnings.len();
+                    for w in &row.warnings {
+                        progress.warn(&format!("row {}: {w}", row.row));
+                    }
+                    chunk.push(row);
+                    if chunk.len() == opts.batch_size {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    progress.warn(&e.to_string());
+                    progress.advance(1);
+                    report.failed += 1;
+                    report.errors.push(e);
+                }
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let chunk_len = chunk.len() as u64;
+        ingest_chunk(chunk, store, towers, &preprocessor, opts, &mut report, progress, on_commit)?;
+        progress.advance(chunk_len);
+    }
+    report.times.total_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ingest_chunk(
+    chunk: Vec<ManifestRow>,
+    store: &Store,
+    towers: &EmbeddingService,
+    preprocessor: &Preprocessor,
+    opts: &IngestOptions,
+    report: &mut IngestReport,
+    progress: &dyn Progress,
+    on_commit: &mut dyn FnMut(&[String]),
+) -> Result<()> {
+    // Stage 1: read, hash, decode (parallel). Rows whose stored copy is identical are dropped
+    // here, before any inference: that is what makes a re-run cheap and an interrupted run resume.
+    let t = Instant::now();
+    let prepared: Vec<std::result::Result<Pending, RowError>> =
+        chunk.into_par_iter().map(|row| prepare_row(row, preprocessor)).collect();
+    let mut pending: Vec<Pending> = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p {
+            Err(e) => {
+                progress.warn(&e.to_string());
+                report.failed += 1;
+                report.errors.push(e);
+            }
+            Ok(p) => match store.get(&p.item.id)? {
+                Some(stored) if stored.content_hash == p.item.content_hash => report.skipped += 1,
+                Some(_) if opts.mode == PutMode::Skip => report.skipped += 1,
+                _ => pending.push(p),
+            },
+        }
+    }
+    report.times.read_decode_s += t.elapsed().as_secs_f64();
+    if pending.is_empty() {
+        return Ok(());
+    }
+
+    // Stage 2: towers, batched over the chunk.
+    let t = Instant::now();
+    let with_image: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].image.is_some()).collect();
+    // The prepared pixels are needed once, by the tower: move them out.
+    let images: Vec<PreparedImage> =
+        with_image.iter().filter_map(|&i| pending[i].image.take()).collect();
+    let mut image_features: Vec<Option<Vec<f32>>> = vec![None; pending.len()];
+    if !images.is_empty() {
+        let out = towers.image.embed(&images)?;
+        for (&i, f) in with_image.iter().zip(out.features) {
+            image_features[i] = Some(f);
+        }
+    }
+    report.times.image_tower_s += t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut text_features: Vec<BTreeMap<String, Vec<f32>>> = vec![BTreeMap::new(); pending.len()];
+    for field in TEXT_FIELDS {
+        let texts: Vec<Option<&str>> = pending.iter().map(|p| text_field(&p.item, field)).collect();
+        let out = towers.text.embed_with_report(&texts)?;
+        report.truncated_texts += out.truncated.len();
+        for (i, v) in out.vectors.into_iter().enumerate() {
+            if let Some(v) = v {
+                text_features[i].insert(field.to_string(), v);
+            }
+        }
+    }
+    report.times.text_tower_s += t.elapsed().as_secs_f64();
+
+    // Stage 3: one transaction for the chunk.
+    let t = Instant::now();
+    let batch: Vec<(NewItem, Features)> = pending
+        .into_iter()
+        .zip(image_features)
+        .zip(text_features)
+        .map(|((p, image), text)| (p.item, Features { image, text }))
+        .collect();
+    let put = store.put_items(&batch, opts.mode)?;
+    report.inserted += put.inserted;
+    report.updated += put.updated;
+    report.skipped += put.skipped;
+    report.times.commit_s += t.elapsed().as_secs_f64();
+    let ids: Vec<String> = batch.into_iter().map(|(item, _)| item.id).collect();
+    on_commit(&ids);
+    Ok(())
+}
+
+fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
+    match field {
+        "title" => item.title.as_deref(),
+        "description" => item.description.as_deref(),
+        _ => None,
+    }
+    .filter(|s| !s.trim().is_empty())
+}
+
+/// Reads the row's image (if any), hashes the content, decodes and prepares the pixels.
+fn prepare_row(row: ManifestRow, preprocessor: &Preprocessor) -> std::result::Result<Pending, RowError> {
+    let fail = |reason: String| RowError {
+        row: row.row,
+        id: row.id.clone(),
+        reason,
+    };
+    let bytes = match &row.image {
+        Some(path) => Some(std::fs::read(path).map_err(|e| fail(format!("cannot read image {}: {e}", path.display())))?),
+        None => None,
+    };
+    let content_hash = content_hash(&row, bytes.as_deref());
+    let (image, image_phash) = match (&bytes, &row.image) {
+        (Some(bytes), Some(path)) => {
+            let decoded = preprocessor
+                .decode_bytes(bytes, &path.display().to_string())
+                .map_err(|e| fail(e.to_string()))?;
+            (Some(preprocessor.prepare_image(&decoded)), Some(phash::phash(&decoded)))
+        }
+        _ => (None, None),
+    };
+    let id = row.id.clone().unwrap_or_else(|| content_hash[..16].to_string());
+    let item = NewItem {
+        id,
+        title: row.title,
+        description: row.description,
+        tags: row.tags,
+        label: row.label,
+        image_path: row.image.as_deref().map(path_string),
+        content_hash,
+        image_phash,
+        metadata: row.metadata,
+    };
+    Ok(Pending { item, image })
+}
+
+fn path_string(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A hash over everything an item's features and labels depend on, so an unchanged row is
+/// recognised on a re-run and a changed one is not.
+pub fn content_hash(row: &ManifestRow, image_bytes: Option<&[u8]>) -> String {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, value: &[u8]| {
+        h.update(name.as_bytes());
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value);
+    };
+    field("image", image_bytes.unwrap_or_default());
+    field("title", row.title.as_deref().unwrap_or_default().as_bytes());
+    field("description", row.description.as_deref().unwrap_or_default().as_bytes());
+    field("tags", row.tags.join("\u{1f}").as_bytes());
+    field("label", row.label.as_deref().unwrap_or_default().as_bytes());
+    field("metadata", serde_json::Value::Object(row.metadata.clone()).to_string().as_bytes());
+    hex::encode(h.finalize())
+}

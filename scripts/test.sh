@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs Trio's whole test suite on a fresh machine: builds, fetches the pinned models and test
+# photos into $TRIO_HOME (a no-op when they are already there), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --all-targets
+cargo run -q -p trio-cli -- fetch
+cargo test --workspace --no-fail-fast "$@"

@@ -39,9 +39,15 @@ pub enum Error {
     // -- fetch (assets, archives) --
 
     // -- weights and models --
+    #[error("model {model}: unsupported configuration: {reason}")]
+    ModelConfig { model: String, reason: String },
 
     // -- towers (image decode, tokenizer) --
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
 
+    #[error("text #{index} is empty: an empty or whitespace-only text is a missing field, not a text to embed")]
+    EmptyText { index: usize },
     // -- store --
 
     // -- index --

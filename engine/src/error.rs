@@ -37,6 +37,33 @@ pub enum Error {
     #[error("no trained model: {reason}")]
     NoModel { reason: String },
     // -- fetch (assets, archives) --
+    /// Getting an asset's archive failed (client missing, no network, file not in `--from`).
+    #[error("could not fetch {asset}: {reason}\n{hint}")]
+    Fetch {
+        asset: String,
+        reason: String,
+        hint: String,
+    },
+
+    /// An archive is not the pinned file.
+    #[error(
+        "{file} (for {asset}) is not the pinned file: {found}; expected sha256 {expected_sha256}\n{hint}"
+    )]
+    FetchChecksum {
+        asset: String,
+        file: PathBuf,
+        expected_sha256: String,
+        found: String,
+        hint: String,
+    },
+
+    /// A verified archive could not be unpacked as pinned.
+    #[error("cannot unpack {file} (for {asset}): {reason}")]
+    FetchArchive {
+        asset: String,
+        file: PathBuf,
+        reason: String,
+    },
 
     // -- weights and models --
     #[error("model {model}: unsupported configuration: {reason}")]
@@ -53,7 +80,13 @@ pub enum Error {
     // -- index --
 
     // -- ingest --
+    /// A manifest as a whole cannot be read (per-row problems are `ingest::manifest::RowError`).
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
 
+    /// The emoji demo catalogue's files are missing or not in the expected shape.
+    #[error("demo catalogue {path}: {reason}")]
+    DemoCatalogue { path: PathBuf, reason: String },
     // -- train --
 
     // -- query --

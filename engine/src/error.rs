@@ -90,6 +90,33 @@ pub enum Error {
     // -- train --
 
     // -- query --
+
+    // -- service --
+    // Conditions a caller of the engine's facade can act on; the server maps each to a status.
+    #[error("{what} '{id}' not found")]
+    NotFound { what: String, id: String },
+
+    #[error("{what} '{id}' conflicts with the current state: {reason}")]
+    Conflict {
+        what: String,
+        id: String,
+        reason: String,
+    },
+
+    #[error("unknown label '{label}': the active model was not trained on it")]
+    UnknownLabel { label: String },
+
+    #[error("not ready: {reason}")]
+    NotReady { reason: String },
+
+    #[error("{what} is overloaded; retry later")]
+    Overloaded { what: String },
+
+    #[error("{what} is too large (limit {limit})")]
+    TooLarge { what: String, limit: u64 },
+
+    #[error("not a decodable image: {reason}")]
+    NotAnImage { reason: String },
 }
 
 impl Error {

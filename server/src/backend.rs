@@ -1,0 +1,103 @@
+//! The seam between the HTTP service and the engine. The engine's facade implements
+//! [`Backend`]; tests implement it with an in-memory fake.
+//!
+//! Every method is blocking: the server calls them from a blocking thread pool (or from a
+//! batcher's worker thread), never on the async executor, so an implementation may run model
+//! inference or index searches inline. The backend is shared as `Arc<dyn Backend>` by every
+//! request at once: methods take `&self` and must do their own fine-grained synchronisation.
+
+use trio_engine::Result;
+
+use crate::api::{
+    Classification, ClassifyRequest, DuplicatesQuery, ItemImage, ItemView, JobStatus, ModelInfo,
+    NewItem, NoiseQuery, Page, Search, SearchResults, Stats, TrainRequest,
+};
+
+/// Limits the server passes with every image so the decoder can refuse a decompression bomb
+/// from its header, before allocating the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest `width * height` accepted; more is [`trio_engine::Error::TooLarge`].
+    pub max_pixels: u64,
+}
+
+/// What the HTTP service needs from the engine.
+///
+/// Errors are [`trio_engine::Error`]; the server maps each variant to a status code in one place
+/// (`server/src/error.rs`). The `-- service --` variants are the ones a backend returns for
+/// conditions a client can act on: `NotFound`, `Conflict`, `UnknownLabel`, `NotReady`,
+/// `Overloaded`, `TooLarge`, `NotAnImage`, and `InvalidArgument` for bad input.
+pub trait Backend: Send + Sync + 'static {
+    /// `Err(NotReady)` while models or indexes are still loading; `/healthz` reports it as 503.
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Stores a new item, embeds it and adds it to the indexes. An image that does not decode is
+    /// `NotAnImage`; an existing `id` is `Conflict`.
+    fn add_item(&self, item: NewItem, limits: &ImageLimits) -> Result<ItemView>;
+
+    fn get_item(&self, id: &str) -> Result<ItemView>;
+
+    /// The item's stored image file. `NotFound` when the item or its image does not exist.
+    fn item_image(&self, id: &str) -> Result<ItemImage>;
+
+    fn list_items(&self, offset: usize, limit: usize) -> Result<Page<ItemView>>;
+
+    /// Removes the item from the store and the indexes. Of several concurrent deletes of one id,
+    /// exactly one succeeds and the others get `NotFound`.
+    fn delete_item(&self, id: &str) -> Result<()>;
+
+    fn classify(&self, request: ClassifyRequest, limits: &ImageLimits) -> Result<Classification>;
+
+    /// Classifies requests gathered by the server's batcher from concurrent clients. Override it
+    /// to run the towers once over the whole batch; the outer `Err` fails every request, an inner
+    /// one only its own. The answer must hold one result per request, in order.
+    fn classify_batch(
+        &self,
+        requests: Vec<ClassifyRequest>,
+        limits: &ImageLimits,
+    ) -> Result<Vec<Result<Classification>>> {
+        Ok(requests
+            .into_iter()
+            .map(|request| self.classify(request, limits))
+            .collect())
+    }
+
+    fn search(&self, search: Search, limits: &ImageLimits) -> Result<SearchResults>;
+
+    /// Searches gathered by the batcher; same contract as [`Backend::classify_batch`].
+    fn search_batch(
+        &self,
+        searches: Vec<Search>,
+        limits: &ImageLimits,
+    ) -> Result<Vec<Result<SearchResults>>> {
+        Ok(searches
+            .into_iter()
+            .map(|search| self.search(search, limits))
+            .collect())
+    }
+
+    /// Near-duplicate groups, as a JSON report.
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value>;
+
+    /// Items whose stored label the model doubts, as a JSON report.
+    fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value>;
+
+    /// Starts training on the backend's own thread and returns at once with the job's id.
+    /// `Conflict` when a training job is already running.
+    fn start_train(&self, request: TrainRequest) -> Result<String>;
+
+    fn job(&self, id: &str) -> Result<JobStatus>;
+
+    fn models(&self) -> Result<Vec<ModelInfo>>;
+
+    /// Makes a trained model version the one that classifies and embeds. `NotFound` for an
+    /// unknown version.
+    fn activate_model(&self, version: &str) -> Result<ModelInfo>;
+
+    fn stats(&self) -> Result<Stats>;
+
+    /// Called once after the server stopped serving: flush, stop background jobs.
+    fn shutdown(&self) {}
+}

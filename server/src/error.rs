@@ -1,0 +1,332 @@
+//! Every error a client sees, and the one place engine errors become HTTP statuses.
+//!
+//! The body is always `{"error": {"code": "snake_case", "message": "..."}}`. Codes are stable
+//! (clients branch on them); messages name the field, item or limit at fault. Internal failures
+//! are logged in full and answered with a message that leaks no paths.
+
+use std::fmt;
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use trio_engine::Error as EngineError;
+
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::batcher::BatchError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    // -- 400 --
+
+    pub fn invalid_json(detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body is not valid JSON: {detail}"),
+        )
+    }
+
+    /// Well-formed JSON of the wrong shape: an unknown or missing field, a wrong type.
+    pub fn invalid_body(detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("request body does not match the expected fields: {detail}"),
+        )
+    }
+
+    pub fn invalid_query(detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("invalid query string: {detail}"),
+        )
+    }
+
+    pub fn invalid_multipart(detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_multipart",
+            format!("invalid multipart body: {detail}"),
+        )
+    }
+
+    pub fn invalid_argument(field: &str, detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            format!("`{field}`: {detail}"),
+        )
+    }
+
+    pub fn missing_input(detail: impl fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "missing_input", detail.to_string())
+    }
+
+    // -- 401 / 403 --
+
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn writes_disabled() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "writes_disabled",
+            "this server has no API key configured, so it accepts no writes; start it with \
+             TRIO_API_KEY or --api-key-file",
+        )
+    }
+
+    // -- 404 / 405 --
+
+    pub fn route_not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!("no route for {path}; see /openapi.json"),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; see /openapi.json"),
+        )
+    }
+
+    // -- 413 / 415 --
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn text_too_long(field: &str, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text_too_long",
+            format!("`{field}` is longer than the limit of {limit} characters"),
+        )
+    }
+
+    pub fn unsupported_media_type(got: &str, expected: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type `{got}` is not accepted here; send {expected}"),
+        )
+    }
+
+    // -- 5xx --
+
+    pub fn overloaded(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("{what} is at capacity; retry shortly"),
+        )
+    }
+
+    pub fn timeout(what: &str, after: Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("{what} did not finish within {} ms", after.as_millis()),
+        )
+    }
+
+    /// A failure that is our bug, not the client's: logged, and answered without details.
+    pub fn internal(context: &str, detail: impl fmt::Display) -> Self {
+        tracing::error!(context, error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error during {context}; the server log has details"),
+        )
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        response.json(self.body())
+    }
+}
+
+/// The mapping from engine errors to statuses. Variants the server does not know (the enum is
+/// non-exhaustive) are internal errors.
+impl From<&EngineError> for ApiError {
+    fn from(e: &EngineError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match e {
+            EngineError::InvalidArgument(_) => (S::BAD_REQUEST, "invalid_argument"),
+            EngineError::NotFound { .. } => (S::NOT_FOUND, "not_found"),
+            EngineError::Conflict { .. } => (S::CONFLICT, "conflict"),
+            EngineError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
+            EngineError::NotAnImage { .. } => (S::UNSUPPORTED_MEDIA_TYPE, "not_an_image"),
+            EngineError::UnknownLabel { .. } => (S::UNPROCESSABLE_ENTITY, "unknown_label"),
+            EngineError::NotReady { .. } => (S::SERVICE_UNAVAILABLE, "not_ready"),
+            EngineError::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            EngineError::DeviceUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "device_unavailable"),
+            other => return ApiError::internal("a backend call", other),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<BatchError<EngineError>> for ApiError {
+    fn from(e: BatchError<EngineError>) -> Self {
+        match e {
+            BatchError::Failed(inner) => ApiError::from(&*inner),
+            BatchError::Overloaded { batcher } => {
+                ApiError::overloaded(&format!("the {batcher} queue"))
+            }
+            BatchError::Stopped { batcher } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the {batcher} worker has stopped; the server is shutting down"),
+            ),
+            other @ (BatchError::Panicked { .. } | BatchError::WrongCount { .. }) => {
+                ApiError::internal("a batched backend call", other)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_their_statuses() {
+        let cases = [
+            (
+                EngineError::NotFound {
+                    what: "item".into(),
+                    id: "a1".into(),
+                },
+                404,
+                "not_found",
+            ),
+            (
+                EngineError::Conflict {
+                    what: "item".into(),
+                    id: "a1".into(),
+                    reason: "exists".into(),
+                },
+                409,
+                "conflict",
+            ),
+            (
+                EngineError::UnknownLabel {
+                    label: "zebra".into(),
+                },
+                422,
+                "unknown_label",
+            ),
+            (
+                EngineError::NotAnImage {
+                    reason: "bad magic".into(),
+                },
+                415,
+                "not_an_image",
+            ),
+            (
+                EngineError::TooLarge {
+                    what: "image".into(),
+                    limit: 10,
+                },
+                413,
+                "too_large",
+            ),
+            (
+                EngineError::NotReady {
+                    reason: "loading".into(),
+                },
+                503,
+                "not_ready",
+            ),
+            (
+                EngineError::InvalidArgument("k must be positive".into()),
+                400,
+                "invalid_argument",
+            ),
+            (
+                EngineError::io("/secret/path", std::io::Error::other("disk")),
+                500,
+                "internal",
+            ),
+        ];
+        for (engine, status, code) in cases {
+            let api = ApiError::from(&engine);
+            assert_eq!((api.status.as_u16(), api.code), (status, code), "{engine}");
+            if status == 500 {
+                assert!(!api.message.contains("/secret/path"), "{}", api.message);
+            } else {
+                assert_eq!(api.message, engine.to_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Questions about the catalogue: classify, search, near-duplicates, label noise.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::api::{
+    Classification, ClassifyRequest, DuplicatesQuery, ErrorBody, NoiseQuery, Query, Search,
+    SearchRequest, SearchResults,
+};
+use crate::body::{self, check_id, check_map, check_optional_text, JsonBody};
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Classify an image and/or text: JSON with a base64 `image`, or a multipart form with an
+/// `image` file part and `title`, `description`, `top_k`, `claimed` (or `fields`) text parts.
+/// Concurrent requests are batched.
+#[utoipa::path(
+    post, path = "/v1/classify", tag = "query",
+    request_body(content(
+        (ClassifyRequest = "application/json"),
+        (ClassifyRequest = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, body = Classification),
+        (status = 400, description = "Bad body, or nothing to classify", body = ErrorBody),
+        (status = 413, description = "Body, text or image too large", body = ErrorBody),
+        (status = 415, description = "The image does not decode", body = ErrorBody),
+        (status = 422, description = "The claimed label is unknown to the model", body = ErrorBody),
+        (status = 503, description = "Overloaded or not ready", body = ErrorBody),
+        (status = 504, description = "Timed out", body = ErrorBody),
+    )
+)]
+pub(crate) async fn classify(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let request = body::classify_request(&req, payload.into_inner()).await?;
+    validate_classify(&request, &state.config.limits)?;
+    let answer = state.classify(request).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+fn validate_classify(request: &ClassifyRequest, limits: &Limits) -> Result<(), ApiError> {
+    check_optional_text("title", request.title.as_deref(), limits)?;
+    check_optional_text("description", request.description.as_deref(), limits)?;
+    check_optional_text("claimed", request.claimed.as_deref(), limits)?;
+    check_count("top_k", request.top_k, limits.max_k)?;
+    if request.image.is_none() && request.title.is_none() && request.description.is_none() {
+        return Err(ApiError::missing_input(
+            "nothing to classify: give at least one of `image`, `title`, `description`",
+        ));
+    }
+    Ok(())
+}
+
+fn check_count(field: &str, value: usize, max: usize) -> Result<(), ApiError> {
+    if value == 0 || value > max {
+        return Err(ApiError::invalid_argument(
+            field,
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Search by text, by image (base64) or by a stored item's id, in the fused, image or text
+/// space, with exact-match filters. Concurrent requests are batched.
+#[utoipa::path(
+    post, path = "/v1/search", tag = "query",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, body = SearchResults),
+        (status = 400, description = "Bad body; not exactly one of text, image, id", body = ErrorBody),
+        (status = 404, description = "The query item does not exist", body = ErrorBody),
+        (status = 413, description = "Body, text or image too large", body = ErrorBody),
+        (status = 415, description = "The image does not decode", body = ErrorBody),
+        (status = 503, description = "Overloaded or not ready", body = ErrorBody),
+        (status = 504, description = "Timed out", body = ErrorBody),
+    )
+)]
+pub(crate) async fn search(
+    state: web::Data<AppState>,
+    body: JsonBody<SearchRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let search = validate_search(body.0, &state.config.limits)?;
+    let results = state.search(search).await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// Turns the wire request into a [`Search`] with exactly one query.
+fn validate_search(request: SearchRequest, limits: &Limits) -> Result<Search, ApiError> {
+    check_optional_text("text", request.text.as_deref(), limits)?;
+    check_map("filters", &request.filters, limits)?;
+    check_count("k", request.k, limits.max_k)?;
+    if request.offset.saturating_add(request.k) > limits.max_k {
+        return Err(ApiError::invalid_argument(
+            "offset",
+            format!("`offset + k` must be at most {}", limits.max_k),
+        ));
+    }
+    let query = match (request.text, request.image, request.id) {
+        (Some(text), None, None) => {
+            if text.trim().is_empty() {
+                return Err(ApiError::invalid_argument("text", "must not be blank"));
+            }
+            Query::Text(text)
+        }
+        (None, Some(image), None) => Query::Image(image),
+        (None, None, Some(id)) => {
+            check_id("id", &id, limits)?;
+            Query::Item(id)
+        }
+        (None, None, None) => {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "missing_query",
+                "give one of `text`, `image`, `id` to search for",
+            ))
+        }
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "text/image/id",
+                "give only one of `text`, `image`, `id`",
+            ))
+        }
+    };
+    Ok(Search {
+        query,
+        space: request.space,
+        k: request.k,
+        offset: request.offset,
+        filters: request.filters,
+    })
+}
+
+/// Groups of near-duplicate items. Options in the query string.
+#[utoipa::path(
+    get, path = "/v1/duplicates", tag = "query",
+    params(DuplicatesQuery),
+    responses(
+        (status = 200, description = "Duplicate report", body = Object),
+        (status = 400, description = "Bad query string", body = ErrorBody),
+    )
+)]
+pub(crate) async fn duplicates_get(
+    state: web::Data<AppState>,
+    query: web::Query<DuplicatesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    duplicates(state, query.into_inner()).await
+}
+
+/// Groups of near-duplicate items. Options in a JSON body (may be empty).
+#[utoipa::path(
+    post, path = "/v1/duplicates", tag = "query",
+    request_body = DuplicatesQuery,
+    responses(
+        (status = 200, description = "Duplicate report", body = Object),
+        (status = 400, description = "Bad body", body = ErrorBody),
+    )
+)]
+pub(crate) async fn duplicates_post(
+    state: web::Data<AppState>,
+    body: JsonBody<DuplicatesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    duplicates(state, body.0).await
+}
+
+async fn duplicates(
+    state: web::Data<AppState>,
+    query: DuplicatesQuery,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(threshold) = query.threshold {
+        if !threshold.is_finite() {
+            return Err(ApiError::invalid_argument("threshold", "must be a number"));
+        }
+    }
+    if let Some(limit) = query.limit {
+        check_count("limit", limit, state.config.limits.max_page_limit)?;
+    }
+    let report = state
+        .blocking("finding duplicates", move |backend| {
+            backend.duplicates(query)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// Items whose stored label the model doubts.
+#[utoipa::path(
+    get, path = "/v1/noise", tag = "query",
+    params(NoiseQuery),
+    responses(
+        (status = 200, description = "Label-noise report", body = Object),
+        (status = 400, description = "Bad query string", body = ErrorBody),
+    )
+)]
+pub(crate) async fn noise(
+    state: web::Data<AppState>,
+    query: web::Query<NoiseQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    if let Some(limit) = query.limit {
+        check_count("limit", limit, state.config.limits.max_page_limit)?;
+    }
+    if let Some(confidence) = query.min_confidence {
+        if !(0.0..=1.0).contains(&confidence) {
+            return Err(ApiError::invalid_argument(
+                "min_confidence",
+                "must be between 0 and 1",
+            ));
+        }
+    }
+    let report = state
+        .blocking("finding label noise", move |backend| backend.noise(query))
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
+}

@@ -1,0 +1,1240 @@
+//! The HTTP API over a fake backend: every route, every error status, auth, the API
+//! description, metrics and the web page. Driven through `actix_web::test`, no socket.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use actix_web::http::header;
+use actix_web::test::{self, TestRequest};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::{expect_error, json_of, multipart, multipart_content_type, png_header, FakeBackend};
+use trio_server::{ApiKey, Limits, ServerConfig};
+
+const KEY: &str = "test-key-0123";
+
+fn keyed() -> ServerConfig {
+    ServerConfig {
+        api_key: Some(ApiKey::new(KEY).unwrap()),
+        ..ServerConfig::default()
+    }
+}
+
+fn bearer() -> (header::HeaderName, String) {
+    (header::AUTHORIZATION, format!("Bearer {KEY}"))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn post_json(path: &str, body: Value) -> TestRequest {
+    TestRequest::post()
+        .uri(path)
+        .insert_header(bearer())
+        .set_json(body)
+}
+
+#[actix_web::test]
+async fn items_can_be_added_read_listed_and_deleted() {
+    let app = app!(FakeBackend::new(), keyed());
+
+    let png = png_header(4, 3);
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "c1", "title": "A cat", "description": "sleeping", "tags": ["pet"],
+               "label": "cat", "metadata": {"source": "test"}, "image": b64(&png)}),
+    );
+    let response = test::call_service(&app, request.to_request()).await;
+    assert_eq!(
+        response.headers().get(header::LOCATION).unwrap(),
+        "/v1/items/c1"
+    );
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"], "c1");
+    assert_eq!(body["has_image"], true);
+    assert_eq!(body["metadata"]["source"], "test");
+
+    // Text-only item with a backend-assigned id.
+    let request = post_json("/v1/items", json!({"title": "A dog", "label": "dog"}));
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 201, "{body}");
+    let dog_id = body["id"].as_str().unwrap().to_string();
+
+    let request = TestRequest::get().uri("/v1/items/c1").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!((status, body["title"].as_str()), (200, Some("A cat")));
+
+    let request = TestRequest::get().uri("/v1/items/c1/image").to_request();
+    let response = test::call_service(&app, request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "image/png"
+    );
+    assert_eq!(test::read_body(response).await.as_ref(), png.as_slice());
+
+    let request = TestRequest::get()
+        .uri(&format!("/v1/items/{dog_id}/image"))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        &dog_id,
+    )
+    .await;
+
+    let request = TestRequest::get()
+        .uri("/v1/items?offset=1&limit=1")
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["total"].as_u64(), body["offset"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+
+    let request = TestRequest::delete()
+        .uri("/v1/items/c1")
+        .insert_header(bearer())
+        .to_request();
+    let response = test::call_service(&app, request).await;
+    assert_eq!(response.status(), 204);
+
+    let request = TestRequest::get().uri("/v1/items/c1").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        "c1",
+    )
+    .await;
+    let request = TestRequest::delete()
+        .uri("/v1/items/c1")
+        .insert_header(bearer())
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        "c1",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn items_can_be_added_as_multipart_forms() {
+    let app = app!(FakeBackend::new(), keyed());
+    let png = png_header(2, 2);
+
+    // Individual text parts, repeated tags, metadata.<key>.
+    let body = multipart(&[
+        ("image", Some("cat.png"), Some("image/png"), &png),
+        ("id", None, None, b"m1"),
+        ("title", None, None, b"Tabby"),
+        ("tags", None, None, b"pet"),
+        ("tags", None, None, b"striped"),
+        ("metadata.source", None, None, b"camera"),
+        ("label", None, None, b"cat"),
+    ]);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["tags"], json!(["pet", "striped"]));
+    assert_eq!(body["metadata"], json!({"source": "camera"}));
+    assert_eq!(body["has_image"], true);
+
+    // A `fields` JSON part instead.
+    let fields = json!({"id": "m2", "title": "Goldfish", "label": "fish"}).to_string();
+    let body = multipart(&[
+        ("fields", None, Some("application/json"), fields.as_bytes()),
+        ("image", Some("fish.png"), Some("image/png"), &png),
+    ]);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!((status, body["id"].as_str()), (201, Some("m2")), "{body}");
+
+    // Unknown part, a field given twice, unknown field inside `fields`.
+    for (parts, mentions) in [
+        (vec![("colour", None, None, b"red".as_slice())], "colour"),
+        (
+            vec![
+                ("title", None, None, b"a".as_slice()),
+                ("title", None, None, b"b".as_slice()),
+            ],
+            "title",
+        ),
+    ] {
+        let request = TestRequest::post()
+            .uri("/v1/items")
+            .insert_header(bearer())
+            .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+            .set_payload(multipart(&parts))
+            .to_request();
+        expect_error(
+            test::call_service(&app, request).await,
+            400,
+            "invalid_multipart",
+            mentions,
+        )
+        .await;
+    }
+    let body = multipart(&[("fields", None, None, br#"{"title": "x", "colour": "red"}"#)]);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_body",
+        "colour",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn truncated_multipart_is_a_400() {
+    let app = app!(FakeBackend::new(), keyed());
+    let mut body = multipart(&[
+        ("title", None, None, b"Tabby"),
+        (
+            "image",
+            Some("cat.png"),
+            Some("image/png"),
+            &png_header(2, 2),
+        ),
+    ]);
+    // Cut inside the image part: no closing boundary ever arrives.
+    body.truncate(body.len() - 30);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_multipart",
+        "",
+    )
+    .await;
+
+    // No boundary parameter at all.
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, "multipart/form-data"))
+        .set_payload("--x\r\n")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_multipart",
+        "",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn bad_images_are_415_and_huge_ones_413() {
+    let app = app!(
+        FakeBackend::new(),
+        ServerConfig {
+            limits: Limits {
+                max_pixels: 1_000_000,
+                ..Limits::default()
+            },
+            ..keyed()
+        }
+    );
+    // A text file sent with an image content type: the backend's decoder refuses it.
+    let body = multipart(&[
+        ("title", None, None, b"fake"),
+        (
+            "image",
+            Some("cat.png"),
+            Some("image/png"),
+            b"this is not a png at all",
+        ),
+    ]);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        415,
+        "not_an_image",
+        "PNG",
+    )
+    .await;
+
+    let request = post_json("/v1/classify", json!({"image": b64(b"GIF? no")}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        415,
+        "not_an_image",
+        "",
+    )
+    .await;
+
+    // Decoded pixels over the limit (the limit reaches the backend's decoder).
+    let request = post_json("/v1/search", json!({"image": b64(&png_header(2000, 1000))}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "too_large",
+        "1000000",
+    )
+    .await;
+
+    // Not base64 at all.
+    let request = post_json("/v1/classify", json!({"image": "%%%"}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_body",
+        "base64",
+    )
+    .await;
+
+    // A browser data URL is accepted.
+    let url = format!("data:image/png;base64,{}", b64(&png_header(2, 2)));
+    let request = post_json("/v1/classify", json!({"image": url}));
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(
+        (status, body["labels"][0]["label"].as_str()),
+        (200, Some("cat")),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn conflicts_and_unknown_labels() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = post_json("/v1/items", json!({"id": "x", "title": "t"}));
+    assert_eq!(
+        test::call_service(&app, request.to_request())
+            .await
+            .status(),
+        201
+    );
+    let request = post_json("/v1/items", json!({"id": "x", "title": "t"}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        409,
+        "conflict",
+        "'x'",
+    )
+    .await;
+
+    let request = post_json("/v1/items", json!({"title": "t", "label": "zebra"}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        422,
+        "unknown_label",
+        "zebra",
+    )
+    .await;
+    let request = post_json(
+        "/v1/classify",
+        json!({"title": "a dog", "claimed": "zebra"}),
+    );
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        422,
+        "unknown_label",
+        "zebra",
+    )
+    .await;
+
+    // An id that could not be addressed in a URL.
+    let request = post_json("/v1/items", json!({"id": "a/b", "title": "t"}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_argument",
+        "id",
+    )
+    .await;
+    // Nothing to embed.
+    let request = post_json("/v1/items", json!({"tags": ["x"]}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "missing_input",
+        "title",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn classify_answers_top_k_and_checks_claims() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "d1", "title": "good dog", "label": "dog"}),
+    );
+    assert_eq!(
+        test::call_service(&app, request.to_request())
+            .await
+            .status(),
+        201
+    );
+
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(
+            json!({"title": "a dog", "description": "dog on a lawn", "top_k": 3, "claimed": "cat"}),
+        )
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    let labels = body["labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 3);
+    assert_eq!(labels[0]["label"], "dog");
+    let claimed = &body["claimed"];
+    assert_eq!(claimed["label"], "cat");
+    assert_eq!(claimed["agrees"], false);
+    assert_eq!(claimed["model_choice"], "dog");
+    assert_eq!(claimed["evidence"][0]["id"], "d1");
+
+    // Default top_k is 5; multipart works too.
+    let body = multipart(&[
+        ("image", Some("x.png"), Some("image/png"), &png_header(8, 8)),
+        ("title", None, None, b"fish"),
+    ]);
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["labels"].as_array().unwrap().len(), 5);
+    assert_eq!(body["claimed"], Value::Null);
+
+    let body = multipart(&[
+        ("title", None, None, b"fish"),
+        ("top_k", None, None, b"many"),
+    ]);
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_argument",
+        "top_k",
+    )
+    .await;
+
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(json!({"top_k": 2}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "missing_input",
+        "image",
+    )
+    .await;
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(json!({"title": "x", "top_k": 0}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_argument",
+        "top_k",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn search_by_text_image_and_id_with_filters() {
+    let app = app!(FakeBackend::new(), keyed());
+    for (id, title, label, image) in [
+        ("a", "red car", "car", false),
+        ("b", "red bird", "bird", true),
+        ("c", "blue car", "car", true),
+    ] {
+        let mut item = json!({"id": id, "title": title, "label": label, "tags": [label]});
+        if image {
+            item["image"] = json!(b64(&png_header(2, 2)));
+        }
+        let request = post_json("/v1/items", item);
+        assert_eq!(
+            test::call_service(&app, request.to_request())
+                .await
+                .status(),
+            201
+        );
+    }
+    let search = |body: Value| {
+        TestRequest::post()
+            .uri("/v1/search")
+            .set_json(body)
+            .to_request()
+    };
+
+    let (status, body) =
+        json_of(test::call_service(&app, search(json!({"text": "red car"}))).await).await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(body["hits"][0]["score"], 1.0);
+
+    let (_, body) = json_of(
+        test::call_service(
+            &app,
+            search(json!({"text": "red car", "filters": {"label": "car"}, "k": 1, "offset": 1})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        body["hits"],
+        json!([{"id": "c", "score": 0.5, "title": "blue car", "label": "car", "has_image": true}])
+    );
+
+    let (_, body) = json_of(
+        test::call_service(
+            &app,
+            search(json!({"image": b64(&png_header(3, 3)), "space": "image"})),
+        )
+        .await,
+    )
+    .await;
+    let ids: Vec<&str> = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+
+    let (_, body) = json_of(
+        test::call_service(&app, search(json!({"id": "a", "filters": {"tag": "car"}}))).await,
+    )
+    .await;
+    assert_eq!(body["hits"][0]["id"], "c");
+
+    expect_error(
+        test::call_service(&app, search(json!({"id": "nope"}))).await,
+        404,
+        "not_found",
+        "nope",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({"space": "text"}))).await,
+        400,
+        "missing_query",
+        "text",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({}))).await,
+        400,
+        "missing_query",
+        "",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({"text": "x", "id": "a"}))).await,
+        400,
+        "invalid_argument",
+        "only one",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({"text": "x", "k": 5000}))).await,
+        400,
+        "invalid_argument",
+        "k",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({"text": "x", "k": 10, "offset": 995}))).await,
+        400,
+        "invalid_argument",
+        "offset",
+    )
+    .await;
+    expect_error(
+        test::call_service(&app, search(json!({"text": "x", "space": "audio"}))).await,
+        400,
+        "invalid_body",
+        "audio",
+    )
+    .await;
+    // An empty body is an empty request: no query.
+    let request = TestRequest::post().uri("/v1/search").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "missing_query",
+        "",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn malformed_requests_are_400_415_413() {
+    let app = app!(FakeBackend::new(), keyed());
+
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload("{\"text\": ")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_json",
+        "",
+    )
+    .await;
+
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .set_json(json!({"text": "cat", "bogus": 1}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_body",
+        "bogus",
+    )
+    .await;
+
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .set_json(json!({"text": 42}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_body",
+        "string",
+    )
+    .await;
+
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .insert_header((header::CONTENT_TYPE, "text/plain"))
+        .set_payload("cat")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        415,
+        "unsupported_media_type",
+        "text/plain",
+    )
+    .await;
+
+    // 10 MB of text: under the 16 MiB body limit, over the text limit.
+    let text = "a".repeat(10 * 1024 * 1024);
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .set_json(json!({ "text": text }))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        413,
+        "text_too_long",
+        "`text`",
+    )
+    .await;
+    let request = post_json("/v1/items", json!({"title": "ok", "description": text}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "text_too_long",
+        "`description`",
+    )
+    .await;
+
+    // Query strings.
+    let request = TestRequest::get().uri("/v1/items?limit=lots").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_query",
+        "limit",
+    )
+    .await;
+    let request = TestRequest::get().uri("/v1/items?bogus=1").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_query",
+        "bogus",
+    )
+    .await;
+    let request = TestRequest::get().uri("/v1/items?limit=5000").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_argument",
+        "limit",
+    )
+    .await;
+
+    // Unknown route and method.
+    let request = TestRequest::get().uri("/v2/nothing").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "route_not_found",
+        "/v2/nothing",
+    )
+    .await;
+    let request = TestRequest::put().uri("/v1/items").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        405,
+        "method_not_allowed",
+        "PUT",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn oversized_bodies_are_413() {
+    let small = ServerConfig {
+        limits: Limits {
+            max_body_bytes: 1024,
+            ..Limits::default()
+        },
+        ..keyed()
+    };
+    let app = app!(FakeBackend::new(), small);
+    let big = "x".repeat(2000);
+
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .set_json(json!({ "text": big }))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        413,
+        "body_too_large",
+        "1024",
+    )
+    .await;
+
+    let body = multipart(&[("title", None, None, big.as_bytes())]);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        413,
+        "body_too_large",
+        "1024",
+    )
+    .await;
+
+    // Without a Content-Length the limit still holds while streaming.
+    let body = multipart(&[("image", Some("a.png"), Some("image/png"), big.as_bytes())]);
+    let mut request = TestRequest::post()
+        .uri("/v1/classify")
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    request.headers_mut().remove(header::CONTENT_LENGTH);
+    expect_error(
+        test::call_service(&app, request).await,
+        413,
+        "body_too_large",
+        "1024",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn writes_need_the_key_and_reads_need_it_only_when_configured() {
+    // No key configured: writes are disabled, reads are open.
+    let app = app!(FakeBackend::new(), ServerConfig::default());
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .set_json(json!({"title": "t"}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        403,
+        "writes_disabled",
+        "TRIO_API_KEY",
+    )
+    .await;
+    let request = TestRequest::get().uri("/v1/items").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 200);
+
+    // Key configured, reads open.
+    let app = app!(FakeBackend::new(), keyed());
+    let cases = [
+        TestRequest::post()
+            .uri("/v1/items")
+            .set_json(json!({"title": "t"})),
+        TestRequest::delete().uri("/v1/items/x"),
+        TestRequest::post().uri("/v1/train"),
+        TestRequest::post().uri("/v1/models/v1/activate"),
+    ];
+    for request in cases {
+        let response = test::call_service(&app, request.to_request()).await;
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Bearer"
+        );
+        expect_error(response, 401, "unauthorized", "Bearer").await;
+    }
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header((header::AUTHORIZATION, "Bearer wrong-key"))
+        .set_json(json!({"title": "t"}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        401,
+        "unauthorized",
+        "not valid",
+    )
+    .await;
+    // Auth is checked before the body is read: a bad body without a key is still a 401.
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload("{not json")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        401,
+        "unauthorized",
+        "",
+    )
+    .await;
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header((header::AUTHORIZATION, format!("bearer {KEY}")))
+        .set_json(json!({"title": "t"}))
+        .to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 201);
+    let request = TestRequest::get().uri("/v1/items").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 200);
+
+    // Reads keyed.
+    let app = app!(
+        FakeBackend::new(),
+        ServerConfig {
+            read_auth: true,
+            ..keyed()
+        }
+    );
+    for path in ["/v1/items", "/v1/models", "/metrics", "/v1/stats"] {
+        let request = TestRequest::get().uri(path).to_request();
+        expect_error(
+            test::call_service(&app, request).await,
+            401,
+            "unauthorized",
+            "",
+        )
+        .await;
+        let request = TestRequest::get()
+            .uri(path)
+            .insert_header(bearer())
+            .to_request();
+        assert_eq!(
+            test::call_service(&app, request).await.status(),
+            200,
+            "{path}"
+        );
+    }
+    let request = TestRequest::post()
+        .uri("/v1/search")
+        .set_json(json!({"text": "x"}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        401,
+        "unauthorized",
+        "",
+    )
+    .await;
+    for path in ["/healthz", "/", "/openapi.json"] {
+        let request = TestRequest::get().uri(path).to_request();
+        assert_eq!(
+            test::call_service(&app, request).await.status(),
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn training_jobs_and_models() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = post_json("/v1/train", json!({"epochs": 3, "seed": 7}));
+    let response = test::call_service(&app, request.to_request()).await;
+    assert_eq!(
+        response.headers().get(header::LOCATION).unwrap(),
+        "/v1/jobs/job-1"
+    );
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, body), (202, json!({"job_id": "job-1"})));
+
+    let request = TestRequest::get().uri("/v1/jobs/job-1").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["state"].as_str(), body["progress"].as_f64()),
+        (Some("running"), Some(0.5))
+    );
+    assert_eq!(body["message"], "epoch 1 of 3");
+
+    // An empty body trains with defaults; a job is running, so it conflicts.
+    let request = TestRequest::post()
+        .uri("/v1/train")
+        .insert_header(bearer())
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        409,
+        "conflict",
+        "job-1",
+    )
+    .await;
+    let request = post_json("/v1/train", json!({"epochs": 3, "epoch": 4}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_body",
+        "epoch",
+    )
+    .await;
+    let request = post_json("/v1/train", json!({"validation_fraction": 1.5}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_argument",
+        "validation_fraction",
+    )
+    .await;
+
+    let request = TestRequest::get().uri("/v1/jobs/job-9").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        "job-9",
+    )
+    .await;
+
+    let request = TestRequest::get().uri("/v1/models").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["models"][0]["version"], "v1");
+    assert_eq!(body["models"][0]["active"], true);
+
+    let request = TestRequest::post()
+        .uri("/v1/models/v1/activate")
+        .insert_header(bearer())
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!((status, body["version"].as_str()), (200, Some("v1")));
+    let request = TestRequest::post()
+        .uri("/v1/models/v7/activate")
+        .insert_header(bearer())
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        "v7",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn duplicates_noise_stats_and_health() {
+    let backend = FakeBackend::new();
+    let app = app!(backend.clone(), keyed());
+    for (id, title, label) in [
+        ("a", "Red car", "car"),
+        ("b", "red car", "car"),
+        ("c", "a dog", "cat"),
+    ] {
+        let request = post_json(
+            "/v1/items",
+            json!({"id": id, "title": title, "label": label}),
+        );
+        assert_eq!(
+            test::call_service(&app, request.to_request())
+                .await
+                .status(),
+            201
+        );
+    }
+    let request = TestRequest::get()
+        .uri("/v1/duplicates?threshold=0.9&space=text")
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["groups"][0]["ids"], json!(["a", "b"]));
+    assert_eq!(body["space"], "text");
+
+    let request = TestRequest::post()
+        .uri("/v1/duplicates")
+        .set_json(json!({"limit": 1}))
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(
+        (status, body["groups"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let request = TestRequest::get()
+        .uri("/v1/duplicates?space=audio")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_query",
+        "audio",
+    )
+    .await;
+
+    let request = TestRequest::get().uri("/v1/noise?limit=10").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["suspects"],
+        json!([{"id": "c", "label": "cat", "model_choice": "dog"}])
+    );
+    let request = TestRequest::get()
+        .uri("/v1/noise?min_confidence=2")
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_argument",
+        "min_confidence",
+    )
+    .await;
+
+    let request = TestRequest::get().uri("/v1/stats").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"items": 3, "indexes": {"fused": 3, "image": 0, "text": 3}, "active_model": "v1"})
+    );
+
+    let request = TestRequest::get().uri("/healthz").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    backend.set_ready(false);
+    let request = TestRequest::get().uri("/healthz").to_request();
+    let response = test::call_service(&app, request).await;
+    assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    expect_error(response, 503, "not_ready", "loading").await;
+}
+
+#[actix_web::test]
+async fn a_panicking_backend_is_a_500_with_a_json_body() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = TestRequest::get().uri("/v1/items/panic").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        500,
+        "internal",
+        "server log",
+    )
+    .await;
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(json!({"title": "panic"}))
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        500,
+        "internal",
+        "server log",
+    )
+    .await;
+    // The service and the batch worker are still there.
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(json!({"title": "cat"}))
+        .to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = app!(FakeBackend::new(), keyed());
+    for uri in ["/v1/items/a", "/v1/items/b", "/v1/items"] {
+        test::call_service(&app, TestRequest::get().uri(uri).to_request()).await;
+    }
+    let request = TestRequest::post()
+        .uri("/v1/classify")
+        .set_json(json!({"title": "cat"}))
+        .to_request();
+    test::call_service(&app, request).await;
+    test::call_service(&app, TestRequest::get().uri("/nowhere").to_request()).await;
+
+    let response = test::call_service(&app, TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
+    for line in [
+        r#"trio_http_requests_total{method="GET",route="/v1/items/{id}",status="404"} 2"#,
+        r#"trio_http_requests_total{method="GET",route="/v1/items",status="200"} 1"#,
+        r#"trio_http_requests_total{method="POST",route="/v1/classify",status="200"} 1"#,
+        r#"trio_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"trio_http_request_duration_seconds_count{method="GET",route="/v1/items/{id}",status="404"} 2"#,
+        r#"trio_batch_size_count{batcher="classify"} 1"#,
+        r#"trio_queue_depth{queue="blocking"} 0"#,
+        r#"trio_queue_depth{queue="classify"} 0"#,
+        r#"trio_index_size{space="fused"} 0"#,
+        "trio_items 0",
+    ] {
+        assert!(text.contains(line), "metrics lack {line}:\n{text}");
+    }
+    assert!(text.contains("trio_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/items/{id}\",status=\"404\",le=\"0.001\"}"));
+}
+
+#[actix_web::test]
+async fn openapi_describes_exactly_the_registered_routes() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = TestRequest::get().uri("/openapi.json").to_request();
+    let (status, doc) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let registered: BTreeSet<(String, String)> = trio_server::routes()
+        .into_iter()
+        .map(|r| (r.method.as_str().to_lowercase(), r.path.to_string()))
+        .collect();
+    let mut documented = BTreeSet::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    assert_eq!(registered, documented);
+
+    // Writes say they need the bearer key; the scheme exists; error bodies are described.
+    let security = &doc["paths"]["/v1/items"]["post"]["security"];
+    assert_eq!(security, &json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["schemas"]["SearchRequest"]["properties"]["filters"].is_object());
+    let content = &doc["paths"]["/v1/items"]["post"]["requestBody"]["content"];
+    assert!(content["multipart/form-data"].is_object() && content["application/json"].is_object());
+
+    // Every registered route answers something other than 404/405 (they are really wired).
+    for route in trio_server::routes() {
+        let uri = route.path.replace("{id}", "x").replace("{version}", "v1");
+        let request = TestRequest::default()
+            .method(route.method.clone())
+            .uri(&uri)
+            .insert_header(bearer())
+            .to_request();
+        let response = test::call_service(&app, request).await;
+        let body = test::read_body(response).await;
+        let code = serde_json::from_slice::<Value>(&body)
+            .map(|v| v["error"]["code"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        assert!(
+            code != "route_not_found" && code != "method_not_allowed",
+            "{} {uri} is not wired: {code}",
+            route.method
+        );
+    }
+}
+
+#[actix_web::test]
+async fn the_page_and_its_assets_are_served() {
+    let app = app!(FakeBackend::new(), keyed());
+    let response = test::call_service(&app, TestRequest::get().uri("/").to_request()).await;
+    assert_eq!(response.status(), 200);
+    assert!(response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
+    for id in [
+        "query",
+        "search-btn",
+        "results",
+        "upload",
+        "classify-results",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "page lacks #{id}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "page must not load remote assets"
+    );
+    for (path, kind) in [
+        ("/static/app.js", "text/javascript"),
+        ("/static/style.css", "text/css"),
+    ] {
+        let response = test::call_service(&app, TestRequest::get().uri(path).to_request()).await;
+        assert_eq!(response.status(), 200);
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+    }
+}

@@ -1,1 +1,3 @@
 //! The networks. One file per network; each takes a `VarBuilder`, never a path.
+
+pub mod fusion;

@@ -88,7 +88,25 @@ pub enum Error {
     #[error("demo catalogue {path}: {reason}")]
     DemoCatalogue { path: PathBuf, reason: String },
     // -- train --
+    #[error("{item}: {field} has {got} values, expected {expected}")]
+    FeatureDim {
+        item: String,
+        field: String,
+        expected: usize,
+        got: usize,
+    },
 
+    #[error("{item} has no inputs: it needs an image or at least one text field")]
+    NoInputs { item: String },
+
+    #[error("cannot train: {reason}")]
+    NotEnoughData { reason: String },
+
+    #[error("invalid training setting `{field}`: {reason}")]
+    InvalidTrainConfig { field: &'static str, reason: String },
+
+    #[error("stored model is unreadable: {reason}")]
+    ModelFormat { reason: String },
     // -- query --
 
     // -- service --

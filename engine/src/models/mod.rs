@@ -1,4 +1,10 @@
 //! The networks. One file per network; each takes a `VarBuilder`, never a path.
 
+/// EfficientNet-Lite0/1/2 (the image tower's network).
+pub mod efficientnet_lite;
+/// The fused image + text classifier whose concatenation layer is the fused search space.
+pub mod fusion;
+/// ImageNet class names for the image tower's logits.
+pub mod imagenet_classes;
 /// MiniLM and other BERT-layout sentence encoders (the text tower's network).
 pub mod minilm;

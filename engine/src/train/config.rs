@@ -1,0 +1,159 @@
+//! Training settings and the names of the model inputs.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::fusion::FusionConfig;
+
+/// How to train. Defaults suit catalogues of a few thousand items on a laptop CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Most passes over the training split; early stopping usually ends sooner.
+    pub epochs: usize,
+    /// Examples per optimiser step. Large, because the model is small and features are cached.
+    pub batch_size: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Seeds weight initialisation, shuffling, dropout and the splits: same seed, same result.
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation top-1 (ties broken by validation
+    /// loss), keeping the best epoch's weights; 0 trains all `epochs`.
+    pub patience: usize,
+    /// Fraction of each class held out, split half validation, half test (the study: 4%).
+    pub holdout: f64,
+    /// What the labels are (e.g. `category`); recorded in models and reports.
+    pub label_field: String,
+    /// The fused model's hyper-parameters. The trainer fills in `num_classes`, the feature widths
+    /// (from the data), `use_image` per variant, and `text_fields` when the list is empty (then
+    /// every field seen in the data, sorted by name).
+    pub model: FusionConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 60,
+            batch_size: 256,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            seed: 0,
+            patience: 8,
+            holdout: 0.04,
+            label_field: "label".to_string(),
+            model: FusionConfig {
+                text_fields: Vec::new(),
+                ..FusionConfig::default()
+            },
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: &str| {
+            Err(Error::InvalidTrainConfig {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1");
+        }
+        if self.batch_size < 2 {
+            return bad("batch_size", "must be at least 2");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay", "must be a non-negative number");
+        }
+        if !(0.0..0.5).contains(&self.holdout) {
+            return bad("holdout", "must be in [0, 0.5)");
+        }
+        Ok(())
+    }
+}
+
+/// One input of the model, as removed in robustness evaluations.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    Image,
+    /// One text field, by name.
+    Text(String),
+    /// Every text field at once.
+    AllText,
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Image => f.write_str("image"),
+            Input::Text(field) => f.write_str(field),
+            Input::AllText => f.write_str("all text"),
+        }
+    }
+}
+
+/// Which inputs a model variant reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSet {
+    pub image: bool,
+    pub text_fields: Vec<String>,
+}
+
+impl InputSet {
+    pub fn is_empty(&self) -> bool {
+        !self.image && self.text_fields.is_empty()
+    }
+
+    /// The same set less one input.
+    pub fn without(&self, input: &Input) -> InputSet {
+        match input {
+            Input::Image => InputSet {
+                image: false,
+                text_fields: self.text_fields.clone(),
+            },
+            Input::Text(field) => InputSet {
+                image: self.image,
+                text_fields: self
+                    .text_fields
+                    .iter()
+                    .filter(|f| *f != field)
+                    .cloned()
+                    .collect(),
+            },
+            Input::AllText => InputSet {
+                image: self.image,
+                text_fields: Vec::new(),
+            },
+        }
+    }
+
+    /// Whether `input` is part of this set.
+    pub fn contains(&self, input: &Input) -> bool {
+        match input {
+            Input::Image => self.image,
+            Input::Text(field) => self.text_fields.contains(field),
+            Input::AllText => !self.text_fields.is_empty(),
+        }
+    }
+}
+
+impl fmt::Display for InputSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<&str> = Vec::new();
+        if self.image {
+            parts.push("image");
+        }
+        parts.extend(self.text_fields.iter().map(String::as_str));
+        f.write_str(&parts.join(" + "))
+    }
+}

@@ -1,0 +1,132 @@
+//! How much each input matters, and whether one fused model copes when it is gone: the fused
+//! model scored on the test split with an input removed from every item, beside a model trained
+//! without that input at all.
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Input;
+use super::metrics::SplitMetrics;
+use super::trainer::{evaluate_fused, Study, Trainer, FUSED};
+use super::{fingerprint, Example, TrainedModel};
+use crate::error::Result;
+use crate::progress::Progress;
+
+/// One removed input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessRow {
+    pub removed: Input,
+    /// Test items that had the input (the others are unchanged by its removal).
+    pub test_items_with_input: usize,
+    /// The fused model, input removed from every test item.
+    pub fused: SplitMetrics,
+    /// The variant trained without the input.
+    pub specialist_variant: String,
+    /// That variant on the (unchanged) test split.
+    pub specialist: SplitMetrics,
+}
+
+/// The fused model intact, then one row per removed input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessTable {
+    pub intact: SplitMetrics,
+    pub rows: Vec<RobustnessRow>,
+}
+
+impl RobustnessTable {
+    /// The table as Markdown, percentages with one decimal.
+    pub fn to_markdown(&self) -> String {
+        let mut s = format!(
+            "fused, all inputs: top-1 {:.1}, top-5 {:.1}\n\n\
+             | removed | test items affected | fused top-1 | fused top-5 | trained without | top-1 | top-5 |\n\
+             |---|---:|---:|---:|---|---:|---:|\n",
+            100.0 * self.intact.top1,
+            100.0 * self.intact.top5
+        );
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} |\n",
+                r.removed,
+                r.test_items_with_input,
+                100.0 * r.fused.top1,
+                100.0 * r.fused.top5,
+                r.specialist_variant,
+                100.0 * r.specialist.top1,
+                100.0 * r.specialist.top5
+            ));
+        }
+        s
+    }
+}
+
+impl Trainer {
+    /// Removes each input of the study's fused model in turn (the image, each text field, and
+    /// all text when there are several fields), scoring the fused model without it and a model
+    /// trained without it. The study's image-only and text-only models are reused; a model
+    /// without one text field is trained here with the same settings and split.
+    pub fn robustness(
+        &self,
+        examples: &[Example],
+        study: &Study,
+        progress: &dyn Progress,
+    ) -> Result<RobustnessTable> {
+        let table = self.table(examples)?;
+        let fused = self.check_labels(&study.fused, &table)?;
+        let test = &study.split.test;
+        let inputs = study.fused.inputs();
+        let mut removals = Vec::new();
+        if inputs.image {
+            removals.push(Input::Image);
+        }
+        removals.extend(inputs.text_fields.iter().cloned().map(Input::Text));
+        if inputs.text_fields.len() > 1 {
+            removals.push(Input::AllText);
+        }
+        let print = fingerprint(examples);
+        let mut rows = Vec::new();
+        for removed in removals {
+            let rest = inputs.without(&removed);
+            if rest.is_empty() {
+                continue;
+            }
+            let reused: Option<&TrainedModel> =
+                [study.image_only.as_ref(), study.text_only.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m.inputs() == rest);
+            let trained;
+            let specialist = match reused {
+                Some(m) => m,
+                None => {
+                    let name = format!("{FUSED} without {removed}");
+                    trained =
+                        self.fit_fused(&table, &study.split, &name, &rest, &print, progress)?;
+                    &trained
+                }
+            };
+            let with_input = test
+                .iter()
+                .filter(|&&r| match &removed {
+                    Input::Image => table.image.as_ref().is_some_and(|c| c.present_host[r]),
+                    Input::Text(f) => table
+                        .fields
+                        .iter()
+                        .position(|x| x == f)
+                        .is_some_and(|i| table.text[i].present_host[r]),
+                    Input::AllText => table.text.iter().any(|c| c.present_host[r]),
+                })
+                .count();
+            let specialist_model = self.check_labels(specialist, &table)?;
+            rows.push(RobustnessRow {
+                fused: evaluate_fused(&fused, &table, test, Some(&removed))?,
+                test_items_with_input: with_input,
+                removed,
+                specialist_variant: specialist.variant.clone(),
+                specialist: evaluate_fused(&specialist_model, &table, test, None)?,
+            });
+        }
+        Ok(RobustnessTable {
+            intact: evaluate_fused(&fused, &table, test, None)?,
+            rows,
+        })
+    }
+}

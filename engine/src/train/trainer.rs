@@ -1,0 +1,652 @@
+//! The training loop and the study: logistic regression, image-only, text-only and fused models
+//! trained on one split and scored on its test part, as in the study's table.
+//!
+//! Determinism: weights are initialised, batches shuffled and dropout masks drawn from seeded
+//! generators on the host (candle's CPU generator cannot be seeded), and candle's CPU kernels
+//! are deterministic, so one seed gives one result.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::baseline::LogisticRegression;
+use super::config::{Input, InputSet, TrainConfig};
+use super::data::FeatureTable;
+use super::metrics::SplitMetrics;
+use super::model_file::{varmap_to_safetensors, ModelMetrics, TrainedModel};
+use super::split::{self, Split};
+use super::{fingerprint, Example};
+use crate::error::{Error, Result};
+use crate::models::fusion::{info_nce, FusedModel, FusionConfig, TrainNoise, DTYPE};
+use crate::progress::Progress;
+
+/// Variant names used in reports and stored models.
+pub const LOGISTIC_REGRESSION: &str = "logistic regression";
+pub const IMAGE_ONLY: &str = "image-only";
+pub const TEXT_ONLY: &str = "text-only";
+pub const FUSED: &str = "fused";
+
+/// Rows evaluated per forward pass; bounds memory on large splits.
+const EVAL_CHUNK: usize = 4096;
+
+/// One row of the study's table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    pub variant: String,
+    /// The inputs the variant reads, e.g. `image + description + title`.
+    pub inputs: String,
+    pub test: SplitMetrics,
+    pub val: SplitMetrics,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub seconds: f64,
+}
+
+/// The study's table: every variant scored on the same validation and test items. An item
+/// lacking every input a variant reads still counts, with that variant's "nothing present"
+/// prediction, so rows are comparable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub label_field: String,
+    pub seed: u64,
+    pub classes: usize,
+    pub train_items: usize,
+    pub val_items: usize,
+    pub test_items: usize,
+    pub fingerprint: String,
+    pub rows: Vec<ReportRow>,
+    /// Wall-clock time of the whole study.
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn row(&self, variant: &str) -> Option<&ReportRow> {
+        self.rows.iter().find(|r| r.variant == variant)
+    }
+
+    /// The table as Markdown, percentages with one decimal.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from(
+            "| model | inputs | test top-1 | test top-5 | val top-1 | val top-5 | epochs | seconds |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} |\n",
+                r.variant,
+                r.inputs,
+                100.0 * r.test.top1,
+                100.0 * r.test.top5,
+                100.0 * r.val.top1,
+                100.0 * r.val.top5,
+                r.epochs_run,
+                r.seconds
+            ));
+        }
+        s
+    }
+}
+
+/// What [`Trainer::run_study`] produces.
+#[derive(Debug, Clone)]
+pub struct Study {
+    pub report: Report,
+    pub split: Split,
+    pub fused: TrainedModel,
+    /// `None` when no example has an image or no example has text.
+    pub image_only: Option<TrainedModel>,
+    pub text_only: Option<TrainedModel>,
+}
+
+/// How one call of the training loop went.
+struct FitOutcome {
+    epochs_run: usize,
+    best_epoch: usize,
+    val: SplitMetrics,
+}
+
+/// Trains fused models and baselines with one [`TrainConfig`] on one device.
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+}
+
+impl Trainer {
+    pub fn new(cfg: TrainConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self { cfg, device })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The text fields the models read: the configured list, or every field in the data.
+    pub(crate) fn fields_for(&self, examples: &[Example]) -> Vec<String> {
+        if self.cfg.model.text_fields.is_empty() {
+            FeatureTable::fields_in(examples)
+        } else {
+            self.cfg.model.text_fields.clone()
+        }
+    }
+
+    pub(crate) fn table(&self, examples: &[Example]) -> Result<FeatureTable> {
+        let table = FeatureTable::build(examples, &self.fields_for(examples), &self.device)?;
+        if table.label_names.len() < 2 {
+            return Err(Error::NotEnoughData {
+                reason: format!(
+                    "{} distinct label(s); a classifier needs at least two",
+                    table.label_names.len()
+                ),
+            });
+        }
+        Ok(table)
+    }
+
+    /// All inputs present in the data.
+    pub(crate) fn full_inputs(table: &FeatureTable) -> InputSet {
+        InputSet {
+            image: table.image.is_some(),
+            text_fields: table.fields.clone(),
+        }
+    }
+
+    /// The model configuration for `inputs` on `table`.
+    pub(crate) fn model_config(&self, table: &FeatureTable, inputs: &InputSet) -> FusionConfig {
+        FusionConfig {
+            use_image: inputs.image,
+            image_dim: if table.image_dim > 0 {
+                table.image_dim
+            } else {
+                self.cfg.model.image_dim
+            },
+            text_dim: if table.text_dim > 0 {
+                table.text_dim
+            } else {
+                self.cfg.model.text_dim
+            },
+            text_fields: inputs.text_fields.clone(),
+            num_classes: table.label_names.len(),
+            ..self.cfg.model.clone()
+        }
+    }
+
+    /// Splits per class and runs the study: see [`Trainer::run_study_on`].
+    pub fn run_study(&self, examples: &[Example], progress: &dyn Progress) -> Result<Study> {
+        let split = split::per_class(examples, self.cfg.holdout, self.cfg.seed)?;
+        self.run_study_on(examples, split, progress)
+    }
+
+    /// Trains logistic regression, image-only, text-only and fused models on `split.train`,
+    /// choosing each one's epoch on `split.val`, and scores them on `split.test`.
+    pub fn run_study_on(
+        &self,
+        examples: &[Example],
+        split: Split,
+        progress: &dyn Progress,
+    ) -> Result<Study> {
+        let started = Instant::now();
+        let table = self.table(examples)?;
+        let split = self.usable(&table, split, progress)?;
+        let print = fingerprint(examples);
+        let all = Self::full_inputs(&table);
+        let mut rows = vec![self.fit_logistic_regression(&table, &split, progress)?];
+        let mut image_only = None;
+        let mut text_only = None;
+        if all.image && !all.text_fields.is_empty() {
+            let m = self.fit_fused(
+                &table,
+                &split,
+                IMAGE_ONLY,
+                &all.without(&Input::AllText),
+                &print,
+                progress,
+            )?;
+            rows.push(row_of(&m));
+            image_only = Some(m);
+            let m = self.fit_fused(
+                &table,
+                &split,
+                TEXT_ONLY,
+                &all.without(&Input::Image),
+                &print,
+                progress,
+            )?;
+            rows.push(row_of(&m));
+            text_only = Some(m);
+        }
+        let fused = self.fit_fused(&table, &split, FUSED, &all, &print, progress)?;
+        rows.push(row_of(&fused));
+        let report = Report {
+            label_field: self.cfg.label_field.clone(),
+            seed: self.cfg.seed,
+            classes: table.label_names.len(),
+            train_items: split.train.len(),
+            val_items: split.val.len(),
+            test_items: split.test.len(),
+            fingerprint: print,
+            rows,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok(Study {
+            report,
+            split,
+            fused,
+            image_only,
+            text_only,
+        })
+    }
+
+    /// Trains one fused-family variant reading `inputs` on `split` and scores it.
+    pub fn train_variant(
+        &self,
+        examples: &[Example],
+        split: &Split,
+        variant: &str,
+        inputs: &InputSet,
+        progress: &dyn Progress,
+    ) -> Result<TrainedModel> {
+        let table = self.table(examples)?;
+        let split = self.usable(&table, split.clone(), progress)?;
+        self.fit_fused(
+            &table,
+            &split,
+            variant,
+            inputs,
+            &fingerprint(examples),
+            progress,
+        )
+    }
+
+    /// Scores `model` on `rows` of `examples` (all labelled), with `hide` removed from every row.
+    pub fn evaluate(
+        &self,
+        model: &TrainedModel,
+        examples: &[Example],
+        rows: &[usize],
+        hide: Option<&Input>,
+    ) -> Result<SplitMetrics> {
+        let table = self.table(examples)?;
+        let fused = self.check_labels(model, &table)?;
+        evaluate_fused(&fused, &table, rows, hide)
+    }
+
+    pub(crate) fn check_labels(
+        &self,
+        model: &TrainedModel,
+        table: &FeatureTable,
+    ) -> Result<FusedModel> {
+        if model.labels != table.label_names {
+            return Err(Error::InvalidArgument(format!(
+                "model `{}` knows {} labels, the examples have {}: it was trained on other data",
+                model.variant,
+                model.labels.len(),
+                table.label_names.len()
+            )));
+        }
+        model.load(&self.device)
+    }
+
+    /// Drops from the split the labelled examples that have no input at all, with a warning.
+    pub(crate) fn usable(
+        &self,
+        table: &FeatureTable,
+        mut split: Split,
+        progress: &dyn Progress,
+    ) -> Result<Split> {
+        let all = self.model_config(table, &Self::full_inputs(table));
+        let mut dropped = Vec::new();
+        for part in [&mut split.train, &mut split.val, &mut split.test] {
+            part.retain(|&r| {
+                let ok = table.has_any_input(r, &all) && table.labels[r].is_some();
+                if !ok {
+                    dropped.push(table.keys[r]);
+                }
+                ok
+            });
+        }
+        if !dropped.is_empty() {
+            progress.warn(&format!(
+                "{} labelled item(s) have neither an image nor text and were left out (first: item {})",
+                dropped.len(),
+                dropped[0]
+            ));
+        }
+        if split.train.is_empty() {
+            return Err(Error::NotEnoughData {
+                reason: "the training split is empty".into(),
+            });
+        }
+        Ok(split)
+    }
+
+    /// Trains one fused-family model on `split.train`.
+    pub(crate) fn fit_fused(
+        &self,
+        table: &FeatureTable,
+        split: &Split,
+        variant: &str,
+        inputs: &InputSet,
+        print: &str,
+        progress: &dyn Progress,
+    ) -> Result<TrainedModel> {
+        if inputs.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "variant `{variant}` reads no input"
+            )));
+        }
+        let started = Instant::now();
+        let cfg = self.model_config(table, inputs);
+        let varmap = VarMap::new();
+        let model = FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &self.device), &cfg)?;
+        reinit_seeded(&varmap, self.cfg.seed)?;
+        // Rows with none of this variant's inputs teach it nothing; they stay in evaluation.
+        let train_rows: Vec<usize> = split
+            .train
+            .iter()
+            .copied()
+            .filter(|&r| table.has_any_input(r, &cfg))
+            .collect();
+        if train_rows.is_empty() {
+            return Err(Error::NotEnoughData {
+                reason: format!(
+                    "no training example has any input of variant `{variant}` ({inputs})"
+                ),
+            });
+        }
+        let step = |rows: &[usize], rng: &mut StdRng| -> Result<Tensor> {
+            let (batch, image_host, text_host) = table.fusion_batch(rows, &cfg, None)?;
+            let noise = TrainNoise::sample(&cfg, &image_host, &text_host, rng, &self.device)?;
+            let out = model.forward(&batch, Some(&noise))?;
+            let labels = table.label_tensor(rows)?;
+            let mut loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
+            if let (Some(ji), Some(jt)) = (&out.joint_image, &out.joint_text) {
+                if cfg.contrastive_weight > 0.0 {
+                    let both: Vec<u32> = (0..rows.len())
+                        .filter(|&i| image_host[i] && text_host.iter().any(|t| t[i]))
+                        .map(|i| i as u32)
+                        .collect();
+                    if both.len() >= 2 {
+                        let idx = Tensor::from_vec(both.clone(), both.len(), &self.device)?;
+                        let nce = info_nce(
+                            &ji.index_select(&idx, 0)?,
+                            &jt.index_select(&idx, 0)?,
+                            cfg.temperature,
+                        )?;
+                        loss = (loss + (nce * f64::from(cfg.contrastive_weight))?)?;
+                    }
+                }
+            }
+            Ok(loss)
+        };
+        let eval = |rows: &[usize]| -> Result<Vec<Vec<f32>>> {
+            fused_logits(&model, table, &cfg, rows, None)
+        };
+        let stage = format!("train {variant}");
+        let fit = self.fit(
+            &varmap,
+            &train_rows,
+            table,
+            &split.val,
+            &stage,
+            progress,
+            step,
+            eval,
+        )?;
+        let test = evaluate_fused(&model, table, &split.test, None)?;
+        let metrics = ModelMetrics {
+            val: fit.val,
+            test,
+            epochs_run: fit.epochs_run,
+            best_epoch: fit.best_epoch,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok(TrainedModel::new(
+            variant.to_string(),
+            cfg,
+            self.cfg.clone(),
+            table.label_names.clone(),
+            metrics,
+            print.to_string(),
+            varmap_to_safetensors(&varmap)?,
+        ))
+    }
+
+    /// Trains the logistic-regression baseline on every input, missing ones as zeros.
+    fn fit_logistic_regression(
+        &self,
+        table: &FeatureTable,
+        split: &Split,
+        progress: &dyn Progress,
+    ) -> Result<ReportRow> {
+        let started = Instant::now();
+        let x = table.flat_features()?;
+        let varmap = VarMap::new();
+        let model = LogisticRegression::load(
+            VarBuilder::from_varmap(&varmap, DTYPE, &self.device),
+            x.dim(1)?,
+            table.label_names.len(),
+        )?;
+        reinit_seeded(&varmap, self.cfg.seed)?;
+        let step = |rows: &[usize], _rng: &mut StdRng| -> Result<Tensor> {
+            let logits = model.forward(&x.index_select(&table.index_tensor(rows)?, 0)?)?;
+            Ok(candle_nn::loss::cross_entropy(
+                &logits,
+                &table.label_tensor(rows)?,
+            )?)
+        };
+        let eval = |rows: &[usize]| -> Result<Vec<Vec<f32>>> {
+            let mut out = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(EVAL_CHUNK) {
+                out.extend(
+                    model
+                        .forward(&x.index_select(&table.index_tensor(chunk)?, 0)?)?
+                        .to_vec2::<f32>()?,
+                );
+            }
+            Ok(out)
+        };
+        let stage = format!("train {LOGISTIC_REGRESSION}");
+        let fit = self.fit(
+            &varmap,
+            &split.train,
+            table,
+            &split.val,
+            &stage,
+            progress,
+            step,
+            eval,
+        )?;
+        let test = SplitMetrics::from_logits(&eval(&split.test)?, &labels_of(table, &split.test)?);
+        Ok(ReportRow {
+            variant: LOGISTIC_REGRESSION.to_string(),
+            inputs: Self::full_inputs(table).to_string(),
+            test,
+            val: fit.val,
+            epochs_run: fit.epochs_run,
+            best_epoch: fit.best_epoch,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// AdamW over shuffled batches, validation after every epoch, early stopping on validation
+    /// top-1 (ties: loss), and the best epoch's weights restored at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn fit<S, E>(
+        &self,
+        varmap: &VarMap,
+        train_rows: &[usize],
+        table: &FeatureTable,
+        val_rows: &[usize],
+        stage: &str,
+        progress: &dyn Progress,
+        mut step: S,
+        eval: E,
+    ) -> Result<FitOutcome>
+    where
+        S: FnMut(&[usize], &mut StdRng) -> Result<Tensor>,
+        E: Fn(&[usize]) -> Result<Vec<Vec<f32>>>,
+    {
+        let vars = varmap.all_vars();
+        let mut opt = AdamW::new(
+            vars.clone(),
+            ParamsAdamW {
+                lr: self.cfg.lr,
+                weight_decay: self.cfg.weight_decay,
+                ..ParamsAdamW::default()
+            },
+        )?;
+        let val_labels = labels_of(table, val_rows)?;
+        let mut rng = StdRng::seed_from_u64(self.cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        let mut order = train_rows.to_vec();
+        let mut best: Option<(SplitMetrics, usize, Vec<Tensor>)> = None;
+        let mut epochs_run = 0;
+        progress.start(stage, Some(self.cfg.epochs as u64));
+        for epoch in 1..=self.cfg.epochs {
+            order.shuffle(&mut rng);
+            let (mut loss_sum, mut steps) = (0f64, 0usize);
+            for chunk in order.chunks(self.cfg.batch_size) {
+                let loss = step(chunk, &mut rng)?;
+                opt.backward_step(&loss)?;
+                loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+                steps += 1;
+            }
+            epochs_run = epoch;
+            let train_loss = loss_sum / steps.max(1) as f64;
+            if !train_loss.is_finite() {
+                return Err(Error::NotEnoughData {
+                    reason: format!("{stage}: the training loss diverged at epoch {epoch}; lower the learning rate"),
+                });
+            }
+            let val = SplitMetrics::from_logits(&eval(val_rows)?, &val_labels);
+            let improved = match &best {
+                None => true,
+                Some((b, _, _)) => val_rows.is_empty() || val.better_than(b),
+            };
+            if improved {
+                let snapshot = vars
+                    .iter()
+                    .map(|v| v.as_tensor().copy())
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                best = Some((val, epoch, snapshot));
+            }
+            progress.advance(1);
+            progress.message(&format!(
+                "epoch {epoch}/{}: train loss {train_loss:.4}, val top-1 {:.1}%, val loss {:.4}",
+                self.cfg.epochs,
+                100.0 * val.top1,
+                val.loss
+            ));
+            let best_epoch = best.as_ref().map_or(epoch, |b| b.1);
+            if self.cfg.patience > 0
+                && !val_rows.is_empty()
+                && epoch - best_epoch >= self.cfg.patience
+            {
+                break;
+            }
+        }
+        progress.finish();
+        let (val, best_epoch, snapshot) = best.ok_or_else(|| Error::NotEnoughData {
+            reason: format!("{stage}: no epoch ran"),
+        })?;
+        for (var, value) in vars.iter().zip(&snapshot) {
+            var.set(value)?;
+        }
+        Ok(FitOutcome {
+            epochs_run,
+            best_epoch,
+            val,
+        })
+    }
+}
+
+fn row_of(m: &TrainedModel) -> ReportRow {
+    ReportRow {
+        variant: m.variant.clone(),
+        inputs: m.inputs().to_string(),
+        test: m.metrics.test,
+        val: m.metrics.val,
+        epochs_run: m.metrics.epochs_run,
+        best_epoch: m.metrics.best_epoch,
+        seconds: m.metrics.seconds,
+    }
+}
+
+pub(crate) fn labels_of(table: &FeatureTable, rows: &[usize]) -> Result<Vec<u32>> {
+    rows.iter()
+        .map(|&r| {
+            table.labels[r].ok_or_else(|| {
+                Error::InvalidArgument(format!("item {} has no label", table.keys[r]))
+            })
+        })
+        .collect()
+}
+
+/// Logits of `rows`, in chunks, without training noise.
+pub(crate) fn fused_logits(
+    model: &FusedModel,
+    table: &FeatureTable,
+    cfg: &FusionConfig,
+    rows: &[usize],
+    hide: Option<&Input>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(EVAL_CHUNK) {
+        let (batch, _, _) = table.fusion_batch(chunk, cfg, hide)?;
+        out.extend(model.forward(&batch, None)?.logits.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn evaluate_fused(
+    model: &FusedModel,
+    table: &FeatureTable,
+    rows: &[usize],
+    hide: Option<&Input>,
+) -> Result<SplitMetrics> {
+    let logits = fused_logits(model, table, model.config(), rows, hide)?;
+    Ok(SplitMetrics::from_logits(&logits, &labels_of(table, rows)?))
+}
+
+/// Overwrites every variable with values from a generator seeded by `seed`: weights and biases
+/// uniform in ±1/√fan_in (PyTorch's `Linear` default), learned "missing" embeddings zero.
+/// Variables are visited in name order so the draw does not depend on map iteration order.
+pub(crate) fn reinit_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
+    let vars = varmap.data().lock().map_err(|_| {
+        Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
+    })?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for name in names {
+        let Some(var) = vars.get(name) else { continue };
+        let dims = var.as_tensor().dims().to_vec();
+        let count: usize = dims.iter().product();
+        let fan_in = if name.ends_with(".weight") {
+            dims.get(1).copied()
+        } else if let Some(prefix) = name.strip_suffix(".bias") {
+            vars.get(&format!("{prefix}.weight"))
+                .and_then(|w| w.as_tensor().dims().get(1).copied())
+        } else {
+            None
+        };
+        let values: Vec<f32> = match fan_in {
+            Some(f) => {
+                let bound = 1.0 / (f.max(1) as f32).sqrt();
+                (0..count).map(|_| rng.gen_range(-bound..bound)).collect()
+            }
+            None => vec![0.0; count],
+        };
+        var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}

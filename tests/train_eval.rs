@@ -1,0 +1,147 @@
+//! Robustness table, out-of-fold probabilities and the demo protocol on a synthetic catalogue.
+
+use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
+use trio_engine::train::{
+    cross_val_probabilities, run_protocol, Input, ProtocolConfig, TrainConfig, Trainer,
+};
+use trio_engine::{DeviceChoice, NoProgress};
+
+fn small() -> SyntheticSpec {
+    SyntheticSpec {
+        classes: 10,
+        groups_per_class: 12,
+        seed: 21,
+        ..SyntheticSpec::default()
+    }
+}
+
+fn fast() -> TrainConfig {
+    TrainConfig {
+        holdout: 0.3,
+        epochs: 25,
+        patience: 5,
+        seed: 2,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn robustness_rows_cover_every_input() -> anyhow::Result<()> {
+    let examples = catalogue(&small());
+    let trainer = Trainer::new(fast(), DeviceChoice::Cpu.resolve()?)?;
+    let study = trainer.run_study(&examples, &NoProgress)?;
+    let table = trainer.robustness(&examples, &study, &NoProgress)?;
+    eprintln!("{}", table.to_markdown());
+    let removed: Vec<&Input> = table.rows.iter().map(|r| &r.removed).collect();
+    assert_eq!(
+        removed,
+        vec![
+            &Input::Image,
+            &Input::Text("description".into()),
+            &Input::Text("title".into()),
+            &Input::AllText
+        ]
+    );
+    let specialist = |i: &Input| {
+        table
+            .rows
+            .iter()
+            .find(|r| &r.removed == i)
+            .map(|r| r.specialist_variant.clone())
+    };
+    assert_eq!(specialist(&Input::Image).as_deref(), Some("text-only"));
+    assert_eq!(specialist(&Input::AllText).as_deref(), Some("image-only"));
+    assert_eq!(
+        specialist(&Input::Text("title".into())).as_deref(),
+        Some("fused without title")
+    );
+    // The intact model is the study's fused row.
+    let fused_row = study.report.row("fused").map(|r| r.test);
+    assert_eq!(Some(table.intact), fused_row);
+    for r in &table.rows {
+        assert_eq!(r.fused.n, study.split.test.len());
+        // Modality dropout keeps a model with an input removed well above chance (1/10).
+        assert!(
+            r.fused.top1 >= 0.3,
+            "{}: fused top-1 {}",
+            r.removed,
+            r.fused.top1
+        );
+        assert!(r.test_items_with_input > 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn out_of_fold_probabilities_cover_every_labelled_item() -> anyhow::Result<()> {
+    let mut examples = catalogue(&small());
+    examples[3].label = None;
+    let oof = cross_val_probabilities(
+        &examples,
+        4,
+        &fast(),
+        &DeviceChoice::Cpu.resolve()?,
+        &NoProgress,
+    )?;
+    assert_eq!(oof.rows.len(), examples.len() - 1);
+    assert!(oof.rows.iter().all(|r| r.key != examples[3].key));
+    assert!(oof
+        .rows
+        .iter()
+        .all(|r| r.fold < 4 && r.probs.len() == oof.labels.len()));
+    assert!(oof
+        .rows
+        .iter()
+        .all(|r| (r.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4));
+    let agree = oof
+        .rows
+        .iter()
+        .filter(|r| {
+            r.probs
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                == Some(r.label_index)
+        })
+        .count() as f64
+        / oof.rows.len() as f64;
+    eprintln!("out-of-fold agreement with given labels: {agree:.3}");
+    // 20% of labels are noise, so agreement tops out near 0.8; chance is 0.1.
+    assert!(agree >= 0.55, "agreement {agree}");
+    Ok(())
+}
+
+#[test]
+fn demo_protocol_keeps_test_groups_unseen() -> anyhow::Result<()> {
+    let examples = catalogue(&SyntheticSpec {
+        label_noise: 0.0,
+        missing_text: 0.0,
+        ..small()
+    });
+    let cfg = ProtocolConfig {
+        train: fast(),
+        ..ProtocolConfig::default()
+    };
+    let report = run_protocol(&examples, &cfg, &DeviceChoice::Cpu.resolve()?, &NoProgress)?;
+    eprintln!("{}", report.to_markdown());
+    assert_eq!(report.test_groups_in_training, 0);
+    let catalogue_items = (report.report.train_items + report.report.val_items) as f64;
+    let flipped = report.noisy_labels as f64 / catalogue_items;
+    assert!((0.14..=0.26).contains(&flipped), "flipped {flipped}");
+    let dropped =
+        report.dropped_text.get("description").copied().unwrap_or(0) as f64 / catalogue_items;
+    assert!(
+        (0.27..=0.41).contains(&dropped),
+        "descriptions dropped {dropped}"
+    );
+    assert_eq!(report.report.rows.len(), 4);
+    assert_eq!(report.robustness.rows.len(), 4);
+    let fused = report
+        .report
+        .row("fused")
+        .map(|r| r.test.top1)
+        .unwrap_or(0.0);
+    assert!(fused >= 0.6, "fused top-1 on clean unseen groups {fused}");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The study on a synthetic catalogue: fused beats each single modality, runs are
+//! deterministic, models survive a save/load round trip, and partial inputs classify.
+
+use std::collections::BTreeMap;
+
+use trio_engine::models::fusion::{FusionInput, ModalityInputs};
+use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
+use trio_engine::train::trainer::{FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
+use trio_engine::train::{Example, Study, TrainConfig, TrainedModel, Trainer};
+use trio_engine::{DeviceChoice, NoProgress};
+
+fn spec() -> SyntheticSpec {
+    SyntheticSpec {
+        seed: 11,
+        ..SyntheticSpec::default()
+    }
+}
+
+/// A larger holdout than the study's 4% so the test split (about 270 items) measures something.
+fn config() -> TrainConfig {
+    TrainConfig {
+        holdout: 0.3,
+        epochs: 40,
+        seed: 5,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(examples: &[Example]) -> anyhow::Result<Study> {
+    let trainer = Trainer::new(config(), DeviceChoice::Cpu.resolve()?)?;
+    Ok(trainer.run_study(examples, &NoProgress)?)
+}
+
+fn inputs_of(e: &Example, image: bool, fields: &[&str]) -> FusionInput {
+    FusionInput {
+        image: if image { e.image.clone() } else { None },
+        text: fields
+            .iter()
+            .filter_map(|f| e.text.get(*f).map(|v| (f.to_string(), v.clone())))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+#[test]
+fn fused_beats_single_modalities_deterministically() -> anyhow::Result<()> {
+    let examples = catalogue(&spec());
+    let study = run(&examples)?;
+    let report = &study.report;
+    let top1 = |v: &str| report.row(v).map(|r| r.test.top1).unwrap_or(f64::NAN);
+    eprintln!("{}", report.to_markdown());
+    // Floors measured with this seed (see the report printed above), left a few points of room;
+    // 20% of test labels are noisy, so 80% is the ceiling.
+    assert!(
+        top1(FUSED) > top1(IMAGE_ONLY) + 0.03,
+        "fused should beat image-only"
+    );
+    assert!(
+        top1(FUSED) > top1(TEXT_ONLY) + 0.03,
+        "fused should beat text-only"
+    );
+    assert!(top1(FUSED) >= 0.65, "fused top-1 {}", top1(FUSED));
+    assert!(
+        top1(LOGISTIC_REGRESSION) >= 0.4,
+        "logistic regression top-1 {}",
+        top1(LOGISTIC_REGRESSION)
+    );
+    for row in &report.rows {
+        assert!(row.test.top5 >= row.test.top1);
+        assert!(row.best_epoch >= 1 && row.best_epoch <= row.epochs_run);
+    }
+    assert_eq!(report.test_items, study.split.test.len());
+
+    // Same seed, same everything (wall-clock times aside).
+    let again = run(&examples)?;
+    for (a, b) in report.rows.iter().zip(&again.report.rows) {
+        assert_eq!(
+            (a.test, a.val, a.epochs_run, a.best_epoch),
+            (b.test, b.val, b.epochs_run, b.best_epoch),
+            "{}",
+            a.variant
+        );
+    }
+    assert_eq!(
+        study.fused.weights_safetensors(),
+        again.fused.weights_safetensors()
+    );
+    Ok(())
+}
+
+#[test]
+fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
+    let examples = catalogue(&spec());
+    let study = run(&examples)?;
+    let device = DeviceChoice::Cpu.resolve()?;
+    let model = study.fused.load(&device)?;
+    let test: Vec<&Example> = study.split.test.iter().map(|&i| &examples[i]).collect();
+    let full: Vec<FusionInput> = test
+        .iter()
+        .map(|e| inputs_of(e, true, &["title", "description"]))
+        .collect();
+    let before = model.predict(&full)?;
+
+    let bytes = study.fused.to_bytes()?;
+    let restored = TrainedModel::from_bytes(&bytes)?;
+    assert_eq!(restored.labels, study.fused.labels);
+    assert_eq!(restored.config, study.fused.config);
+    assert_eq!(restored.metrics, study.fused.metrics);
+    assert_eq!(restored.fingerprint, study.fused.fingerprint);
+    let after = restored.load(&device)?.predict(&full)?;
+    assert_eq!(before, after, "predictions changed across save/load");
+    assert_eq!(TrainedModel::from_bytes(&restored.to_bytes()?)?, restored);
+    assert!(TrainedModel::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    assert!(TrainedModel::from_bytes(b"not a model").is_err());
+
+    // Partial inputs: every kind of input classifies, well above chance (1/20).
+    let label_index = |e: &Example| {
+        study
+            .fused
+            .labels
+            .iter()
+            .position(|l| Some(l) == e.label.as_ref())
+    };
+    for (what, image, fields) in [
+        ("image only", true, vec![]),
+        ("text only", false, vec!["title", "description"]),
+        ("title only", false, vec!["title"]),
+        ("image + description", true, vec!["description"]),
+    ] {
+        let (inputs, kept): (Vec<FusionInput>, Vec<&&Example>) = test
+            .iter()
+            .map(|e| (inputs_of(e, image, &fields), e))
+            .filter(|(i, _)| i.image().is_some() || !i.text.is_empty())
+            .unzip();
+        let probs = model.predict(&inputs)?;
+        let correct = probs
+            .iter()
+            .zip(&kept)
+            .filter(|(p, e)| {
+                let best = p
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i);
+                best.is_some() && best == label_index(e)
+            })
+            .count();
+        let acc = correct as f64 / kept.len() as f64;
+        eprintln!("{what}: top-1 {acc:.3} on {} items", kept.len());
+        assert!(acc >= 0.35, "{what}: top-1 {acc}");
+        assert!(probs
+            .iter()
+            .all(|p| (p.iter().sum::<f32>() - 1.0).abs() < 1e-4));
+    }
+    Ok(())
+}
+
+#[test]
+fn text_query_finds_images_of_its_class() -> anyhow::Result<()> {
+    let examples = catalogue(&spec());
+    let study = run(&examples)?;
+    let model = study.fused.load(&DeviceChoice::Cpu.resolve()?)?;
+    let test: Vec<&Example> = study
+        .split
+        .test
+        .iter()
+        .map(|&i| &examples[i])
+        .filter(|e| e.image.is_some() && e.text.contains_key("title"))
+        .collect();
+    let images: Vec<FusionInput> = test.iter().map(|e| inputs_of(e, true, &[])).collect();
+    let queries: Vec<FusionInput> = test
+        .iter()
+        .map(|e| inputs_of(e, false, &["title"]))
+        .collect();
+    let image_vecs = model.fused_vectors(&images)?;
+    let query_vecs = model.fused_vectors(&queries)?;
+    let dim = model.config().search_dim();
+    assert!(image_vecs.iter().chain(&query_vecs).all(|v| v.len() == dim));
+    // Judged by true class, not by the (20% noisy) label: the generator numbers groups class by
+    // class, so a group's number gives its true class.
+    let true_class = |e: &Example| e.group.as_deref().map(group_class);
+    let mut hits = 0;
+    for (i, (q, e)) in query_vecs.iter().zip(&test).enumerate() {
+        // The item's own image is left out: the question is whether a title finds *other*
+        // images of its class.
+        let best = image_vecs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, v)| (j, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(j, _)| j);
+        if let Some(j) = best {
+            hits +=
+                usize::from(true_class(test[j]).is_some() && true_class(test[j]) == true_class(e));
+        }
+    }
+    let rate = hits as f64 / test.len() as f64;
+    eprintln!(
+        "text→image top-1 same-class rate {rate:.3} over {} queries",
+        test.len()
+    );
+    // Chance is 1/20; the floor leaves room under the measured figure printed above.
+    assert!(rate >= 0.5, "text→image same-class rate {rate}");
+    Ok(())
+}
+
+/// The generator numbers groups class by class, `groups_per_class` at a time.
+fn group_class(group: &str) -> usize {
+    let n: usize = group
+        .trim_start_matches("group-")
+        .parse()
+        .unwrap_or(usize::MAX);
+    n / spec().groups_per_class
+}

@@ -45,6 +45,29 @@ pub enum Error {
     // -- train --
 
     // -- query --
+    #[error("{what}: item {index}: {reason}")]
+    InvalidItem {
+        what: String,
+        index: usize,
+        reason: String,
+    },
+
+    #[error("{what}: expected {expected} entries, got {got}")]
+    LengthMismatch {
+        what: String,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("cannot encode {what}: {source}")]
+    ImageEncode {
+        what: String,
+        #[source]
+        source: image::ImageError,
+    },
+
+    #[error("cannot draw the map into {path}: {reason}")]
+    MapRender { path: PathBuf, reason: String },
 }
 
 impl Error {

@@ -135,6 +135,29 @@ pub enum Error {
 
     #[error("not a decodable image: {reason}")]
     NotAnImage { reason: String },
+    #[error("{what}: item {index}: {reason}")]
+    InvalidItem {
+        what: String,
+        index: usize,
+        reason: String,
+    },
+
+    #[error("{what}: expected {expected} entries, got {got}")]
+    LengthMismatch {
+        what: String,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("cannot encode {what}: {source}")]
+    ImageEncode {
+        what: String,
+        #[source]
+        source: image::ImageError,
+    },
+
+    #[error("cannot draw the map into {path}: {reason}")]
+    MapRender { path: PathBuf, reason: String },
 }
 
 impl Error {

@@ -1,0 +1,700 @@
+//! Duplicate detection over the catalogue, in three strengths:
+//!
+//! - **Exact**: byte-identical images (same content hash).
+//! - **Perceptual**: the same picture resized, re-encoded or slightly recoloured: perceptual
+//!   hashes (see [`super::phash`]) at most `phash_max_distance` bits apart. Candidate pairs
+//!   come from a multi-index hash table, so 100k items never compare all pairs.
+//! - **Near**: items whose vectors are almost parallel (cosine similarity ≥ `threshold`):
+//!   crops, mirror images, the same object photographed twice. Candidates come from the
+//!   vector index's k nearest neighbours, never from all pairs.
+//!
+//! Links become groups with a union–find. Each strength groups only the links it adds: a
+//! perceptual link between two byte-identical items, or a near link between items already
+//! grouped as exact or perceptual copies, is not repeated. An item can therefore sit in one
+//! group of each kind.
+//!
+//! **Chaining.** Grouping by links is single-linkage clustering: A≈B and B≈C put A and C
+//! together even when A and C differ, and in a dense region (a hundred near-identical icons)
+//! links can chain into one giant group. Perceptual and near links are therefore merged
+//! strongest first and a merge that would make a group larger than `max_group_size` is
+//! refused (counted in [`DuplicateReport::refused_merges`]). A giant region thus splits into
+//! groups of at most `max_group_size`, each held together by its strongest links. Exact
+//! groups are never capped: byte-identical items do not chain.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use image::imageops::FilterType;
+use image::DynamicImage;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::phash::hamming;
+use super::union_find::UnionFind;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+/// What duplicate detection needs to know about one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DupItem {
+    /// The item's key in the store (also its id in the vector index).
+    pub key: u64,
+    /// SHA-256 of the image bytes.
+    pub content_hash: [u8; 32],
+    /// Perceptual hash of the image ([`super::phash::phash`]), if one was computed.
+    pub phash: Option<u64>,
+}
+
+/// How strongly the members of a group resemble each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateKind {
+    /// Byte-identical images.
+    Exact,
+    /// Perceptual hashes within `phash_max_distance` bits.
+    Perceptual,
+    /// Vectors with cosine similarity at or above `threshold`.
+    Near,
+}
+
+/// Items found to be copies of each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateGroup {
+    pub kind: DuplicateKind,
+    /// Item keys, ascending.
+    pub members: Vec<u64>,
+    /// The links that hold the group together, `(a, b, score)` with `a < b`, strongest first.
+    /// Score: 1 for exact copies, `1 − hamming/64` for perceptual ones, the cosine similarity
+    /// for near ones.
+    pub pairs: Vec<(u64, u64, f32)>,
+}
+
+/// Everything [`find_duplicates`] found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateReport {
+    /// Exact groups first, then perceptual, then near; within a kind, largest first.
+    pub groups: Vec<DuplicateGroup>,
+    /// Perceptual or near merges refused because the group would have outgrown
+    /// `max_group_size`: non-zero means some region of the catalogue chains.
+    pub refused_merges: usize,
+}
+
+/// Knobs of [`find_duplicates`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateOptions {
+    /// Cosine similarity at or above which two items are near duplicates.
+    pub threshold: f32,
+    /// Largest Hamming distance between perceptual hashes of copies (imagededup's PHash
+    /// default is 10 of 64 bits).
+    pub phash_max_distance: u32,
+    /// Neighbours asked of the vector index per item; 0 skips near duplicates.
+    pub k: usize,
+    /// Largest perceptual or near group a merge may create (see the module docs on chaining).
+    pub max_group_size: usize,
+}
+
+impl Default for DuplicateOptions {
+    fn default() -> Self {
+        Self {
+            threshold: 0.95,
+            phash_max_distance: 10,
+            k: 10,
+            max_group_size: 50,
+        }
+    }
+}
+
+/// Finds exact, perceptual and near duplicates among `items`.
+///
+/// `knn(key, k)` returns up to `k` neighbours of the item `key` as `(key, cosine
+/// similarity)`; it is asked for `k + 1` so the item itself may be among the answers.
+/// Neighbours that are not in `items` are ignored. It is called from several threads at
+/// once, one call per item: cost is `items.len()` index searches plus near-linear work.
+pub fn find_duplicates(
+    items: &[DupItem],
+    knn: &(dyn Fn(u64, usize) -> Vec<(u64, f32)> + Sync),
+    opts: &DuplicateOptions,
+    progress: &dyn Progress,
+) -> Result<DuplicateReport> {
+    validate(opts)?;
+    let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if index_of.insert(item.key, i).is_some() {
+            return Err(Error::InvalidItem {
+                what: "duplicate detection".into(),
+                index: i,
+                reason: format!("key {} appears twice", item.key),
+            });
+        }
+    }
+
+    let mut groups = Vec::new();
+    let mut refused_merges = 0;
+    // Items already known to be copies of each other; weaker kinds skip these links.
+    let mut explained = UnionFind::new(items.len());
+
+    let exact = exact_groups(items);
+    for members in &exact {
+        for &m in &members[1..] {
+            explained.union(members[0], m);
+        }
+    }
+    groups.extend(exact.into_iter().map(|members| {
+        DuplicateGroup {
+            kind: DuplicateKind::Exact,
+            pairs: members[1..]
+                .iter()
+                .map(|&m| ordered(items[members[0]].key, items[m].key, 1.0))
+                .collect(),
+            members: members.iter().map(|&m| items[m].key).collect(),
+        }
+    }));
+
+    progress.start("duplicates: perceptual hashes", Some(items.len() as u64));
+    let perceptual_links = perceptual_links(items, opts.phash_max_distance);
+    progress.finish();
+    let (perceptual, refused) = capped_groups(items, perceptual_links, &explained, opts);
+    refused_merges += refused;
+    for group in &perceptual {
+        for &(a, b, _) in &group.links {
+            explained.union(a, b);
+        }
+    }
+    groups.extend(
+        perceptual
+            .into_iter()
+            .map(|g| g.into_group(items, DuplicateKind::Perceptual)),
+    );
+
+    if opts.k > 0 {
+        progress.start("duplicates: nearest neighbours", Some(items.len() as u64));
+        let near_links = near_links(items, &index_of, knn, opts, progress);
+        progress.finish();
+        let (near, refused) = capped_groups(items, near_links, &explained, opts);
+        refused_merges += refused;
+        groups.extend(
+            near.into_iter()
+                .map(|g| g.into_group(items, DuplicateKind::Near)),
+        );
+    }
+
+    groups.sort_by(|a, b| {
+        (a.kind, std::cmp::Reverse(a.members.len()), a.members[0]).cmp(&(
+            b.kind,
+            std::cmp::Reverse(b.members.len()),
+            b.members[0],
+        ))
+    });
+    Ok(DuplicateReport {
+        groups,
+        refused_merges,
+    })
+}
+
+fn validate(opts: &DuplicateOptions) -> Result<()> {
+    if !(opts.threshold.is_finite() && (-1.0..=1.0).contains(&opts.threshold)) {
+        return Err(Error::InvalidArgument(format!(
+            "duplicate threshold must be a cosine similarity in [-1, 1], got {}",
+            opts.threshold
+        )));
+    }
+    if opts.max_group_size < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "max_group_size must be at least 2, got {}",
+            opts.max_group_size
+        )));
+    }
+    Ok(())
+}
+
+/// Index groups (≥ 2 members, ascending) of items with equal content hashes.
+fn exact_groups(items: &[DupItem]) -> Vec<Vec<usize>> {
+    let mut by_hash: HashMap<&[u8; 32], Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        by_hash.entry(&item.content_hash).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = by_hash.into_values().filter(|g| g.len() > 1).collect();
+    groups.sort_unstable_by_key(|g| g[0]);
+    groups
+}
+
+/// A link between items `a` and `b` (indices), with its score (higher = more alike).
+type Link = (usize, usize, f32);
+
+/// Links between items whose perceptual hashes are within `max_distance` bits. Items with
+/// equal hashes are linked to the first of them (a star, not all pairs, so a thousand blank
+/// images make a thousand links rather than half a million); distinct hash values are
+/// matched through a multi-index hash table.
+fn perceptual_links(items: &[DupItem], max_distance: u32) -> Vec<Link> {
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Some(h) = item.phash {
+            by_hash.entry(h).or_default().push(i);
+        }
+    }
+    let mut distinct: Vec<(u64, usize)> = by_hash.iter().map(|(&h, g)| (h, g[0])).collect();
+    distinct.sort_unstable_by_key(|&(_, first)| first);
+
+    let mut links: Vec<Link> = Vec::new();
+    for group in by_hash.values() {
+        links.extend(group[1..].iter().map(|&m| (group[0], m, 1.0)));
+    }
+    let hashes: Vec<u64> = distinct.iter().map(|&(h, _)| h).collect();
+    let index = MultiIndex::build(&hashes, max_distance);
+    let distinct = &distinct;
+    let matched: Vec<Link> = (0..hashes.len())
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            index
+                .matches_after(i, &hashes)
+                .into_iter()
+                .map(move |(j, d)| (distinct[i].1, distinct[j].1, 1.0 - d as f32 / 64.0))
+        })
+        .collect();
+    links.extend(matched);
+    links
+}
+
+/// Multi-index hashing (Norouzi, Punjani & Fleet, 2012) for Hamming-radius search: the 64
+/// bits are cut into `m` bands; if two hashes differ in at most `d` bits, then by the
+/// pigeonhole principle some band differs in at most `⌊d/m⌋` bits. Each band has a hash
+/// table, and a query probes, in each band, every value within that smaller radius.
+struct MultiIndex {
+    /// `(shift, width)` of each band.
+    bands: Vec<(u32, u32)>,
+    /// Per band: band value → positions in the hash list, ascending.
+    tables: Vec<HashMap<u64, Vec<u32>>>,
+    band_radius: u32,
+    max_distance: u32,
+}
+
+impl MultiIndex {
+    fn build(hashes: &[u64], max_distance: u32) -> Self {
+        let max_distance = max_distance.min(64);
+        let band_count = best_band_count(hashes.len(), max_distance);
+        let bands = split_bits(band_count);
+        let mut tables: Vec<HashMap<u64, Vec<u32>>> = vec![HashMap::new(); bands.len()];
+        for (pos, &h) in hashes.iter().enumerate() {
+            for (table, &(shift, width)) in tables.iter_mut().zip(&bands) {
+                table
+                    .entry(band_value(h, shift, width))
+                    .or_default()
+                    .push(pos as u32);
+            }
+        }
+        Self {
+            band_radius: max_distance / band_count,
+            bands,
+            tables,
+            max_distance,
+        }
+    }
+
+    /// Positions `j > i` whose hash is within `max_distance` of `hashes[i]`, with the
+    /// distance, ascending by position.
+    fn matches_after(&self, i: usize, hashes: &[u64]) -> Vec<(usize, u32)> {
+        let query = hashes[i];
+        let mut candidates: Vec<u32> = Vec::new();
+        for (table, &(shift, width)) in self.tables.iter().zip(&self.bands) {
+            let value = band_value(query, shift, width);
+            visit_within(value, width, self.band_radius, 0, &mut |probe| {
+                if let Some(positions) = table.get(&probe) {
+                    let after = positions.partition_point(|&p| p as usize <= i);
+                    candidates.extend_from_slice(&positions[after..]);
+                }
+            });
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .into_iter()
+            .filter_map(|j| {
+                let d = hamming(query, hashes[j as usize]);
+                (d <= self.max_distance).then_some((j as usize, d))
+            })
+            .collect()
+    }
+}
+
+/// Chooses how many bands minimise the expected work of a query: probes per band grow
+/// with the band radius, bucket sizes shrink with the band width.
+fn best_band_count(n: usize, max_distance: u32) -> u32 {
+    let cost = |m: u32| {
+        let widest = 64_u32.div_ceil(m);
+        let narrowest = 64 / m;
+        let probes = ball_volume(widest, max_distance / m);
+        m as f64 * probes * (1.0 + n as f64 / 2f64.powi(narrowest as i32))
+    };
+    (1..=(max_distance + 1).min(64))
+        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+        .unwrap_or(1)
+}
+
+/// Number of `bits`-bit values within Hamming distance `radius` of a given one.
+fn ball_volume(bits: u32, radius: u32) -> f64 {
+    let mut total = 0.0;
+    let mut choose = 1.0;
+    for r in 0..=radius.min(bits) {
+        if r > 0 {
+            choose = choose * (bits - r + 1) as f64 / r as f64;
+        }
+        total += choose;
+    }
+    total
+}
+
+/// `(shift, width)` of `m` bands covering 64 bits, widths differing by at most one.
+fn split_bits(m: u32) -> Vec<(u32, u32)> {
+    let (base, extra) = (64 / m, 64 % m);
+    let mut shift = 0;
+    (0..m)
+        .map(|b| {
+            let width = base + u32::from(b < extra);
+            let band = (shift, width);
+            shift += width;
+            band
+        })
+        .collect()
+}
+
+fn band_value(hash: u64, shift: u32, width: u32) -> u64 {
+    if width >= 64 {
+        hash
+    } else {
+        (hash >> shift) & ((1u64 << width) - 1)
+    }
+}
+
+/// Calls `f` once for every `width`-bit value within `radius` flipped bits of `value`,
+/// flipping only positions from `start` on (so each value is produced once).
+fn visit_within(value: u64, width: u32, radius: u32, start: u32, f: &mut impl FnMut(u64)) {
+    f(value);
+    if radius == 0 {
+        return;
+    }
+    for pos in start..width {
+        visit_within(value ^ (1u64 << pos), width, radius - 1, pos + 1, f);
+    }
+}
+
+/// Links from each item to those of its `k` nearest neighbours with similarity at or above
+/// the threshold, one link per pair (the larger similarity if both directions report it).
+fn near_links(
+    items: &[DupItem],
+    index_of: &HashMap<u64, usize>,
+    knn: &(dyn Fn(u64, usize) -> Vec<(u64, f32)> + Sync),
+    opts: &DuplicateOptions,
+    progress: &dyn Progress,
+) -> Vec<Link> {
+    let done = AtomicU64::new(0);
+    let mut links: Vec<Link> = items
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(i, item)| {
+            let neighbours = knn(item.key, opts.k + 1);
+            if done.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+                progress.advance(1024);
+            }
+            neighbours.into_iter().filter_map(move |(key, sim)| {
+                let j = *index_of.get(&key)?;
+                (j != i && sim >= opts.threshold).then_some((i.min(j), i.max(j), sim))
+            })
+        })
+        .collect();
+    progress.advance(done.load(Ordering::Relaxed) % 1024);
+    // One link per pair, keeping the larger similarity.
+    links.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.total_cmp(&a.2)));
+    links.dedup_by_key(|l| (l.0, l.1));
+    links
+}
+
+/// A group under construction: item indices and the links between them.
+struct IndexGroup {
+    members: Vec<usize>,
+    links: Vec<Link>,
+}
+
+impl IndexGroup {
+    fn into_group(self, items: &[DupItem], kind: DuplicateKind) -> DuplicateGroup {
+        let mut members: Vec<u64> = self.members.iter().map(|&m| items[m].key).collect();
+        members.sort_unstable();
+        DuplicateGroup {
+            kind,
+            members,
+            pairs: self
+                .links
+                .iter()
+                .map(|&(a, b, s)| ordered(items[a].key, items[b].key, s))
+                .collect(),
+        }
+    }
+}
+
+/// Groups items by `links`, strongest first, refusing merges beyond `max_group_size`.
+/// Links between items that `explained` already joins are dropped, and so is a group all of
+/// whose members `explained` joins already. Returns the groups and the refused merges.
+fn capped_groups(
+    items: &[DupItem],
+    mut links: Vec<Link>,
+    explained: &UnionFind,
+    opts: &DuplicateOptions,
+) -> (Vec<IndexGroup>, usize) {
+    let mut explained = explained.clone();
+    links.retain(|&(a, b, _)| explained.find(a) != explained.find(b));
+    links.sort_unstable_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+
+    let mut uf = UnionFind::new(items.len());
+    // Join what `explained` joins first, so exact copies count towards the size cap and a
+    // group keeps every copy of an image it contains.
+    let mut by_root: HashMap<usize, usize> = HashMap::new();
+    for i in 0..items.len() {
+        let root = explained.find(i);
+        let first = *by_root.entry(root).or_insert(i);
+        uf.union(first, i);
+    }
+    let mut refused = 0;
+    let mut kept: Vec<Link> = Vec::with_capacity(links.len());
+    for link in links {
+        if uf.union_capped(link.0, link.1, opts.max_group_size) {
+            kept.push(link);
+        } else {
+            refused += 1;
+        }
+    }
+
+    let mut links_by_root: HashMap<usize, Vec<Link>> = HashMap::new();
+    for link in kept {
+        links_by_root.entry(uf.find(link.0)).or_default().push(link);
+    }
+    let mut groups = Vec::new();
+    for members in uf.groups(2) {
+        let root = uf.find(members[0]);
+        let Some(links) = links_by_root.remove(&root) else {
+            continue; // Only joined by `explained`: nothing new to report.
+        };
+        groups.push(IndexGroup { members, links });
+    }
+    (groups, refused)
+}
+
+fn ordered(a: u64, b: u64, score: f32) -> (u64, u64, f32) {
+    (a.min(b), a.max(b), score)
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring detection quality on planted copies.
+
+/// Pair-level agreement between found groups and planted duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairScores {
+    /// Correct pairs / found pairs (1 when nothing was found).
+    pub precision: f64,
+    /// Correct pairs / true pairs (1 when nothing was planted).
+    pub recall: f64,
+    pub found_pairs: usize,
+    pub true_pairs: usize,
+    pub correct_pairs: usize,
+}
+
+/// Scores `found_groups` against `planted_pairs` (original, copy).
+///
+/// Both sides are read as groups: every pair of members of a found group counts as found
+/// (so a giant chained group costs precision), and the true pairs are every pair within a
+/// family of planted copies (copies of one original are duplicates of each other too).
+/// A found pair outside every family counts as wrong even if the catalogue happens to hold
+/// that duplicate naturally.
+pub fn pair_precision_recall(
+    found_groups: &[DuplicateGroup],
+    planted_pairs: &[(u64, u64)],
+) -> PairScores {
+    let found: HashSet<(u64, u64)> = found_groups
+        .iter()
+        .flat_map(|g| all_pairs(&g.members))
+        .collect();
+
+    let mut keys: Vec<u64> = planted_pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let pos = |k: u64| keys.binary_search(&k).unwrap_or(0);
+    let mut families = UnionFind::new(keys.len());
+    for &(a, b) in planted_pairs {
+        families.union(pos(a), pos(b));
+    }
+    let truth: HashSet<(u64, u64)> = families
+        .groups(2)
+        .iter()
+        .flat_map(|g| all_pairs(&g.iter().map(|&i| keys[i]).collect::<Vec<_>>()))
+        .collect();
+
+    let correct = found.intersection(&truth).count();
+    let ratio = |num: usize, den: usize| {
+        if den == 0 {
+            1.0
+        } else {
+            num as f64 / den as f64
+        }
+    };
+    PairScores {
+        precision: ratio(correct, found.len()),
+        recall: ratio(correct, truth.len()),
+        found_pairs: found.len(),
+        true_pairs: truth.len(),
+        correct_pairs: correct,
+    }
+}
+
+fn all_pairs(members: &[u64]) -> Vec<(u64, u64)> {
+    let mut pairs = Vec::new();
+    for (i, &a) in members.iter().enumerate() {
+        for &b in &members[i + 1..] {
+            if a != b {
+                pairs.push((a.min(b), a.max(b)));
+            }
+        }
+    }
+    pairs
+}
+
+/// JPEG quality of the re-encoded planted copy (a visibly lossy setting).
+const PLANTED_JPEG_QUALITY: u8 = 40;
+/// Brightness added to every channel of the recoloured copy (about 8% of full scale).
+const PLANTED_BRIGHTNESS: i32 = 20;
+
+/// The copies a catalogue typically holds of one picture, to plant and then find:
+/// `resize_50` (half size), `crop_90` (centre 90% of each side), `jpeg_q40` (re-encoded at
+/// quality 40, alpha flattened on white), `brighten_20` (every channel +20 of 255) and
+/// `flip_h` (mirror image; perceptual hashes miss it by design, vectors should not).
+pub fn plant_copies(img: &DynamicImage) -> Result<Vec<(&'static str, DynamicImage)>> {
+    let (w, h) = (img.width(), img.height());
+    let half = img.resize_exact((w / 2).max(1), (h / 2).max(1), FilterType::Lanczos3);
+    let (cw, ch) = (((w * 9) / 10).max(1), ((h * 9) / 10).max(1));
+    let crop = img.crop_imm((w - cw) / 2, (h - ch) / 2, cw, ch);
+    Ok(vec![
+        ("resize_50", half),
+        ("crop_90", crop),
+        ("jpeg_q40", jpeg_round_trip(img, PLANTED_JPEG_QUALITY)?),
+        ("brighten_20", img.brighten(PLANTED_BRIGHTNESS)),
+        ("flip_h", img.fliph()),
+    ])
+}
+
+fn jpeg_round_trip(img: &DynamicImage, quality: u8) -> Result<DynamicImage> {
+    let flat = flatten_on_white(img);
+    let mut bytes = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
+    flat.write_with_encoder(encoder)
+        .map_err(|source| Error::ImageEncode {
+            what: "planted JPEG copy".into(),
+            source,
+        })?;
+    image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).map_err(|source| {
+        Error::ImageEncode {
+            what: "planted JPEG copy (decoding it back)".into(),
+            source,
+        }
+    })
+}
+
+/// RGB image of `img` composited on white, as JPEG has no alpha.
+fn flatten_on_white(img: &DynamicImage) -> DynamicImage {
+    let mut rgb = image::RgbImage::new(img.width(), img.height());
+    for (out, px) in rgb.pixels_mut().zip(img.to_rgba8().pixels()) {
+        let a = u16::from(px[3]);
+        for c in 0..3 {
+            out[c] = ((u16::from(px[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    DynamicImage::ImageRgb8(rgb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn bands_cover_all_bits() {
+        for m in 1..=64 {
+            let bands = split_bits(m);
+            assert_eq!(bands.iter().map(|b| b.1).sum::<u32>(), 64);
+            let mut mask = 0u64;
+            for &(shift, width) in &bands {
+                let band_mask = band_value(u64::MAX, 0, width) << shift;
+                assert_eq!(mask & band_mask, 0);
+                mask |= band_mask;
+            }
+            assert_eq!(mask, u64::MAX);
+        }
+    }
+
+    #[test]
+    fn ball_enumeration_visits_each_value_once() {
+        let mut seen = Vec::new();
+        visit_within(0b1010, 6, 2, 0, &mut |v| seen.push(v));
+        assert_eq!(seen.len() as f64, ball_volume(6, 2));
+        let unique: HashSet<u64> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len());
+        assert!(seen.iter().all(|&v| hamming(v, 0b1010) <= 2 && v < 64));
+    }
+
+    /// The multi-index must return exactly what comparing all pairs returns.
+    #[test]
+    fn multi_index_agrees_with_brute_force() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut hashes: Vec<u64> = (0..300).map(|_| rng.gen()).collect();
+        // Plant close hashes at several distances.
+        for i in 0..150 {
+            let mut h = hashes[i];
+            for _ in 0..rng.gen_range(0..14) {
+                h ^= 1u64 << rng.gen_range(0..64);
+            }
+            hashes.push(h);
+        }
+        hashes.sort_unstable();
+        hashes.dedup();
+        for max_distance in [0, 3, 10, 13, 24] {
+            let index = MultiIndex::build(&hashes, max_distance);
+            for i in 0..hashes.len() {
+                let brute: Vec<(usize, u32)> = (i + 1..hashes.len())
+                    .map(|j| (j, hamming(hashes[i], hashes[j])))
+                    .filter(|&(_, d)| d <= max_distance)
+                    .collect();
+                assert_eq!(
+                    index.matches_after(i, &hashes),
+                    brute,
+                    "d={max_distance} i={i}"
+                );
+            }
+        }
+    }
+
+    /// Few hashes: many narrow bands (exact lookups, tiny buckets). Many hashes: fewer, wider
+    /// bands, so buckets stay small, at the price of probing a radius in each.
+    #[test]
+    fn bands_widen_as_the_catalogue_grows() {
+        assert_eq!(best_band_count(100_000, 0), 1);
+        let small = best_band_count(100, 10);
+        let large = best_band_count(1_000_000, 10);
+        assert_eq!(small, 11, "radius 0 in each of 11 bands");
+        assert!((2..=4).contains(&large), "{large}");
+    }
+
+    #[test]
+    fn pair_scores_read_both_sides_as_groups() {
+        let group = |members: Vec<u64>| DuplicateGroup {
+            kind: DuplicateKind::Near,
+            members,
+            pairs: Vec::new(),
+        };
+        // Family {1,2,3} (3 true pairs) and {10,11} (1 true pair).
+        let planted = [(1, 2), (1, 3), (10, 11)];
+        let found = [group(vec![1, 2, 3]), group(vec![20, 21])];
+        let s = pair_precision_recall(&found, &planted);
+        assert_eq!((s.found_pairs, s.true_pairs, s.correct_pairs), (4, 4, 3));
+        assert!((s.precision - 0.75).abs() < 1e-12);
+        assert!((s.recall - 0.75).abs() < 1e-12);
+        let none = pair_precision_recall(&[], &planted);
+        assert_eq!((none.precision, none.recall), (1.0, 0.0));
+    }
+}

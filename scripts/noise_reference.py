@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Reference label-noise figures from cleanlab, to compare with Trio's engine::query::noise.
+
+Not part of the build: run it in a throwaway virtual environment outside the repository
+(for example `python3 -m venv /work/venvs/cleanlab && /work/venvs/cleanlab/bin/pip install
+cleanlab numpy`).
+
+  score   reads given labels and out-of-fold predicted probabilities, runs cleanlab's
+          `find_label_issues` with its defaults (prune_by_noise_rate), and prints how many
+          issues it finds and, when the true labels are given, precision / recall / F1.
+  golden  writes a small synthetic data set with cleanlab's answer, the fixture of Trio's
+          test that checks its re-implementation against cleanlab.
+
+Inputs for `score`:
+  --input data.json      {"labels": [...], "probs": [[...], ...], "true_labels": [...]?}
+  --labels l.npy --probs p.npy [--true-labels t.npy]
+Probabilities are read as float32 (what Trio's engine holds) and computed on in float64.
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def load(args):
+    if args.input:
+        with open(args.input) as f:
+            data = json.load(f)
+        labels = np.asarray(data["labels"], dtype=np.int64)
+        probs = np.asarray(data["probs"], dtype=np.float32)
+        truth = data.get("true_labels")
+    else:
+        if not (args.labels and args.probs):
+            sys.exit("give --input FILE.json, or --labels L.npy and --probs P.npy")
+        labels = np.load(args.labels).astype(np.int64)
+        probs = np.load(args.probs).astype(np.float32)
+        truth = np.load(args.true_labels) if args.true_labels else None
+    truth = None if truth is None else np.asarray(truth, dtype=np.int64)
+    return labels, probs.astype(np.float64), truth
+
+
+def cleanlab_issues(labels, probs):
+    from cleanlab.filter import find_label_issues
+
+    # n_jobs=1: the same answer as in parallel, without process start-up noise.
+    return find_label_issues(
+        labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
+
+
+def scores(found, truly_wrong):
+    found, truly_wrong = set(map(int, found)), set(map(int, truly_wrong))
+    correct = len(found & truly_wrong)
+    precision = correct / len(found) if found else 1.0
+    recall = correct / len(truly_wrong) if truly_wrong else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def cmd_score(args):
+    import cleanlab
+
+    labels, probs, truth = load(args)
+    issues = cleanlab_issues(labels, probs)
+    print(f"cleanlab {cleanlab.__version__}: {len(labels)} items, {probs.shape[1]} classes")
+    print(f"issues found: {len(issues)}")
+    if truth is not None:
+        wrong = np.flatnonzero(truth != labels)
+        p, r, f1 = scores(issues, wrong)
+        print(f"mislabelled: {len(wrong)}")
+        print(f"precision {p:.4f}  recall {r:.4f}  F1 {f1:.4f}")
+        top = issues[: len(wrong)]
+        p_at, _, _ = scores(top, wrong)
+        print(f"precision at N={len(wrong)} (top of the ranked issues): {p_at:.4f}")
+    if args.issues_out:
+        with open(args.issues_out, "w") as f:
+            json.dump([int(i) for i in issues], f)
+
+
+def cmd_golden(args):
+    """A small, deliberately confusable data set: 20% of labels flipped, probabilities from
+    a noisy softmax that leans towards each item's true class, stored as float32."""
+    import cleanlab
+
+    rng = np.random.default_rng(args.seed)
+    n, k = args.n, args.classes
+    true_labels = rng.integers(0, k, size=n)
+    labels = true_labels.copy()
+    flipped = rng.choice(n, size=n // 5, replace=False)
+    labels[flipped] = (true_labels[flipped] + rng.integers(1, k, size=len(flipped))) % k
+    logits = rng.normal(0.0, 1.0, size=(n, k))
+    logits[np.arange(n), true_labels] += rng.uniform(0.5, 3.0, size=n)
+    # Neighbouring classes are confused more often.
+    logits[np.arange(n), (true_labels + 1) % k] += 0.7
+    probs = np.exp(logits)
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    probs64 = probs.astype(np.float64)
+    issues = cleanlab_issues(labels, probs64)
+    out = {
+        "produced_by": (
+            f"scripts/noise_reference.py golden --seed {args.seed} --n {n} --classes {k}, "
+            f"cleanlab {cleanlab.__version__}, numpy {np.__version__}"
+        ),
+        "labels": labels.tolist(),
+        "true_labels": true_labels.tolist(),
+        # float32 values written exactly (as the float64 they widen to).
+        "probs": probs64.tolist(),
+        "cleanlab_issues_ranked": [int(i) for i in issues],
+    }
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+    print(f"wrote {args.out}: {n} items, {len(issues)} cleanlab issues")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("score", help="cleanlab's issues and their precision/recall")
+    s.add_argument("--input")
+    s.add_argument("--labels")
+    s.add_argument("--probs")
+    s.add_argument("--true-labels")
+    s.add_argument("--issues-out", help="write cleanlab's ranked issue indices here (JSON)")
+    s.set_defaults(func=cmd_score)
+    g = sub.add_parser("golden", help="write the synthetic fixture with cleanlab's answer")
+    g.add_argument("out")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n", type=int, default=400)
+    g.add_argument("--classes", type=int, default=5)
+    g.set_defaults(func=cmd_golden)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+//! Duplicate groups: planted copies are recovered, kinds are layered, chains are capped,
+//! and 100k items run in seconds.
+
+mod query_common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use trio_engine::query::duplicates::{
+    find_duplicates, pair_precision_recall, plant_copies, DupItem, DuplicateGroup, DuplicateKind,
+    DuplicateOptions,
+};
+use trio_engine::query::phash::phash;
+use trio_engine::NoProgress;
+
+fn random_unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    normalise(v)
+}
+
+fn normalise(v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// `base` moved by noise of relative size `eps` (cosine ≈ 1/√(1+ε²/3) for these draws).
+fn jitter(rng: &mut StdRng, base: &[f32], eps: f32) -> Vec<f32> {
+    let noise = random_unit(rng, base.len());
+    normalise(base.iter().zip(&noise).map(|(b, n)| b + eps * n).collect())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Exact k nearest neighbours by cosine, the answer a perfect vector index would give.
+fn brute_force_knn(
+    keys: &[u64],
+    vectors: &[Vec<f32>],
+) -> impl Fn(u64, usize) -> Vec<(u64, f32)> + Sync + '_ {
+    let pos: HashMap<u64, usize> = keys.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+    move |key, k| {
+        let q = &vectors[pos[&key]];
+        let mut sims: Vec<(u64, f32)> = keys
+            .iter()
+            .zip(vectors)
+            .map(|(&other, v)| (other, dot(q, v)))
+            .collect();
+        sims.sort_by(|a, b| b.1.total_cmp(&a.1));
+        sims.truncate(k);
+        sims
+    }
+}
+
+fn item(key: u64, content: u8, phash: Option<u64>) -> DupItem {
+    DupItem {
+        key,
+        content_hash: [content; 32],
+        phash,
+    }
+}
+
+fn groups_of(groups: &[DuplicateGroup], kind: DuplicateKind) -> Vec<&DuplicateGroup> {
+    groups.iter().filter(|g| g.kind == kind).collect()
+}
+
+#[test]
+fn planted_near_copies_are_recovered() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let dim = 64;
+    let mut vectors: Vec<Vec<f32>> = (0..2000).map(|_| random_unit(&mut rng, dim)).collect();
+    let mut planted = Vec::new();
+    for i in 0..200 {
+        let copy = jitter(&mut rng, &vectors[i * 7].clone(), 0.3);
+        planted.push(((i * 7) as u64, vectors.len() as u64));
+        vectors.push(copy);
+    }
+    let keys: Vec<u64> = (0..vectors.len() as u64).collect();
+    let items: Vec<DupItem> = keys
+        .iter()
+        .map(|&k| item(k, (k % 251) as u8 ^ 0x5a, None))
+        .collect();
+    // Give every item its own content hash.
+    let items: Vec<DupItem> = items
+        .into_iter()
+        .map(|mut it| {
+            it.content_hash[..8].copy_from_slice(&it.key.to_le_bytes());
+            it
+        })
+        .collect();
+    let knn = brute_force_knn(&keys, &vectors);
+    let report = find_duplicates(&items, &knn, &DuplicateOptions::default(), &NoProgress)
+        .expect("find duplicates");
+    let near = groups_of(&report.groups, DuplicateKind::Near);
+    assert_eq!(
+        near.len(),
+        report.groups.len(),
+        "no exact or perceptual groups expected"
+    );
+    let near: Vec<DuplicateGroup> = near.into_iter().cloned().collect();
+    let scores = pair_precision_recall(&near, &planted);
+    println!(
+        "planted near copies: {scores:?}, refused merges {}",
+        report.refused_merges
+    );
+    assert_eq!(scores.recall, 1.0, "{scores:?}");
+    assert_eq!(scores.precision, 1.0, "{scores:?}");
+    assert!(near
+        .iter()
+        .all(|g| g.members.len() == 2 && g.pairs.len() == 1));
+}
+
+#[test]
+fn kinds_are_layered_without_repeating_links() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let v = random_unit(&mut rng, 32);
+    let near_v = jitter(&mut rng, &v, 0.25);
+    let stranger = random_unit(&mut rng, 32);
+    let h: u64 = 0xF0F0_1234_ABCD_0F0F;
+    let items = vec![
+        item(1, 1, Some(h)),
+        item(2, 1, Some(h)),         // byte-identical to 1
+        item(3, 3, Some(h ^ 0b111)), // 3 bits from 1: a re-encoded copy
+        item(4, 4, Some(!h)),        // looks different, but its vector is close to 1–3
+        item(5, 5, Some(h ^ 0xFFFF_0000)),
+    ];
+    let keys = [1, 2, 3, 4, 5];
+    let vectors = vec![v.clone(), v.clone(), v.clone(), near_v, stranger];
+    let knn = brute_force_knn(&keys, &vectors);
+    let report = find_duplicates(&items, &knn, &DuplicateOptions::default(), &NoProgress)
+        .expect("find duplicates");
+    println!("{report:#?}");
+
+    let exact = groups_of(&report.groups, DuplicateKind::Exact);
+    assert_eq!(exact.len(), 1);
+    assert_eq!(exact[0].members, vec![1, 2]);
+    assert_eq!(exact[0].pairs, vec![(1, 2, 1.0)]);
+
+    let perceptual = groups_of(&report.groups, DuplicateKind::Perceptual);
+    assert_eq!(perceptual.len(), 1);
+    assert_eq!(perceptual[0].members, vec![1, 2, 3]);
+    assert_eq!(perceptual[0].pairs, vec![(1, 3, 1.0 - 3.0 / 64.0)]);
+
+    let near = groups_of(&report.groups, DuplicateKind::Near);
+    assert_eq!(near.len(), 1);
+    assert_eq!(near[0].members, vec![1, 2, 3, 4]);
+    // Only links to 4: the links among 1–3 are already explained.
+    assert_eq!(near[0].pairs.len(), 3);
+    assert!(near[0]
+        .pairs
+        .iter()
+        .all(|&(a, b, s)| b == 4 && a < 4 && s >= 0.95));
+    assert_eq!(report.refused_merges, 0);
+}
+
+#[test]
+fn chains_and_dense_regions_are_capped() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let dim = 64;
+    // A random walk where each step keeps cosine ≈ 0.967: neighbours link, two steps apart
+    // mostly do not, so single linkage would chain all 120 items into one group.
+    let mut vectors = vec![random_unit(&mut rng, dim)];
+    for _ in 1..120 {
+        let next = jitter(&mut rng, &vectors[vectors.len() - 1], 0.45);
+        vectors.push(next);
+    }
+    // A dense blob of 150 near-identical items (cosine ≈ 0.99 between all of them).
+    let centre = random_unit(&mut rng, dim);
+    for _ in 0..150 {
+        vectors.push(jitter(&mut rng, &centre, 0.15));
+    }
+    let keys: Vec<u64> = (0..vectors.len() as u64).collect();
+    let items: Vec<DupItem> = keys
+        .iter()
+        .map(|&k| {
+            let mut it = item(k, 0, None);
+            it.content_hash[..8].copy_from_slice(&k.to_le_bytes());
+            it
+        })
+        .collect();
+    let knn = brute_force_knn(&keys, &vectors);
+
+    let uncapped = DuplicateOptions {
+        max_group_size: usize::MAX,
+        ..DuplicateOptions::default()
+    };
+    let report = find_duplicates(&items, &knn, &uncapped, &NoProgress).expect("uncapped");
+    let largest = report
+        .groups
+        .iter()
+        .map(|g| g.members.len())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "uncapped: {} groups, largest {largest}",
+        report.groups.len()
+    );
+    assert!(
+        largest >= 150,
+        "without a cap the dense blob is one group ({largest})"
+    );
+
+    let capped = DuplicateOptions {
+        max_group_size: 20,
+        ..DuplicateOptions::default()
+    };
+    let report = find_duplicates(&items, &knn, &capped, &NoProgress).expect("capped");
+    let sizes: Vec<usize> = report.groups.iter().map(|g| g.members.len()).collect();
+    println!(
+        "capped at 20: sizes {sizes:?}, refused merges {}",
+        report.refused_merges
+    );
+    assert!(sizes.iter().all(|&s| s <= 20), "{sizes:?}");
+    assert!(report.refused_merges > 0);
+    // The blob's items are still all grouped, just in pieces.
+    let blob_grouped = report
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter())
+        .filter(|&&k| k >= 120)
+        .count();
+    assert_eq!(blob_grouped, 150);
+}
+
+#[test]
+fn bad_options_and_keys_are_refused() {
+    let items = vec![item(1, 1, None), item(1, 2, None)];
+    let knn = |_: u64, _: usize| Vec::new();
+    assert!(find_duplicates(&items, &knn, &DuplicateOptions::default(), &NoProgress).is_err());
+    let nan = DuplicateOptions {
+        threshold: f32::NAN,
+        ..DuplicateOptions::default()
+    };
+    assert!(find_duplicates(&items[..1], &knn, &nan, &NoProgress).is_err());
+}
+
+#[test]
+fn planted_photo_copies_are_found_by_their_hashes() {
+    let photos = query_common::photos();
+    let mut items = Vec::new();
+    let mut planted = Vec::new();
+    let mut flips = Vec::new();
+    for (p, (_, img)) in photos.iter().enumerate() {
+        let original = (p * 10) as u64;
+        items.push(item(original, p as u8 * 10, Some(phash(img))));
+        for (c, (transform, copy)) in plant_copies(img).expect("copies").into_iter().enumerate() {
+            let key = original + 1 + c as u64;
+            items.push(item(key, key as u8, Some(phash(&copy))));
+            if transform == "flip_h" {
+                flips.push((original, key)); // pHash does not see mirror images
+            } else {
+                planted.push((original, key));
+            }
+        }
+    }
+    let knn = |_: u64, _: usize| Vec::new();
+    let report = find_duplicates(&items, &knn, &DuplicateOptions::default(), &NoProgress)
+        .expect("find duplicates");
+    let scores = pair_precision_recall(&report.groups, &planted);
+    println!("photos, perceptual only: {scores:?}");
+    assert_eq!(scores.precision, 1.0, "{scores:?}");
+    assert_eq!(scores.recall, 1.0, "{scores:?}");
+}
+
+/// 100k items, 10% planted perceptual copies and 10% planted near copies, neighbours from
+/// a precomputed table (the vector index's cost is the index's, measured with the index).
+#[test]
+fn hundred_thousand_items_run_in_seconds() {
+    let n_blocks = 1000;
+    let block = 100;
+    let dim = 32;
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(n_blocks * block);
+    let mut hashes: Vec<u64> = Vec::with_capacity(n_blocks * block);
+    let mut planted = Vec::new();
+    for b in 0..n_blocks {
+        for i in 0..block {
+            let key = (b * block + i) as u64;
+            if i % 10 == 9 {
+                // A near copy of the previous item (its picture differs).
+                let prev = vectors[vectors.len() - 1].clone();
+                vectors.push(jitter(&mut rng, &prev, 0.2));
+                hashes.push(rng.gen());
+                planted.push((key - 1, key));
+            } else if i % 10 == 8 {
+                // A re-encoded copy of the previous item: 0–6 bits of its hash flipped.
+                let prev = vectors[vectors.len() - 1].clone();
+                let mut h = hashes[hashes.len() - 1];
+                for _ in 0..rng.gen_range(0..=6) {
+                    h ^= 1 << rng.gen_range(0..64);
+                }
+                vectors.push(jitter(&mut rng, &prev, 0.9));
+                hashes.push(h);
+                planted.push((key - 1, key));
+            } else {
+                vectors.push(random_unit(&mut rng, dim));
+                hashes.push(rng.gen());
+            }
+        }
+    }
+    // Neighbours: exact within each block of 100 (items of different blocks are unrelated).
+    let table: Vec<Vec<(u64, f32)>> = (0..vectors.len())
+        .map(|i| {
+            let start = i / block * block;
+            let mut sims: Vec<(u64, f32)> = (start..start + block)
+                .map(|j| (j as u64, dot(&vectors[i], &vectors[j])))
+                .collect();
+            sims.sort_by(|a, b| b.1.total_cmp(&a.1));
+            sims.truncate(11);
+            sims
+        })
+        .collect();
+    let knn = |key: u64, k: usize| table[key as usize].iter().take(k).copied().collect();
+    let items: Vec<DupItem> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, &h)| {
+            let mut it = item(i as u64, 0, Some(h));
+            it.content_hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            it
+        })
+        .collect();
+
+    let start = Instant::now();
+    let report = find_duplicates(&items, &knn, &DuplicateOptions::default(), &NoProgress)
+        .expect("find duplicates");
+    let elapsed = start.elapsed();
+    let scores = pair_precision_recall(&report.groups, &planted);
+    println!(
+        "100k items: {:.2} s, {} groups, {scores:?}",
+        elapsed.as_secs_f64(),
+        report.groups.len()
+    );
+    assert_eq!(scores.recall, 1.0, "{scores:?}");
+    assert!(scores.precision >= 0.99, "{scores:?}");
+    assert!(elapsed.as_secs() < 120, "took {elapsed:?}");
+}
+
+/// Measurement, not a check: plants copies of the demo photos and of 100 emoji among 900
+/// other emoji, writes them to `$TRIO_DUP_MEASURE_DIR/images` with `planted.tsv` (the input
+/// of scripts/dup_reference.py), and prints pHash/dHash precision and recall overall and per
+/// transform. Run with
+/// `TRIO_DUP_MEASURE_DIR=/tmp/dup-measure cargo test --test query_duplicates -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; needs TRIO_HOME data and TRIO_DUP_MEASURE_DIR"]
+fn measure_planted_copies() {
+    use trio_engine::query::phash::dhash;
+
+    let out = PathBuf::from(
+        std::env::var_os("TRIO_DUP_MEASURE_DIR")
+            .expect("set TRIO_DUP_MEASURE_DIR to an output folder"),
+    );
+    let images_dir = out.join("images");
+    std::fs::create_dir_all(&images_dir).expect("create output folder");
+    let emoji_dir = query_common::trio_home().join("data/emoji/img/google/64");
+    let mut emoji: Vec<PathBuf> = std::fs::read_dir(&emoji_dir)
+        .unwrap_or_else(|e| panic!("needs the emoji images in {}: {e}", emoji_dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    emoji.sort();
+    let originals: Vec<(String, image::DynamicImage)> = query_common::photos()
+        .into_iter()
+        .chain(emoji.iter().step_by(3).take(1000).map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, image::open(p).expect("decode emoji"))
+        }))
+        .collect();
+
+    // name → (phash, dhash); planted: (original, copy, transform)
+    let mut files: Vec<(String, u64, u64)> = Vec::new();
+    let mut planted: Vec<(String, String, &'static str)> = Vec::new();
+    for (i, (name, img)) in originals.iter().enumerate() {
+        let stem = name
+            .rsplit_once('.')
+            .map_or(name.as_str(), |(s, _)| s)
+            .to_string();
+        let file = format!("{stem}.png");
+        img.save(images_dir.join(&file)).expect("write original");
+        files.push((file.clone(), phash(img), dhash(img)));
+        // Copies of the five photos and of every tenth emoji.
+        if i < 5 || i % 10 == 0 {
+            for (transform, copy) in plant_copies(img).expect("plant copies") {
+                let copy_file = format!("{stem}__{transform}.png");
+                copy.save(images_dir.join(&copy_file)).expect("write copy");
+                files.push((copy_file.clone(), phash(&copy), dhash(&copy)));
+                planted.push((file.clone(), copy_file, transform));
+            }
+        }
+    }
+    let mut tsv = String::from("# original\tcopy\ttransform\n");
+    for (a, b, t) in &planted {
+        tsv.push_str(&format!("{a}\t{b}\t{t}\n"));
+    }
+    std::fs::write(out.join("planted.tsv"), tsv).expect("write planted.tsv");
+
+    let key_of: HashMap<&str, u64> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.0.as_str(), i as u64))
+        .collect();
+    let planted_keys: Vec<(u64, u64)> = planted
+        .iter()
+        .map(|(a, b, _)| (key_of[a.as_str()], key_of[b.as_str()]))
+        .collect();
+    let knn = |_: u64, _: usize| Vec::new();
+    println!("{} images, {} planted pairs", files.len(), planted.len());
+    for (hash_name, pick) in [("phash", 0usize), ("dhash", 1)] {
+        for max_distance in [6, 10, 14] {
+            let items: Vec<DupItem> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let mut it = item(i as u64, 0, Some(if pick == 0 { f.1 } else { f.2 }));
+                    it.content_hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    it
+                })
+                .collect();
+            let opts = DuplicateOptions {
+                phash_max_distance: max_distance,
+                k: 0,
+                ..DuplicateOptions::default()
+            };
+            let start = Instant::now();
+            let report = find_duplicates(&items, &knn, &opts, &NoProgress).expect("find");
+            let s = pair_precision_recall(&report.groups, &planted_keys);
+            println!(
+                "trio {hash_name} max_distance={max_distance}: precision {:.4}  recall {:.4}  (found {} pairs, {} correct, {} true; {:.3} s)",
+                s.precision, s.recall, s.found_pairs, s.correct_pairs, s.true_pairs, start.elapsed().as_secs_f64()
+            );
+            let found: std::collections::HashSet<(u64, u64)> = report
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    let m = g.members.clone();
+                    (0..m.len()).flat_map(move |i| {
+                        let m = m.clone();
+                        (i + 1..m.len()).map(move |j| (m[i].min(m[j]), m[i].max(m[j])))
+                    })
+                })
+                .collect();
+            for t in ["resize_50", "crop_90", "jpeg_q40", "brighten_20", "flip_h"] {
+                let of_t: Vec<(u64, u64)> = planted
+                    .iter()
+                    .filter(|p| p.2 == t)
+                    .map(|(a, b, _)| {
+                        let (ka, kb) = (key_of[a.as_str()], key_of[b.as_str()]);
+                        (ka.min(kb), ka.max(kb))
+                    })
+                    .collect();
+                let hit = of_t.iter().filter(|p| found.contains(p)).count();
+                println!(
+                    "    recall of {t:>12}: {:.3} ({hit}/{})",
+                    hit as f64 / of_t.len() as f64,
+                    of_t.len()
+                );
+            }
+        }
+    }
+}

@@ -8,7 +8,6 @@
 //!
 //! Takes the same `serve --bind ADDR` arguments as `trio serve`.
 
-#[allow(dead_code, clippy::unwrap_used)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

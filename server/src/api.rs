@@ -96,7 +96,7 @@ pub struct ItemImage {
 // Classification
 
 /// What to classify: an image, a title, a description, or any mix of them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     #[serde(
@@ -121,6 +121,19 @@ pub struct ClassifyRequest {
 
 fn default_top_k() -> usize {
     DEFAULT_TOP_K
+}
+
+/// An empty request with the documented defaults (an empty body means this).
+impl Default for ClassifyRequest {
+    fn default() -> Self {
+        ClassifyRequest {
+            image: None,
+            title: None,
+            description: None,
+            top_k: DEFAULT_TOP_K,
+            claimed: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -187,7 +200,7 @@ impl Space {
 }
 
 /// A search as sent over the wire: exactly one of `text`, `image` and `id`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +230,21 @@ pub struct SearchRequest {
 
 fn default_k() -> usize {
     DEFAULT_K
+}
+
+/// An empty request with the documented defaults (an empty body means this).
+impl Default for SearchRequest {
+    fn default() -> Self {
+        SearchRequest {
+            text: None,
+            image: None,
+            id: None,
+            space: Space::default(),
+            k: DEFAULT_K,
+            offset: 0,
+            filters: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a search looks for. The server builds it from a [`SearchRequest`] after checking that
@@ -408,5 +436,33 @@ pub(crate) mod base64_bytes {
             .decode(data.trim())
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("image is not valid base64: {e}")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_an_empty_json_object() {
+        let search: SearchRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(search, SearchRequest::default());
+        let classify: ClassifyRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(classify, ClassifyRequest::default());
+    }
+
+    #[test]
+    fn images_round_trip_through_base64() {
+        let request = ClassifyRequest {
+            image: Some(vec![0, 1, 2, 255]),
+            ..ClassifyRequest::default()
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert!(json.contains("\"AAEC/w==\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ClassifyRequest>(&json).unwrap(),
+            request
+        );
     }
 }

@@ -344,5 +344,9 @@ pub fn check_id(field: &str, id: &str, limits: &Limits) -> Result<(), ApiError> 
 
 /// Query strings go through actix's `Query` extractor; its errors get the JSON error body.
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|e, _req| ApiError::invalid_query(e).into())
+    web::QueryConfig::default().error_handler(|e, req| {
+        // The parser does not say which parameter failed; showing the query string does.
+        let query: String = req.query_string().chars().take(200).collect();
+        ApiError::invalid_query(format!("`{query}`: {e}")).into()
+    })
 }

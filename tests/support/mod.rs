@@ -80,7 +80,6 @@ pub struct FakeBackend {
     pub gate: Gate,
     /// Size of every batch the batchers sent, by kind.
     pub batches: Mutex<Vec<(&'static str, usize)>>,
-    pub shut_down: AtomicBool,
 }
 
 impl FakeBackend {
@@ -481,7 +480,12 @@ impl Backend for FakeBackend {
             .values()
             .filter_map(|s| {
                 let label = s.view.label.as_deref()?;
-                let top = probabilities(&item_text(&s.view), s.view.has_image).remove(0);
+                let content = format!(
+                    "{} {}",
+                    s.view.title.as_deref().unwrap_or(""),
+                    s.view.description.as_deref().unwrap_or("")
+                );
+                let top = probabilities(&content, s.view.has_image).remove(0);
                 (top.label != label && top.probability >= query.min_confidence.unwrap_or(0.0))
                     .then(|| json!({"id": s.view.id, "label": label, "model_choice": top.label}))
             })
@@ -568,10 +572,6 @@ impl Backend for FakeBackend {
                 .map(|m| m.version.clone()),
         })
     }
-
-    fn shutdown(&self) {
-        self.shut_down.store(true, Ordering::SeqCst);
-    }
 }
 
 /// Builds the service over `backend` with `config` (a macro because `init_service`'s type
@@ -628,7 +628,10 @@ pub async fn expect_error<B: MessageBody>(
 /// A multipart body with a fixed boundary: `(name, filename, content type, bytes)` per part.
 pub const BOUNDARY: &str = "trio-test-boundary";
 
-pub fn multipart(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> Vec<u8> {
+/// One part: name, file name, content type, bytes.
+pub type Part<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+pub fn multipart(parts: &[Part<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, filename, content_type, bytes) in parts {
         body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());

@@ -99,6 +99,7 @@ pub struct Catalog {
     device: Device,
     service: OnceLock<Arc<EmbeddingService>>,
     indexes: RwLock<HashMap<Space, Arc<BuiltIndex>>>,
+    active: RwLock<Option<Arc<model::ActiveModel>>>,
     hnsw: HnswParams,
 }
 
@@ -135,6 +136,7 @@ impl Catalog {
             device,
             service: OnceLock::new(),
             indexes: RwLock::new(HashMap::new()),
+            active: RwLock::new(None),
             hnsw: HnswParams::default(),
         }
     }
@@ -223,15 +225,20 @@ impl Catalog {
 
     /// Brings in-memory indexes up to date with items just written through this catalogue.
     pub(crate) fn after_write(&self, ids: &[String]) -> Result<()> {
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(key) = self.store.key_of(id)? {
+                keys.push(key);
+            }
+        }
+        self.fuse_new_items(&keys)?;
         let generation = self.store.generation()?;
         let mut indexes = self.write_indexes()?;
         for (space, built) in indexes.iter_mut() {
             let mut points = Vec::new();
-            for id in ids {
-                if let Some(key) = self.store.key_of(id)? {
-                    if let Some(v) = self.vector_of(*space, key, built.model_version)? {
-                        points.push((key, v));
-                    }
+            for &key in &keys {
+                if let Some(v) = self.vector_of(*space, key, built.model_version)? {
+                    points.push((key, v));
                 }
             }
             built.index.insert_batch(&points)?;
@@ -355,3 +362,11 @@ fn index_dir_for(db: &Path) -> PathBuf {
     name.push(".index");
     db.with_file_name(name)
 }
+
+mod model;
+mod quality;
+mod search;
+
+pub use model::{ActiveModel, Classification, ClassifyInput, ClaimCheck, Evidence, LabelScore, TrainOptions, TrainOutcome};
+pub use quality::{DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, NoiseOptions, NoiseOutcome};
+pub use search::{Filter, Query, SearchHit, SearchRequest};

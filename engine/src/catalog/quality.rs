@@ -1,0 +1,234 @@
+//! Data quality over the catalogue: duplicate groups, suspicious labels, and a 2-D map.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Catalog, Space};
+use crate::error::{Error, Result};
+use crate::index::VectorIndex;
+use crate::progress::Progress;
+use crate::query::duplicates::{self, DupItem, DuplicateKind, DuplicateOptions};
+use crate::query::{map, noise};
+use crate::train::{cross_val_probabilities, TrainConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateGroupView {
+    pub kind: DuplicateKind,
+    pub members: Vec<String>,
+    /// (id, id, score): cosine similarity for near-duplicates, 1 − hamming/64 for perceptual.
+    pub pairs: Vec<(String, String, f32)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DuplicatesOutcome {
+    pub space: Option<Space>,
+    pub groups: Vec<DuplicateGroupView>,
+    pub refused_merges: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoiseOptions {
+    pub top: usize,
+    pub folds: usize,
+    /// Neighbours voting on each item's label (fused space).
+    pub neighbours: usize,
+    pub noise: noise::LabelNoiseOptions,
+    pub train: TrainConfig,
+    pub group_field: Option<String>,
+}
+
+impl Default for NoiseOptions {
+    fn default() -> Self {
+        Self {
+            top: 20,
+            folds: 5,
+            neighbours: 10,
+            noise: noise::LabelNoiseOptions::default(),
+            train: TrainConfig::default(),
+            group_field: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelIssueView {
+    pub id: String,
+    pub title: Option<String>,
+    pub given_label: String,
+    pub suggested_label: String,
+    /// How likely the given label is wrong, in [0, 1].
+    pub score: f32,
+    pub p_given: f32,
+    pub neighbour_agreement: f32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoiseOutcome {
+    pub labelled_items: usize,
+    pub flagged: usize,
+    pub issues: Vec<LabelIssueView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapOptions {
+    pub space: Space,
+    /// `label` or a metadata field.
+    pub color_by: String,
+    pub seed: u64,
+    /// Embed item thumbnails in the HTML map (hover).
+    pub thumbnails: bool,
+}
+
+impl Catalog {
+    /// Exact (content hash), perceptual (pHash) and near (kNN in `space`) duplicate groups.
+    pub fn duplicates(&self, space: Option<Space>, opts: &DuplicateOptions, progress: &dyn Progress) -> Result<DuplicatesOutcome> {
+        let total = self.store.count()? as usize;
+        let items = self.store.list(0, total.max(1))?;
+        let ids: HashMap<u64, String> = items.iter().map(|i| (i.key, i.id.clone())).collect();
+        let dup_items: Vec<DupItem> = items
+            .iter()
+            .map(|i| DupItem { key: i.key, content_hash: hash_bytes(&i.content_hash), phash: i.image_phash })
+            .collect();
+        let (index, vectors) = match space {
+            Some(space) => {
+                let version = if space == Space::Fused { self.require_model()?.version } else { 0 };
+                let index = self.index(space, progress)?;
+                let vectors: HashMap<u64, Vec<f32>> = self.vectors(space, version)?.into_iter().collect();
+                (Some(index), vectors)
+            }
+            None => (None, HashMap::new()),
+        };
+        let knn = |key: u64, k: usize| -> Vec<(u64, f32)> {
+            let (Some(index), Some(v)) = (index.as_ref(), vectors.get(&key)) else { return Vec::new() };
+            let not_self = |other: u64| other != key;
+            index
+                .search(v, k, Some(&not_self))
+                .map(|hits| hits.into_iter().map(|h| (h.key, h.score)).collect())
+                .unwrap_or_default()
+        };
+        let report = duplicates::find_duplicates(&dup_items, &knn, opts, progress)?;
+        let name = |k: u64| ids.get(&k).cloned().unwrap_or_else(|| k.to_string());
+        Ok(DuplicatesOutcome {
+            space,
+            refused_merges: report.refused_merges,
+            groups: report
+                .groups
+                .into_iter()
+                .map(|g| DuplicateGroupView {
+                    kind: g.kind,
+                    members: g.members.iter().map(|&k| name(k)).collect(),
+                    pairs: g.pairs.iter().map(|&(a, b, s)| (name(a), name(b), s)).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Ranks labelled items by how likely their label is wrong: out-of-fold probabilities from
+    /// cross-validated heads (an item is never scored by a model trained on it) combined with the
+    /// label vote of its neighbours in the fused space (when a model is trained).
+    pub fn noise(&self, opts: &NoiseOptions, progress: &dyn Progress) -> Result<NoiseOutcome> {
+        let examples = self.examples(&opts.train.label_field, opts.group_field.as_deref())?;
+        let labelled: Vec<_> = examples.into_iter().filter(|e| e.label.is_some()).collect();
+        let oof = cross_val_probabilities(&labelled, opts.folds, &opts.train, &self.device, progress)?;
+        let position: HashMap<u64, usize> = oof.rows.iter().enumerate().map(|(i, r)| (r.key, i)).collect();
+        let labels: Vec<usize> = oof.rows.iter().map(|r| r.label_index).collect();
+        let probs: Vec<Vec<f32>> = oof.rows.iter().map(|r| r.probs.clone()).collect();
+        let neighbours = self.label_neighbours(&oof.rows.iter().map(|r| r.key).collect::<Vec<_>>(), &position, opts.neighbours)?;
+        let issues = noise::rank_label_issues(&labels, &probs, &neighbours, &opts.noise)?;
+        let flagged = issues.len();
+        let mut views = Vec::new();
+        for issue in issues.into_iter().take(opts.top) {
+            let row = &oof.rows[issue.index];
+            let item = self.store.get_by_key(row.key)?;
+            views.push(LabelIssueView {
+                id: item.as_ref().map(|i| i.id.clone()).unwrap_or_else(|| row.key.to_string()),
+                title: item.and_then(|i| i.title),
+                given_label: oof.labels.get(issue.given_label).cloned().unwrap_or_default(),
+                suggested_label: oof.labels.get(issue.suggested_label).cloned().unwrap_or_default(),
+                score: issue.score,
+                p_given: issue.p_given,
+                neighbour_agreement: issue.neighbour_agreement,
+            });
+        }
+        Ok(NoiseOutcome { labelled_items: labels.len(), flagged, issues: views })
+    }
+
+    /// Each item's nearest labelled neighbours in the fused space, as positions in `keys`; empty
+    /// lists when no model is trained (the ranking then rests on the probabilities alone).
+    fn label_neighbours(&self, keys: &[u64], position: &HashMap<u64, usize>, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+        let Some(active) = self.active_model()? else { return Ok(vec![Vec::new(); keys.len()]) };
+        let index = self.index(Space::Fused, &crate::progress::NoProgress)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let Some(v) = self.store.get_fused(active.version, key)? else {
+                out.push(Vec::new());
+                continue;
+            };
+            let filter = |other: u64| other != key && position.contains_key(&other);
+            let hits = index.search(&v, k, Some(&filter))?;
+            out.push(hits.into_iter().filter_map(|h| position.get(&h.key).map(|&p| (p, h.score))).collect());
+        }
+        Ok(out)
+    }
+
+    /// Draws a 2-D t-SNE map of a space to `out` (`.png` or `.html`), coloured by a field.
+    pub fn map(&self, out: &Path, opts: &MapOptions, progress: &dyn Progress) -> Result<usize> {
+        let version = if opts.space == Space::Fused { self.require_model()?.version } else { 0 };
+        let points = self.vectors(opts.space, version)?;
+        if points.len() < 2 {
+            return Err(Error::InvalidArgument(format!("the {} space has fewer than two vectors to map", opts.space.as_str())));
+        }
+        progress.start("map layout", None);
+        let vectors: Vec<Vec<f32>> = points.iter().map(|(_, v)| v.clone()).collect();
+        let layout = map::layout(&vectors, opts.seed)?;
+        progress.finish();
+        let mut labels = Vec::with_capacity(points.len());
+        let mut titles = Vec::with_capacity(points.len());
+        let mut thumbs = Vec::with_capacity(points.len());
+        for (key, _) in &points {
+            let item = self.store.get_by_key(*key)?;
+            let label = item.as_ref().and_then(|i| {
+                if opts.color_by == "label" {
+                    i.label.clone()
+                } else {
+                    i.metadata.get(&opts.color_by).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                }
+            });
+            labels.push(label.unwrap_or_else(|| "(none)".into()));
+            titles.push(item.as_ref().and_then(|i| i.title.clone()).unwrap_or_default());
+            if opts.thumbnails {
+                thumbs.push(item.and_then(|i| i.image_path).map(|p| thumbnail(&PathBuf::from(p))).unwrap_or_default());
+            }
+        }
+        let is_html = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("html"));
+        if is_html {
+            map::render_html(&layout, &labels, &titles, opts.thumbnails.then_some(thumbs.as_slice()), out)?;
+        } else {
+            map::render_png(&layout, &labels, out)?;
+        }
+        Ok(points.len())
+    }
+}
+
+/// A 48-pixel JPEG of an image file, or nothing when it cannot be read.
+fn thumbnail(path: &Path) -> Vec<u8> {
+    let Ok(img) = image::open(path) else { return Vec::new() };
+    let small = image::DynamicImage::ImageRgb8(img.thumbnail(48, 48).to_rgb8());
+    let mut out = std::io::Cursor::new(Vec::new());
+    match small.write_to(&mut out, image::ImageFormat::Jpeg) {
+        Ok(()) => out.into_inner(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn hash_bytes(hex_hash: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(bytes) = hex::decode(hex_hash) {
+        for (o, b) in out.iter_mut().zip(bytes) {
+            *o = b;
+        }
+    }
+    out
+}

@@ -30,6 +30,22 @@ enum Command {
     Ingest(commands::ingest::IngestArgs),
     /// Get, list or delete stored items.
     Items(commands::items::ItemsArgs),
+    /// Train the fused model (and the study's baselines) on the catalogue's labels.
+    Train(commands::train::TrainArgs),
+    /// Classify an image and/or texts; `--claimed` verifies a label.
+    Classify(commands::classify::ClassifyArgs),
+    /// Search by text, image or stored item.
+    Search(commands::search::SearchArgs),
+    /// Find exact, perceptual and near-duplicate groups.
+    Duplicates(commands::quality::DuplicatesArgs),
+    /// Rank items whose label looks wrong.
+    Noise(commands::quality::NoiseArgs),
+    /// Draw a 2-D map of a vector space (PNG or HTML).
+    Map(commands::quality::MapArgs),
+    /// List or activate stored model versions.
+    Models(commands::models::ModelsArgs),
+    /// The whole job on the demo catalogue: fetch, ingest, train, report, classify.
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +56,14 @@ fn main() -> ExitCode {
         Command::Embed(a) => commands::embed::run(a, &cli.global).map(|()| 0),
         Command::Ingest(a) => commands::ingest::run(a, &cli.global),
         Command::Items(a) => commands::items::run(a, &cli.global),
+        Command::Train(a) => commands::train::run(a, &cli.global).map(|()| 0),
+        Command::Classify(a) => commands::classify::run(a, &cli.global).map(|()| 0),
+        Command::Search(a) => commands::search::run(a, &cli.global).map(|()| 0),
+        Command::Duplicates(a) => commands::quality::duplicates(a, &cli.global).map(|()| 0),
+        Command::Noise(a) => commands::quality::noise(a, &cli.global).map(|()| 0),
+        Command::Map(a) => commands::quality::map(a, &cli.global).map(|()| 0),
+        Command::Models(a) => commands::models::run(a, &cli.global).map(|()| 0),
+        Command::Demo(a) => commands::demo::run(a, &cli.global).map(|()| 0),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

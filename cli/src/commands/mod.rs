@@ -1,6 +1,12 @@
 //! One module per `trio` subcommand.
 
+pub mod classify;
+pub mod demo;
 pub mod embed;
 pub mod fetch;
 pub mod ingest;
 pub mod items;
+pub mod models;
+pub mod quality;
+pub mod search;
+pub mod train;

@@ -1,0 +1,118 @@
+//! `trio duplicates`, `trio noise` and `trio map`: the catalogue's data quality.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use trio_engine::catalog::{Catalog, MapOptions, NoiseOptions, Space};
+use trio_engine::query::duplicates::DuplicateOptions;
+use trio_engine::train::TrainConfig;
+
+use crate::output;
+use crate::progress::Bars;
+use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
+
+#[derive(Debug, Args)]
+pub struct DuplicatesArgs {
+    /// Space for near-duplicates (kNN through the index).
+    #[arg(long, default_value = "image")]
+    space: Space,
+    /// Cosine similarity at or above which two items are near-duplicates.
+    #[arg(long, default_value_t = 0.95)]
+    threshold: f32,
+    /// Largest pHash Hamming distance for resized/re-encoded copies.
+    #[arg(long, default_value_t = 10)]
+    phash_distance: u32,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+pub fn duplicates(args: DuplicatesArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let opts = DuplicateOptions {
+        threshold: args.threshold,
+        phash_max_distance: args.phash_distance,
+        ..DuplicateOptions::default()
+    };
+    let bars = Bars::new(!global.show_progress());
+    let out = catalog.duplicates(Some(args.space), &opts, &bars)?;
+    output::emit(global.json, &out, |o| {
+        for g in &o.groups {
+            println!("{:?} ({}): {}", g.kind, g.members.len(), g.members.join(", "));
+        }
+        println!("{} groups", o.groups.len());
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct NoiseArgs {
+    /// How many suspicious items to show.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Cross-validation folds for the out-of-fold probabilities.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    #[arg(long, default_value = "label")]
+    label_field: String,
+    #[arg(long)]
+    group_field: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+pub fn noise(args: NoiseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let opts = NoiseOptions {
+        top: args.top,
+        folds: args.folds,
+        train: TrainConfig { seed: args.seed, label_field: args.label_field.clone(), ..TrainConfig::default() },
+        group_field: args.group_field.clone(),
+        ..NoiseOptions::default()
+    };
+    let bars = Bars::new(!global.show_progress());
+    let out = catalog.noise(&opts, &bars)?;
+    output::emit(global.json, &out, |o| {
+        for i in &o.issues {
+            println!(
+                "{:.3}  {:<28} `{}` → `{}`  {}",
+                i.score,
+                i.id,
+                i.given_label,
+                i.suggested_label,
+                i.title.as_deref().unwrap_or("")
+            );
+        }
+        println!("{} of {} labelled items flagged", o.flagged, o.labelled_items);
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// map.png or map.html (hover shows thumbnails).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "fused")]
+    space: Space,
+    #[arg(long, default_value = "label")]
+    color_by: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+pub fn map(args: MapArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let opts = MapOptions { space: args.space, color_by: args.color_by, seed: args.seed, thumbnails: true };
+    let bars = Bars::new(!global.show_progress());
+    let n = catalog.map(&args.out, &opts, &bars)?;
+    let out = serde_json::json!({ "out": args.out, "points": n });
+    output::emit(global.json, &out, |_| println!("wrote {} ({} points)", args.out.display(), n))
+}

@@ -44,6 +44,8 @@ enum Command {
     Map(commands::quality::MapArgs),
     /// List or activate stored model versions.
     Models(commands::models::ModelsArgs),
+    /// Serve the HTTP API and web page.
+    Serve(commands::serve::ServeArgs),
     /// The whole job on the demo catalogue: fetch, ingest, train, report, classify.
     Demo(commands::demo::DemoArgs),
 }
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Noise(a) => commands::quality::noise(a, &cli.global).map(|()| 0),
         Command::Map(a) => commands::quality::map(a, &cli.global).map(|()| 0),
         Command::Models(a) => commands::models::run(a, &cli.global).map(|()| 0),
+        Command::Serve(a) => commands::serve::run(a, &cli.global).map(|()| 0),
         Command::Demo(a) => commands::demo::run(a, &cli.global).map(|()| 0),
     };
     match result {

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod batcher;
 mod body;
 pub mod config;
+pub mod engine_backend;
 pub mod error;
 mod metrics;
 mod openapi;
@@ -26,6 +27,7 @@ mod state;
 
 pub use backend::{Backend, ImageLimits};
 pub use batcher::{BatchConfig, BatchError, Batcher};
+pub use engine_backend::{uploads_dir_for, EngineBackend};
 pub use config::{ApiKey, ConfigError, Limits, ServerConfig, API_KEY_ENV};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use trio_engine::fetch::{self, FetchOptions, Group, LiteVariant};
+use trio_engine::fetch::{self, FetchOptions, Group, LiteVariant, Outcome};
 
 use crate::progress::Bars;
-use crate::settings::GlobalArgs;
 use crate::output;
+use crate::settings::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
@@ -19,10 +19,10 @@ pub struct FetchArgs {
     #[arg(long)]
     all: bool,
     /// Fetch this image tower too (lite0 comes by default).
-    #[arg(long = "image-model", value_enum)]
+    #[arg(long = "image-model")]
     image_models: Vec<LiteVariant>,
     /// Only these groups (models, photos, demo, image-models-extra).
-    #[arg(long = "only", value_enum)]
+    #[arg(long = "only")]
     only: Vec<Group>,
     /// Re-hash installed files and repair any that changed.
     #[arg(long)]
@@ -48,8 +48,17 @@ pub fn run(args: FetchArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let report = fetch::fetch(&home, &opts, &bars)?;
     output::emit(global.json, &report, |r| {
         for a in &r.assets {
-            println!("{:<28} {}", a.name, a.outcome.describe());
+            println!("{:<28} {}", a.name, describe(&a.outcome));
         }
         println!("TRIO_HOME = {}", home.root().display());
     })
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::AlreadyPresent => "already installed".into(),
+        Outcome::Downloaded => "downloaded, verified, installed".into(),
+        Outcome::FromDir(p) => format!("installed from {}", p.display()),
+        Outcome::FromCache => "reinstalled from the verified archive".into(),
+    }
 }

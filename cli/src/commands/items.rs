@@ -86,7 +86,7 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
                         "{:<28} {:<24} {}",
                         item.id,
                         item.label.as_deref().unwrap_or("-"),
-                        item.title.as_deref().unwrap_or("")
+                        item.title
                     );
                 }
                 println!("({} of {} items from offset {})", o.items.len(), o.total, o.offset);
@@ -98,7 +98,7 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
 
 fn print_item(item: &Item) {
     println!("id:          {}", item.id);
-    println!("title:       {}", item.title.as_deref().unwrap_or("(none)"));
+    println!("title:       {}", item.title);
     println!("description: {}", item.description.as_deref().unwrap_or("(none)"));
     println!("tags:        {}", item.tags.join(", "));
     println!("label:       {}", item.label.as_deref().unwrap_or("(none)"));

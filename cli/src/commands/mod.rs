@@ -10,3 +10,4 @@ pub mod models;
 pub mod quality;
 pub mod search;
 pub mod train;
+pub mod serve;

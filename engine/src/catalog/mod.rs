@@ -76,6 +76,15 @@ pub fn text_space_vector(features: &Features) -> Option<Vec<f32>> {
     Some(sum)
 }
 
+/// An empty title means "no title" (the store keeps titles as plain strings).
+pub fn non_empty(s: String) -> Option<String> {
+    if s.trim().is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
 pub(crate) fn normalise(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -339,6 +348,11 @@ impl Catalog {
             }
         }
         Ok(index)
+    }
+
+    /// Size of a space's index if it is in memory (the server's stats).
+    pub fn loaded_index_len(&self, space: Space) -> Option<usize> {
+        self.indexes.read().ok()?.get(&space).map(|b| b.index.len())
     }
 
     /// Forgets in-memory indexes (after a model change, for example).

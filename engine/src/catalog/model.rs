@@ -296,7 +296,7 @@ impl Catalog {
         let mut out = Vec::with_capacity(hits.len());
         for hit in hits {
             if let Some(item) = self.store.get_by_key(hit.key)? {
-                out.push(Evidence { id: item.id, title: item.title, label: item.label, score: hit.score });
+                out.push(Evidence { id: item.id, title: super::non_empty(item.title), label: item.label, score: hit.score });
             }
         }
         Ok(out)

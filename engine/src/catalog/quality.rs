@@ -61,7 +61,8 @@ pub struct LabelIssueView {
     /// How likely the given label is wrong, in [0, 1].
     pub score: f32,
     pub p_given: f32,
-    pub neighbour_agreement: f32,
+    /// Share of the nearest labelled neighbours that carry the given label (no model: none).
+    pub neighbour_agreement: Option<f32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -144,7 +145,7 @@ impl Catalog {
             let item = self.store.get_by_key(row.key)?;
             views.push(LabelIssueView {
                 id: item.as_ref().map(|i| i.id.clone()).unwrap_or_else(|| row.key.to_string()),
-                title: item.and_then(|i| i.title),
+                title: item.and_then(|i| super::non_empty(i.title)),
                 given_label: oof.labels.get(issue.given_label).cloned().unwrap_or_default(),
                 suggested_label: oof.labels.get(issue.suggested_label).cloned().unwrap_or_default(),
                 score: issue.score,
@@ -197,7 +198,7 @@ impl Catalog {
                 }
             });
             labels.push(label.unwrap_or_else(|| "(none)".into()));
-            titles.push(item.as_ref().and_then(|i| i.title.clone()).unwrap_or_default());
+            titles.push(item.as_ref().map(|i| i.title.clone()).unwrap_or_default());
             if opts.thumbnails {
                 thumbs.push(item.and_then(|i| i.image_path).map(|p| thumbnail(&PathBuf::from(p))).unwrap_or_default());
             }

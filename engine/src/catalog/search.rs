@@ -77,7 +77,7 @@ impl Catalog {
                 out.push(SearchHit {
                     id: item.id,
                     score: hit.score,
-                    title: item.title,
+                    title: super::non_empty(item.title),
                     label: item.label,
                     image_path: item.image_path,
                 });

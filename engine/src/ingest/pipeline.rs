@@ -57,7 +57,7 @@ pub struct StageTimes {
 }
 
 /// What an ingest run did. `failed` rows are listed in `errors` with their row number and id.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct IngestReport {
     pub rows: usize,
     pub inserted: usize,
@@ -220,7 +220,7 @@ fn ingest_chunk(
 
 fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
     match field {
-        "title" => item.title.as_deref(),
+        "title" => Some(item.title.as_str()),
         "description" => item.description.as_deref(),
         _ => None,
     }
@@ -251,7 +251,7 @@ fn prepare_row(row: ManifestRow, preprocessor: &Preprocessor) -> std::result::Re
     let id = row.id.clone().unwrap_or_else(|| content_hash[..16].to_string());
     let item = NewItem {
         id,
-        title: row.title,
+        title: row.title.unwrap_or_default(),
         description: row.description,
         tags: row.tags,
         label: row.label,

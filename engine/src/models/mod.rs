@@ -8,3 +8,5 @@ pub mod fusion;
 pub mod imagenet_classes;
 /// MiniLM and other BERT-layout sentence encoders (the text tower's network).
 pub mod minilm;
+
+mod conv_cpu;

@@ -1,0 +1,46 @@
+//! `trio serve`: the HTTP API and web page over a catalogue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use trio_engine::catalog::Catalog;
+use trio_server::{uploads_dir_for, ApiKey, EngineBackend, ServerConfig};
+
+use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, alias = "bind", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// File holding the API key for writes (default: $TRIO_API_KEY; without one, writes are off).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Require the key for reads too.
+    #[arg(long)]
+    read_auth: bool,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+pub fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    // Load the towers before answering, so the first request does not pay for it.
+    catalog.service()?;
+    let backend = EngineBackend::new(Arc::new(catalog), uploads_dir_for(&args.db.db));
+    let cfg = ServerConfig {
+        bind: args.addr,
+        api_key: ApiKey::load(args.api_key_file.as_deref())?,
+        read_auth: args.read_auth,
+        ..ServerConfig::default()
+    };
+    if !global.quiet {
+        eprintln!("serving {} on http://{}", args.db.db.display(), args.addr);
+    }
+    actix_web::rt::System::new().block_on(trio_server::run(Arc::new(backend), cfg))?;
+    Ok(())
+}

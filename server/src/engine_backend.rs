@@ -1,0 +1,403 @@
+//! The real backend: the HTTP API's operations on a [`Catalog`].
+//!
+//! Uploaded images are written beside the database (`<db>.images/<sha256>.<ext>`) and ingested
+//! through the same pipeline as a manifest row, so HTTP and CLI items are indistinguishable.
+//! Training runs as a background job on its own thread; its progress is readable at any time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use trio_engine::catalog::{self, Catalog, ClassifyInput, Filter, NoiseOptions, SearchRequest, TrainOptions};
+use trio_engine::ingest::manifest::ManifestRow;
+use trio_engine::ingest::pipeline::IngestOptions;
+use trio_engine::query::duplicates::DuplicateOptions;
+use trio_engine::{Error, Progress, Result};
+
+use crate::api::{
+    self, ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage, ItemView, JobState,
+    JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search, SearchHit, SearchResults, Stats,
+    TrainRequest,
+};
+use crate::backend::{Backend, ImageLimits};
+
+/// A [`Backend`] over a catalogue opened with its towers.
+pub struct EngineBackend {
+    catalog: Arc<Catalog>,
+    uploads: PathBuf,
+    jobs: Arc<Mutex<HashMap<String, JobStatus>>>,
+    next_job: AtomicU64,
+}
+
+impl EngineBackend {
+    /// `uploads` is where uploaded images are kept (created on first upload).
+    pub fn new(catalog: Arc<Catalog>, uploads: PathBuf) -> Self {
+        Self { catalog, uploads, jobs: Arc::new(Mutex::new(HashMap::new())), next_job: AtomicU64::new(1) }
+    }
+
+    fn save_upload(&self, bytes: &[u8]) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.uploads).map_err(|e| Error::io(&self.uploads, e))?;
+        let ext = image_ext(bytes).ok_or_else(|| Error::NotAnImage {
+            reason: "not a PNG, JPEG, GIF, WebP or BMP file".into(),
+        })?;
+        let name = format!("{}.{ext}", hex::encode(Sha256::digest(bytes)));
+        let path = self.uploads.join(name);
+        if !path.exists() {
+            let tmp = path.with_extension("partial");
+            std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(path)
+    }
+
+    fn jobs(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobStatus>>> {
+        self.jobs.lock().map_err(|_| Error::Internal("job table lock poisoned".into()))
+    }
+}
+
+fn image_ext(bytes: &[u8]) -> Option<&'static str> {
+    match image::guess_format(bytes).ok()? {
+        image::ImageFormat::Png => Some("png"),
+        image::ImageFormat::Jpeg => Some("jpg"),
+        image::ImageFormat::Gif => Some("gif"),
+        image::ImageFormat::WebP => Some("webp"),
+        image::ImageFormat::Bmp => Some("bmp"),
+        _ => None,
+    }
+}
+
+fn view(item: trio_engine::store::Item) -> ItemView {
+    ItemView {
+        id: item.id,
+        title: catalog::non_empty(item.title),
+        description: item.description,
+        tags: item.tags,
+        label: item.label,
+        metadata: item
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect(),
+        has_image: item.image_path.is_some(),
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound { what: "item".into(), id: id.to_string() }
+}
+
+fn space(s: api::Space) -> catalog::Space {
+    match s {
+        api::Space::Fused => catalog::Space::Fused,
+        api::Space::Image => catalog::Space::Image,
+        api::Space::Text => catalog::Space::Text,
+    }
+}
+
+fn check_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<()> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::NotAnImage { reason: e.to_string() })?;
+    if reader.format().is_none() {
+        return Err(Error::NotAnImage { reason: "not a PNG, JPEG, GIF, WebP or BMP file".into() });
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::NotAnImage { reason: e.to_string() })?;
+    if w as u64 * h as u64 > limits.max_pixels {
+        return Err(Error::TooLarge { what: format!("image of {w}x{h} pixels"), limit: limits.max_pixels });
+    }
+    Ok(())
+}
+
+/// Progress of a training job, written into the job table.
+struct JobProgress {
+    id: String,
+    jobs: Arc<Mutex<HashMap<String, JobStatus>>>,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl JobProgress {
+    fn update(&self, f: impl FnOnce(&mut JobStatus)) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            if let Some(job) = jobs.get_mut(&self.id) {
+                f(job);
+            }
+        }
+    }
+}
+
+impl Progress for JobProgress {
+    fn start(&self, stage: &str, total: Option<u64>) {
+        self.total.store(total.unwrap_or(0), Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        let stage = stage.to_string();
+        self.update(|j| {
+            j.state = JobState::Running;
+            j.message = Some(stage);
+        });
+    }
+
+    fn advance(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let total = self.total.load(Ordering::Relaxed);
+        if total > 0 {
+            self.update(|j| j.progress = (done as f32 / total as f32).min(1.0));
+        }
+    }
+
+    fn message(&self, msg: &str) {
+        let msg = msg.to_string();
+        self.update(|j| j.message = Some(msg));
+    }
+}
+
+impl Backend for EngineBackend {
+    fn add_item(&self, item: NewItem, limits: &ImageLimits) -> Result<ItemView> {
+        let image = match &item.image {
+            Some(bytes) => {
+                check_pixels(bytes, limits)?;
+                Some(self.save_upload(bytes)?)
+            }
+            None => None,
+        };
+        if let Some(id) = &item.id {
+            if self.catalog.get(id)?.is_some() {
+                return Err(Error::Conflict { what: "item".into(), id: id.clone(), reason: "an item with this id exists".into() });
+            }
+        }
+        let row = ManifestRow {
+            row: 1,
+            id: item.id.clone(),
+            image,
+            title: item.title.clone().filter(|t| !t.trim().is_empty()),
+            description: item.description.clone().filter(|t| !t.trim().is_empty()),
+            tags: item.tags.clone(),
+            label: item.label.clone(),
+            metadata: item.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+            warnings: Vec::new(),
+        };
+        if row.image.is_none() && row.title.is_none() && row.description.is_none() {
+            return Err(Error::InvalidArgument("an item needs an image, a title or a description".into()));
+        }
+        let mut ids = Vec::new();
+        let report = self.catalog.ingest(
+            std::iter::once(Ok(row)),
+            &IngestOptions::default(),
+            &trio_engine::NoProgress,
+            &mut |c| ids.extend_from_slice(c),
+        )?;
+        if let Some(e) = report.errors.first() {
+            return Err(if item.image.is_some() {
+                Error::NotAnImage { reason: e.reason.clone() }
+            } else {
+                Error::InvalidArgument(e.reason.clone())
+            });
+        }
+        let id = ids.into_iter().next().or(item.id).ok_or_else(|| Error::Internal("ingest stored no item".into()))?;
+        self.get_item(&id)
+    }
+
+    fn get_item(&self, id: &str) -> Result<ItemView> {
+        self.catalog.get(id)?.map(view).ok_or_else(|| not_found(id))
+    }
+
+    fn item_image(&self, id: &str) -> Result<ItemImage> {
+        let item = self.catalog.get(id)?.ok_or_else(|| not_found(id))?;
+        let path = item.image_path.ok_or_else(|| Error::NotFound { what: "image of item".into(), id: id.to_string() })?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let content_type = match image::guess_format(&bytes) {
+            Ok(f) => f.to_mime_type().to_string(),
+            Err(_) => "application/octet-stream".to_string(),
+        };
+        Ok(ItemImage { bytes, content_type })
+    }
+
+    fn list_items(&self, offset: usize, limit: usize) -> Result<Page<ItemView>> {
+        Ok(Page {
+            items: self.catalog.list(offset, limit)?.into_iter().map(view).collect(),
+            offset,
+            limit,
+            total: self.catalog.count()?,
+        })
+    }
+
+    fn delete_item(&self, id: &str) -> Result<()> {
+        if self.catalog.delete(id)? {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    fn classify(&self, request: ClassifyRequest, limits: &ImageLimits) -> Result<Classification> {
+        if let Some(bytes) = &request.image {
+            check_pixels(bytes, limits)?;
+        }
+        let input = ClassifyInput {
+            image_path: None,
+            image_bytes: request.image,
+            title: request.title,
+            description: request.description,
+        };
+        let c = self.catalog.classify(&input, request.top_k, request.claimed.as_deref())?;
+        let evidence = |e: Vec<catalog::Evidence>| {
+            e.into_iter().map(|e| Evidence { id: e.id, title: e.title, label: e.label, score: e.score }).collect::<Vec<_>>()
+        };
+        Ok(Classification {
+            labels: c.labels.into_iter().map(|l| LabelScore { label: l.label, probability: l.probability }).collect(),
+            claimed: c.claimed.map(|k| {
+                let mut ev = evidence(k.evidence_claimed);
+                ev.extend(evidence(k.evidence_model));
+                ClaimCheck { label: k.label, probability: k.probability, agrees: k.agrees, model_choice: k.model_choice, evidence: ev }
+            }),
+        })
+    }
+
+    fn search(&self, search: Search, limits: &ImageLimits) -> Result<SearchResults> {
+        let query = match search.query {
+            Query::Text(t) => catalog::Query::Text(t),
+            Query::Image(b) => {
+                check_pixels(&b, limits)?;
+                catalog::Query::ImageBytes(b)
+            }
+            Query::Item(id) => catalog::Query::Id(id),
+        };
+        let req = SearchRequest {
+            query,
+            space: space(search.space),
+            k: search.k,
+            offset: search.offset,
+            filters: search.filters.into_iter().map(|(field, value)| Filter { field, value }).collect(),
+        };
+        let hits = self.catalog.search(&req)?;
+        Ok(SearchResults {
+            hits: hits
+                .into_iter()
+                .map(|h| SearchHit { id: h.id, score: h.score, title: h.title, label: h.label, has_image: h.image_path.is_some() })
+                .collect(),
+        })
+    }
+
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value> {
+        let mut opts = DuplicateOptions::default();
+        if let Some(t) = query.threshold {
+            opts.threshold = t;
+        }
+        let mut out = self.catalog.duplicates(Some(space(query.space.unwrap_or(api::Space::Image))), &opts, &trio_engine::NoProgress)?;
+        if let Some(limit) = query.limit {
+            out.groups.truncate(limit);
+        }
+        serde_json::to_value(out).map_err(|e| Error::Json { context: "duplicates report".into(), source: e })
+    }
+
+    fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value> {
+        let opts = NoiseOptions { top: query.limit.unwrap_or(20), ..NoiseOptions::default() };
+        let mut out = self.catalog.noise(&opts, &trio_engine::NoProgress)?;
+        if let Some(min) = query.min_confidence {
+            out.issues.retain(|i| i.score >= min);
+        }
+        serde_json::to_value(out).map_err(|e| Error::Json { context: "noise report".into(), source: e })
+    }
+
+    fn start_train(&self, request: TrainRequest) -> Result<String> {
+        if self.jobs()?.values().any(|j| matches!(j.state, JobState::Queued | JobState::Running)) {
+            return Err(Error::Conflict { what: "training job".into(), id: "train".into(), reason: "a training job is already running".into() });
+        }
+        let id = format!("train-{}", self.next_job.fetch_add(1, Ordering::Relaxed));
+        self.jobs()?.insert(
+            id.clone(),
+            JobStatus { id: id.clone(), kind: "train".into(), state: JobState::Queued, progress: 0.0, message: None, result: None },
+        );
+        let mut opts = TrainOptions::default();
+        if let Some(e) = request.epochs {
+            opts.config.epochs = e as usize;
+        }
+        if let Some(lr) = request.learning_rate {
+            opts.config.lr = lr;
+        }
+        if let Some(b) = request.batch_size {
+            opts.config.batch_size = b;
+        }
+        if let Some(s) = request.seed {
+            opts.config.seed = s;
+        }
+        if let Some(v) = request.validation_fraction {
+            opts.config.holdout = 2.0 * v as f64;
+        }
+        let progress = JobProgress { id: id.clone(), jobs: self.jobs.clone(), total: AtomicU64::new(0), done: AtomicU64::new(0) };
+        let catalog = self.catalog.clone();
+        std::thread::Builder::new()
+            .name(id.clone())
+            .spawn(move || {
+                let result = catalog.train(&opts, &progress);
+                progress.update(|j| match result {
+                    Ok(outcome) => {
+                        j.state = JobState::Succeeded;
+                        j.progress = 1.0;
+                        j.message = Some(format!("model v{} is active", outcome.version));
+                        j.result = serde_json::to_value(outcome).ok();
+                    }
+                    Err(e) => {
+                        j.state = JobState::Failed;
+                        j.message = Some(e.to_string());
+                    }
+                });
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the training thread: {e}")))?;
+        Ok(id)
+    }
+
+    fn job(&self, id: &str) -> Result<JobStatus> {
+        self.jobs()?.get(id).cloned().ok_or_else(|| Error::NotFound { what: "job".into(), id: id.to_string() })
+    }
+
+    fn models(&self) -> Result<Vec<ModelInfo>> {
+        let store = self.catalog.store();
+        let active = store.active_version()?;
+        Ok(store
+            .list_models()?
+            .into_iter()
+            .map(|m| ModelInfo {
+                version: m.version.to_string(),
+                active: Some(m.version) == active,
+                created_at: Some(m.created_at.to_string()),
+                metrics: Some(m.metrics),
+            })
+            .collect())
+    }
+
+    fn activate_model(&self, version: &str) -> Result<ModelInfo> {
+        let v: u32 = version
+            .trim_start_matches('v')
+            .parse()
+            .map_err(|_| Error::InvalidArgument(format!("model version `{version}` is not a number")))?;
+        self.catalog.store().activate(v)?;
+        self.models()?
+            .into_iter()
+            .find(|m| m.version == v.to_string())
+            .ok_or_else(|| Error::NotFound { what: "model".into(), id: version.to_string() })
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let mut indexes = BTreeMap::new();
+        for s in catalog::Space::ALL {
+            if let Some(n) = self.catalog.loaded_index_len(s) {
+                indexes.insert(s.as_str().to_string(), n as u64);
+            }
+        }
+        Ok(Stats {
+            items: self.catalog.count()?,
+            indexes,
+            active_model: self.catalog.store().active_version()?.map(|v| v.to_string()),
+        })
+    }
+}
+
+/// Where uploads go for a database file: `catalog.trio` → `catalog.trio.images/`.
+pub fn uploads_dir_for(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".images");
+    db.with_file_name(name)
+}

@@ -1,0 +1,237 @@
+//! Dot products, the inner loop of every search. The widest instruction set the CPU has is picked
+//! once at run time (AVX-512, else AVX2+FMA, else portable code), so one binary runs everywhere
+//! and still uses the machine it lands on.
+
+use std::sync::OnceLock;
+
+/// A dot-product kernel over two equally long slices.
+#[derive(Clone, Copy)]
+pub(crate) struct Dot {
+    kernel: unsafe fn(&[f32], &[f32]) -> f32,
+}
+
+impl Dot {
+    /// The fastest kernel this CPU supports.
+    pub(crate) fn best() -> Dot {
+        static BEST: OnceLock<Dot> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Dot {
+                        kernel: x86::dot_avx512,
+                    };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Dot {
+                        kernel: x86::dot_avx2,
+                    };
+                }
+            }
+            Dot {
+                kernel: dot_portable,
+            }
+        })
+    }
+
+    /// `a · b`. Slices of different lengths are compared over the shorter one.
+    #[inline]
+    pub(crate) fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: `best` only selects a kernel whose instruction set the running CPU reported, and
+        // every kernel reads within the `n` elements both slices have.
+        unsafe { (self.kernel)(&a[..n], &b[..n]) }
+    }
+}
+
+/// Portable fallback; eight independent sums let the compiler vectorise it.
+unsafe fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// Unit-length copy of `v`; `None` for a zero or non-finite vector, which has no direction.
+pub(crate) fn normalized(v: &[f32]) -> Option<Vec<f32>> {
+    let norm = Dot::best().dot(v, v).sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return None;
+    }
+    let out: Vec<f32> = v.iter().map(|x| x / norm).collect();
+    out.iter().all(|x| x.is_finite()).then_some(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Four 16-lane accumulators hide the FMA latency; a masked load handles the tail.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s0 = _mm512_setzero_ps();
+        let mut s1 = _mm512_setzero_ps();
+        let mut s2 = _mm512_setzero_ps();
+        let mut s3 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): offsets stay below `n`, the length of both slices.
+        unsafe {
+            while i + 64 <= n {
+                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+                s1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                    s1,
+                );
+                s2 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 32)),
+                    _mm512_loadu_ps(pb.add(i + 32)),
+                    s2,
+                );
+                s3 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 48)),
+                    _mm512_loadu_ps(pb.add(i + 48)),
+                    s3,
+                );
+                i += 64;
+            }
+            while i + 16 <= n {
+                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+                i += 16;
+            }
+            if i < n {
+                let mask: __mmask16 = (1u32 << (n - i)).wrapping_sub(1) as __mmask16;
+                s1 = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(mask, pa.add(i)),
+                    _mm512_maskz_loadu_ps(mask, pb.add(i)),
+                    s1,
+                );
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s0 = _mm256_setzero_ps();
+        let mut s1 = _mm256_setzero_ps();
+        let mut s2 = _mm256_setzero_ps();
+        let mut s3 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): offsets stay below `n`, the length of both slices.
+        unsafe {
+            while i + 32 <= n {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+                s1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    s1,
+                );
+                s2 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 16)),
+                    _mm256_loadu_ps(pb.add(i + 16)),
+                    s2,
+                );
+                s3 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 24)),
+                    _mm256_loadu_ps(pb.add(i + 24)),
+                    s3,
+                );
+                i += 32;
+            }
+            while i + 8 <= n {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+                i += 8;
+            }
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+        let half = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let one = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
+        let mut sum = _mm_cvtss_f32(one);
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+
+    /// Hints the cache to fetch the line holding `p`; harmless on any address.
+    #[inline(always)]
+    pub(crate) fn prefetch(p: *const f32) {
+        // SAFETY: prefetching never faults, whatever the address.
+        unsafe { _mm_prefetch(p as *const i8, _MM_HINT_T0) }
+    }
+}
+
+/// Starts fetching `lines` cache lines from `p` before they are needed.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for l in 0..lines {
+        x86::prefetch(p.wrapping_add(l * 16));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, lines);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_all_lengths() {
+        let mut kernels: Vec<Dot> = vec![Dot {
+            kernel: dot_portable,
+        }];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Dot {
+                    kernel: x86::dot_avx512,
+                });
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(Dot {
+                    kernel: x86::dot_avx2,
+                });
+            }
+        }
+        for n in 0..200 {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let reference: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            for k in &kernels {
+                let got = k.dot(&a, &b) as f64;
+                assert!(
+                    (got - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                    "n={n}: {got} vs {reference}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn normalized_refuses_directionless_vectors() {
+        assert!(normalized(&[0.0, 0.0]).is_none());
+        assert!(normalized(&[f32::NAN, 1.0]).is_none());
+        let v = normalized(&[3.0, 4.0]).expect("has a direction");
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+}

@@ -22,7 +22,7 @@ use crate::error::Result;
 
 pub use flat::FlatIndex;
 pub use hnsw::{HnswIndex, HnswParams};
-pub use persist::DumpManifest;
+pub use persist::{DumpFile, DumpManifest};
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

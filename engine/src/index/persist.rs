@@ -113,7 +113,7 @@ fn u64s_to_bytes(values: &[u64]) -> Vec<u8> {
 }
 
 fn bytes_to_u64s(bytes: &[u8]) -> Option<Vec<u64>> {
-    (bytes.len() % 8 == 0).then(|| {
+    bytes.len().is_multiple_of(8).then(|| {
         bytes
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))

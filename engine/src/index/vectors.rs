@@ -90,7 +90,7 @@ impl Arena {
     pub(crate) fn extended<'a>(&self, vectors: impl IntoIterator<Item = &'a [f32]>) -> Arena {
         let mut out = self.clone();
         let mut tail: Vec<Block> = match out.chunks.last() {
-            Some(last) if out.len % CHUNK != 0 => {
+            Some(last) if !out.len.is_multiple_of(CHUNK) => {
                 let v = last.to_vec();
                 out.chunks.pop();
                 v

@@ -28,7 +28,7 @@ pub(crate) fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
 
 /// `None` when the byte count is not a whole number of `f32`s.
 pub(crate) fn bytes_to_f32s(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

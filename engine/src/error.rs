@@ -33,9 +33,31 @@ pub enum Error {
     // -- fetch (assets, archives) --
 
     // -- weights and models --
+    #[error("{path}: not a weights file ({reason})")]
+    NotWeightsFile { path: PathBuf, reason: String },
+
+    #[error("{path}: truncated weights file ({reason})")]
+    TruncatedWeights { path: PathBuf, reason: String },
+
+    #[error("{path}: malformed weights file ({reason})")]
+    MalformedWeights { path: PathBuf, reason: String },
+
+    #[error("{path}: tensor `{tensor}` has unsupported dtype {dtype}")]
+    UnsupportedWeightDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+
+    #[error("weights do not fit model {model}: {reason}")]
+    ModelWeights { model: String, reason: String },
 
     // -- towers (image decode, tokenizer) --
-
+    #[error("image {image}: {problem}")]
+    Image {
+        image: String,
+        problem: crate::towers::image::ImageProblem,
+    },
     // -- store --
 
     // -- index --

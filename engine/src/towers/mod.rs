@@ -1,1 +1,3 @@
 //! The frozen feature extractors ("towers") with their preprocessing.
+
+pub mod image;

@@ -1,0 +1,450 @@
+//! Fused CPU kernels for channels-last (NHWC) convolutions.
+//!
+//! candle has no depthwise convolution (grouped convolutions run one group at a time) and its
+//! matrix product leaves bias, residual and activation to separate passes over memory. For
+//! the convolutional networks in `models/` these two kernels do the work in one pass each:
+//!
+//! - [`Pointwise`]: a 1x1 convolution as a matrix product over row tiles of the pixel matrix,
+//!   each tile started from its bias (and residual) and clamped by ReLU6 while still in cache;
+//! - [`Depthwise`]: a depthwise convolution with TensorFlow "SAME" padding, bias and ReLU6,
+//!   accumulating all taps of a pixel in registers along the channel axis.
+//!
+//! They run as candle custom ops, so they only see CPU storage; models fall back to tensor ops
+//! on other devices.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The f32 data of a contiguous CPU tensor.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: expected f32 input, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: expected a contiguous input"),
+    }
+}
+
+fn host_vec(t: &Tensor) -> Result<Arc<[f32]>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.into())
+}
+
+/// Rows of the pixel matrix per task: small enough that a tile of the output stays in the
+/// core's L2 cache, large enough that packing the weights is amortised.
+const MAX_TILE_ROWS: usize = 256;
+const MIN_TILE_ROWS: usize = 16;
+
+/// `x (m, k) @ w (k, n) + bias (+ residual)`, then ReLU6 if asked.
+pub(crate) struct Pointwise {
+    /// Row-major `(k, n)`.
+    weight: Arc<[f32]>,
+    bias: Arc<[f32]>,
+    k: usize,
+    n: usize,
+    relu6: bool,
+}
+
+impl Pointwise {
+    /// `weight` is `(in, out)`, `bias` is `(out)`.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor, relu6: bool) -> Result<Self> {
+        let (k, n) = weight.dims2()?;
+        if bias.dims1()? != n {
+            bail!("pointwise: bias of {} for {n} outputs", bias.dims1()?)
+        }
+        Ok(Self {
+            weight: host_vec(weight)?,
+            bias: host_vec(bias)?,
+            k,
+            n,
+            relu6,
+        })
+    }
+
+    /// `x` is `(pixels, in)`; `residual`, if any, is `(pixels, out)`.
+    pub(crate) fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        match residual {
+            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, self),
+            None => x.apply_op1_no_bwd(self),
+        }
+    }
+
+    fn check(&self, layout: &Layout) -> Result<usize> {
+        let (m, k) = layout.shape().dims2()?;
+        if k != self.k {
+            bail!(
+                "pointwise: input has {k} channels, weights expect {}",
+                self.k
+            )
+        }
+        Ok(m)
+    }
+
+    fn run(&self, x: &[f32], m: usize, residual: Option<&[f32]>) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        let mut out = vec![0f32; m * n];
+        let threads = rayon::current_num_threads().max(1);
+        let tile_rows = m.div_ceil(threads * 4).clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
+        if m.div_ceil(tile_rows) < threads {
+            // Too few pixels to share out by rows (the last stages at batch 1): let gemm split
+            // the columns across threads, then finish in one pass.
+            self.start_tile(&mut out, 0, residual);
+            matmul_accumulate(
+                &mut out,
+                x,
+                &self.weight,
+                m,
+                k,
+                n,
+                gemm::Parallelism::Rayon(threads),
+            );
+            if self.relu6 {
+                clamp_relu6(&mut out);
+            }
+            return out;
+        }
+        out.par_chunks_mut(tile_rows * n)
+            .enumerate()
+            .for_each(|(tile, dst)| {
+                let row0 = tile * tile_rows;
+                let rows = dst.len() / n;
+                self.start_tile(dst, row0, residual);
+                let lhs = &x[row0 * k..(row0 + rows) * k];
+                matmul_accumulate(dst, lhs, &self.weight, rows, k, n, gemm::Parallelism::None);
+                if self.relu6 {
+                    clamp_relu6(dst);
+                }
+            });
+        out
+    }
+
+    /// Fills output rows starting at `row0` with the bias, plus the residual if there is one.
+    fn start_tile(&self, dst: &mut [f32], row0: usize, residual: Option<&[f32]>) {
+        let n = self.n;
+        match residual {
+            Some(res) => {
+                let res = &res[row0 * n..row0 * n + dst.len()];
+                for (d_row, r_row) in dst.chunks_exact_mut(n).zip(res.chunks_exact(n)) {
+                    for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(self.bias.iter()) {
+                        *d = r + b;
+                    }
+                }
+            }
+            None => {
+                for d_row in dst.chunks_exact_mut(n) {
+                    d_row.copy_from_slice(&self.bias);
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m, n) += lhs (m, k) @ rhs (k, n)`, all row-major.
+fn matmul_accumulate(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the assertion above gives each slice exactly the elements the dimensions and
+    // row-major strides below address, and `dst` is a unique borrow, so it aliases neither
+    // input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn clamp_relu6(values: &mut [f32]) {
+    for v in values {
+        *v = v.clamp(0.0, 6.0);
+    }
+}
+
+impl CustomOp1 for Pointwise {
+    fn name(&self) -> &'static str {
+        "nhwc-pointwise"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let m = self.check(layout)?;
+        let x = contiguous_f32(storage, layout, "pointwise")?;
+        Ok((
+            CpuStorage::F32(self.run(x, m, None)),
+            Shape::from((m, self.n)),
+        ))
+    }
+}
+
+impl CustomOp2 for Pointwise {
+    fn name(&self) -> &'static str {
+        "nhwc-pointwise-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let m = self.check(l1)?;
+        if l2.shape().dims() != [m, self.n] {
+            bail!(
+                "pointwise: residual {:?} for output ({m}, {})",
+                l2.shape(),
+                self.n
+            )
+        }
+        let x = contiguous_f32(s1, l1, "pointwise")?;
+        let r = contiguous_f32(s2, l2, "pointwise residual")?;
+        Ok((
+            CpuStorage::F32(self.run(x, m, Some(r))),
+            Shape::from((m, self.n)),
+        ))
+    }
+}
+
+/// Channels handled together: one AVX2 register, two SSE ones, half an AVX-512 one.
+const LANES: usize = 8;
+
+/// Depthwise `k x k` convolution with "SAME" padding, bias and ReLU6 on NHWC input.
+pub(crate) struct Depthwise {
+    /// Row-major `(k, k, channels)`.
+    weight: Arc<[f32]>,
+    bias: Arc<[f32]>,
+    kernel: usize,
+    stride: usize,
+    channels: usize,
+}
+
+impl Depthwise {
+    /// `weight` is `(k, k, channels)`, `bias` is `(channels)`.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor, stride: usize) -> Result<Self> {
+        let (k, k2, channels) = weight.dims3()?;
+        if k != k2 || bias.dims1()? != channels || stride == 0 {
+            bail!(
+                "depthwise: weight {:?}, bias {:?}, stride {stride}",
+                weight.shape(),
+                bias.shape()
+            )
+        }
+        Ok(Self {
+            weight: host_vec(weight)?,
+            bias: host_vec(bias)?,
+            kernel: k,
+            stride,
+            channels,
+        })
+    }
+
+    /// `x` is `(batch, height, width, channels)`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    /// One output row: every pixel starts from the bias and adds its in-bounds taps.
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        oy: usize,
+        pad_top: usize,
+        pad_left: usize,
+        out: &mut [f32],
+    ) {
+        let (k, s, c) = (self.kernel, self.stride, self.channels);
+        let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
+        for (ox, px) in out.chunks_exact_mut(c).enumerate() {
+            let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
+            let mut c0 = 0;
+            while c0 + LANES <= c {
+                let mut acc = [0f32; LANES];
+                acc.copy_from_slice(&self.bias[c0..c0 + LANES]);
+                for ky in ky0..ky1 {
+                    let iy = oy * s + ky - pad_top;
+                    for kx in kx0..kx1 {
+                        let ix = ox * s + kx - pad_left;
+                        let src = &image[(iy * w + ix) * c + c0..][..LANES];
+                        let wt = &self.weight[(ky * k + kx) * c + c0..][..LANES];
+                        for l in 0..LANES {
+                            acc[l] += src[l] * wt[l];
+                        }
+                    }
+                }
+                for l in 0..LANES {
+                    px[c0 + l] = acc[l].clamp(0.0, 6.0);
+                }
+                c0 += LANES;
+            }
+            for ch in c0..c {
+                let mut acc = self.bias[ch];
+                for ky in ky0..ky1 {
+                    let iy = oy * s + ky - pad_top;
+                    for kx in kx0..kx1 {
+                        let ix = ox * s + kx - pad_left;
+                        acc += image[(iy * w + ix) * c + ch] * self.weight[(ky * k + kx) * c + ch];
+                    }
+                }
+                px[ch] = acc.clamp(0.0, 6.0);
+            }
+        }
+    }
+}
+
+/// The taps `t` in `0..k` for which input index `o * s + t - pad` lies in `0..n`.
+fn tap_range(o: usize, s: usize, pad: usize, k: usize, n: usize) -> (usize, usize) {
+    let origin = o * s;
+    let lo = pad.saturating_sub(origin);
+    let hi = (n + pad).saturating_sub(origin).min(k);
+    (lo.min(hi), hi)
+}
+
+impl CustomOp1 for Depthwise {
+    fn name(&self) -> &'static str {
+        "nhwc-depthwise-relu6"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = layout.shape().dims4()?;
+        if c != self.channels {
+            bail!(
+                "depthwise: input has {c} channels, weights expect {}",
+                self.channels
+            )
+        }
+        let x = contiguous_f32(storage, layout, "depthwise")?;
+        let (oh, pad_top, _) = super::efficientnet_lite::same_padding(h, self.kernel, self.stride);
+        let (ow, pad_left, _) = super::efficientnet_lite::same_padding(w, self.kernel, self.stride);
+        let mut out = vec![0f32; b * oh * ow * c];
+        if !out.is_empty() {
+            out.par_chunks_mut(ow * c).enumerate().for_each(|(r, dst)| {
+                let (image, oy) = (r / oh, r % oh);
+                let image = &x[image * h * w * c..(image + 1) * h * w * c];
+                self.row(image, h, w, oy, pad_top, pad_left, dst);
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn tap_ranges_clip_at_the_borders() {
+        // 3x3, stride 2, pad 0 before: output 0 reads inputs 0..3.
+        assert_eq!(tap_range(0, 2, 0, 3, 224), (0, 3));
+        // Last output of 224 -> 112: origin 222, taps 0..2 in range (input 224 is padding).
+        assert_eq!(tap_range(111, 2, 0, 3, 224), (0, 2));
+        // 5x5, stride 1, pad 2: first output skips two taps.
+        assert_eq!(tap_range(0, 1, 2, 5, 14), (2, 5));
+        assert_eq!(tap_range(13, 1, 2, 5, 14), (0, 3));
+    }
+
+    #[test]
+    fn pointwise_matches_matmul_with_residual() {
+        let dev = Device::Cpu;
+        let (m, k, n) = (300, 24, 40);
+        let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (k, n), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., n, &dev).unwrap();
+        let r = Tensor::randn(0f32, 1., (m, n), &dev).unwrap();
+        let op = Pointwise::new(&w, &b, true).unwrap();
+        let got = op.forward(&x, Some(&r)).unwrap();
+        let want = (x.matmul(&w).unwrap().broadcast_add(&b).unwrap() + &r)
+            .unwrap()
+            .clamp(0f32, 6f32)
+            .unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        // A single-tile problem takes the column-parallel branch.
+        let small = x.narrow(0, 0, 5).unwrap();
+        let got = Pointwise::new(&w, &b, false)
+            .unwrap()
+            .forward(&small, None)
+            .unwrap();
+        let want = small.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn depthwise_matches_a_naive_convolution() {
+        let dev = Device::Cpu;
+        for (k, s, h, w, c) in [(3, 2, 9, 8, 12), (5, 1, 6, 7, 16), (5, 2, 10, 10, 3)] {
+            let x = Tensor::randn(0f32, 1., (2, h, w, c), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
+            let got = Depthwise::new(&wt, &b, s).unwrap().forward(&x).unwrap();
+
+            // Reference: candle's grouped conv2d in NCHW on explicitly padded input.
+            let (oh, t, bo) = super::super::efficientnet_lite::same_padding(h, k, s);
+            let (ow, l, r) = super::super::efficientnet_lite::same_padding(w, k, s);
+            let nchw = x.permute((0, 3, 1, 2)).unwrap();
+            let padded = nchw
+                .pad_with_zeros(2, t, bo)
+                .unwrap()
+                .pad_with_zeros(3, l, r)
+                .unwrap();
+            let kernel = wt
+                .permute((2, 0, 1))
+                .unwrap()
+                .reshape((c, 1, k, k))
+                .unwrap();
+            let want = padded
+                .conv2d(&kernel, 0, s, 1, c)
+                .unwrap()
+                .broadcast_add(&b.reshape((c, 1, 1)).unwrap())
+                .unwrap()
+                .clamp(0f32, 6f32)
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap();
+            assert_eq!(got.dims(), [2, oh, ow, c]);
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                diff.to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    < 1e-4,
+                "k{k} s{s}"
+            );
+        }
+    }
+}

@@ -1,0 +1,633 @@
+//! EfficientNet-Lite0/1/2, the image tower's network.
+//!
+//! EfficientNet (Tan & Le, 2019) with the changes Google made for its "Lite" variants: no
+//! squeeze-and-excitation, ReLU6 instead of swish, and a stem and head that are not scaled with
+//! the width multiplier (always 32 and 1280 channels). Weight names are those of
+//! `efficientnet_lite_pytorch` (a fork of lukemelas' `efficientnet_pytorch`) whose `.pth`
+//! files Trio loads: `_conv_stem`, `_bn0`, `_blocks.N._{expand_conv,bn0,depthwise_conv,bn1,
+//! project_conv,bn2}`, `_conv_head`, `_bn1`, `_fc`.
+//!
+//! Two details decide whether the converted TensorFlow weights give the right answers:
+//!
+//! - **TensorFlow "SAME" padding.** A stride-2 convolution on an even input pads one pixel
+//!   more at the bottom/right than at the top/left (e.g. 0/1 for 3x3 on 224, 1/2 for 5x5 on
+//!   56). The reference pads statically for its configured image size; padding from the actual
+//!   input size, as here, is the same there and still right for other sizes.
+//! - **Batch-norm epsilon 1e-3** (TensorFlow's default), folded into the convolutions at load.
+//!
+//! Activations run channels-last (NHWC): pointwise convolutions are then plain matrix
+//! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
+//! CPU both use fused kernels (`conv_cpu`); elsewhere they are built from candle tensor ops.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::conv_cpu;
+use crate::error::{Error, Result};
+
+/// Width of the pooled feature vector: the head is not scaled in the Lite variants.
+pub const FEATURE_DIM: usize = 1280;
+/// Stem width, likewise fixed.
+const STEM_CHANNELS: usize = 32;
+/// Channel counts are rounded to multiples of this (TensorFlow's `depth_divisor`).
+const CHANNEL_DIVISOR: usize = 8;
+
+/// One stage of the EfficientNet-B0 baseline that every variant scales.
+struct Stage {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand_ratio: usize,
+    input: usize,
+    output: usize,
+}
+
+/// `efficientnet_lite_builder.py`'s block strings `r1_k3_s11_e1_i32_o16` ... `r1_k3_s11_e6_i192_o320`.
+const STAGES: [Stage; 7] = [
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 1,
+        input: 32,
+        output: 16,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        input: 16,
+        output: 24,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        input: 24,
+        output: 40,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        input: 40,
+        output: 80,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand_ratio: 6,
+        input: 80,
+        output: 112,
+    },
+    Stage {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        input: 112,
+        output: 192,
+    },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 6,
+        input: 192,
+        output: 320,
+    },
+];
+
+/// Which EfficientNet-Lite, and how to read its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Name used in logs and errors, e.g. `efficientnet-lite0`.
+    pub name: String,
+    pub width_multiplier: f64,
+    pub depth_multiplier: f64,
+    /// The resolution the network was trained at; preprocessing crops to it.
+    pub image_size: usize,
+    pub num_classes: usize,
+    pub batch_norm_eps: f64,
+}
+
+impl Config {
+    fn lite(name: &str, width: f64, depth: f64, image_size: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            width_multiplier: width,
+            depth_multiplier: depth,
+            image_size,
+            num_classes: 1000,
+            batch_norm_eps: 1e-3,
+        }
+    }
+
+    pub fn lite0() -> Self {
+        Self::lite("efficientnet-lite0", 1.0, 1.0, 224)
+    }
+
+    pub fn lite1() -> Self {
+        Self::lite("efficientnet-lite1", 1.0, 1.1, 240)
+    }
+
+    pub fn lite2() -> Self {
+        Self::lite("efficientnet-lite2", 1.1, 1.2, 260)
+    }
+
+    /// `round_filters` of the reference: scale, round to the divisor, never lose over 10%.
+    fn round_channels(&self, channels: usize) -> usize {
+        if self.width_multiplier == 1.0 {
+            return channels;
+        }
+        let scaled = channels as f64 * self.width_multiplier;
+        let d = CHANNEL_DIVISOR as f64;
+        let mut rounded = ((scaled + d / 2.0) / d).floor() * d;
+        rounded = rounded.max(d);
+        if rounded < 0.9 * scaled {
+            rounded += d;
+        }
+        rounded as usize
+    }
+
+    /// Every MBConv block in order. The first and last stages keep their depth (Lite's
+    /// `fix_head_stem`); the others repeat `ceil(depth_multiplier * repeats)` times.
+    fn blocks(&self) -> Vec<BlockSpec> {
+        let mut blocks = Vec::new();
+        for (i, stage) in STAGES.iter().enumerate() {
+            let repeats = if i == 0 || i == STAGES.len() - 1 {
+                stage.repeats
+            } else {
+                (self.depth_multiplier * stage.repeats as f64).ceil() as usize
+            };
+            let input = if i == 0 {
+                STEM_CHANNELS
+            } else {
+                self.round_channels(stage.input)
+            };
+            let output = self.round_channels(stage.output);
+            for r in 0..repeats {
+                blocks.push(BlockSpec {
+                    input: if r == 0 { input } else { output },
+                    output,
+                    expand_ratio: stage.expand_ratio,
+                    kernel: stage.kernel,
+                    stride: if r == 0 { stage.stride } else { 1 },
+                });
+            }
+        }
+        blocks
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BlockSpec {
+    input: usize,
+    output: usize,
+    expand_ratio: usize,
+    kernel: usize,
+    stride: usize,
+}
+
+/// TensorFlow "SAME" padding along one axis: output size, padding before, padding after.
+pub(crate) fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (output, total / 2, total - total / 2)
+}
+
+/// A convolution and the batch-norm after it, folded: `w' = w * s`, `b' = beta - mean * s` with
+/// `s = gamma / sqrt(var + eps)`. Returns the weight in PyTorch layout and the bias.
+fn load_conv_bn(
+    conv: VarBuilder,
+    bn: VarBuilder,
+    shape: (usize, usize, usize, usize),
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let out = shape.0;
+    let w = conv.get(shape, "weight")?.to_dtype(DType::F32)?;
+    let get = |name| bn.get(out, name).and_then(|t| t.to_dtype(DType::F32));
+    let (gamma, beta, mean, var) = (
+        get("weight")?,
+        get("bias")?,
+        get("running_mean")?,
+        get("running_var")?,
+    );
+    let scale = (gamma / (var + eps)?.sqrt()?)?;
+    let w = w.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
+    let b = (beta - (mean * &scale)?)?;
+    Ok((w, b))
+}
+
+fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.clamp(0f32, 6f32)
+}
+
+/// A 1x1 convolution (with folded batch-norm) on NHWC activations: a matrix product over
+/// pixels, then bias, optional residual and optional ReLU6.
+struct Pointwise {
+    /// `(in, out)`, so that `pixels x in` times it gives `pixels x out`.
+    weight: Tensor,
+    bias: Tensor,
+    relu6: bool,
+    cpu: Option<conv_cpu::Pointwise>,
+}
+
+impl Pointwise {
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        input: usize,
+        output: usize,
+        relu6: bool,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
+        let (w, bias) = load_conv_bn(conv, bn, (output, input, 1, 1), cfg.batch_norm_eps)?;
+        let weight = w.reshape((output, input))?.t()?.contiguous()?;
+        let cpu = weight
+            .device()
+            .is_cpu()
+            .then(|| conv_cpu::Pointwise::new(&weight, &bias, relu6))
+            .transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            relu6,
+            cpu,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        fast: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let out = self.weight.dim(1)?;
+        let flat = x.reshape((b * h * w, c))?;
+        let residual = residual.map(|r| r.reshape((b * h * w, out))).transpose()?;
+        let y = match (&self.cpu, fast) {
+            (Some(cpu), true) => cpu.forward(&flat, residual.as_ref())?,
+            _ => {
+                let mut y = flat.matmul(&self.weight)?.broadcast_add(&self.bias)?;
+                if let Some(r) = &residual {
+                    y = (y + r)?;
+                }
+                if self.relu6 {
+                    y = relu6(&y)?;
+                }
+                y
+            }
+        };
+        y.reshape((b, h, w, out))
+    }
+}
+
+/// A depthwise convolution (with folded batch-norm and ReLU6) on NHWC activations.
+struct Depthwise {
+    /// `(k, k, channels)`.
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+    cpu: Option<conv_cpu::Depthwise>,
+}
+
+impl Depthwise {
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
+        let (w, bias) = load_conv_bn(conv, bn, (channels, 1, kernel, kernel), cfg.batch_norm_eps)?;
+        let weight = w
+            .reshape((channels, kernel * kernel))?
+            .t()?
+            .reshape((kernel, kernel, channels))?
+            .contiguous()?;
+        let cpu = weight
+            .device()
+            .is_cpu()
+            .then(|| conv_cpu::Depthwise::new(&weight, &bias, stride))
+            .transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            cpu,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
+        if let (Some(cpu), true) = (&self.cpu, fast) {
+            return cpu.forward(x);
+        }
+        // Device-generic: pad, then sum k*k shifted (and for stride 2, subsampled) windows
+        // scaled by their per-channel weight.
+        let (b, h, w, c) = x.dims4()?;
+        let (k, s) = (self.kernel, self.stride);
+        let (oh, top, bottom) = same_padding(h, k, s);
+        let (ow, left, right) = same_padding(w, k, s);
+        // `s - 1` extra zeros so that every tap's window of `out * s` rows fits.
+        let x = x
+            .pad_with_zeros(1, top, bottom + s - 1)?
+            .pad_with_zeros(2, left, right + s - 1)?;
+        let wp = x.dim(2)?;
+        let mut acc: Option<Tensor> = None;
+        for ky in 0..k {
+            let mut rows = x.narrow(1, ky, oh * s)?;
+            if s > 1 {
+                rows = rows
+                    .reshape((b, oh, s, wp, c))?
+                    .narrow(2, 0, 1)?
+                    .squeeze(2)?;
+            }
+            for kx in 0..k {
+                let mut window = rows.narrow(2, kx, ow * s)?;
+                if s > 1 {
+                    window = window
+                        .reshape((b, oh, ow, s, c))?
+                        .narrow(3, 0, 1)?
+                        .squeeze(3)?;
+                }
+                let tap = window.broadcast_mul(&self.weight.get(ky)?.get(kx)?)?;
+                acc = Some(match acc {
+                    None => tap,
+                    Some(a) => (a + tap)?,
+                });
+            }
+        }
+        let acc =
+            acc.ok_or_else(|| candle_core::Error::Msg("depthwise kernel of size 0".into()))?;
+        relu6(&acc.broadcast_add(&self.bias)?)
+    }
+}
+
+/// Mobile inverted bottleneck: expand (1x1), depthwise, project (1x1), residual when shapes
+/// allow. No squeeze-and-excitation in the Lite variants.
+struct MbConv {
+    expand: Option<Pointwise>,
+    depthwise: Depthwise,
+    project: Pointwise,
+    residual: bool,
+    span: tracing::Span,
+}
+
+impl MbConv {
+    fn load(
+        vb: VarBuilder,
+        spec: BlockSpec,
+        index: usize,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
+        let hidden = spec.input * spec.expand_ratio;
+        let expand = (spec.expand_ratio != 1)
+            .then(|| {
+                Pointwise::load(
+                    vb.pp("_expand_conv"),
+                    vb.pp("_bn0"),
+                    spec.input,
+                    hidden,
+                    true,
+                    cfg,
+                )
+            })
+            .transpose()?;
+        let depthwise = Depthwise::load(
+            vb.pp("_depthwise_conv"),
+            vb.pp("_bn1"),
+            hidden,
+            spec.kernel,
+            spec.stride,
+            cfg,
+        )?;
+        let project = Pointwise::load(
+            vb.pp("_project_conv"),
+            vb.pp("_bn2"),
+            hidden,
+            spec.output,
+            false,
+            cfg,
+        )?;
+        Ok(Self {
+            expand,
+            depthwise,
+            project,
+            residual: spec.stride == 1 && spec.input == spec.output,
+            span: tracing::trace_span!("mbconv", index),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = match &self.expand {
+            Some(expand) => expand.forward(x, None, fast)?,
+            None => x.clone(),
+        };
+        let h = self.depthwise.forward(&h, fast)?;
+        self.project.forward(&h, self.residual.then_some(x), fast)
+    }
+}
+
+/// The 3x3 stride-2 stem convolution (with folded batch-norm and ReLU6). It reads the NCHW
+/// input and writes NHWC.
+struct Stem {
+    /// PyTorch layout `(32, 3, 3, 3)`, for candle's `conv2d`.
+    weight: Tensor,
+    bias: Tensor,
+    span: tracing::Span,
+}
+
+impl Stem {
+    fn load(vb: &VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        let (weight, bias) = load_conv_bn(
+            vb.pp("_conv_stem"),
+            vb.pp("_bn0"),
+            (STEM_CHANNELS, 3, 3, 3),
+            cfg.batch_norm_eps,
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            span: tracing::trace_span!("stem"),
+        })
+    }
+
+    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let (_, _, h, w) = images.dims4()?;
+        let (_, top, bottom) = same_padding(h, 3, 2);
+        let (_, left, right) = same_padding(w, 3, 2);
+        let x = images
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?
+            .conv2d(&self.weight, 0, 2, 1, 1)?
+            .permute((0, 2, 3, 1))?;
+        relu6(&x.broadcast_add(&self.bias)?)
+    }
+}
+
+/// EfficientNet-Lite with its ImageNet classifier.
+pub struct EfficientNetLite {
+    config: Config,
+    stem: Stem,
+    blocks: Vec<MbConv>,
+    head: Pointwise,
+    head_span: tracing::Span,
+    /// `(1280, classes)`.
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    classifier_span: tracing::Span,
+    device: Device,
+    /// Whether the fused CPU kernels run (they exist only for CPU tensors).
+    cpu_kernels: bool,
+}
+
+impl EfficientNetLite {
+    /// Builds the network from weights named as in `efficientnet_lite_pytorch`. Batch-norm is
+    /// folded into the convolutions here, so inference does no normalisation work.
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let wrap = |e: candle_core::Error| Error::ModelWeights {
+            model: cfg.name.clone(),
+            reason: e.to_string(),
+        };
+        let specs = cfg.blocks();
+        let stem = Stem::load(&vb, cfg).map_err(wrap)?;
+        let blocks = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| MbConv::load(vb.pp(format!("_blocks.{i}")), *spec, i, cfg))
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(wrap)?;
+        let last = specs.last().map_or(STEM_CHANNELS, |s| s.output);
+        let head = Pointwise::load(
+            vb.pp("_conv_head"),
+            vb.pp("_bn1"),
+            last,
+            FEATURE_DIM,
+            true,
+            cfg,
+        )
+        .map_err(wrap)?;
+        let fc = vb.pp("_fc");
+        let fc_weight = fc
+            .get((cfg.num_classes, FEATURE_DIM), "weight")
+            .and_then(|w| w.to_dtype(DType::F32)?.t()?.contiguous())
+            .map_err(wrap)?;
+        let fc_bias = fc
+            .get(cfg.num_classes, "bias")
+            .and_then(|b| b.to_dtype(DType::F32))
+            .map_err(wrap)?;
+        let device = vb.device().clone();
+        Ok(Self {
+            config: cfg.clone(),
+            stem,
+            blocks,
+            head,
+            head_span: tracing::trace_span!("head"),
+            fc_weight,
+            fc_bias,
+            classifier_span: tracing::trace_span!("classifier"),
+            cpu_kernels: device.is_cpu(),
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Turns the fused CPU kernels off (or back on) so that the device-generic path can be
+    /// checked against them on a machine without a GPU. They are on by default on the CPU.
+    pub fn set_cpu_kernels(&mut self, enabled: bool) {
+        self.cpu_kernels = enabled && self.device.is_cpu();
+    }
+
+    /// Runs a batch of normalised images, `(batch, 3, height, width)` f32, and returns the
+    /// pooled features `(batch, 1280)` and the ImageNet logits `(batch, classes)`.
+    pub fn forward(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, channels, _, _) = images.dims4()?;
+        if channels != 3 {
+            return Err(Error::InvalidArgument(format!(
+                "{} expects 3-channel images, got {channels}",
+                self.config.name
+            )));
+        }
+        let images = images.to_dtype(DType::F32)?;
+        let fast = self.cpu_kernels;
+        let mut x = self.stem.forward(&images)?.contiguous()?;
+        for block in &self.blocks {
+            x = block.forward(&x, fast)?;
+        }
+        let features = {
+            let _enter = self.head_span.enter();
+            let x = self.head.forward(&x, None, fast)?;
+            let (b, h, w, c) = x.dims4()?;
+            x.reshape((b, h * w, c))?.mean(1)?
+        };
+        let logits = {
+            let _enter = self.classifier_span.enter();
+            features
+                .matmul(&self.fc_weight)?
+                .broadcast_add(&self.fc_bias)?
+        };
+        Ok((features, logits))
+    }
+
+    /// Softmax over the last axis, for turning logits into class probabilities.
+    pub fn probabilities(logits: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax_last_dim(logits)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(224, 3, 2), (112, 0, 1));
+        assert_eq!(same_padding(56, 5, 2), (28, 1, 2));
+        assert_eq!(same_padding(14, 5, 1), (14, 2, 2));
+        assert_eq!(same_padding(7, 3, 2), (4, 1, 1));
+        assert_eq!(same_padding(112, 3, 1), (112, 1, 1));
+    }
+
+    #[test]
+    fn block_layouts_match_the_published_variants() {
+        // Block counts and widths of the lite0/1/2 .pth files.
+        let l0 = Config::lite0().blocks();
+        assert_eq!(l0.len(), 16);
+        assert_eq!(Config::lite1().blocks().len(), 21);
+        let l2 = Config::lite2().blocks();
+        assert_eq!(l2.len(), 21);
+        let mut widths: Vec<usize> = l2.iter().map(|b| b.output).collect();
+        widths.dedup();
+        assert_eq!(widths, [16, 24, 48, 88, 120, 208, 352]);
+        assert_eq!(l2[5].input * l2[5].expand_ratio, 288);
+    }
+
+    #[test]
+    fn zero_weights_give_finite_outputs_of_the_right_shape() {
+        let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let model = EfficientNetLite::load(vb, &Config::lite0()).unwrap();
+        let x = Tensor::zeros((2, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        let (f, l) = model.forward(&x).unwrap();
+        assert_eq!(f.dims(), [2, FEATURE_DIM]);
+        assert_eq!(l.dims(), [2, 1000]);
+    }
+}

@@ -1,0 +1,587 @@
+//! The image tower: photo bytes in, a 1280-d feature vector and ImageNet class
+//! probabilities out.
+//!
+//! Work is split in two so that callers can parallelise the cheap part freely:
+//!
+//! 1. [`Preprocessor`] (plain data, `Copy`) decodes and normalises one image into a
+//!    [`PreparedImage`] on the CPU. Run it from rayon or any thread pool.
+//! 2. [`ImageTower::embed`] runs the network on a batch of prepared images on the tower's
+//!    device. The tower is `Send + Sync`; share it in an `Arc`.
+//!
+//! Preprocessing follows the evaluation pipeline of the EfficientNet-Lite checkpoints: flatten
+//! transparency onto white, resize the short side to `image_size / 0.875` (256 for Lite0) with a
+//! Catmull-Rom (bicubic) filter, take the central `image_size` square, and map pixel values to
+//! `(v - 127) / 128`, the normalisation the Lite models were trained with.
+
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::efficientnet_lite::{self, EfficientNetLite, FEATURE_DIM};
+use crate::models::imagenet_classes::IMAGENET_CLASSES;
+
+/// Largest image accepted by default, in decoded pixels: a 40-megapixel photo. Anything larger
+/// is refused before decoding, so a small file claiming huge dimensions (a decompression bomb)
+/// costs nothing.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+/// Images per forward pass by default; larger inputs to `embed` are split.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+/// The fraction of the resized image the centre crop keeps (TensorFlow's EfficientNet eval
+/// pipeline: 224 of 256).
+const CROP_FRACTION: f64 = 0.875;
+/// EfficientNet-Lite's input normalisation: `(v - 127) / 128` maps bytes to about [-1, 1].
+const PIXEL_MEAN: f32 = 127.0;
+const PIXEL_SCALE: f32 = 128.0;
+/// Bytes a decoder may allocate per accepted pixel: 16-bit RGBA output plus working space.
+const DECODE_BYTES_PER_PIXEL: u64 = 16;
+
+/// What is wrong with an image that could not be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageProblem {
+    /// Zero bytes.
+    Empty,
+    /// The bytes are not in a format Trio decodes (PNG, JPEG, GIF, WebP, BMP).
+    NotAnImage,
+    /// The data ends before the image does.
+    Truncated { detail: String },
+    /// The data is damaged or uses an unsupported variant of its format.
+    Corrupt { detail: String },
+    /// Larger than the configured pixel limit; refused before decoding.
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    /// Zero width or height.
+    NoPixels,
+}
+
+impl fmt::Display for ImageProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageProblem::Empty => write!(f, "the file is empty (0 bytes)"),
+            ImageProblem::NotAnImage => {
+                write!(f, "not an image (expected PNG, JPEG, GIF, WebP or BMP)")
+            }
+            ImageProblem::Truncated { detail } => write!(f, "truncated image data ({detail})"),
+            ImageProblem::Corrupt { detail } => write!(f, "cannot decode ({detail})"),
+            ImageProblem::TooManyPixels {
+                width,
+                height,
+                limit,
+            } => write!(
+                f,
+                "{width}x{height} is {} pixels, over the limit of {limit}",
+                *width as u64 * *height as u64
+            ),
+            ImageProblem::NoPixels => write!(f, "the image has no pixels"),
+        }
+    }
+}
+
+/// Settings of the image tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageTowerConfig {
+    pub model: efficientnet_lite::Config,
+    /// Largest image accepted, in decoded pixels (width x height).
+    pub max_pixels: u64,
+    /// Images per forward pass.
+    pub max_batch: usize,
+}
+
+impl ImageTowerConfig {
+    pub fn new(model: efficientnet_lite::Config) -> Self {
+        Self {
+            model,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+
+    pub fn lite0() -> Self {
+        Self::new(efficientnet_lite::Config::lite0())
+    }
+
+    pub fn lite1() -> Self {
+        Self::new(efficientnet_lite::Config::lite1())
+    }
+
+    pub fn lite2() -> Self {
+        Self::new(efficientnet_lite::Config::lite2())
+    }
+
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+}
+
+impl Default for ImageTowerConfig {
+    fn default() -> Self {
+        Self::lite0()
+    }
+}
+
+/// One image ready for the network: normalised f32 pixels, channels first (3 x size x size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedImage {
+    pixels: Vec<f32>,
+    size: usize,
+}
+
+impl PreparedImage {
+    /// Wraps pixels that are already normalised, 3 x `size` x `size` channels first.
+    pub fn from_chw(pixels: Vec<f32>, size: usize) -> Result<Self> {
+        if pixels.len() != 3 * size * size {
+            return Err(Error::InvalidArgument(format!(
+                "prepared image of {} values is not 3x{size}x{size}",
+                pixels.len()
+            )));
+        }
+        Ok(Self { pixels, size })
+    }
+
+    /// Side of the square image.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The pixels, channels first.
+    pub fn pixels(&self) -> &[f32] {
+        &self.pixels
+    }
+}
+
+/// Decodes and normalises images for a given network input size. Cheap to copy and free of
+/// shared state, so any number of threads can use it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preprocessor {
+    image_size: u32,
+    resize_to: u32,
+    max_pixels: u64,
+}
+
+impl Preprocessor {
+    pub fn new(image_size: usize, max_pixels: u64) -> Self {
+        let image_size = image_size.max(1) as u32;
+        Self {
+            image_size,
+            resize_to: (image_size as f64 / CROP_FRACTION).round() as u32,
+            max_pixels,
+        }
+    }
+
+    /// The side of the square images this produces.
+    pub fn image_size(&self) -> usize {
+        self.image_size as usize
+    }
+
+    /// Reads and prepares an image file.
+    pub fn prepare_path(&self, path: &Path) -> Result<PreparedImage> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.prepare_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Decodes and prepares encoded image bytes; `name` identifies the image in errors.
+    pub fn prepare_bytes(&self, bytes: &[u8], name: &str) -> Result<PreparedImage> {
+        let image = self.decode(bytes).map_err(|problem| Error::Image {
+            image: name.to_string(),
+            problem,
+        })?;
+        Ok(self.prepare_image(&image))
+    }
+
+    /// Decodes with the pixel limit checked on the header, before any pixel is decoded.
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<DynamicImage, ImageProblem> {
+        if bytes.is_empty() {
+            return Err(ImageProblem::Empty);
+        }
+        let reader = || {
+            let reader = ImageReader::new(Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| ImageProblem::Corrupt {
+                    detail: e.to_string(),
+                })?;
+            match reader.format() {
+                Some(_) => Ok(reader),
+                None => Err(ImageProblem::NotAnImage),
+            }
+        };
+        // The header alone, without allocation limits, so that an oversized image is reported
+        // as such rather than as a decoder running out of its memory budget.
+        let mut header = reader()?;
+        header.no_limits();
+        let (width, height) = header.into_dimensions().map_err(classify)?;
+        if width == 0 || height == 0 {
+            return Err(ImageProblem::NoPixels);
+        }
+        if width as u64 * height as u64 > self.max_pixels {
+            return Err(ImageProblem::TooManyPixels {
+                width,
+                height,
+                limit: self.max_pixels,
+            });
+        }
+        let mut reader = reader()?;
+        let mut limits = Limits::default();
+        limits.max_alloc = Some(
+            limits
+                .max_alloc
+                .unwrap_or(0)
+                .max(self.max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL)),
+        );
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(classify)?;
+        let orientation = decoder.orientation().map_err(classify)?;
+        let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
+        image.apply_orientation(orientation);
+        Ok(image)
+    }
+
+    /// Flattens, resizes, crops and normalises a decoded image.
+    pub fn prepare_image(&self, image: &DynamicImage) -> PreparedImage {
+        let rgb = flatten_on_white(image);
+        let (w, h) = rgb.dimensions();
+        // Resize so the short side is `resize_to`, keeping the aspect ratio.
+        let (rw, rh) = if w <= h {
+            let rh = (h as f64 * self.resize_to as f64 / w as f64).round() as u32;
+            (self.resize_to, rh.max(self.image_size))
+        } else {
+            let rw = (w as f64 * self.resize_to as f64 / h as f64).round() as u32;
+            (rw.max(self.image_size), self.resize_to)
+        };
+        let resized = if (rw, rh) == (w, h) {
+            rgb
+        } else {
+            image::imageops::resize(&rgb, rw, rh, FilterType::CatmullRom)
+        };
+        let size = self.image_size;
+        let (left, top) = ((rw - size) / 2, (rh - size) / 2);
+        let plane = (size * size) as usize;
+        let mut pixels = vec![0f32; 3 * plane];
+        for y in 0..size {
+            for x in 0..size {
+                let p = resized.get_pixel(left + x, top + y);
+                let i = (y * size + x) as usize;
+                for c in 0..3 {
+                    pixels[c * plane + i] = (p[c] as f32 - PIXEL_MEAN) / PIXEL_SCALE;
+                }
+            }
+        }
+        PreparedImage {
+            pixels,
+            size: size as usize,
+        }
+    }
+}
+
+/// RGB with any transparency composited over white, as the image would show on a page.
+fn flatten_on_white(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    let mut rgb = RgbImage::new(rgba.width(), rgba.height());
+    for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = src[3] as u32;
+        for c in 0..3 {
+            dst[c] = ((src[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    rgb
+}
+
+/// Sorts an `image` crate error into a problem a user can act on.
+fn classify(err: image::ImageError) -> ImageProblem {
+    use image::ImageError;
+    let detail = err.to_string();
+    let ends_early = |msg: &str| {
+        let msg = msg.to_ascii_lowercase();
+        [
+            "eof",
+            "end of file",
+            "unexpected end",
+            "truncated",
+            "not enough data",
+            "no more data",
+        ]
+        .iter()
+        .any(|needle| msg.contains(needle))
+    };
+    match &err {
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ImageProblem::Truncated { detail }
+        }
+        ImageError::Limits(_) => ImageProblem::Corrupt {
+            detail: format!("needs more memory than allowed: {detail}"),
+        },
+        ImageError::Unsupported(_) => ImageProblem::NotAnImage,
+        _ if ends_early(&detail) => ImageProblem::Truncated { detail },
+        _ => ImageProblem::Corrupt { detail },
+    }
+}
+
+/// One class and its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub index: usize,
+    pub label: &'static str,
+    pub probability: f32,
+}
+
+/// The `k` most probable ImageNet classes, most probable first.
+pub fn top_k(probabilities: &[f32], k: usize) -> Vec<ClassScore> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| ClassScore {
+            index,
+            label: IMAGENET_CLASSES.get(index).copied().unwrap_or("unknown"),
+            probability: probabilities[index],
+        })
+        .collect()
+}
+
+/// What the tower computes for a batch, one entry per input image in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageEmbeddings {
+    /// 1280-d pooled features, the input to the fused model.
+    pub features: Vec<Vec<f32>>,
+    /// Softmax over the 1000 ImageNet classes; see [`top_k`].
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+/// EfficientNet-Lite with its preprocessing, loaded once and shared.
+pub struct ImageTower {
+    model: EfficientNetLite,
+    config: ImageTowerConfig,
+    preprocessor: Preprocessor,
+    device: Device,
+}
+
+impl ImageTower {
+    /// Loads the network from a weights file (`.pth` or `.safetensors`) onto `device`.
+    pub fn load(weights_path: &Path, config: &ImageTowerConfig, device: &Device) -> Result<Self> {
+        let vb = crate::weights::var_builder(weights_path, candle_core::DType::F32, device)?;
+        let model = EfficientNetLite::load(vb, &config.model)?;
+        Ok(Self::from_model(model, config))
+    }
+
+    /// Wraps an already built network.
+    pub fn from_model(model: EfficientNetLite, config: &ImageTowerConfig) -> Self {
+        let mut config = config.clone();
+        config.model = model.config().clone();
+        let preprocessor = Preprocessor::new(config.model.image_size, config.max_pixels);
+        Self {
+            device: model.device().clone(),
+            model,
+            config,
+            preprocessor,
+        }
+    }
+
+    pub fn config(&self) -> &ImageTowerConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        FEATURE_DIM
+    }
+
+    /// The preprocessing this tower expects; copy it into worker threads.
+    pub fn preprocessor(&self) -> Preprocessor {
+        self.preprocessor
+    }
+
+    /// The network itself, for callers that need raw logits.
+    pub fn model(&self) -> &EfficientNetLite {
+        &self.model
+    }
+
+    /// Features and class probabilities for each image, computed `max_batch` at a time.
+    pub fn embed(&self, images: &[PreparedImage]) -> Result<ImageEmbeddings> {
+        let size = self.preprocessor.image_size();
+        if let Some((i, bad)) = images.iter().enumerate().find(|(_, im)| im.size != size) {
+            return Err(Error::InvalidArgument(format!(
+                "image {i} was prepared at {0}x{0}, this tower takes {size}x{size}",
+                bad.size
+            )));
+        }
+        let mut out = ImageEmbeddings {
+            features: Vec::with_capacity(images.len()),
+            probabilities: Vec::with_capacity(images.len()),
+        };
+        for batch in images.chunks(self.config.max_batch.max(1)) {
+            let mut data = Vec::with_capacity(batch.len() * 3 * size * size);
+            for image in batch {
+                data.extend_from_slice(&image.pixels);
+            }
+            let input = Tensor::from_vec(data, (batch.len(), 3, size, size), &Device::Cpu)?
+                .to_device(&self.device)?;
+            let (features, logits) = self.model.forward(&input)?;
+            let probabilities = EfficientNetLite::probabilities(&logits)?;
+            out.features.extend(features.to_vec2::<f32>()?);
+            out.probabilities.extend(probabilities.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgba, RgbaImage};
+
+    fn png(image: &DynamicImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    fn problem(result: Result<PreparedImage>) -> ImageProblem {
+        match result {
+            Err(Error::Image { problem, .. }) => problem,
+            other => panic!("expected an image error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_tower_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ImageTower>();
+        assert_send_sync::<Preprocessor>();
+    }
+
+    #[test]
+    fn prepares_to_the_network_size_and_range() {
+        let pre = Preprocessor::new(224, DEFAULT_MAX_PIXELS);
+        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(300, 200, |x, _| {
+            image::Rgb([(x % 256) as u8, 127, 255])
+        }));
+        let prepared = pre.prepare_bytes(&png(&image), "wide.png").unwrap();
+        assert_eq!(prepared.size(), 224);
+        assert_eq!(prepared.pixels().len(), 3 * 224 * 224);
+        let plane = 224 * 224;
+        assert!(prepared.pixels()[plane..2 * plane]
+            .iter()
+            .all(|&v| v == 0.0));
+        assert!(prepared.pixels()[2 * plane..].iter().all(|&v| v == 1.0));
+        assert!(prepared.pixels().iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn transparency_becomes_white() {
+        let pre = Preprocessor::new(32, DEFAULT_MAX_PIXELS);
+        let clear = DynamicImage::ImageRgba8(RgbaImage::from_pixel(40, 40, Rgba([0, 0, 0, 0])));
+        let prepared = pre.prepare_bytes(&png(&clear), "clear.png").unwrap();
+        assert!(prepared.pixels().iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn bad_images_say_what_is_wrong() {
+        let pre = Preprocessor::new(224, 1000);
+        assert_eq!(
+            problem(pre.prepare_bytes(&[], "empty.jpg")),
+            ImageProblem::Empty
+        );
+        assert_eq!(
+            problem(pre.prepare_bytes(b"just some text, not pixels", "notes.txt")),
+            ImageProblem::NotAnImage
+        );
+        let big = DynamicImage::ImageRgb8(RgbImage::new(50, 30));
+        assert_eq!(
+            problem(pre.prepare_bytes(&png(&big), "big.png")),
+            ImageProblem::TooManyPixels {
+                width: 50,
+                height: 30,
+                limit: 1000
+            }
+        );
+        let small = DynamicImage::ImageRgb8(RgbImage::from_fn(20, 20, |x, y| {
+            image::Rgb([x as u8 * 10, y as u8 * 10, 7])
+        }));
+        let bytes = png(&small);
+        let cut = &bytes[..bytes.len() / 2];
+        assert!(matches!(
+            problem(pre.prepare_bytes(cut, "cut.png")),
+            ImageProblem::Truncated { .. }
+        ));
+        let err = pre.prepare_bytes(cut, "cut.png").unwrap_err().to_string();
+        assert!(
+            err.contains("cut.png") && err.contains("truncated"),
+            "{err}"
+        );
+    }
+
+    fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        // A 100000 x 100000 RGB PNG whose few kilobytes of zlib data would inflate to 30 GB.
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png_chunk(&mut bytes, b"IHDR", &ihdr);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut zlib, &vec![0u8; 1 << 20]).unwrap();
+        png_chunk(&mut bytes, b"IDAT", &zlib.finish().unwrap());
+        png_chunk(&mut bytes, b"IEND", &[]);
+        let pre = Preprocessor::new(224, DEFAULT_MAX_PIXELS);
+        assert!(matches!(
+            problem(pre.prepare_bytes(&bytes, "bomb.png")),
+            ImageProblem::TooManyPixels { width: 100_000, .. }
+        ));
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn top_k_orders_by_probability_and_names_classes() {
+        let mut p = vec![0.0; 1000];
+        p[967] = 0.7;
+        p[281] = 0.2;
+        p[0] = 0.1;
+        let top = top_k(&p, 2);
+        assert_eq!(top[0].index, 967);
+        assert_eq!(top[0].label, "espresso");
+        assert_eq!(top[1].label, "tabby");
+    }
+}

@@ -445,33 +445,61 @@ struct Stem {
     /// PyTorch layout `(32, 3, 3, 3)`, for candle's `conv2d`.
     weight: Tensor,
     bias: Tensor,
+    /// On the CPU: image patches times the weight as a `(27, 32)` matrix, fused with bias and
+    /// ReLU6.
+    cpu: Option<conv_cpu::Pointwise>,
     span: tracing::Span,
 }
 
+const STEM_KERNEL: usize = 3;
+const STEM_STRIDE: usize = 2;
+
 impl Stem {
     fn load(vb: &VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        let k = STEM_KERNEL;
         let (weight, bias) = load_conv_bn(
             vb.pp("_conv_stem"),
             vb.pp("_bn0"),
-            (STEM_CHANNELS, 3, 3, 3),
+            (STEM_CHANNELS, 3, k, k),
             cfg.batch_norm_eps,
         )?;
+        let cpu = if weight.device().is_cpu() {
+            // Columns of the patch matrix are ordered (ky, kx, channel).
+            let matrix = weight
+                .permute((2, 3, 1, 0))?
+                .reshape((k * k * 3, STEM_CHANNELS))?
+                .contiguous()?;
+            Some(conv_cpu::Pointwise::new(&matrix, &bias, true)?)
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             bias,
+            cpu,
             span: tracing::trace_span!("stem"),
         })
     }
 
-    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, images: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let (_, _, h, w) = images.dims4()?;
-        let (_, top, bottom) = same_padding(h, 3, 2);
-        let (_, left, right) = same_padding(w, 3, 2);
+        let (b, _, h, w) = images.dims4()?;
+        let (oh, top, bottom) = same_padding(h, STEM_KERNEL, STEM_STRIDE);
+        let (ow, left, right) = same_padding(w, STEM_KERNEL, STEM_STRIDE);
+        if let (Some(cpu), true) = (&self.cpu, fast) {
+            let patches = conv_cpu::Patches {
+                kernel: STEM_KERNEL,
+                stride: STEM_STRIDE,
+            }
+            .forward(images)?;
+            return cpu
+                .forward(&patches, None)?
+                .reshape((b, oh, ow, STEM_CHANNELS));
+        }
         let x = images
             .pad_with_zeros(2, top, bottom)?
             .pad_with_zeros(3, left, right)?
-            .conv2d(&self.weight, 0, 2, 1, 1)?
+            .conv2d(&self.weight, 0, STEM_STRIDE, 1, 1)?
             .permute((0, 2, 3, 1))?;
         relu6(&x.broadcast_add(&self.bias)?)
     }
@@ -569,7 +597,7 @@ impl EfficientNetLite {
         }
         let images = images.to_dtype(DType::F32)?;
         let fast = self.cpu_kernels;
-        let mut x = self.stem.forward(&images)?.contiguous()?;
+        let mut x = self.stem.forward(&images, fast)?.contiguous()?;
         for block in &self.blocks {
             x = block.forward(&x, fast)?;
         }

@@ -29,8 +29,14 @@ fn trio_home() -> PathBuf {
 fn image_tower(c: &mut Criterion) {
     let home = trio_home();
     let weights = home.join("models/efficientnet-lite0/efficientnet-lite0.pth");
-    assert!(weights.exists(), "missing {}: run `trio fetch`", weights.display());
-    let cpu = DeviceChoice::Cpu.resolve().expect("the CPU is always there");
+    assert!(
+        weights.exists(),
+        "missing {}: run `trio fetch`",
+        weights.display()
+    );
+    let cpu = DeviceChoice::Cpu
+        .resolve()
+        .expect("the CPU is always there");
     let tower = ImageTower::load(&weights, &ImageTowerConfig::lite0(), &cpu)
         .expect("load EfficientNet-Lite0");
     let pre = tower.preprocessor();

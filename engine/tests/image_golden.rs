@@ -105,7 +105,10 @@ fn check_synthetic(variant: &str, model: &EfficientNetLite) {
     let size = model.config().image_size;
     let (features, logits) = model.forward(&synthetic(size, 2)).unwrap();
     let features = features.to_vec2::<f32>().unwrap();
-    let probs = EfficientNetLite::probabilities(&logits).unwrap().to_vec2::<f32>().unwrap();
+    let probs = EfficientNetLite::probabilities(&logits)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     let expected = golden()[variant]["synthetic"].as_array().unwrap();
     assert_eq!(expected.len(), 2);
     for (i, want) in expected.iter().enumerate() {
@@ -117,16 +120,23 @@ fn check_synthetic(variant: &str, model: &EfficientNetLite) {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(
-            max_diff < 2e-3,
+            max_diff < 5e-5,
             "{variant} image {i}: features differ from PyTorch by up to {max_diff}"
         );
         let cos = cosine(&features[i], &want_features);
+        eprintln!("{variant} synthetic {i}: max |diff| {max_diff:.2e}, cosine {cos:.7}");
         assert!(cos > 0.99999, "{variant} image {i}: cosine {cos}");
         let want_top = want["top5"].as_array().unwrap();
         let got_top = top_k(&probs[i], 5);
         for (rank, w) in want_top.iter().take(2).enumerate() {
-            let (class, p) = (w[0].as_u64().unwrap() as usize, w[1].as_f64().unwrap() as f32);
-            assert_eq!(got_top[rank].index, class, "{variant} image {i} rank {rank}");
+            let (class, p) = (
+                w[0].as_u64().unwrap() as usize,
+                w[1].as_f64().unwrap() as f32,
+            );
+            assert_eq!(
+                got_top[rank].index, class,
+                "{variant} image {i} rank {rank}"
+            );
             assert!((got_top[rank].probability - p).abs() < 1e-3);
         }
     }
@@ -140,8 +150,8 @@ fn lite0_network_matches_pytorch() {
 #[test]
 fn lite1_and_lite2_networks_match_pytorch() {
     for (variant, config) in [("lite1", Config::lite1()), ("lite2", Config::lite2())] {
-        let vb = trio_engine::weights::var_builder(&weights(variant), DType::F32, &Device::Cpu)
-            .unwrap();
+        let vb =
+            trio_engine::weights::var_builder(&weights(variant), DType::F32, &Device::Cpu).unwrap();
         let model = EfficientNetLite::load(vb, &config).unwrap();
         check_synthetic(variant, &model);
     }
@@ -149,7 +159,8 @@ fn lite1_and_lite2_networks_match_pytorch() {
 
 #[test]
 fn device_generic_ops_match_the_cpu_kernels() {
-    let vb = trio_engine::weights::var_builder(&weights("lite0"), DType::F32, &Device::Cpu).unwrap();
+    let vb =
+        trio_engine::weights::var_builder(&weights("lite0"), DType::F32, &Device::Cpu).unwrap();
     let mut model = EfficientNetLite::load(vb, &Config::lite0()).unwrap();
     let x = synthetic(224, 1);
     let (fast, _) = model.forward(&x).unwrap();
@@ -163,14 +174,23 @@ fn device_generic_ops_match_the_cpu_kernels() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(diff < 1e-3, "fused CPU kernels and tensor ops differ by {diff}");
+    assert!(
+        diff < 1e-3,
+        "fused CPU kernels and tensor ops differ by {diff}"
+    );
 }
 
 #[test]
 fn lite0_classifies_the_demo_photos() {
     let tower = lite0();
     let pre = tower.preprocessor();
-    let names = ["chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png"];
+    let names = [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "astronaut.png",
+    ];
     let prepared: Vec<_> = names
         .iter()
         .map(|n| pre.prepare_path(&photo(n)).unwrap())
@@ -180,7 +200,11 @@ fn lite0_classifies_the_demo_photos() {
     let classes = |i: usize| top[i].iter().map(|c| c.index).collect::<Vec<_>>();
 
     // A cat: tabby (281), tiger cat (282) or Egyptian cat (285).
-    assert!([281, 282, 285].contains(&top[0][0].index), "chelsea: {:?}", top[0]);
+    assert!(
+        [281, 282, 285].contains(&top[0][0].index),
+        "chelsea: {:?}",
+        top[0]
+    );
     // Espresso, confidently.
     assert_eq!(top[1][0].index, 967, "coffee: {:?}", top[1]);
     assert!(top[1][0].probability > 0.8, "coffee: {:?}", top[1]);
@@ -197,12 +221,23 @@ fn lite0_classifies_the_demo_photos() {
         let want_norm = want["norm"].as_f64().unwrap() as f32;
         let got_norm = norm(&out.features[i]);
         assert!(
-            (got_norm - want_norm).abs() / want_norm < 0.03,
+            (got_norm - want_norm).abs() / want_norm < 0.015,
             "{name}: feature norm {got_norm}, PyTorch {want_norm}"
         );
         let want8 = floats(&want["features"]);
         let cos8 = cosine(&out.features[i][..8], &want8);
-        assert!(cos8 > 0.95, "{name}: first features {:?} vs {want8:?}", &out.features[i][..8]);
+        eprintln!(
+            "{name}: top {:?}, norm {got_norm:.3} vs {want_norm:.3}, first-8 cosine {cos8:.4}",
+            top[i]
+                .iter()
+                .map(|c| (c.index, c.probability))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            cos8 > 0.99,
+            "{name}: first features {:?} vs {want8:?}",
+            &out.features[i][..8]
+        );
     }
 }
 

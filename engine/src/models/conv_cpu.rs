@@ -18,6 +18,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::efficientnet_lite::same_padding;
+
 /// The f32 data of a contiguous CPU tensor.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -76,7 +78,10 @@ impl Pointwise {
     fn check(&self, layout: &Layout) -> Result<usize> {
         let (m, k) = layout.shape().dims2()?;
         if k != self.k {
-            bail!("pointwise: input has {k} channels, weights expect {}", self.k)
+            bail!(
+                "pointwise: input has {k} channels, weights expect {}",
+                self.k
+            )
         }
         Ok(m)
     }
@@ -85,17 +90,13 @@ impl Pointwise {
         let (k, n) = (self.k, self.n);
         let mut out = vec![0f32; m * n];
         let threads = rayon::current_num_threads().max(1);
-        let tile_rows = m
-            .div_ceil(threads * 4)
-            .clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
+        let tile_rows = m.div_ceil(threads * 4).clamp(MIN_TILE_ROWS, MAX_TILE_ROWS);
         if m.div_ceil(tile_rows) < threads {
             // Too few pixels to share out by rows (the last stages at batch 1): let gemm split
             // the columns across threads, then finish in one pass.
-            self.start_tile(&mut out, 0, residual);
-            matmul_accumulate(&mut out, x, &self.weight, m, k, n, gemm::Parallelism::Rayon(threads));
-            if self.relu6 {
-                clamp_relu6(&mut out);
-            }
+            let parallel = gemm::Parallelism::Rayon(threads);
+            matmul(&mut out, x, &self.weight, m, k, n, parallel);
+            self.finish_tile(&mut out, 0, residual);
             return out;
         }
         out.par_chunks_mut(tile_rows * n)
@@ -103,39 +104,45 @@ impl Pointwise {
             .for_each(|(tile, dst)| {
                 let row0 = tile * tile_rows;
                 let rows = dst.len() / n;
-                self.start_tile(dst, row0, residual);
                 let lhs = &x[row0 * k..(row0 + rows) * k];
-                matmul_accumulate(dst, lhs, &self.weight, rows, k, n, gemm::Parallelism::None);
-                if self.relu6 {
-                    clamp_relu6(dst);
-                }
+                matmul(dst, lhs, &self.weight, rows, k, n, gemm::Parallelism::None);
+                self.finish_tile(dst, row0, residual);
             });
         out
     }
 
-    /// Fills output rows starting at `row0` with the bias, plus the residual if there is one.
-    fn start_tile(&self, dst: &mut [f32], row0: usize, residual: Option<&[f32]>) {
+    /// Adds bias (and residual) to output rows starting at `row0` and applies ReLU6, while
+    /// the tile is still in cache.
+    fn finish_tile(&self, dst: &mut [f32], row0: usize, residual: Option<&[f32]>) {
         let n = self.n;
+        let bias = &self.bias[..n];
         match residual {
             Some(res) => {
                 let res = &res[row0 * n..row0 * n + dst.len()];
                 for (d_row, r_row) in dst.chunks_exact_mut(n).zip(res.chunks_exact(n)) {
-                    for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(self.bias.iter()) {
-                        *d = r + b;
+                    for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(bias) {
+                        *d += r + b;
                     }
                 }
             }
             None => {
                 for d_row in dst.chunks_exact_mut(n) {
-                    d_row.copy_from_slice(&self.bias);
+                    for (d, b) in d_row.iter_mut().zip(bias) {
+                        *d += b;
+                    }
                 }
+            }
+        }
+        if self.relu6 {
+            for d in dst {
+                *d = d.clamp(0.0, 6.0);
             }
         }
     }
 }
 
-/// `dst (m, n) += lhs (m, k) @ rhs (k, n)`, all row-major.
-fn matmul_accumulate(
+/// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, all row-major.
+fn matmul(
     dst: &mut [f32],
     lhs: &[f32],
     rhs: &[f32],
@@ -159,26 +166,20 @@ fn matmul_accumulate(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            false,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
             n as isize,
-            1.0,
+            0.0,
             1.0,
             false,
             false,
             false,
             parallelism,
         )
-    }
-}
-
-fn clamp_relu6(values: &mut [f32]) {
-    for v in values {
-        *v = v.clamp(0.0, 6.0);
     }
 }
 
@@ -190,7 +191,10 @@ impl CustomOp1 for Pointwise {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let m = self.check(layout)?;
         let x = contiguous_f32(storage, layout, "pointwise")?;
-        Ok((CpuStorage::F32(self.run(x, m, None)), Shape::from((m, self.n))))
+        Ok((
+            CpuStorage::F32(self.run(x, m, None)),
+            Shape::from((m, self.n)),
+        ))
     }
 }
 
@@ -208,16 +212,61 @@ impl CustomOp2 for Pointwise {
     ) -> Result<(CpuStorage, Shape)> {
         let m = self.check(l1)?;
         if l2.shape().dims() != [m, self.n] {
-            bail!("pointwise: residual {:?} for output ({m}, {})", l2.shape(), self.n)
+            bail!(
+                "pointwise: residual {:?} for output ({m}, {})",
+                l2.shape(),
+                self.n
+            )
         }
         let x = contiguous_f32(s1, l1, "pointwise")?;
         let r = contiguous_f32(s2, l2, "pointwise residual")?;
-        Ok((CpuStorage::F32(self.run(x, m, Some(r))), Shape::from((m, self.n))))
+        Ok((
+            CpuStorage::F32(self.run(x, m, Some(r))),
+            Shape::from((m, self.n)),
+        ))
     }
 }
 
-/// Channels handled together: one AVX2 register, two SSE ones, half an AVX-512 one.
-const LANES: usize = 8;
+/// The widest vector instructions this CPU has, checked once per call: the default x86-64
+/// target only assumes SSE2, so the depthwise kernel is compiled three ways and picked at run
+/// time (as gemm does for the matrix products).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Baseline
+    }
+}
+
+/// Shape and padding of one depthwise call.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
 
 /// Depthwise `k x k` convolution with "SAME" padding, bias and ReLU6 on NHWC input.
 pub(crate) struct Depthwise {
@@ -234,7 +283,11 @@ impl Depthwise {
     pub(crate) fn new(weight: &Tensor, bias: &Tensor, stride: usize) -> Result<Self> {
         let (k, k2, channels) = weight.dims3()?;
         if k != k2 || bias.dims1()? != channels || stride == 0 {
-            bail!("depthwise: weight {:?}, bias {:?}, stride {stride}", weight.shape(), bias.shape())
+            bail!(
+                "depthwise: weight {:?}, bias {:?}, stride {stride}",
+                weight.shape(),
+                bias.shape()
+            )
         }
         Ok(Self {
             weight: host_vec(weight)?,
@@ -250,44 +303,75 @@ impl Depthwise {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
 
-    /// One output row: every pixel starts from the bias and adds its in-bounds taps.
-    #[allow(clippy::too_many_arguments)]
-    fn row(&self, image: &[f32], h: usize, w: usize, oy: usize, pad_top: usize, pad_left: usize, out: &mut [f32]) {
-        let (k, s, c) = (self.kernel, self.stride, self.channels);
-        let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
-        for (ox, px) in out.chunks_exact_mut(c).enumerate() {
-            let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
-            let mut c0 = 0;
-            while c0 + LANES <= c {
-                let mut acc = [0f32; LANES];
-                acc.copy_from_slice(&self.bias[c0..c0 + LANES]);
-                for ky in ky0..ky1 {
-                    let iy = oy * s + ky - pad_top;
-                    for kx in kx0..kx1 {
-                        let ix = ox * s + kx - pad_left;
-                        let src = &image[(iy * w + ix) * c + c0..][..LANES];
-                        let wt = &self.weight[(ky * k + kx) * c + c0..][..LANES];
-                        for l in 0..LANES {
-                            acc[l] += src[l] * wt[l];
-                        }
-                    }
+    fn row(&self, isa: Isa, image: &[f32], g: &Geometry, oy: usize, out: &mut [f32]) {
+        let (w, b) = (&self.weight[..], &self.bias[..]);
+        match isa {
+            Isa::Baseline => depthwise_row::<false>(w, b, image, g, oy, out),
+            // SAFETY: `Isa::detect` found these instruction sets on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { depthwise_row_avx2(w, b, image, g, oy, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { depthwise_row_avx512(w, b, image, g, oy, out) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn depthwise_row_avx2(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    depthwise_row::<true>(weight, bias, image, g, oy, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn depthwise_row_avx512(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    depthwise_row::<true>(weight, bias, image, g, oy, out)
+}
+
+/// One output row: every pixel starts from the bias, adds its in-bounds taps one at a time
+/// across all channels (a loop the compiler turns into vector multiply-adds), then is
+/// clamped by ReLU6. A pixel's channels stay in L1 cache throughout.
+#[inline(always)]
+fn depthwise_row<const FMA: bool>(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    let c = g.c;
+    let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+    for (ox, px) in out.chunks_exact_mut(c).enumerate() {
+        let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
+        px.copy_from_slice(&bias[..c]);
+        for ky in ky0..ky1 {
+            let iy = oy * g.s + ky - g.pad_top;
+            for kx in kx0..kx1 {
+                let ix = ox * g.s + kx - g.pad_left;
+                let src = &image[(iy * g.w + ix) * c..][..c];
+                let wt = &weight[(ky * g.k + kx) * c..][..c];
+                for ((d, &x), &y) in px.iter_mut().zip(src).zip(wt) {
+                    *d = if FMA { x.mul_add(y, *d) } else { *d + x * y };
                 }
-                for l in 0..LANES {
-                    px[c0 + l] = acc[l].clamp(0.0, 6.0);
-                }
-                c0 += LANES;
             }
-            for ch in c0..c {
-                let mut acc = self.bias[ch];
-                for ky in ky0..ky1 {
-                    let iy = oy * s + ky - pad_top;
-                    for kx in kx0..kx1 {
-                        let ix = ox * s + kx - pad_left;
-                        acc += image[(iy * w + ix) * c + ch] * self.weight[(ky * k + kx) * c + ch];
-                    }
-                }
-                px[ch] = acc.clamp(0.0, 6.0);
-            }
+        }
+        for d in px.iter_mut() {
+            *d = d.clamp(0.0, 6.0);
         }
     }
 }
@@ -308,20 +392,86 @@ impl CustomOp1 for Depthwise {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, h, w, c) = layout.shape().dims4()?;
         if c != self.channels {
-            bail!("depthwise: input has {c} channels, weights expect {}", self.channels)
+            bail!(
+                "depthwise: input has {c} channels, weights expect {}",
+                self.channels
+            )
         }
         let x = contiguous_f32(storage, layout, "depthwise")?;
-        let (oh, pad_top, _) = super::efficientnet_lite::same_padding(h, self.kernel, self.stride);
-        let (ow, pad_left, _) = super::efficientnet_lite::same_padding(w, self.kernel, self.stride);
+        let (k, s) = (self.kernel, self.stride);
+        let (oh, pad_top, _) = same_padding(h, k, s);
+        let (ow, pad_left, _) = same_padding(w, k, s);
+        let g = Geometry {
+            h,
+            w,
+            c,
+            k,
+            s,
+            pad_top,
+            pad_left,
+        };
+        let isa = Isa::detect();
         let mut out = vec![0f32; b * oh * ow * c];
         if !out.is_empty() {
             out.par_chunks_mut(ow * c).enumerate().for_each(|(r, dst)| {
                 let (image, oy) = (r / oh, r % oh);
                 let image = &x[image * h * w * c..(image + 1) * h * w * c];
-                self.row(image, h, w, oy, pad_top, pad_left, dst);
+                self.row(isa, image, &g, oy, dst);
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, c))))
+    }
+}
+
+/// Image patches for a `k x k` "SAME" convolution: NCHW `(b, c, h, w)` in, `(b * oh * ow,
+/// k * k * c)` out with columns ordered `(ky, kx, c)` and zeros where the window leaves the
+/// image. Followed by a [`Pointwise`] product, this is the stem convolution.
+pub(crate) struct Patches {
+    pub(crate) kernel: usize,
+    pub(crate) stride: usize,
+}
+
+impl Patches {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for Patches {
+    fn name(&self) -> &'static str {
+        "nchw-patches"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let x = contiguous_f32(storage, layout, "patches")?;
+        let (k, s) = (self.kernel, self.stride);
+        let (oh, pad_top, _) = same_padding(h, k, s);
+        let (ow, pad_left, _) = same_padding(w, k, s);
+        let cols = k * k * c;
+        let mut out = vec![0f32; b * oh * ow * cols];
+        if !out.is_empty() {
+            out.par_chunks_mut(ow * cols)
+                .enumerate()
+                .for_each(|(r, dst)| {
+                    let (image, oy) = (r / oh, r % oh);
+                    let image = &x[image * c * h * w..(image + 1) * c * h * w];
+                    let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
+                    for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
+                        let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
+                        for ky in ky0..ky1 {
+                            let iy = oy * s + ky - pad_top;
+                            for kx in kx0..kx1 {
+                                let ix = ox * s + kx - pad_left;
+                                for ch in 0..c {
+                                    patch[(ky * k + kx) * c + ch] = image[(ch * h + iy) * w + ix];
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b * oh * ow, cols))))
     }
 }
 
@@ -359,7 +509,10 @@ mod tests {
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
         // A single-tile problem takes the column-parallel branch.
         let small = x.narrow(0, 0, 5).unwrap();
-        let got = Pointwise::new(&w, &b, false).unwrap().forward(&small, None).unwrap();
+        let got = Pointwise::new(&w, &b, false)
+            .unwrap()
+            .forward(&small, None)
+            .unwrap();
         let want = small.matmul(&w).unwrap().broadcast_add(&b).unwrap();
         let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
@@ -375,11 +528,19 @@ mod tests {
             let got = Depthwise::new(&wt, &b, s).unwrap().forward(&x).unwrap();
 
             // Reference: candle's grouped conv2d in NCHW on explicitly padded input.
-            let (oh, t, bo) = super::super::efficientnet_lite::same_padding(h, k, s);
-            let (ow, l, r) = super::super::efficientnet_lite::same_padding(w, k, s);
+            let (oh, t, bo) = same_padding(h, k, s);
+            let (ow, l, r) = same_padding(w, k, s);
             let nchw = x.permute((0, 3, 1, 2)).unwrap();
-            let padded = nchw.pad_with_zeros(2, t, bo).unwrap().pad_with_zeros(3, l, r).unwrap();
-            let kernel = wt.permute((2, 0, 1)).unwrap().reshape((c, 1, k, k)).unwrap();
+            let padded = nchw
+                .pad_with_zeros(2, t, bo)
+                .unwrap()
+                .pad_with_zeros(3, l, r)
+                .unwrap();
+            let kernel = wt
+                .permute((2, 0, 1))
+                .unwrap()
+                .reshape((c, 1, k, k))
+                .unwrap();
             let want = padded
                 .conv2d(&kernel, 0, s, 1, c)
                 .unwrap()
@@ -391,7 +552,14 @@ mod tests {
                 .unwrap();
             assert_eq!(got.dims(), [2, oh, ow, c]);
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap() < 1e-4, "k{k} s{s}");
+            assert!(
+                diff.to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    < 1e-4,
+                "k{k} s{s}"
+            );
         }
     }
 }

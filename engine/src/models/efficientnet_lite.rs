@@ -45,13 +45,62 @@ struct Stage {
 
 /// `efficientnet_lite_builder.py`'s block strings `r1_k3_s11_e1_i32_o16` ... `r1_k3_s11_e6_i192_o320`.
 const STAGES: [Stage; 7] = [
-    Stage { repeats: 1, kernel: 3, stride: 1, expand_ratio: 1, input: 32, output: 16 },
-    Stage { repeats: 2, kernel: 3, stride: 2, expand_ratio: 6, input: 16, output: 24 },
-    Stage { repeats: 2, kernel: 5, stride: 2, expand_ratio: 6, input: 24, output: 40 },
-    Stage { repeats: 3, kernel: 3, stride: 2, expand_ratio: 6, input: 40, output: 80 },
-    Stage { repeats: 3, kernel: 5, stride: 1, expand_ratio: 6, input: 80, output: 112 },
-    Stage { repeats: 4, kernel: 5, stride: 2, expand_ratio: 6, input: 112, output: 192 },
-    Stage { repeats: 1, kernel: 3, stride: 1, expand_ratio: 6, input: 192, output: 320 },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 1,
+        input: 32,
+        output: 16,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        input: 16,
+        output: 24,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        input: 24,
+        output: 40,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        input: 40,
+        output: 80,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand_ratio: 6,
+        input: 80,
+        output: 112,
+    },
+    Stage {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        input: 112,
+        output: 192,
+    },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 6,
+        input: 192,
+        output: 320,
+    },
 ];
 
 /// Which EfficientNet-Lite, and how to read its weights.
@@ -190,7 +239,14 @@ struct Pointwise {
 }
 
 impl Pointwise {
-    fn load(conv: VarBuilder, bn: VarBuilder, input: usize, output: usize, relu6: bool, cfg: &Config) -> candle_core::Result<Self> {
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        input: usize,
+        output: usize,
+        relu6: bool,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
         let (w, bias) = load_conv_bn(conv, bn, (output, input, 1, 1), cfg.batch_norm_eps)?;
         let weight = w.reshape((output, input))?.t()?.contiguous()?;
         let cpu = weight
@@ -198,10 +254,20 @@ impl Pointwise {
             .is_cpu()
             .then(|| conv_cpu::Pointwise::new(&weight, &bias, relu6))
             .transpose()?;
-        Ok(Self { weight, bias, relu6, cpu })
+        Ok(Self {
+            weight,
+            bias,
+            relu6,
+            cpu,
+        })
     }
 
-    fn forward(&self, x: &Tensor, residual: Option<&Tensor>, fast: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        fast: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let out = self.weight.dim(1)?;
         let flat = x.reshape((b * h * w, c))?;
@@ -234,7 +300,14 @@ struct Depthwise {
 }
 
 impl Depthwise {
-    fn load(conv: VarBuilder, bn: VarBuilder, channels: usize, kernel: usize, stride: usize, cfg: &Config) -> candle_core::Result<Self> {
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
         let (w, bias) = load_conv_bn(conv, bn, (channels, 1, kernel, kernel), cfg.batch_norm_eps)?;
         let weight = w
             .reshape((channels, kernel * kernel))?
@@ -246,7 +319,13 @@ impl Depthwise {
             .is_cpu()
             .then(|| conv_cpu::Depthwise::new(&weight, &bias, stride))
             .transpose()?;
-        Ok(Self { weight, bias, kernel, stride, cpu })
+        Ok(Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            cpu,
+        })
     }
 
     fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
@@ -268,12 +347,18 @@ impl Depthwise {
         for ky in 0..k {
             let mut rows = x.narrow(1, ky, oh * s)?;
             if s > 1 {
-                rows = rows.reshape((b, oh, s, wp, c))?.narrow(2, 0, 1)?.squeeze(2)?;
+                rows = rows
+                    .reshape((b, oh, s, wp, c))?
+                    .narrow(2, 0, 1)?
+                    .squeeze(2)?;
             }
             for kx in 0..k {
                 let mut window = rows.narrow(2, kx, ow * s)?;
                 if s > 1 {
-                    window = window.reshape((b, oh, ow, s, c))?.narrow(3, 0, 1)?.squeeze(3)?;
+                    window = window
+                        .reshape((b, oh, ow, s, c))?
+                        .narrow(3, 0, 1)?
+                        .squeeze(3)?;
                 }
                 let tap = window.broadcast_mul(&self.weight.get(ky)?.get(kx)?)?;
                 acc = Some(match acc {
@@ -282,7 +367,8 @@ impl Depthwise {
                 });
             }
         }
-        let acc = acc.ok_or_else(|| candle_core::Error::Msg("depthwise kernel of size 0".into()))?;
+        let acc =
+            acc.ok_or_else(|| candle_core::Error::Msg("depthwise kernel of size 0".into()))?;
         relu6(&acc.broadcast_add(&self.bias)?)
     }
 }
@@ -298,13 +384,41 @@ struct MbConv {
 }
 
 impl MbConv {
-    fn load(vb: VarBuilder, spec: BlockSpec, index: usize, cfg: &Config) -> candle_core::Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        spec: BlockSpec,
+        index: usize,
+        cfg: &Config,
+    ) -> candle_core::Result<Self> {
         let hidden = spec.input * spec.expand_ratio;
         let expand = (spec.expand_ratio != 1)
-            .then(|| Pointwise::load(vb.pp("_expand_conv"), vb.pp("_bn0"), spec.input, hidden, true, cfg))
+            .then(|| {
+                Pointwise::load(
+                    vb.pp("_expand_conv"),
+                    vb.pp("_bn0"),
+                    spec.input,
+                    hidden,
+                    true,
+                    cfg,
+                )
+            })
             .transpose()?;
-        let depthwise = Depthwise::load(vb.pp("_depthwise_conv"), vb.pp("_bn1"), hidden, spec.kernel, spec.stride, cfg)?;
-        let project = Pointwise::load(vb.pp("_project_conv"), vb.pp("_bn2"), hidden, spec.output, false, cfg)?;
+        let depthwise = Depthwise::load(
+            vb.pp("_depthwise_conv"),
+            vb.pp("_bn1"),
+            hidden,
+            spec.kernel,
+            spec.stride,
+            cfg,
+        )?;
+        let project = Pointwise::load(
+            vb.pp("_project_conv"),
+            vb.pp("_bn2"),
+            hidden,
+            spec.output,
+            false,
+            cfg,
+        )?;
         Ok(Self {
             expand,
             depthwise,
@@ -331,24 +445,61 @@ struct Stem {
     /// PyTorch layout `(32, 3, 3, 3)`, for candle's `conv2d`.
     weight: Tensor,
     bias: Tensor,
+    /// On the CPU: image patches times the weight as a `(27, 32)` matrix, fused with bias and
+    /// ReLU6.
+    cpu: Option<conv_cpu::Pointwise>,
     span: tracing::Span,
 }
 
+const STEM_KERNEL: usize = 3;
+const STEM_STRIDE: usize = 2;
+
 impl Stem {
     fn load(vb: &VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
-        let (weight, bias) = load_conv_bn(vb.pp("_conv_stem"), vb.pp("_bn0"), (STEM_CHANNELS, 3, 3, 3), cfg.batch_norm_eps)?;
-        Ok(Self { weight, bias, span: tracing::trace_span!("stem") })
+        let k = STEM_KERNEL;
+        let (weight, bias) = load_conv_bn(
+            vb.pp("_conv_stem"),
+            vb.pp("_bn0"),
+            (STEM_CHANNELS, 3, k, k),
+            cfg.batch_norm_eps,
+        )?;
+        let cpu = if weight.device().is_cpu() {
+            // Columns of the patch matrix are ordered (ky, kx, channel).
+            let matrix = weight
+                .permute((2, 3, 1, 0))?
+                .reshape((k * k * 3, STEM_CHANNELS))?
+                .contiguous()?;
+            Some(conv_cpu::Pointwise::new(&matrix, &bias, true)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            cpu,
+            span: tracing::trace_span!("stem"),
+        })
     }
 
-    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, images: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let (_, _, h, w) = images.dims4()?;
-        let (_, top, bottom) = same_padding(h, 3, 2);
-        let (_, left, right) = same_padding(w, 3, 2);
+        let (b, _, h, w) = images.dims4()?;
+        let (oh, top, bottom) = same_padding(h, STEM_KERNEL, STEM_STRIDE);
+        let (ow, left, right) = same_padding(w, STEM_KERNEL, STEM_STRIDE);
+        if let (Some(cpu), true) = (&self.cpu, fast) {
+            let patches = conv_cpu::Patches {
+                kernel: STEM_KERNEL,
+                stride: STEM_STRIDE,
+            }
+            .forward(images)?;
+            return cpu
+                .forward(&patches, None)?
+                .reshape((b, oh, ow, STEM_CHANNELS));
+        }
         let x = images
             .pad_with_zeros(2, top, bottom)?
             .pad_with_zeros(3, left, right)?
-            .conv2d(&self.weight, 0, 2, 1, 1)?
+            .conv2d(&self.weight, 0, STEM_STRIDE, 1, 1)?
             .permute((0, 2, 3, 1))?;
         relu6(&x.broadcast_add(&self.bias)?)
     }
@@ -387,7 +538,15 @@ impl EfficientNetLite {
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(wrap)?;
         let last = specs.last().map_or(STEM_CHANNELS, |s| s.output);
-        let head = Pointwise::load(vb.pp("_conv_head"), vb.pp("_bn1"), last, FEATURE_DIM, true, cfg).map_err(wrap)?;
+        let head = Pointwise::load(
+            vb.pp("_conv_head"),
+            vb.pp("_bn1"),
+            last,
+            FEATURE_DIM,
+            true,
+            cfg,
+        )
+        .map_err(wrap)?;
         let fc = vb.pp("_fc");
         let fc_weight = fc
             .get((cfg.num_classes, FEATURE_DIM), "weight")
@@ -438,7 +597,7 @@ impl EfficientNetLite {
         }
         let images = images.to_dtype(DType::F32)?;
         let fast = self.cpu_kernels;
-        let mut x = self.stem.forward(&images)?.contiguous()?;
+        let mut x = self.stem.forward(&images, fast)?.contiguous()?;
         for block in &self.blocks {
             x = block.forward(&x, fast)?;
         }
@@ -450,7 +609,9 @@ impl EfficientNetLite {
         };
         let logits = {
             let _enter = self.classifier_span.enter();
-            features.matmul(&self.fc_weight)?.broadcast_add(&self.fc_bias)?
+            features
+                .matmul(&self.fc_weight)?
+                .broadcast_add(&self.fc_bias)?
         };
         Ok((features, logits))
     }

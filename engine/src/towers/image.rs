@@ -314,9 +314,16 @@ fn classify(err: image::ImageError) -> ImageProblem {
     let detail = err.to_string();
     let ends_early = |msg: &str| {
         let msg = msg.to_ascii_lowercase();
-        ["eof", "end of file", "unexpected end", "truncated", "not enough data", "no more data"]
-            .iter()
-            .any(|needle| msg.contains(needle))
+        [
+            "eof",
+            "end of file",
+            "unexpected end",
+            "truncated",
+            "not enough data",
+            "no more data",
+        ]
+        .iter()
+        .any(|needle| msg.contains(needle))
     };
     match &err {
         ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -480,7 +487,9 @@ mod tests {
         assert_eq!(prepared.size(), 224);
         assert_eq!(prepared.pixels().len(), 3 * 224 * 224);
         let plane = 224 * 224;
-        assert!(prepared.pixels()[plane..2 * plane].iter().all(|&v| v == 0.0));
+        assert!(prepared.pixels()[plane..2 * plane]
+            .iter()
+            .all(|&v| v == 0.0));
         assert!(prepared.pixels()[2 * plane..].iter().all(|&v| v == 1.0));
         assert!(prepared.pixels().iter().all(|v| (-1.0..=1.0).contains(v)));
     }
@@ -496,7 +505,10 @@ mod tests {
     #[test]
     fn bad_images_say_what_is_wrong() {
         let pre = Preprocessor::new(224, 1000);
-        assert_eq!(problem(pre.prepare_bytes(&[], "empty.jpg")), ImageProblem::Empty);
+        assert_eq!(
+            problem(pre.prepare_bytes(&[], "empty.jpg")),
+            ImageProblem::Empty
+        );
         assert_eq!(
             problem(pre.prepare_bytes(b"just some text, not pixels", "notes.txt")),
             ImageProblem::NotAnImage
@@ -520,7 +532,10 @@ mod tests {
             ImageProblem::Truncated { .. }
         ));
         let err = pre.prepare_bytes(cut, "cut.png").unwrap_err().to_string();
-        assert!(err.contains("cut.png") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.png") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -557,7 +572,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -58,16 +58,17 @@ pub fn detect_format(path: &Path) -> Result<WeightsFormat> {
 
 /// Reads every tensor of a weight file onto the CPU, keyed by name.
 pub fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = match detect_format(path)? {
-        WeightsFormat::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| Error::MalformedWeights {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?,
-        WeightsFormat::PthZip | WeightsFormat::PthLegacy => {
-            pth::read_pth(path)?.into_iter().collect()
-        }
-    };
+    let tensors =
+        match detect_format(path)? {
+            WeightsFormat::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| Error::MalformedWeights {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?,
+            WeightsFormat::PthZip | WeightsFormat::PthLegacy => {
+                pth::read_pth(path)?.into_iter().collect()
+            }
+        };
     tracing::debug!(path = %path.display(), tensors = tensors.len(), "loaded weights");
     Ok(tensors)
 }

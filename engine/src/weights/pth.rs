@@ -103,7 +103,6 @@ impl StorageDtype {
         };
         StorageDtype::Known(dtype)
     }
-
 }
 
 fn not_weights(path: &Path, reason: impl Into<String>) -> Error {
@@ -155,7 +154,12 @@ fn unpickle(path: &Path, cursor: &mut Cursor<&[u8]>, what: &str) -> Result<Objec
 fn read_legacy_magic(path: &Path, cursor: &mut Cursor<&[u8]>) -> Result<()> {
     let bytes = *cursor.get_ref();
     // PROTO 2, LONG1 <n> <n bytes little-endian>, STOP.
-    let bad = || not_weights(path, "a pickle, but not a PyTorch checkpoint (no magic number)");
+    let bad = || {
+        not_weights(
+            path,
+            "a pickle, but not a PyTorch checkpoint (no magic number)",
+        )
+    };
     if bytes.len() < 4 || bytes[0] != 0x80 || bytes[2] != 0x8a {
         return Err(bad());
     }
@@ -272,7 +276,10 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             let data = storages.get(&r.storage.key).copied().ok_or_else(|| {
                 malformed(
                     path,
-                    format!("tensor {} uses storage {} that the file lacks", r.name, r.storage.key),
+                    format!(
+                        "tensor {} uses storage {} that the file lacks",
+                        r.name, r.storage.key
+                    ),
                 )
             })?;
             build_tensor(path, r, data)
@@ -306,9 +313,7 @@ fn read_zip(path: &Path, bytes: Vec<u8>) -> Result<Vec<(String, Tensor)>> {
     // TorchScript archives wrap the state in a `__torch__.Module` build.
     let state = match state {
         Object::Build { callable, args } => match *callable {
-            Object::Reduce { callable, .. }
-                if matches!(&*callable, Object::Class { module_name, .. } if module_name == "__torch__") =>
-            {
+            Object::Reduce { callable, .. } if matches!(&*callable, Object::Class { module_name, .. } if module_name == "__torch__") => {
                 *args
             }
             other => Object::Build {
@@ -395,7 +400,11 @@ fn tensor_ref(path: &Path, name: &str, value: Object) -> Result<Option<TensorRef
     };
     let (callable, args) = (*callable, *args);
     let (callable, args) = if is_class(&callable, "torch._utils", "_rebuild_parameter") {
-        match args.tuple().ok().and_then(|mut a| (!a.is_empty()).then(|| a.remove(0))) {
+        match args
+            .tuple()
+            .ok()
+            .and_then(|mut a| (!a.is_empty()).then(|| a.remove(0)))
+        {
             Some(Object::Reduce { callable, args }) => (*callable, *args),
             _ => return Err(bad("a parameter that does not wrap a tensor")),
         }
@@ -424,7 +433,8 @@ fn tensor_ref(path: &Path, name: &str, value: Object) -> Result<Option<TensorRef
     if args.len() < 4 {
         return Err(bad("too few rebuild arguments"));
     }
-    let stride = usize_tuple(args.remove(3)).ok_or_else(|| bad("stride is not a tuple of sizes"))?;
+    let stride =
+        usize_tuple(args.remove(3)).ok_or_else(|| bad("stride is not a tuple of sizes"))?;
     let shape = usize_tuple(args.remove(2)).ok_or_else(|| bad("size is not a tuple of sizes"))?;
     let offset = args
         .remove(1)
@@ -436,7 +446,9 @@ fn tensor_ref(path: &Path, name: &str, value: Object) -> Result<Option<TensorRef
         return Err(bad("size and stride differ in length"));
     }
     let storage = match args.remove(0) {
-        Object::PersistentLoad(id) => storage_ref(*id).ok_or_else(|| bad("unreadable storage id"))?,
+        Object::PersistentLoad(id) => {
+            storage_ref(*id).ok_or_else(|| bad("unreadable storage id"))?
+        }
         _ => return Err(bad("its storage is not a persistent id")),
     };
     Ok(Some(TensorRef {
@@ -462,7 +474,11 @@ fn storage_ref(id: Object) -> Option<StorageRef> {
     if id.len() < 5 || id[0] != Object::Unicode("storage".into()) {
         return None;
     }
-    let view = if id.len() >= 6 { id.remove(5) } else { Object::None };
+    let view = if id.len() >= 6 {
+        id.remove(5)
+    } else {
+        Object::None
+    };
     let key = id.remove(2).unicode().ok()?;
     let (_, class_name) = id.remove(1).class().ok()?;
     // Legacy storage views: (view_key, offset, size) into the root storage `key`.
@@ -494,7 +510,9 @@ fn build_tensor(path: &Path, r: TensorRef, storage: &[u8]) -> Result<(String, Te
             .shape
             .iter()
             .zip(&r.stride)
-            .try_fold(offset, |acc, (&d, &s)| acc.checked_add((d - 1).checked_mul(s)?));
+            .try_fold(offset, |acc, (&d, &s)| {
+                acc.checked_add((d - 1).checked_mul(s)?)
+            });
         if !matches!(last, Some(last) if last < storage_numel) {
             return Err(truncated(
                 path,
@@ -578,7 +596,10 @@ mod tests {
     #[test]
     fn gathers_contiguous_with_offset() {
         let storage: Vec<u8> = (0u8..10).collect();
-        assert_eq!(gather_strided(&storage, 1, 2, &[2, 2], &[2, 1]), [2, 3, 4, 5]);
+        assert_eq!(
+            gather_strided(&storage, 1, 2, &[2, 2], &[2, 1]),
+            [2, 3, 4, 5]
+        );
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
@@ -606,7 +627,11 @@ mod tests {
             );
             assert_eq!(get("half").dtype(), DType::F16);
             assert_eq!(
-                get("half").to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
+                get("half")
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap(),
                 [[1., 2.], [3., 4.]]
             );
             assert_eq!(get("steps").to_scalar::<i64>().unwrap(), 7);
@@ -628,7 +653,10 @@ mod tests {
             let path = dir.path().join(format!("cut{keep}.pth"));
             std::fs::write(&path, &bytes[..keep]).unwrap();
             let err = read_pth(&path).unwrap_err();
-            assert!(matches!(err, Error::TruncatedWeights { .. }), "{keep}: {err}");
+            assert!(
+                matches!(err, Error::TruncatedWeights { .. }),
+                "{keep}: {err}"
+            );
             assert!(err.to_string().contains(&format!("cut{keep}.pth")), "{err}");
         }
     }

@@ -19,6 +19,7 @@ fn fast() -> TrainConfig {
     TrainConfig {
         holdout: 0.3,
         epochs: 25,
+        batch_size: 64,
         patience: 5,
         seed: 2,
         ..TrainConfig::default()

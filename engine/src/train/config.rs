@@ -13,7 +13,9 @@ use crate::models::fusion::FusionConfig;
 pub struct TrainConfig {
     /// Most passes over the training split; early stopping usually ends sooner.
     pub epochs: usize,
-    /// Examples per optimiser step. Large, because the model is small and features are cached.
+    /// Examples per optimiser step. Large, because the model is small and features are cached:
+    /// on the demo-sized synthetic catalogue, 512 (with `lr` 3e-3) ran the study in a third of
+    /// the CPU time of 256 (with 2e-3) at the same accuracy.
     pub batch_size: usize,
     /// AdamW learning rate.
     pub lr: f64,
@@ -26,6 +28,11 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Fraction of each class held out, split half validation, half test (the study: 4%).
     pub holdout: f64,
+    /// Epochs that align the joint (search) heads on the trained branches' cached outputs,
+    /// after classification training; the epoch with the lowest validation InfoNCE loss is
+    /// kept. 0 (the default) leaves the heads as trained beside the classifier: on synthetic
+    /// catalogues the extra epochs did not improve text-to-image retrieval, so they are opt-in.
+    pub align_epochs: usize,
     /// What the labels are (e.g. `category`); recorded in models and reports.
     pub label_field: String,
     /// The fused model's hyper-parameters. The trainer fills in `num_classes`, the feature widths
@@ -38,12 +45,13 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 60,
-            batch_size: 256,
-            lr: 2e-3,
+            batch_size: 512,
+            lr: 3e-3,
             weight_decay: 1e-4,
             seed: 0,
-            patience: 8,
+            patience: 5,
             holdout: 0.04,
+            align_epochs: 0,
             label_field: "label".to_string(),
             model: FusionConfig {
                 text_fields: Vec::new(),

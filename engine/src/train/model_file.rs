@@ -227,7 +227,13 @@ impl TrainedModel {
                 header.config.num_classes
             )));
         }
-        SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("weights: {e}")))?;
+        // Keep the weights without the header, so a model read back equals the one written.
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("weights: {e}")))?;
+        let mut tensors = st.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let weights = safetensors::tensor::serialize(tensors, None)
+            .map_err(|e| format_error(format!("cannot copy weights: {e}")))?;
         Ok(Self {
             variant: header.variant,
             config: header.config,
@@ -235,7 +241,7 @@ impl TrainedModel {
             labels: header.labels,
             metrics: header.metrics,
             fingerprint: header.fingerprint,
-            weights: bytes.to_vec(),
+            weights,
         })
     }
 

@@ -117,7 +117,7 @@ pub fn run_protocol(
         .into_iter()
         .collect();
     let mut degraded = examples.to_vec();
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x6e01_5e));
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x6e_015e));
     let mut noisy_labels = 0;
     let mut dropped_text: BTreeMap<String, usize> =
         cfg.drop_text.keys().map(|f| (f.clone(), 0)).collect();

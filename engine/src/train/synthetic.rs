@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Example;
 
-/// Knobs of the generator. Centroids and group offsets are random directions; noise figures are
-/// per-coordinate standard deviations, so what matters for separability is the noise against
-/// the distance between unit centroids (about √2).
+/// Knobs of the generator. Class centroids and group offsets are random directions in the latent
+/// space; noise figures are per-coordinate standard deviations in each modality's space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SyntheticSpec {
@@ -24,6 +23,8 @@ pub struct SyntheticSpec {
     pub image_dim: usize,
     pub text_dim: usize,
     pub fields: Vec<String>,
+    /// Width of the latent "meaning" space every modality is a view of.
+    pub latent_dim: usize,
     /// Length of each group's offset from its class centroid.
     pub group_spread: f32,
     pub image_noise: f32,
@@ -46,6 +47,7 @@ impl Default for SyntheticSpec {
             image_dim: 64,
             text_dim: 32,
             fields: vec!["title".into(), "description".into()],
+            latent_dim: 16,
             group_spread: 0.5,
             image_noise: 0.32,
             text_noise: 0.45,
@@ -83,38 +85,50 @@ fn l2(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
+/// A `rows × cols` matrix of standard normals scaled by `1/√cols`, so it roughly keeps lengths.
+fn projection(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<Vec<f32>> {
+    let scale = 1.0 / (cols.max(1) as f32).sqrt();
+    (0..rows)
+        .map(|_| (0..cols).map(|_| scale * normal(rng)).collect())
+        .collect()
+}
+
+fn apply(matrix: &[Vec<f32>], v: &[f32]) -> Vec<f32> {
+    matrix
+        .iter()
+        .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
 /// Generates `classes × groups_per_class × items_per_group` examples with keys 0, 1, …, labels
 /// `class-NN`, groups `group-NNNN`.
+///
+/// Each group has a meaning: a point in a small latent space (its class centroid plus an offset
+/// of length `group_spread`). Each modality sees that meaning through its own fixed random
+/// linear map plus independent per-item noise, as an image and a title describe the same emoji
+/// differently. So image and text agree on more than the class, and what links them can be
+/// learned from some groups and used on others.
 pub fn catalogue(spec: &SyntheticSpec) -> Vec<Example> {
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let image_centroids: Vec<Vec<f32>> = (0..spec.classes)
-        .map(|_| unit(&mut rng, spec.image_dim))
-        .collect();
-    let text_centroids: Vec<Vec<Vec<f32>>> = spec
+    let latent = spec.latent_dim;
+    let class_centroids: Vec<Vec<f32>> =
+        (0..spec.classes).map(|_| unit(&mut rng, latent)).collect();
+    let image_map = projection(&mut rng, spec.image_dim, latent);
+    let text_maps: Vec<Vec<Vec<f32>>> = spec
         .fields
         .iter()
-        .map(|_| {
-            (0..spec.classes)
-                .map(|_| unit(&mut rng, spec.text_dim))
-                .collect()
-        })
+        .map(|_| projection(&mut rng, spec.text_dim, latent))
         .collect();
     let image_sd = spec.image_noise;
     let text_sd = spec.text_noise;
     let mut out = Vec::new();
     let mut key = 0u64;
     let mut group_id = 0usize;
-    for class in 0..spec.classes {
+    for (class, centroid) in class_centroids.iter().enumerate() {
         for _ in 0..spec.groups_per_class {
-            let group_image = add_scaled(
-                &image_centroids[class],
-                &unit(&mut rng, spec.image_dim),
-                spec.group_spread,
-            );
-            let group_text: Vec<Vec<f32>> = text_centroids
-                .iter()
-                .map(|c| add_scaled(&c[class], &unit(&mut rng, spec.text_dim), spec.group_spread))
-                .collect();
+            let meaning = add_scaled(centroid, &unit(&mut rng, latent), spec.group_spread);
+            let group_image = apply(&image_map, &meaning);
+            let group_text: Vec<Vec<f32>> = text_maps.iter().map(|m| apply(m, &meaning)).collect();
             for _ in 0..spec.items_per_group {
                 let image = around(&mut rng, &group_image, image_sd);
                 let texts: Vec<Vec<f32>> = group_text

@@ -502,7 +502,8 @@ mod tests {
     fn tiny_config(act: HiddenAct) -> Config {
         Config {
             vocab_size: 50,
-            hidden_size: 48,
+            // 4 heads of 16: wide enough for the AVX-512 attention kernel.
+            hidden_size: 64,
             num_hidden_layers: 2,
             num_attention_heads: 4,
             intermediate_size: 80,

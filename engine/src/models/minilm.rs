@@ -178,10 +178,9 @@ impl MiniLm {
             }
             Backend::Auto | Backend::Candle => None,
         };
-        let encoder = CandleEncoder::load(vb, config)?;
         let engine = match isa {
-            Some(isa) => Engine::Fused(encoder.into_fused(config, isa)?),
-            None => Engine::Candle(encoder),
+            Some(isa) => Engine::Fused(load_fused(vb, config, isa)?),
+            None => Engine::Candle(CandleEncoder::load(vb, config)?),
         };
         Ok(MiniLm {
             config: config.clone(),
@@ -457,40 +456,44 @@ impl CandleEncoder {
         let pooled = summed.broadcast_div(&mask.sum_keepdim(1)?)?;
         Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
     }
+}
 
-    fn into_fused(self, config: &Config, isa: Isa) -> Result<FusedEncoder> {
-        let h = config.hidden_size;
-        let emb = self.embeddings;
-        let token_type0 = to_host(&emb.token_type.get(0)?)?;
-        let mut position = to_host(&emb.position)?;
-        for row in position.chunks_exact_mut(h) {
-            for (p, t) in row.iter_mut().zip(&token_type0) {
-                *p += t;
-            }
+/// Builds the fused encoder block by block, dropping each block's tensors once packed, so
+/// loading never holds two full copies of the weights.
+fn load_fused(vb: VarBuilder, config: &Config, isa: Isa) -> Result<FusedEncoder> {
+    let h = config.hidden_size;
+    let emb = Embeddings::load(vb.pp("embeddings"), config)?;
+    let token_type0 = to_host(&emb.token_type.get(0)?)?;
+    let mut position = to_host(&emb.position)?;
+    for row in position.chunks_exact_mut(h) {
+        for (p, t) in row.iter_mut().zip(&token_type0) {
+            *p += t;
         }
-        let act = match config.hidden_act {
-            HiddenAct::Gelu => Activation::GeluErf,
-            HiddenAct::GeluTanh => Activation::GeluTanh,
-            HiddenAct::Relu => Activation::Relu,
-        };
-        Ok(FusedEncoder {
-            isa,
-            hidden: h,
-            heads: config.num_attention_heads,
-            eps: config.layer_norm_eps as f32,
-            act,
-            vocab: config.vocab_size,
-            max_positions: config.max_position_embeddings,
-            word: to_host(&emb.word)?,
-            position,
-            embedding_norm: emb.norm.fused()?,
-            layers: self
-                .layers
-                .into_iter()
-                .map(|l| l.into_fused(isa))
-                .collect::<candle_core::Result<Vec<_>>>()?,
-        })
     }
+    let word = to_host(&emb.word)?;
+    let embedding_norm = emb.norm.fused()?;
+    drop(emb);
+    let layers = (0..config.num_hidden_layers)
+        .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config)?.into_fused(isa))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let act = match config.hidden_act {
+        HiddenAct::Gelu => Activation::GeluErf,
+        HiddenAct::GeluTanh => Activation::GeluTanh,
+        HiddenAct::Relu => Activation::Relu,
+    };
+    Ok(FusedEncoder {
+        isa,
+        hidden: h,
+        heads: config.num_attention_heads,
+        eps: config.layer_norm_eps as f32,
+        act,
+        vocab: config.vocab_size,
+        max_positions: config.max_position_embeddings,
+        word,
+        position,
+        embedding_norm,
+        layers,
+    })
 }
 
 #[cfg(test)]
@@ -502,7 +505,8 @@ mod tests {
     fn tiny_config(act: HiddenAct) -> Config {
         Config {
             vocab_size: 50,
-            hidden_size: 48,
+            // 4 heads of 16: wide enough for the AVX-512 attention kernel.
+            hidden_size: 64,
             num_hidden_layers: 2,
             num_attention_heads: 4,
             intermediate_size: 80,

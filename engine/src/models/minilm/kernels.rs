@@ -341,13 +341,17 @@ impl PackedLinear {
             Isa::Avx512 => {
                 let nr = avx512::NR;
                 let panels = outputs.div_ceil(nr);
+                let kc_max = avx512::depth_block(inputs);
                 let mut buf = AlignedBuf::zeroed(panels * inputs * nr);
                 let dst = buf.as_mut_slice();
+                // Depth block by depth block; within one, panel after panel (kc × NR each), so
+                // a sweep over the panels of a block reads memory sequentially.
                 for (o, row) in weight.chunks_exact(inputs).enumerate() {
                     let (panel, lane) = (o / nr, o % nr);
-                    let base = panel * inputs * nr + lane;
                     for (i, &w) in row.iter().enumerate() {
-                        dst[base + i * nr] = w;
+                        let (kb, kk) = (i / kc_max * kc_max, i % kc_max);
+                        let kc = kc_max.min(inputs - kb);
+                        dst[kb * panels * nr + (panel * kc + kk) * nr + lane] = w;
                     }
                 }
                 PackedWeight::Panels(buf)
@@ -499,14 +503,22 @@ mod avx512 {
 
     use super::{erf_coeffs, SendPtr};
 
-    /// Output columns per packed panel: two 16-lane registers.
+    /// Output columns per packed weight panel: two 16-lane registers.
     pub(super) const NR: usize = 32;
     /// Rows per register tile: 12 × 2 accumulators + 2 weight vectors + 1 broadcast ≤ 32 zmm.
     const MR: usize = 12;
-    /// Depth block: a 256 × 32 weight block (32 KiB) stays in L1 while a row block streams by.
+    /// Most depth per block: a 256 × 32 weight block (32 KiB) stays in L1 while row tiles
+    /// stream past it.
     const KC: usize = 256;
-    /// Row block: its 240 × 256 inputs (240 KiB) stay in L2 while the panels sweep over them.
+    /// Row block: its inputs (at most 240 × 256 × 4 B = 240 KiB) stay in L2 while the weight
+    /// panels sweep over them.
     const MC: usize = 240;
+
+    /// The depth blocking for `k` inputs: equal blocks of at most KC (384 = 2 × 192,
+    /// 1536 = 6 × 256). Weights are packed block by block with it.
+    pub(super) fn depth_block(k: usize) -> usize {
+        k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+    }
 
     /// One GEMM `c = epilogue(a · W)`, W packed in panels; `run` computes a range of panels.
     pub(super) struct Gemm {
@@ -525,22 +537,6 @@ mod avx512 {
     // caller gives concurrent `run`s disjoint panel ranges, so their writes never overlap.
     unsafe impl Sync for Gemm {}
 
-    struct Tile {
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        bias: *const f32,
-        residual: *const f32,
-        mask0: __mmask16,
-        mask1: __mmask16,
-        first: bool,
-        last: bool,
-        gelu: bool,
-    }
-
     impl Gemm {
         /// # Safety
         /// AVX-512F must be available, the pointers must cover the shapes in `self`, and
@@ -549,66 +545,52 @@ mod avx512 {
         pub(super) unsafe fn run(&self, panel_begin: usize, panel_end: usize) {
             let (m, k, n) = (self.m, self.k, self.n);
             let c = self.c.get();
-            for i0 in (0..m).step_by(MC) {
-                let mc = MC.min(m - i0);
-                for kb in (0..k).step_by(KC) {
-                    let kc = KC.min(k - kb);
-                    for p in panel_begin..panel_end {
-                        let col = p * NR;
-                        let valid = (n - col).min(NR);
-                        let mask0 = if valid >= 16 {
-                            0xffff
-                        } else {
-                            ((1u32 << valid) - 1) as u16
-                        };
-                        let mask1 = if valid >= 32 {
-                            0xffff
-                        } else if valid > 16 {
-                            ((1u32 << (valid - 16)) - 1) as u16
-                        } else {
-                            0
-                        };
-                        // SAFETY (all `add`s): offsets stay within the buffers per the contract.
-                        let b = unsafe { self.panels.add(p * k * NR + kb * NR) };
-                        let mut i = i0;
-                        while i < i0 + mc {
-                            let rows = MR.min(i0 + mc - i);
-                            let tile = Tile {
-                                a: unsafe { self.a.add(i * k + kb) },
-                                lda: k,
-                                b,
-                                kc,
-                                c: unsafe { c.add(i * n + col) },
-                                ldc: n,
-                                bias: unsafe { self.bias.add(col) },
-                                residual: if self.residual.is_null() {
-                                    self.residual
+            let panels = n.div_ceil(NR);
+            let kc_max = depth_block(k);
+            // SAFETY (all pointer arithmetic below): offsets stay inside the buffers whose
+            // extents the caller guarantees.
+            unsafe {
+                for i0 in (0..m).step_by(MC) {
+                    let mc = MC.min(m - i0);
+                    let tiles = mc.div_ceil(MR);
+                    for kb in (0..k).step_by(kc_max) {
+                        let kc = kc_max.min(k - kb);
+                        let block = self.panels.add(kb * panels * NR);
+                        let (first, last) = (kb == 0, kb + kc == k);
+                        for p in panel_begin..panel_end {
+                            let col = p * NR;
+                            let masks = column_masks((n - col).min(NR));
+                            let b = block.add(p * kc * NR);
+                            for t in 0..tiles {
+                                let rows = MR.min(mc - t * MR);
+                                let row0 = i0 + t * MR;
+                                // The last tile of a panel pulls the next panel's weights
+                                // into L1 while it computes.
+                                let prefetch = if t + 1 == tiles {
+                                    b.wrapping_add(kc * NR)
                                 } else {
-                                    unsafe { self.residual.add(i * n + col) }
-                                },
-                                mask0,
-                                mask1,
-                                first: kb == 0,
-                                last: kb + kc == k,
-                                gelu: self.gelu,
-                            };
-                            unsafe {
-                                match rows {
-                                    12 => tile_kernel::<12>(&tile),
-                                    11 => tile_kernel::<11>(&tile),
-                                    10 => tile_kernel::<10>(&tile),
-                                    9 => tile_kernel::<9>(&tile),
-                                    8 => tile_kernel::<8>(&tile),
-                                    7 => tile_kernel::<7>(&tile),
-                                    6 => tile_kernel::<6>(&tile),
-                                    5 => tile_kernel::<5>(&tile),
-                                    4 => tile_kernel::<4>(&tile),
-                                    3 => tile_kernel::<3>(&tile),
-                                    2 => tile_kernel::<2>(&tile),
-                                    _ => tile_kernel::<1>(&tile),
+                                    b
+                                };
+                                let ct = c.add(row0 * n + col);
+                                let a = self.a.add(row0 * k + kb);
+                                tile(rows, a, k, b, kc, ct, n, !first, masks, prefetch);
+                                if last {
+                                    let res = if self.residual.is_null() {
+                                        self.residual
+                                    } else {
+                                        self.residual.add(row0 * n + col)
+                                    };
+                                    epilogue(
+                                        rows,
+                                        ct,
+                                        n,
+                                        self.bias.add(col),
+                                        res,
+                                        self.gelu,
+                                        masks,
+                                    );
                                 }
                             }
-                            i += rows;
                         }
                     }
                 }
@@ -616,51 +598,262 @@ mod avx512 {
         }
     }
 
-    /// `R` rows × 32 columns of `c`, accumulated in registers over `kc` depth steps.
+    fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
+        let low = if valid >= 16 {
+            0xffff
+        } else {
+            ((1u32 << valid) - 1) as u16
+        };
+        let high = if valid >= 32 {
+            0xffff
+        } else if valid > 16 {
+            ((1u32 << (valid - 16)) - 1) as u16
+        } else {
+            0
+        };
+        (low, high)
+    }
+
+    /// `rows` × 32 outputs at `c` (+= when `accumulate`), by the kernel unrolled for `rows`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile(
+        rows: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        masks: (__mmask16, __mmask16),
+        prefetch: *const f32,
+    ) {
+        let args = (a, lda, b, kc, c, ldc, accumulate, masks, prefetch);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match rows {
+                12 => tile_12(args),
+                11 => tile_11(args),
+                10 => tile_10(args),
+                9 => tile_9(args),
+                8 => tile_8(args),
+                7 => tile_7(args),
+                6 => tile_6(args),
+                5 => tile_5(args),
+                4 => tile_4(args),
+                3 => tile_3(args),
+                2 => tile_2(args),
+                _ => tile_1(args),
+            }
+        }
+    }
+
+    type TileArgs = (
+        *const f32,
+        usize,
+        *const f32,
+        usize,
+        *mut f32,
+        usize,
+        bool,
+        (__mmask16, __mmask16),
+        *const f32,
+    );
+
+    /// Defines a register-tile kernel for the listed rows, unrolled by the macro rather than
+    /// left to the optimiser, so the accumulators stay in registers.
+    macro_rules! tile_kernel {
+        ($name:ident, $($r:literal)+) => {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn $name(
+                (a, lda, b, kc, c, ldc, accumulate, (mask0, mask1), prefetch): TileArgs,
+            ) {
+                let mut acc0 = [_mm512_setzero_ps(); MR];
+                let mut acc1 = [_mm512_setzero_ps(); MR];
+                // SAFETY: the caller guarantees that `a` covers the tile's rows (stride `lda`)
+                // to depth `kc`, `b` kc × 32 weights and `c` the tile's rows; the masks keep
+                // loads and stores inside the output's columns. Prefetches never fault, so
+                // `prefetch` may point anywhere (it is only offset with wrapping arithmetic).
+                unsafe {
+                    if accumulate {
+                        $(
+                            acc0[$r] = _mm512_maskz_loadu_ps(mask0, c.add($r * ldc));
+                            acc1[$r] = _mm512_maskz_loadu_ps(mask1, c.add($r * ldc + 16));
+                        )+
+                    }
+                    for kk in 0..kc {
+                        let b0 = _mm512_load_ps(b.add(kk * NR));
+                        let b1 = _mm512_load_ps(b.add(kk * NR + 16));
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR + 16).cast());
+                        $(
+                            let av = _mm512_set1_ps(*a.add($r * lda + kk));
+                            acc0[$r] = _mm512_fmadd_ps(av, b0, acc0[$r]);
+                            acc1[$r] = _mm512_fmadd_ps(av, b1, acc1[$r]);
+                        )+
+                    }
+                    $(
+                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                    )+
+                }
+            }
+        };
+    }
+
+    tile_kernel!(tile_1, 0);
+    tile_kernel!(tile_2, 0 1);
+    tile_kernel!(tile_3, 0 1 2);
+    tile_kernel!(tile_4, 0 1 2 3);
+    tile_kernel!(tile_5, 0 1 2 3 4);
+    tile_kernel!(tile_6, 0 1 2 3 4 5);
+    tile_kernel!(tile_7, 0 1 2 3 4 5 6);
+    tile_kernel!(tile_8, 0 1 2 3 4 5 6 7);
+    tile_kernel!(tile_9, 0 1 2 3 4 5 6 7 8);
+    tile_kernel!(tile_10, 0 1 2 3 4 5 6 7 8 9);
+    tile_kernel!(tile_11, 0 1 2 3 4 5 6 7 8 9 10);
+    tile_kernel!(tile_12, 0 1 2 3 4 5 6 7 8 9 10 11);
+
+    /// Bias, residual and GELU on a finished tile, while it is still in L1. Kept out of the
+    /// tile kernels so its constants do not crowd their accumulators out of registers.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn epilogue(
+        rows: usize,
+        c: *mut f32,
+        ldc: usize,
+        bias: *const f32,
+        residual: *const f32,
+        gelu: bool,
+        (mask0, mask1): (__mmask16, __mmask16),
+    ) {
+        // SAFETY: the caller guarantees the tile's rows and the bias' columns; masks keep
+        // every access inside the output's width.
+        unsafe {
+            let bias0 = _mm512_maskz_loadu_ps(mask0, bias);
+            let bias1 = _mm512_maskz_loadu_ps(mask1, bias.add(16));
+            for r in 0..rows {
+                let row = c.add(r * ldc);
+                let mut v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask0, row), bias0);
+                let mut v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask1, row.add(16)), bias1);
+                if !residual.is_null() {
+                    let res = residual.add(r * ldc);
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, res));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, res.add(16)));
+                }
+                if gelu {
+                    v0 = gelu_erf(v0);
+                    v1 = gelu_erf(v1);
+                }
+                _mm512_mask_storeu_ps(row, mask0, v0);
+                _mm512_mask_storeu_ps(row.add(16), mask1, v1);
+            }
+        }
+    }
+
+    /// `exp` of 16 lanes (Cephes' polynomial, as `super::exp_fast`), scaled by `scalef`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile_kernel<const R: usize>(t: &Tile) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        // SAFETY (whole body): the caller's contract covers every row and column touched;
-        // masked loads and stores never touch columns beyond the output's width.
+    fn exp_ps(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        let t = _mm512_fmadd_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(0.5),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+        let g = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let g = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), g);
+        let mut y = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
+            y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(c));
+        }
+        let g2 = _mm512_mul_ps(g, g);
+        let y = _mm512_add_ps(_mm512_fmadd_ps(y, g2, g), _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(y, n)
+    }
+
+    /// `super::attend_head` for head widths that are a multiple of 16, in 16-lane registers:
+    /// keys transposed once per head, then per query 16 scores per register, a masked
+    /// softmax, and the value rows accumulated 16 dimensions at a time.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and the task's rows must lie inside `task.qkv` and the
+    /// output buffer, as `super::attention` checks.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_head(task: &super::HeadTask<'_>, scratch: &mut Vec<f32>) {
+        let (hidden, hd, len) = (task.hidden, task.head_dim, task.len);
+        let ld = 3 * hidden;
+        let padded = len.next_multiple_of(16);
+        let chunks = padded / 16;
+        let tail: __mmask16 = if len % 16 == 0 {
+            0xffff
+        } else {
+            ((1u32 << (len % 16)) - 1) as u16
+        };
+        let mask = |c: usize| if c + 1 == chunks { tail } else { 0xffff };
+        scratch.clear();
+        scratch.resize(hd * padded + padded, 0.0);
+        let (keys_t, scores) = scratch.split_at_mut(hd * padded);
+        let base = &task.qkv[task.start * ld..(task.start + len) * ld];
+        let (q_off, k_off, v_off) = (
+            task.head * hd,
+            hidden + task.head * hd,
+            2 * hidden + task.head * hd,
+        );
+        for j in 0..len {
+            for (d, &kv) in base[j * ld + k_off..][..hd].iter().enumerate() {
+                keys_t[d * padded + j] = kv;
+            }
+        }
+        let (kt, sp, qkv) = (keys_t.as_ptr(), scores.as_mut_ptr(), base.as_ptr());
+        // SAFETY: every offset below stays within `base` (len rows of ld floats), `keys_t`
+        // (hd × padded), `scores` (padded) or the task's output row segment.
         unsafe {
-            if !t.first {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let c = t.c.add(r * t.ldc);
-                    acc[0] = _mm512_maskz_loadu_ps(t.mask0, c);
-                    acc[1] = _mm512_maskz_loadu_ps(t.mask1, c.add(16));
-                }
-            }
-            for kk in 0..t.kc {
-                let b0 = _mm512_load_ps(t.b.add(kk * NR));
-                let b1 = _mm512_load_ps(t.b.add(kk * NR + 16));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm512_set1_ps(*t.a.add(r * t.lda + kk));
-                    acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
-                }
-            }
-            if t.last {
-                let bias0 = _mm512_maskz_loadu_ps(t.mask0, t.bias);
-                let bias1 = _mm512_maskz_loadu_ps(t.mask1, t.bias.add(16));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm512_add_ps(acc[0], bias0);
-                    acc[1] = _mm512_add_ps(acc[1], bias1);
-                    if !t.residual.is_null() {
-                        let res = t.residual.add(r * t.ldc);
-                        acc[0] = _mm512_add_ps(acc[0], _mm512_maskz_loadu_ps(t.mask0, res));
-                        acc[1] = _mm512_add_ps(acc[1], _mm512_maskz_loadu_ps(t.mask1, res.add(16)));
+            for i in 0..len {
+                let q = qkv.add(i * ld + q_off);
+                let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+                for c in 0..chunks {
+                    let mut acc = _mm512_setzero_ps();
+                    for d in 0..hd {
+                        let qd = _mm512_set1_ps(*q.add(d) * task.scale);
+                        acc =
+                            _mm512_fmadd_ps(qd, _mm512_loadu_ps(kt.add(d * padded + c * 16)), acc);
                     }
-                    if t.gelu {
-                        acc[0] = gelu_erf(acc[0]);
-                        acc[1] = gelu_erf(acc[1]);
-                    }
+                    _mm512_storeu_ps(sp.add(c * 16), acc);
+                    max = _mm512_mask_max_ps(max, mask(c), max, acc);
                 }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                let c = t.c.add(r * t.ldc);
-                _mm512_mask_storeu_ps(c, t.mask0, acc[0]);
-                _mm512_mask_storeu_ps(c.add(16), t.mask1, acc[1]);
+                let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+                let mut sum = _mm512_setzero_ps();
+                for c in 0..chunks {
+                    let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sp.add(c * 16)), max));
+                    let e = _mm512_maskz_mov_ps(mask(c), e);
+                    _mm512_storeu_ps(sp.add(c * 16), e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                let inv = 1.0 / _mm512_reduce_add_ps(sum);
+                let out = task
+                    .out
+                    .get()
+                    .add((task.start + i) * hidden + task.head * hd);
+                for dc in (0..hd).step_by(16) {
+                    let mut acc = _mm512_setzero_ps();
+                    for j in 0..len {
+                        let v = _mm512_loadu_ps(qkv.add(j * ld + v_off + dc));
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add(j)), v, acc);
+                    }
+                    _mm512_storeu_ps(out.add(dc), _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
+                }
             }
         }
     }
@@ -754,6 +947,17 @@ fn attend_head(task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
     }
 }
 
+/// One head's attention with the best kernel for `isa` and the head's width.
+fn attend(isa: Isa, task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && task.head_dim % 16 == 0 {
+        // SAFETY: `Isa::Avx512` means AVX-512 was detected; the task's spans were checked by
+        // `attention` against the buffers.
+        return unsafe { avx512::attend_head(task, scratch) };
+    }
+    dispatch!(isa, attend_head(task, scratch))
+}
+
 /// Multi-head self-attention for packed sequences: `ctx[rows × hidden]` from
 /// `qkv[rows × 3·hidden]`. Each sequence attends only to itself, so no mask is needed.
 /// `sequences` are `(first row, length)` pairs covering the rows.
@@ -797,14 +1001,12 @@ pub(crate) fn attention(
     if work < PARALLEL_MIN_MACS {
         let mut scratch = Vec::new();
         for t in 0..tasks {
-            dispatch!(isa, attend_head(&task(t), &mut scratch));
+            attend(isa, &task(t), &mut scratch);
         }
     } else {
         (0..tasks)
             .into_par_iter()
-            .for_each_init(Vec::new, |scratch, t| {
-                dispatch!(isa, attend_head(&task(t), scratch))
-            });
+            .for_each_init(Vec::new, |scratch, t| attend(isa, &task(t), scratch));
     }
 }
 
@@ -943,38 +1145,42 @@ mod tests {
 
     #[test]
     fn attention_matches_naive() {
-        let (hidden, heads) = (24, 3);
-        let hd = hidden / heads;
-        let sequences = [(0, 5), (5, 1), (6, 19)];
-        let rows = 25;
-        let qkv = values(rows * 3 * hidden, 8);
-        for isa in isas() {
-            let mut ctx = vec![f32::NAN; rows * hidden];
-            attention(isa, &qkv, &sequences, hidden, heads, &mut ctx);
-            for &(start, len) in &sequences {
-                for h in 0..heads {
-                    for i in 0..len {
-                        let q = &qkv[(start + i) * 3 * hidden + h * hd..][..hd];
-                        let scores: Vec<f64> = (0..len)
-                            .map(|j| {
-                                let k = &qkv[(start + j) * 3 * hidden + hidden + h * hd..][..hd];
-                                q.iter().zip(k).map(|(a, b)| (a * b) as f64).sum::<f64>()
-                                    / (hd as f64).sqrt()
-                            })
-                            .collect();
-                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                        let z: f64 = e.iter().sum();
-                        for d in 0..hd {
-                            let want: f64 = (0..len)
+        // Head widths 8 (portable kernel only) and 32 (AVX-512 kernel too); sequence lengths
+        // on both sides of the 16-lane chunks.
+        for (hidden, heads) in [(24, 3), (64, 2)] {
+            let hd = hidden / heads;
+            let sequences = [(0, 5), (5, 1), (6, 19), (25, 16), (41, 33)];
+            let rows = 74;
+            let qkv: Vec<f32> = values(rows * 3 * hidden, 8)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            for isa in isas() {
+                let mut ctx = vec![f32::NAN; rows * hidden];
+                attention(isa, &qkv, &sequences, hidden, heads, &mut ctx);
+                for &(start, len) in &sequences {
+                    for h in 0..heads {
+                        for i in 0..len {
+                            let at = |row: usize, part: usize, d: usize| {
+                                qkv[(start + row) * 3 * hidden + part * hidden + h * hd + d] as f64
+                            };
+                            let scores: Vec<f64> = (0..len)
                                 .map(|j| {
-                                    e[j] / z
-                                        * qkv[(start + j) * 3 * hidden + 2 * hidden + h * hd + d]
-                                            as f64
+                                    (0..hd).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f64>()
+                                        / (hd as f64).sqrt()
                                 })
-                                .sum();
-                            let got = ctx[(start + i) * hidden + h * hd + d] as f64;
-                            assert!((got - want).abs() < 1e-5, "{isa:?} seq {start} head {h}");
+                                .collect();
+                            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                            let z: f64 = e.iter().sum();
+                            for d in 0..hd {
+                                let want: f64 = (0..len).map(|j| e[j] / z * at(j, 2, d)).sum();
+                                let got = ctx[(start + i) * hidden + h * hd + d] as f64;
+                                assert!(
+                                    (got - want).abs() < 1e-5,
+                                    "{isa:?} hd {hd} seq {start}+{len} head {h}: {got} vs {want}"
+                                );
+                            }
                         }
                     }
                 }

@@ -3,6 +3,8 @@
 # photos into $TRIO_HOME (a no-op when they are already there), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Tests find models and photos through TRIO_HOME; default to where `trio fetch` puts them.
+export TRIO_HOME="${TRIO_HOME:-$HOME/.cache/trio}"
 cargo build --workspace --all-targets
 cargo run -q -p trio-cli -- fetch
 cargo test --workspace --no-fail-fast "$@"

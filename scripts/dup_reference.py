@@ -103,10 +103,38 @@ def run_phash(image_dir, max_distance):
     )
 
 
-def run_cnn(image_dir, min_similarity):
+def efficientnet_lite0_model(weights_path):
+    """imagededup CustomModel: EfficientNet-Lite0 (Trio's image tower) cut at global average
+    pooling, from a local `efficientnet-lite0-*.pth` (needs the efficientnet_lite_pytorch
+    package). A stand-in for imagededup's MobileNetV3 where its weights cannot be downloaded."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+    from imagededup.utils.models import CustomModel
+    from torchvision import transforms
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path).eval()
+
+    class Lite0Features(torch.nn.Module):
+        def forward(self, x):
+            return net._avg_pooling(net.extract_features(x)).flatten(1)
+
+    transform = transforms.Compose(
+        [
+            transforms.Resize((224, 224)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+        ]
+    )
+    return CustomModel(name="efficientnet_lite0", model=Lite0Features(), transform=transform)
+
+
+def run_cnn(image_dir, min_similarity, lite0_weights=None):
     from imagededup.methods import CNN
 
-    cnn = CNN(verbose=False)  # loads pretrained MobileNetV3 weights (a download)
+    if lite0_weights:
+        cnn = CNN(verbose=False, model_config=efficientnet_lite0_model(lite0_weights))
+    else:
+        cnn = CNN(verbose=False)  # loads pretrained MobileNetV3 weights (a download)
     encodings = cnn.encode_images(image_dir=image_dir)
     return cnn.find_duplicates(
         encoding_map=encodings, min_similarity_threshold=min_similarity
@@ -120,6 +148,11 @@ def main():
     parser.add_argument("--methods", default="phash,cnn")
     parser.add_argument("--phash-max-distance", type=int, default=10)
     parser.add_argument("--cnn-min-similarity", type=float, default=0.9)
+    parser.add_argument(
+        "--cnn-lite0-weights",
+        help="run imagededup's CNN method with EfficientNet-Lite0 from this .pth instead of "
+        "its default MobileNetV3 (whose weights are downloaded at run time)",
+    )
     args = parser.parse_args()
 
     planted = read_pairs(args.planted_pairs)
@@ -137,8 +170,9 @@ def main():
                 dups = run_phash(args.image_dir, args.phash_max_distance)
                 setting = f"max_distance_threshold={args.phash_max_distance}"
             elif method == "cnn":
-                dups = run_cnn(args.image_dir, args.cnn_min_similarity)
-                setting = f"min_similarity_threshold={args.cnn_min_similarity}"
+                dups = run_cnn(args.image_dir, args.cnn_min_similarity, args.cnn_lite0_weights)
+                model = "efficientnet_lite0" if args.cnn_lite0_weights else "mobilenet_v3_small"
+                setting = f"{model}, min_similarity_threshold={args.cnn_min_similarity}"
             else:
                 sys.exit(f"unknown method {method!r} (phash or cnn)")
         except Exception as e:  # report and go on with the other methods

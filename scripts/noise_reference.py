@@ -20,6 +20,7 @@ Probabilities are read as float32 (what Trio's engine holds) and computed on in 
 import argparse
 import json
 import sys
+import types
 
 import numpy as np
 
@@ -41,13 +42,32 @@ def load(args):
     return labels, probs.astype(np.float64), truth
 
 
-def cleanlab_issues(labels, probs):
-    from cleanlab.filter import find_label_issues
+def cleanlab_issues(labels, probs, stable_ties=False):
+    """cleanlab's ranked issues. With `stable_ties`, numpy's argsort inside cleanlab is made
+    stable: cleanlab breaks exact ties (common in `round_preserving_sum`, where equal counts
+    give equal remainders) with numpy's default sort, which on CPUs with AVX2/AVX-512 is a
+    SIMD sort whose tie order is not the index order, so its answer can change with the CPU.
+    Trio breaks ties by index, i.e. like the stable variant."""
+    import cleanlab.filter
+    import cleanlab.internal.util
 
-    # n_jobs=1: the same answer as in parallel, without process start-up noise.
-    return find_label_issues(
-        labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
-    )
+    modules = [cleanlab.internal.util, cleanlab.filter]
+    saved = [m.np for m in modules]
+    if stable_ties:
+        stable_np = types.SimpleNamespace(
+            **{k: getattr(np, k) for k in dir(np) if not k.startswith("__")}
+        )
+        stable_np.argsort = lambda a, *args, **kw: np.argsort(a, kind="stable")
+        for m in modules:
+            m.np = stable_np
+    try:
+        # n_jobs=1: the same answer as in parallel, without process start-up noise.
+        return cleanlab.filter.find_label_issues(
+            labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
+        )
+    finally:
+        for m, old in zip(modules, saved):
+            m.np = old
 
 
 def scores(found, truly_wrong):
@@ -64,8 +84,12 @@ def cmd_score(args):
 
     labels, probs, truth = load(args)
     issues = cleanlab_issues(labels, probs)
+    stable = cleanlab_issues(labels, probs, stable_ties=True)
     print(f"cleanlab {cleanlab.__version__}: {len(labels)} items, {probs.shape[1]} classes")
     print(f"issues found: {len(issues)}")
+    if list(stable) != list(issues):
+        diff = sorted(set(map(int, issues)) ^ set(map(int, stable)))
+        print(f"  with ties broken by index (as Trio does): {len(stable)}; differing items {diff}")
     if truth is not None:
         wrong = np.flatnonzero(truth != labels)
         p, r, f1 = scores(issues, wrong)
@@ -98,6 +122,7 @@ def cmd_golden(args):
     probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
     probs64 = probs.astype(np.float64)
     issues = cleanlab_issues(labels, probs64)
+    stable = cleanlab_issues(labels, probs64, stable_ties=True)
     out = {
         "produced_by": (
             f"scripts/noise_reference.py golden --seed {args.seed} --n {n} --classes {k}, "
@@ -108,10 +133,14 @@ def cmd_golden(args):
         # float32 values written exactly (as the float64 they widen to).
         "probs": probs64.tolist(),
         "cleanlab_issues_ranked": [int(i) for i in issues],
+        "cleanlab_stable_ties_issues_ranked": [int(i) for i in stable],
     }
     with open(args.out, "w") as f:
         json.dump(out, f)
-    print(f"wrote {args.out}: {n} items, {len(issues)} cleanlab issues")
+    print(
+        f"wrote {args.out}: {n} items, {len(issues)} cleanlab issues "
+        f"({len(stable)} with ties broken by index)"
+    )
 
 
 def main():

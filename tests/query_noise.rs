@@ -16,11 +16,16 @@ struct Golden {
     produced_by: String,
     labels: Vec<usize>,
     probs: Vec<Vec<f32>>,
+    /// cleanlab as installed: exact ties broken by numpy's default (SIMD, CPU-dependent) sort.
     cleanlab_issues_ranked: Vec<usize>,
+    /// cleanlab with numpy's argsort made stable, i.e. ties broken by index as Trio does.
+    cleanlab_stable_ties_issues_ranked: Vec<usize>,
 }
 
-/// The fixtures hold a synthetic data set and cleanlab's answer; how each was produced is
-/// in its `produced_by` field (scripts/noise_reference.py golden …, cleanlab 2.9.0).
+/// The fixtures hold a synthetic data set and cleanlab's answers; how each was produced is
+/// in its `produced_by` field (scripts/noise_reference.py golden …, cleanlab 2.9.0). Trio
+/// must give exactly cleanlab's answer with ties broken by index; cleanlab as shipped may
+/// differ by the items of a tied rounding decision (one item in the 12-class fixture).
 #[test]
 fn confident_learning_matches_cleanlab() {
     for file in [
@@ -35,16 +40,30 @@ fn confident_learning_matches_cleanlab() {
         let ours = find_label_issues_confident_learning(&golden.labels, &golden.probs)
             .expect("confident learning");
         assert_eq!(
-            ours, golden.cleanlab_issues_ranked,
+            ours, golden.cleanlab_stable_ties_issues_ranked,
             "{file} ({}): ours differ from cleanlab's",
             golden.produced_by
+        );
+        let a: HashSet<usize> = ours.iter().copied().collect();
+        let b: HashSet<usize> = golden.cleanlab_issues_ranked.iter().copied().collect();
+        let differing: Vec<usize> = a.symmetric_difference(&b).copied().collect();
+        println!(
+            "{file}: {} issues; cleanlab as shipped differs on {differing:?}",
+            ours.len()
+        );
+        assert!(
+            differing.len() <= golden.labels.len() / 100,
+            "{differing:?}"
         );
     }
 }
 
-/// A catalogue-like synthetic set: `classes` Gaussian clusters in `dim` dimensions, 20% of
-/// the labels flipped to another class, out-of-fold probabilities from a 5-fold
-/// nearest-centroid classifier trained on the noisy labels, neighbours by exact cosine.
+/// A catalogue-like synthetic set: each of `classes` classes is `modes` Gaussian clusters
+/// (noise `sigma` per dimension) in `dim` dimensions; 20% of the labels are flipped to another
+/// class; out-of-fold probabilities come from a 5-fold nearest-centroid classifier (one
+/// centroid per class) trained on the noisy labels; neighbours are the 10 nearest by cosine.
+/// With `modes > 1` the model underfits (a class is not one blob) while neighbours still see
+/// the sub-clusters: the case neighbours are meant for.
 struct Synthetic {
     labels: Vec<usize>,
     flipped: HashSet<usize>,
@@ -52,23 +71,31 @@ struct Synthetic {
     neighbours: Vec<Vec<(usize, f32)>>,
 }
 
-fn synthetic(seed: u64, n: usize, classes: usize, dim: usize) -> Synthetic {
+fn synthetic(
+    seed: u64,
+    n: usize,
+    classes: usize,
+    modes: usize,
+    dim: usize,
+    sigma: f32,
+) -> Synthetic {
     let mut rng = StdRng::seed_from_u64(seed);
     let gauss = |rng: &mut StdRng| -> f32 {
         let u1: f32 = rng.gen_range(f32::EPSILON..1.0);
         let u2: f32 = rng.gen();
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     };
-    let centres: Vec<Vec<f32>> = (0..classes)
-        .map(|_| (0..dim).map(|_| gauss(&mut rng) * 1.0).collect())
+    let centres: Vec<Vec<f32>> = (0..classes * modes)
+        .map(|_| (0..dim).map(|_| gauss(&mut rng)).collect())
         .collect();
-    let truth: Vec<usize> = (0..n).map(|i| i % classes).collect();
-    let vectors: Vec<Vec<f32>> = truth
+    let cluster: Vec<usize> = (0..n).map(|i| i % (classes * modes)).collect();
+    let truth: Vec<usize> = cluster.iter().map(|c| c % classes).collect();
+    let vectors: Vec<Vec<f32>> = cluster
         .iter()
         .map(|&c| {
             centres[c]
                 .iter()
-                .map(|&m| m + 0.55 * gauss(&mut rng))
+                .map(|&m| m + sigma * gauss(&mut rng))
                 .collect()
         })
         .collect();
@@ -82,11 +109,14 @@ fn synthetic(seed: u64, n: usize, classes: usize, dim: usize) -> Synthetic {
     }
 
     let folds = 5;
+    // Folds cut across classes (item i is in fold (i / classes) mod 5), so every fold's
+    // training part holds every class.
+    let fold_of = |i: usize| (i / classes) % folds;
     let mut probs = vec![Vec::new(); n];
     for fold in 0..folds {
         let mut sums = vec![vec![0.0f32; dim]; classes];
         let mut counts = vec![0usize; classes];
-        for i in (0..n).filter(|i| i % folds != fold) {
+        for i in (0..n).filter(|&i| fold_of(i) != fold) {
             counts[labels[i]] += 1;
             for (s, x) in sums[labels[i]].iter_mut().zip(&vectors[i]) {
                 *s += x;
@@ -97,7 +127,7 @@ fn synthetic(seed: u64, n: usize, classes: usize, dim: usize) -> Synthetic {
             .zip(&counts)
             .map(|(s, &c)| s.iter().map(|x| x / c.max(1) as f32).collect())
             .collect();
-        for i in (0..n).filter(|i| i % folds == fold) {
+        for i in (0..n).filter(|&i| fold_of(i) == fold) {
             let logits: Vec<f32> = centroids
                 .iter()
                 .map(|c| {
@@ -158,16 +188,20 @@ fn scores(found: &[usize], flipped: &HashSet<usize>) -> (f64, f64, f64) {
     (p, r, f1)
 }
 
-/// Floors for seed 11 (3000 items, 10 classes, 600 flipped): measured figures are printed
-/// by the test; the floors sit a few points under them.
-const COMBINED_PRECISION_AT_N_FLOOR: f64 = 0.85;
-const COMBINED_F1_FLOOR: f64 = 0.85;
+/// Precision, recall and F1 of the flagged set, and precision at N = number flipped.
+#[derive(Debug)]
+#[allow(dead_code)] // fields are printed
+struct Quality {
+    flagged: usize,
+    precision: f64,
+    recall: f64,
+    f1: f64,
+    precision_at_n: f64,
+}
 
-#[test]
-fn neighbours_help_find_flipped_labels() {
-    let data = synthetic(11, 3000, 10, 16);
+/// Confident learning alone and combined with neighbours, on `data`.
+fn compare(data: &Synthetic) -> (Quality, Quality) {
     let n_flipped = data.flipped.len();
-
     let cl_only = find_label_issues_confident_learning(&data.labels, &data.probs).expect("cl");
     let combined = rank_label_issues(
         &data.labels,
@@ -178,8 +212,8 @@ fn neighbours_help_find_flipped_labels() {
     .expect("combined");
     let combined_flagged: Vec<usize> = combined.iter().map(|i| i.index).collect();
 
-    // Rankings of every item, to compare precision at N = number flipped.
-    let rank = |weight: f32| -> Vec<usize> {
+    // Rankings of every item, for precision at N.
+    let top_n = |weight: f32| -> Vec<usize> {
         let opts = LabelNoiseOptions {
             neighbour_weight: weight,
             rank_all: true,
@@ -191,26 +225,16 @@ fn neighbours_help_find_flipped_labels() {
             .map(|i| i.index)
             .collect()
     };
-    let (cl_p, cl_r, cl_f1) = scores(&cl_only, &data.flipped);
-    let (co_p, co_r, co_f1) = scores(&combined_flagged, &data.flipped);
-    let cl_at_n = scores(&rank(0.0), &data.flipped).0;
-    let co_at_n = scores(&rank(0.5), &data.flipped).0;
-    println!(
-        "confident learning alone: {} flagged, precision {cl_p:.3} recall {cl_r:.3} F1 {cl_f1:.3}, \
-         precision@{n_flipped} {cl_at_n:.3}"
-    );
-    println!(
-        "with neighbours:          {} flagged, precision {co_p:.3} recall {co_r:.3} F1 {co_f1:.3}, \
-         precision@{n_flipped} {co_at_n:.3}",
-        combined_flagged.len()
-    );
-    assert!(
-        co_f1 >= cl_f1,
-        "combined F1 {co_f1} < confident learning {cl_f1}"
-    );
-    assert!(co_at_n >= cl_at_n, "combined P@N {co_at_n} < {cl_at_n}");
-    assert!(co_at_n >= COMBINED_PRECISION_AT_N_FLOOR, "P@N {co_at_n}");
-    assert!(co_f1 >= COMBINED_F1_FLOOR, "F1 {co_f1}");
+    let quality = |flagged: &[usize], weight: f32| {
+        let (precision, recall, f1) = scores(flagged, &data.flipped);
+        Quality {
+            flagged: flagged.len(),
+            precision,
+            recall,
+            f1,
+            precision_at_n: scores(&top_n(weight), &data.flipped).0,
+        }
+    };
 
     // Weight 0 is confident learning alone: the same flagged set.
     let zero = rank_label_issues(
@@ -237,6 +261,52 @@ fn neighbours_help_find_flipped_labels() {
         assert!(issue.flagged);
         assert!(issue.neighbour_agreement.is_some());
     }
+    (quality(&cl_only, 0.0), quality(&combined_flagged, 0.5))
+}
+
+/// Floors for seed 11 (3000 items, 10 classes of 3 sub-clusters, 600 flipped): the measured
+/// figures are printed by the test; the floors sit a few points under them.
+const UNDERFIT_COMBINED_F1_FLOOR: f64 = 0.85;
+const UNDERFIT_COMBINED_PRECISION_AT_N_FLOOR: f64 = 0.85;
+
+#[test]
+fn neighbours_help_when_the_model_underfits() {
+    let data = synthetic(11, 3000, 10, 3, 16, 0.8);
+    let (cl, combined) = compare(&data);
+    println!(
+        "{} flipped\nconfident learning alone: {cl:?}\nwith neighbours:          {combined:?}",
+        data.flipped.len()
+    );
+    assert!(
+        combined.f1 >= cl.f1,
+        "combined F1 below confident learning alone"
+    );
+    assert!(combined.precision_at_n >= cl.precision_at_n);
+    assert!(combined.f1 >= UNDERFIT_COMBINED_F1_FLOOR, "{combined:?}");
+    assert!(
+        combined.precision_at_n >= UNDERFIT_COMBINED_PRECISION_AT_N_FLOOR,
+        "{combined:?}"
+    );
+}
+
+/// When one centroid per class is already the right model, the neighbours add little; the
+/// mix must not cost more than a few points of F1.
+#[test]
+fn neighbours_cost_little_when_the_model_fits() {
+    let data = synthetic(12, 3000, 10, 1, 16, 1.3);
+    let (cl, combined) = compare(&data);
+    println!(
+        "{} flipped\nconfident learning alone: {cl:?}\nwith neighbours:          {combined:?}",
+        data.flipped.len()
+    );
+    assert!(
+        combined.f1 >= cl.f1 - 0.03,
+        "combined {combined:?} vs {cl:?}"
+    );
+    assert!(
+        cl.f1 >= 0.7,
+        "the data set is meant to be learnable: {cl:?}"
+    );
 }
 
 #[test]

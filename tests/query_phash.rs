@@ -8,12 +8,16 @@ use trio_engine::query::phash::{dhash, hamming, phash};
 
 /// Copies that keep the picture's layout (everything but the crop and the mirror image).
 const FAITHFUL_COPIES: [&str; 3] = ["resize_50", "jpeg_q40", "brighten_20"];
-/// Largest distance accepted between a picture and a faithful copy. Measured on the demo
-/// photos and synthetic pictures: at most 4 bits for pHash (see `report` output).
+/// Largest distance accepted between a picture and a faithful copy. Measured on the five
+/// demo photos and twelve synthetic pictures (printed by these tests): at most 2 bits for
+/// either hash.
 const COPY_MAX: u32 = 6;
-/// A crop moves content by 5% of the frame: pHash measured at most 14 bits.
-const CROP_MAX: u32 = 18;
+/// A 90% centre crop shifts and rescales the content. Measured: pHash 4–18 bits (18 for
+/// coffee.png), dHash 5–14. That overlaps what unrelated pictures can reach, so crops are
+/// left to image vectors; the bound only guards against a regression.
+const CROP_MAX: u32 = 20;
 /// Smallest distance accepted between unrelated pictures (random hashes average 32).
+/// Measured: closest pair 26 bits (photos), 22 (synthetic) for pHash.
 const UNRELATED_MIN: u32 = 20;
 
 fn check_copies(name: &str, img: &image::DynamicImage, report: &mut Vec<String>) {

@@ -263,9 +263,61 @@ struct MultiIndex {
     /// `(shift, width)` of each band.
     bands: Vec<(u32, u32)>,
     /// Per band: band value → positions in the hash list, ascending.
-    tables: Vec<HashMap<u64, Vec<u32>>>,
+    tables: Vec<BandTable>,
     band_radius: u32,
     max_distance: u32,
+}
+
+/// Widest band stored as a flat array indexed by band value (2^20 offsets, 4 MiB).
+const MAX_DENSE_BAND_BITS: u32 = 20;
+
+/// Band value → positions (ascending). Narrow bands use a flat array (a lookup is one index,
+/// which matters: a query makes hundreds), wide ones a hash map.
+enum BandTable {
+    Dense {
+        /// Bucket `v` is `positions[offsets[v]..offsets[v + 1]]`.
+        offsets: Vec<u32>,
+        positions: Vec<u32>,
+    },
+    Sparse(HashMap<u64, Vec<u32>>),
+}
+
+impl BandTable {
+    fn build(values: impl Iterator<Item = u64> + Clone, width: u32) -> Self {
+        if width <= MAX_DENSE_BAND_BITS {
+            let mut offsets = vec![0u32; (1usize << width) + 1];
+            for v in values.clone() {
+                offsets[v as usize + 1] += 1;
+            }
+            for i in 1..offsets.len() {
+                offsets[i] += offsets[i - 1];
+            }
+            let mut next = offsets.clone();
+            let mut positions = vec![0u32; offsets[offsets.len() - 1] as usize];
+            for (pos, v) in values.enumerate() {
+                let slot = &mut next[v as usize];
+                positions[*slot as usize] = pos as u32;
+                *slot += 1;
+            }
+            BandTable::Dense { offsets, positions }
+        } else {
+            let mut map: HashMap<u64, Vec<u32>> = HashMap::new();
+            for (pos, v) in values.enumerate() {
+                map.entry(v).or_default().push(pos as u32);
+            }
+            BandTable::Sparse(map)
+        }
+    }
+
+    fn get(&self, value: u64) -> &[u32] {
+        match self {
+            BandTable::Dense { offsets, positions } => {
+                let v = value as usize;
+                &positions[offsets[v] as usize..offsets[v + 1] as usize]
+            }
+            BandTable::Sparse(map) => map.get(&value).map_or(&[], Vec::as_slice),
+        }
+    }
 }
 
 impl MultiIndex {
@@ -273,15 +325,15 @@ impl MultiIndex {
         let max_distance = max_distance.min(64);
         let band_count = best_band_count(hashes.len(), max_distance);
         let bands = split_bits(band_count);
-        let mut tables: Vec<HashMap<u64, Vec<u32>>> = vec![HashMap::new(); bands.len()];
-        for (pos, &h) in hashes.iter().enumerate() {
-            for (table, &(shift, width)) in tables.iter_mut().zip(&bands) {
-                table
-                    .entry(band_value(h, shift, width))
-                    .or_default()
-                    .push(pos as u32);
-            }
-        }
+        let tables = bands
+            .iter()
+            .map(|&(shift, width)| {
+                BandTable::build(
+                    hashes.iter().map(move |&h| band_value(h, shift, width)),
+                    width,
+                )
+            })
+            .collect();
         Self {
             band_radius: max_distance / band_count,
             bands,
@@ -298,10 +350,9 @@ impl MultiIndex {
         for (table, &(shift, width)) in self.tables.iter().zip(&self.bands) {
             let value = band_value(query, shift, width);
             visit_within(value, width, self.band_radius, 0, &mut |probe| {
-                if let Some(positions) = table.get(&probe) {
-                    let after = positions.partition_point(|&p| p as usize <= i);
-                    candidates.extend_from_slice(&positions[after..]);
-                }
+                let positions = table.get(probe);
+                let after = positions.partition_point(|&p| p as usize <= i);
+                candidates.extend_from_slice(&positions[after..]);
             });
         }
         candidates.sort_unstable();

@@ -62,6 +62,11 @@ pub fn layout(vectors: &[Vec<f32>], seed: u64) -> Result<Vec<[f32; 2]>> {
 /// 2-D t-SNE coordinates of `vectors`. Neighbours are found exactly (all pairs, in
 /// parallel): fine for some tens of thousands of items; beyond that, take the neighbours
 /// from the vector index and call [`layout_from_neighbours`].
+///
+/// The seed fixes the starting positions. bhtsne sums forces on rayon's threads, and how
+/// rayon splits that work varies with load, so with several threads two runs from one seed
+/// give the same picture but not the same bits; inside a one-thread rayon pool they are
+/// identical.
 pub fn layout_with(vectors: &[Vec<f32>], opts: &LayoutOptions) -> Result<Vec<[f32; 2]>> {
     let unit = unit_vectors(vectors)?;
     let n = unit.len();

@@ -327,19 +327,16 @@ fn confident_learning_mask(labels: &[usize], probs: &ProbMatrix) -> Vec<bool> {
 
     // Prune counts (`_keep_at_least_n_per_class` with n = 1, frac_noise = 1): the joint
     // transposed (rows = true label, columns = given label), every diagonal at least 1.
-    let mut prune = vec![vec![0.0f64; k]; k];
-    for t in 0..k {
-        for g in 0..k {
-            prune[t][g] = joint[g][t] as f64;
-        }
-    }
+    let mut prune: Vec<Vec<f64>> = (0..k)
+        .map(|t| (0..k).map(|g| joint[g][t] as f64).collect())
+        .collect();
     for g in 0..k {
         let diagonal = prune[g][g];
         let raised = diagonal.max(1.0);
-        let nonzero = (0..k).filter(|&t| prune[t][g] != 0.0).count() as f64;
+        let nonzero = prune.iter().filter(|row| row[g] != 0.0).count() as f64;
         let per_cell = (raised - diagonal) / (nonzero - 1.0).max(1.0);
-        for t in 0..k {
-            prune[t][g] = (prune[t][g] - per_cell).max(0.0);
+        for row in prune.iter_mut() {
+            row[g] = (row[g] - per_cell).max(0.0);
         }
         prune[g][g] = raised;
     }

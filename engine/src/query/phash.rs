@@ -16,27 +16,25 @@ const LOW_FREQ_SIDE: usize = 8;
 
 type GrayF32 = ImageBuffer<Luma<f32>, Vec<f32>>;
 
-/// DCT-based perceptual hash (the pHash.org construction): the image, alpha composited on
-/// white, becomes a 32 × 32 grayscale thumbnail; a 2-D DCT-II keeps its lowest 8 × 8
-/// frequencies after the DC row and column (rows and columns 1..=8), and each bit says
-/// whether one coefficient is above the block's median.
+/// DCT-based perceptual hash: the image, alpha composited on white, becomes a 32 × 32
+/// grayscale thumbnail; a 2-D DCT-II keeps its lowest 8 × 8 frequencies; each of the 63
+/// non-DC coefficients gives one bit, set when the coefficient is above their median. The
+/// DC bit (the most significant) is always 0.
 ///
 /// Low frequencies describe the layout of light and dark, which resizing, JPEG artefacts
-/// and a brightness shift barely move; skipping the DC term makes the hash blind to overall
-/// brightness.
+/// and a brightness shift barely move; leaving out the DC term (the mean brightness) makes
+/// the hash blind to an overall brightness change. The same construction as imagehash's
+/// `phash`, minus its DC bit.
 pub fn phash(img: &DynamicImage) -> u64 {
     let thumb = grayscale_thumbnail(img, DCT_SIDE as u32, DCT_SIDE as u32);
     let pixels: Vec<f32> = thumb.into_raw();
     let dct = dct_2d(&pixels, DCT_SIDE);
 
-    let mut block = [0f32; LOW_FREQ_SIDE * LOW_FREQ_SIDE];
-    for v in 0..LOW_FREQ_SIDE {
-        for u in 0..LOW_FREQ_SIDE {
-            block[v * LOW_FREQ_SIDE + u] = dct[(v + 1) * DCT_SIDE + (u + 1)];
-        }
-    }
-    let median = median(&block);
-    bits_from(block.iter().map(|&c| c > median))
+    let ac: Vec<f32> = (1..LOW_FREQ_SIDE * LOW_FREQ_SIDE)
+        .map(|i| dct[(i / LOW_FREQ_SIDE) * DCT_SIDE + i % LOW_FREQ_SIDE])
+        .collect();
+    let median = median(&ac);
+    bits_from(std::iter::once(false).chain(ac.iter().map(|&c| c > median)))
 }
 
 /// Difference hash: a 9 × 8 grayscale thumbnail, one bit per horizontally adjacent pair
@@ -72,7 +70,8 @@ fn grayscale_thumbnail(img: &DynamicImage, width: u32, height: u32) -> GrayF32 {
             let [r, g, b, a] = p.0.map(|c| f32::from(c) / 255.0);
             let over_white = |c: f32| c * a + (1.0 - a);
             // ITU-R BT.601 luma, the weights PIL's "L" mode and most hashing libraries use.
-            (0.299 * over_white(r) + 0.587 * over_white(g) + 0.114 * over_white(b)) * 255.0
+            // Kept in 0..=1: `imageops::resize` clamps float pixels to that range.
+            0.299 * over_white(r) + 0.587 * over_white(g) + 0.114 * over_white(b)
         })
         .collect();
     let gray = GrayF32::from_raw(w, h, luma).unwrap_or_else(|| GrayF32::new(w, h));
@@ -112,10 +111,10 @@ fn median(values: &[f32]) -> f32 {
     let mut sorted = values.to_vec();
     sorted.sort_unstable_by(f32::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
+    if sorted.len() % 2 == 1 {
         sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
     }
 }
 
@@ -169,6 +168,29 @@ mod tests {
         let b = DynamicImage::ImageRgb8(white);
         assert_eq!(phash(&a), phash(&b));
         assert_eq!(dhash(&a), dhash(&b));
+    }
+
+    #[test]
+    fn different_layouts_hash_differently() {
+        let blob_at = |cx: f32, cy: f32| {
+            let img = RgbImage::from_fn(64, 64, |x, y| {
+                let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
+                Rgb([(d * 4.0).min(255.0) as u8; 3])
+            });
+            DynamicImage::ImageRgb8(img)
+        };
+        let (a, b) = (blob_at(16.0, 16.0), blob_at(48.0, 40.0));
+        assert!(
+            hamming(phash(&a), phash(&b)) >= 16,
+            "{}",
+            hamming(phash(&a), phash(&b))
+        );
+        assert!(
+            hamming(dhash(&a), dhash(&b)) >= 16,
+            "{}",
+            hamming(dhash(&a), dhash(&b))
+        );
+        assert_eq!(phash(&a) >> 63, 0, "the DC bit is always 0");
     }
 
     #[test]

@@ -12,7 +12,11 @@ mod settings;
 use settings::GlobalArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "trio", version, about = "Classify and search image–title–description catalogues")]
+#[command(
+    name = "trio",
+    version,
+    about = "Classify and search image–title–description catalogues"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -83,7 +87,10 @@ fn main() -> ExitCode {
 fn report_error(e: &anyhow::Error, json: bool) {
     let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     if json {
-        println!("{}", serde_json::json!({ "error": { "message": chain.join(": ") } }));
+        println!(
+            "{}",
+            serde_json::json!({ "error": { "message": chain.join(": ") } })
+        );
     }
     eprintln!("error: {}", chain.join("\n  caused by: "));
 }

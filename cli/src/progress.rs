@@ -31,8 +31,16 @@ impl Bars {
 }
 
 fn style_for(stage: &str, known_total: bool) -> ProgressStyle {
-    let template = match (stage.contains("bytes") || stage.starts_with("download") || stage.starts_with("verify") || stage.starts_with("extract"), known_total) {
-        (true, true) => "{spinner} {prefix:<28} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+    let template = match (
+        stage.contains("bytes")
+            || stage.starts_with("download")
+            || stage.starts_with("verify")
+            || stage.starts_with("extract"),
+        known_total,
+    ) {
+        (true, true) => {
+            "{spinner} {prefix:<28} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}"
+        }
         (true, false) => "{spinner} {prefix:<28} {bytes} {binary_bytes_per_sec} {msg}",
         (false, true) => "{spinner} {prefix:<28} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
         (false, false) => "{spinner} {prefix:<28} {pos} {per_sec} {msg}",

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use trio_engine::Device;
 use clap::Args;
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::ImageTower;
 use trio_engine::towers::service::{EmbeddingService, TowerSettings};
 use trio_engine::towers::text::TextTower;
+use trio_engine::Device;
 use trio_engine::DeviceChoice;
 
 /// Global flags: where models live, which device, and how to print.
@@ -77,21 +77,39 @@ impl TowerArgs {
         Ok(s)
     }
 
-    pub fn load_image_tower(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<ImageTower> {
+    pub fn load_image_tower(
+        &self,
+        global: &GlobalArgs,
+        device: &Device,
+    ) -> anyhow::Result<ImageTower> {
         let s = self.settings(global)?;
         ImageTower::load(&s.image_weights, &s.image_config(), device).with_context(|| {
-            format!("loading the image tower from {} (run `trio fetch`?)", s.image_weights.display())
+            format!(
+                "loading the image tower from {} (run `trio fetch`?)",
+                s.image_weights.display()
+            )
         })
     }
 
-    pub fn load_text_tower(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<TextTower> {
+    pub fn load_text_tower(
+        &self,
+        global: &GlobalArgs,
+        device: &Device,
+    ) -> anyhow::Result<TextTower> {
         let s = self.settings(global)?;
         TextTower::load(&s.text_model_dir, device).with_context(|| {
-            format!("loading the text tower from {} (run `trio fetch`?)", s.text_model_dir.display())
+            format!(
+                "loading the text tower from {} (run `trio fetch`?)",
+                s.text_model_dir.display()
+            )
         })
     }
 
-    pub fn load_service(&self, global: &GlobalArgs, device: &Device) -> anyhow::Result<EmbeddingService> {
+    pub fn load_service(
+        &self,
+        global: &GlobalArgs,
+        device: &Device,
+    ) -> anyhow::Result<EmbeddingService> {
         let s = self.settings(global)?;
         EmbeddingService::load(&s, device).context("loading the towers (run `trio fetch`?)")
     }

@@ -10,16 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use trio_engine::catalog::{self, Catalog, ClassifyInput, Filter, NoiseOptions, SearchRequest, TrainOptions};
+use trio_engine::catalog::{
+    self, Catalog, ClassifyInput, Filter, NoiseOptions, SearchRequest, TrainOptions,
+};
 use trio_engine::ingest::manifest::ManifestRow;
 use trio_engine::ingest::pipeline::IngestOptions;
 use trio_engine::query::duplicates::DuplicateOptions;
 use trio_engine::{Error, Progress, Result};
 
 use crate::api::{
-    self, ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage, ItemView, JobState,
-    JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search, SearchHit, SearchResults, Stats,
-    TrainRequest,
+    self, ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage,
+    ItemView, JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
+    SearchHit, SearchResults, Stats, TrainRequest,
 };
 use crate::backend::{Backend, ImageLimits};
 
@@ -34,7 +36,12 @@ pub struct EngineBackend {
 impl EngineBackend {
     /// `uploads` is where uploaded images are kept (created on first upload).
     pub fn new(catalog: Arc<Catalog>, uploads: PathBuf) -> Self {
-        Self { catalog, uploads, jobs: Arc::new(Mutex::new(HashMap::new())), next_job: AtomicU64::new(1) }
+        Self {
+            catalog,
+            uploads,
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+            next_job: AtomicU64::new(1),
+        }
     }
 
     fn save_upload(&self, bytes: &[u8]) -> Result<PathBuf> {
@@ -53,7 +60,9 @@ impl EngineBackend {
     }
 
     fn jobs(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobStatus>>> {
-        self.jobs.lock().map_err(|_| Error::Internal("job table lock poisoned".into()))
+        self.jobs
+            .lock()
+            .map_err(|_| Error::Internal("job table lock poisoned".into()))
     }
 }
 
@@ -78,14 +87,24 @@ fn view(item: trio_engine::store::Item) -> ItemView {
         metadata: item
             .metadata
             .into_iter()
-            .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect(),
         has_image: item.image_path.is_some(),
     }
 }
 
 fn not_found(id: &str) -> Error {
-    Error::NotFound { what: "item".into(), id: id.to_string() }
+    Error::NotFound {
+        what: "item".into(),
+        id: id.to_string(),
+    }
 }
 
 fn space(s: api::Space) -> catalog::Space {
@@ -99,13 +118,22 @@ fn space(s: api::Space) -> catalog::Space {
 fn check_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<()> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::NotAnImage { reason: e.to_string() })?;
+        .map_err(|e| Error::NotAnImage {
+            reason: e.to_string(),
+        })?;
     if reader.format().is_none() {
-        return Err(Error::NotAnImage { reason: "not a PNG, JPEG, GIF, WebP or BMP file".into() });
+        return Err(Error::NotAnImage {
+            reason: "not a PNG, JPEG, GIF, WebP or BMP file".into(),
+        });
     }
-    let (w, h) = reader.into_dimensions().map_err(|e| Error::NotAnImage { reason: e.to_string() })?;
+    let (w, h) = reader.into_dimensions().map_err(|e| Error::NotAnImage {
+        reason: e.to_string(),
+    })?;
     if w as u64 * h as u64 > limits.max_pixels {
-        return Err(Error::TooLarge { what: format!("image of {w}x{h} pixels"), limit: limits.max_pixels });
+        return Err(Error::TooLarge {
+            what: format!("image of {w}x{h} pixels"),
+            limit: limits.max_pixels,
+        });
     }
     Ok(())
 }
@@ -164,7 +192,11 @@ impl Backend for EngineBackend {
         };
         if let Some(id) = &item.id {
             if self.catalog.get(id)?.is_some() {
-                return Err(Error::Conflict { what: "item".into(), id: id.clone(), reason: "an item with this id exists".into() });
+                return Err(Error::Conflict {
+                    what: "item".into(),
+                    id: id.clone(),
+                    reason: "an item with this id exists".into(),
+                });
             }
         }
         let row = ManifestRow {
@@ -175,11 +207,17 @@ impl Backend for EngineBackend {
             description: item.description.clone().filter(|t| !t.trim().is_empty()),
             tags: item.tags.clone(),
             label: item.label.clone(),
-            metadata: item.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+            metadata: item
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
             warnings: Vec::new(),
         };
         if row.image.is_none() && row.title.is_none() && row.description.is_none() {
-            return Err(Error::InvalidArgument("an item needs an image, a title or a description".into()));
+            return Err(Error::InvalidArgument(
+                "an item needs an image, a title or a description".into(),
+            ));
         }
         let mut ids = Vec::new();
         let report = self.catalog.ingest(
@@ -190,12 +228,18 @@ impl Backend for EngineBackend {
         )?;
         if let Some(e) = report.errors.first() {
             return Err(if item.image.is_some() {
-                Error::NotAnImage { reason: e.reason.clone() }
+                Error::NotAnImage {
+                    reason: e.reason.clone(),
+                }
             } else {
                 Error::InvalidArgument(e.reason.clone())
             });
         }
-        let id = ids.into_iter().next().or(item.id).ok_or_else(|| Error::Internal("ingest stored no item".into()))?;
+        let id = ids
+            .into_iter()
+            .next()
+            .or(item.id)
+            .ok_or_else(|| Error::Internal("ingest stored no item".into()))?;
         self.get_item(&id)
     }
 
@@ -205,18 +249,29 @@ impl Backend for EngineBackend {
 
     fn item_image(&self, id: &str) -> Result<ItemImage> {
         let item = self.catalog.get(id)?.ok_or_else(|| not_found(id))?;
-        let path = item.image_path.ok_or_else(|| Error::NotFound { what: "image of item".into(), id: id.to_string() })?;
+        let path = item.image_path.ok_or_else(|| Error::NotFound {
+            what: "image of item".into(),
+            id: id.to_string(),
+        })?;
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let content_type = match image::guess_format(&bytes) {
             Ok(f) => f.to_mime_type().to_string(),
             Err(_) => "application/octet-stream".to_string(),
         };
-        Ok(ItemImage { bytes, content_type })
+        Ok(ItemImage {
+            bytes,
+            content_type,
+        })
     }
 
     fn list_items(&self, offset: usize, limit: usize) -> Result<Page<ItemView>> {
         Ok(Page {
-            items: self.catalog.list(offset, limit)?.into_iter().map(view).collect(),
+            items: self
+                .catalog
+                .list(offset, limit)?
+                .into_iter()
+                .map(view)
+                .collect(),
             offset,
             limit,
             total: self.catalog.count()?,
@@ -241,16 +296,38 @@ impl Backend for EngineBackend {
             title: request.title,
             description: request.description,
         };
-        let c = self.catalog.classify(&input, request.top_k, request.claimed.as_deref())?;
+        let c = self
+            .catalog
+            .classify(&input, request.top_k, request.claimed.as_deref())?;
         let evidence = |e: Vec<catalog::Evidence>| {
-            e.into_iter().map(|e| Evidence { id: e.id, title: e.title, label: e.label, score: e.score }).collect::<Vec<_>>()
+            e.into_iter()
+                .map(|e| Evidence {
+                    id: e.id,
+                    title: e.title,
+                    label: e.label,
+                    score: e.score,
+                })
+                .collect::<Vec<_>>()
         };
         Ok(Classification {
-            labels: c.labels.into_iter().map(|l| LabelScore { label: l.label, probability: l.probability }).collect(),
+            labels: c
+                .labels
+                .into_iter()
+                .map(|l| LabelScore {
+                    label: l.label,
+                    probability: l.probability,
+                })
+                .collect(),
             claimed: c.claimed.map(|k| {
                 let mut ev = evidence(k.evidence_claimed);
                 ev.extend(evidence(k.evidence_model));
-                ClaimCheck { label: k.label, probability: k.probability, agrees: k.agrees, model_choice: k.model_choice, evidence: ev }
+                ClaimCheck {
+                    label: k.label,
+                    probability: k.probability,
+                    agrees: k.agrees,
+                    model_choice: k.model_choice,
+                    evidence: ev,
+                }
             }),
         })
     }
@@ -269,13 +346,23 @@ impl Backend for EngineBackend {
             space: space(search.space),
             k: search.k,
             offset: search.offset,
-            filters: search.filters.into_iter().map(|(field, value)| Filter { field, value }).collect(),
+            filters: search
+                .filters
+                .into_iter()
+                .map(|(field, value)| Filter { field, value })
+                .collect(),
         };
         let hits = self.catalog.search(&req)?;
         Ok(SearchResults {
             hits: hits
                 .into_iter()
-                .map(|h| SearchHit { id: h.id, score: h.score, title: h.title, label: h.label, has_image: h.image_path.is_some() })
+                .map(|h| SearchHit {
+                    id: h.id,
+                    score: h.score,
+                    title: h.title,
+                    label: h.label,
+                    has_image: h.image_path.is_some(),
+                })
                 .collect(),
         })
     }
@@ -285,30 +372,58 @@ impl Backend for EngineBackend {
         if let Some(t) = query.threshold {
             opts.threshold = t;
         }
-        let mut out = self.catalog.duplicates(Some(space(query.space.unwrap_or(api::Space::Image))), &opts, &trio_engine::NoProgress)?;
+        let mut out = self.catalog.duplicates(
+            Some(space(query.space.unwrap_or(api::Space::Image))),
+            &opts,
+            &trio_engine::NoProgress,
+        )?;
         if let Some(limit) = query.limit {
             out.groups.truncate(limit);
         }
-        serde_json::to_value(out).map_err(|e| Error::Json { context: "duplicates report".into(), source: e })
+        serde_json::to_value(out).map_err(|e| Error::Json {
+            context: "duplicates report".into(),
+            source: e,
+        })
     }
 
     fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value> {
-        let opts = NoiseOptions { top: query.limit.unwrap_or(20), ..NoiseOptions::default() };
+        let opts = NoiseOptions {
+            top: query.limit.unwrap_or(20),
+            ..NoiseOptions::default()
+        };
         let mut out = self.catalog.noise(&opts, &trio_engine::NoProgress)?;
         if let Some(min) = query.min_confidence {
             out.issues.retain(|i| i.score >= min);
         }
-        serde_json::to_value(out).map_err(|e| Error::Json { context: "noise report".into(), source: e })
+        serde_json::to_value(out).map_err(|e| Error::Json {
+            context: "noise report".into(),
+            source: e,
+        })
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {
-        if self.jobs()?.values().any(|j| matches!(j.state, JobState::Queued | JobState::Running)) {
-            return Err(Error::Conflict { what: "training job".into(), id: "train".into(), reason: "a training job is already running".into() });
+        if self
+            .jobs()?
+            .values()
+            .any(|j| matches!(j.state, JobState::Queued | JobState::Running))
+        {
+            return Err(Error::Conflict {
+                what: "training job".into(),
+                id: "train".into(),
+                reason: "a training job is already running".into(),
+            });
         }
         let id = format!("train-{}", self.next_job.fetch_add(1, Ordering::Relaxed));
         self.jobs()?.insert(
             id.clone(),
-            JobStatus { id: id.clone(), kind: "train".into(), state: JobState::Queued, progress: 0.0, message: None, result: None },
+            JobStatus {
+                id: id.clone(),
+                kind: "train".into(),
+                state: JobState::Queued,
+                progress: 0.0,
+                message: None,
+                result: None,
+            },
         );
         let mut opts = TrainOptions::default();
         if let Some(e) = request.epochs {
@@ -326,7 +441,12 @@ impl Backend for EngineBackend {
         if let Some(v) = request.validation_fraction {
             opts.config.holdout = 2.0 * v as f64;
         }
-        let progress = JobProgress { id: id.clone(), jobs: self.jobs.clone(), total: AtomicU64::new(0), done: AtomicU64::new(0) };
+        let progress = JobProgress {
+            id: id.clone(),
+            jobs: self.jobs.clone(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        };
         let catalog = self.catalog.clone();
         std::thread::Builder::new()
             .name(id.clone())
@@ -350,7 +470,13 @@ impl Backend for EngineBackend {
     }
 
     fn job(&self, id: &str) -> Result<JobStatus> {
-        self.jobs()?.get(id).cloned().ok_or_else(|| Error::NotFound { what: "job".into(), id: id.to_string() })
+        self.jobs()?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: "job".into(),
+                id: id.to_string(),
+            })
     }
 
     fn models(&self) -> Result<Vec<ModelInfo>> {
@@ -369,15 +495,17 @@ impl Backend for EngineBackend {
     }
 
     fn activate_model(&self, version: &str) -> Result<ModelInfo> {
-        let v: u32 = version
-            .trim_start_matches('v')
-            .parse()
-            .map_err(|_| Error::InvalidArgument(format!("model version `{version}` is not a number")))?;
+        let v: u32 = version.trim_start_matches('v').parse().map_err(|_| {
+            Error::InvalidArgument(format!("model version `{version}` is not a number"))
+        })?;
         self.catalog.store().activate(v)?;
         self.models()?
             .into_iter()
             .find(|m| m.version == v.to_string())
-            .ok_or_else(|| Error::NotFound { what: "model".into(), id: version.to_string() })
+            .ok_or_else(|| Error::NotFound {
+                what: "model".into(),
+                id: version.to_string(),
+            })
     }
 
     fn stats(&self) -> Result<Stats> {
@@ -390,7 +518,11 @@ impl Backend for EngineBackend {
         Ok(Stats {
             items: self.catalog.count()?,
             indexes,
-            active_model: self.catalog.store().active_version()?.map(|v| v.to_string()),
+            active_model: self
+                .catalog
+                .store()
+                .active_version()?
+                .map(|v| v.to_string()),
         })
     }
 }

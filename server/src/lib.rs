@@ -27,8 +27,8 @@ mod state;
 
 pub use backend::{Backend, ImageLimits};
 pub use batcher::{BatchConfig, BatchError, Batcher};
-pub use engine_backend::{uploads_dir_for, EngineBackend};
 pub use config::{ApiKey, ConfigError, Limits, ServerConfig, API_KEY_ENV};
+pub use engine_backend::{uploads_dir_for, EngineBackend};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use routes::{configure, routes, RouteInfo};

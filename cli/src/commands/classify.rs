@@ -43,7 +43,11 @@ pub fn run(args: ClassifyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             println!("{:>6.1}%  {}", l.probability * 100.0, l.label);
         }
         if let Some(c) = &r.claimed {
-            let verdict = if c.agrees { "agrees with" } else { "disagrees with" };
+            let verdict = if c.agrees {
+                "agrees with"
+            } else {
+                "disagrees with"
+            };
             println!(
                 "model {verdict} `{}` (p = {:.3}); its choice: `{}`",
                 c.label, c.probability, c.model_choice

@@ -64,7 +64,8 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             .map(|p| pre.prepare_path(p))
             .collect::<Result<Vec<_>, _>>()?;
         let emb = tower.embed(&prepared)?;
-        for ((path, features), probs) in args.images.iter().zip(emb.features).zip(emb.probabilities) {
+        for ((path, features), probs) in args.images.iter().zip(emb.features).zip(emb.probabilities)
+        {
             out.images.push(ImageResult {
                 image: path.display().to_string(),
                 features,
@@ -77,17 +78,28 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         let texts: Vec<Option<&str>> = args.texts.iter().map(|t| Some(t.as_str())).collect();
         let emb = tower.embed_with_report(&texts)?;
         if !emb.truncated.is_empty() && !global.quiet && !global.json {
-            eprintln!("warning: {} text(s) cut at the model's maximum length", emb.truncated.len());
+            eprintln!(
+                "warning: {} text(s) cut at the model's maximum length",
+                emb.truncated.len()
+            );
         }
         for (text, embedding) in args.texts.iter().zip(emb.vectors) {
-            out.texts.push(TextResult { text: text.clone(), embedding });
+            out.texts.push(TextResult {
+                text: text.clone(),
+                embedding,
+            });
         }
     }
     output::emit(global.json, &out, |o| {
         for r in &o.images {
             println!("{}: {}", r.image, output::short_vector(&r.features));
             for c in &r.imagenet_top {
-                println!("    {:>5.1}%  {} ({})", c.probability * 100.0, c.label, c.index);
+                println!(
+                    "    {:>5.1}%  {} ({})",
+                    c.probability * 100.0,
+                    c.label,
+                    c.index
+                );
             }
         }
         for r in &o.texts {

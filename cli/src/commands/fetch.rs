@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use trio_engine::fetch::{self, FetchOptions, Group, LiteVariant, Outcome};
 
-use crate::progress::Bars;
 use crate::output;
+use crate::progress::Bars;
 use crate::settings::GlobalArgs;
 
 #[derive(Debug, Args)]

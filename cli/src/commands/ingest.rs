@@ -68,12 +68,17 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, device)?;
     let rows: Box<dyn Iterator<Item = _>> = if args.demo {
         let home = global.home()?;
-        let opts = demo::DemoOptions { skin_tones: !args.no_skin_tones };
+        let opts = demo::DemoOptions {
+            skin_tones: !args.no_skin_tones,
+        };
         let rows = demo::load_with(&home.emoji_dir(), &[Vendor::Google, Vendor::Twitter], &opts)
             .context("reading the demo catalogue (run `trio fetch` first)")?;
         Box::new(rows.into_iter().map(Ok))
     } else {
-        let path = args.manifest.as_ref().context("a manifest path or --demo is needed")?;
+        let path = args
+            .manifest
+            .as_ref()
+            .context("a manifest path or --demo is needed")?;
         let opts = ManifestOptions {
             images_root: args.images_root.clone(),
             max_text_chars: args.max_text_chars,
@@ -87,7 +92,11 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     };
     bars_start(&bars, total);
     let opts = IngestOptions {
-        mode: if args.update { PutMode::Update } else { PutMode::Skip },
+        mode: if args.update {
+            PutMode::Update
+        } else {
+            PutMode::Skip
+        },
         batch_size: args.batch_size,
         limit: args.limit,
     };
@@ -115,7 +124,10 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             println!("  {e}");
         }
         if r.errors.len() > 10 {
-            println!("  … and {} more (use --errors FILE for all)", r.errors.len() - 10);
+            println!(
+                "  … and {} more (use --errors FILE for all)",
+                r.errors.len() - 10
+            );
         }
     })?;
     Ok(code)

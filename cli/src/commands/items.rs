@@ -57,7 +57,10 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             }
         },
         ItemsCommand::Delete { ids } => {
-            let mut out = Deleted { deleted: Vec::new(), not_found: Vec::new() };
+            let mut out = Deleted {
+                deleted: Vec::new(),
+                not_found: Vec::new(),
+            };
             for id in ids {
                 if catalog.delete(&id)? {
                     out.deleted.push(id);
@@ -89,7 +92,12 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
                         item.title
                     );
                 }
-                println!("({} of {} items from offset {})", o.items.len(), o.total, o.offset);
+                println!(
+                    "({} of {} items from offset {})",
+                    o.items.len(),
+                    o.total,
+                    o.offset
+                );
             })?;
             Ok(0)
         }
@@ -99,12 +107,21 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
 fn print_item(item: &Item) {
     println!("id:          {}", item.id);
     println!("title:       {}", item.title);
-    println!("description: {}", item.description.as_deref().unwrap_or("(none)"));
+    println!(
+        "description: {}",
+        item.description.as_deref().unwrap_or("(none)")
+    );
     println!("tags:        {}", item.tags.join(", "));
     println!("label:       {}", item.label.as_deref().unwrap_or("(none)"));
-    println!("image:       {}", item.image_path.as_deref().unwrap_or("(none)"));
+    println!(
+        "image:       {}",
+        item.image_path.as_deref().unwrap_or("(none)")
+    );
     println!("hash:        {}", item.content_hash);
     if !item.metadata.is_empty() {
-        println!("metadata:    {}", serde_json::Value::Object(item.metadata.clone()));
+        println!(
+            "metadata:    {}",
+            serde_json::Value::Object(item.metadata.clone())
+        );
     }
 }

@@ -9,5 +9,5 @@ pub mod items;
 pub mod models;
 pub mod quality;
 pub mod search;
-pub mod train;
 pub mod serve;
+pub mod train;

@@ -34,10 +34,17 @@ pub fn run(args: ModelsArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 for m in &models {
                     let mark = if Some(m.version) == active { "*" } else { " " };
                     let top1 = m.metrics.pointer("/rows").and_then(|rows| {
-                        rows.as_array()?.iter().find(|r| r["variant"] == "fused").and_then(|r| r.pointer("/test/top1")?.as_f64())
+                        rows.as_array()?
+                            .iter()
+                            .find(|r| r["variant"] == "fused")
+                            .and_then(|r| r.pointer("/test/top1")?.as_f64())
                     });
                     match top1 {
-                        Some(t) => println!("{mark} v{:<4} fused test top-1 {:.1}%", m.version, t * 100.0),
+                        Some(t) => println!(
+                            "{mark} v{:<4} fused test top-1 {:.1}%",
+                            m.version,
+                            t * 100.0
+                        ),
                         None => println!("{mark} v{}", m.version),
                     }
                 }

@@ -39,7 +39,12 @@ pub fn duplicates(args: DuplicatesArgs, global: &GlobalArgs) -> anyhow::Result<(
     let out = catalog.duplicates(Some(args.space), &opts, &bars)?;
     output::emit(global.json, &out, |o| {
         for g in &o.groups {
-            println!("{:?} ({}): {}", g.kind, g.members.len(), g.members.join(", "));
+            println!(
+                "{:?} ({}): {}",
+                g.kind,
+                g.members.len(),
+                g.members.join(", ")
+            );
         }
         println!("{} groups", o.groups.len());
     })
@@ -70,7 +75,11 @@ pub fn noise(args: NoiseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let opts = NoiseOptions {
         top: args.top,
         folds: args.folds,
-        train: TrainConfig { seed: args.seed, label_field: args.label_field.clone(), ..TrainConfig::default() },
+        train: TrainConfig {
+            seed: args.seed,
+            label_field: args.label_field.clone(),
+            ..TrainConfig::default()
+        },
         group_field: args.group_field.clone(),
         ..NoiseOptions::default()
     };
@@ -87,7 +96,10 @@ pub fn noise(args: NoiseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 i.title.as_deref().unwrap_or("")
             );
         }
-        println!("{} of {} labelled items flagged", o.flagged, o.labelled_items);
+        println!(
+            "{} of {} labelled items flagged",
+            o.flagged, o.labelled_items
+        );
     })
 }
 
@@ -110,9 +122,16 @@ pub struct MapArgs {
 
 pub fn map(args: MapArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
-    let opts = MapOptions { space: args.space, color_by: args.color_by, seed: args.seed, thumbnails: true };
+    let opts = MapOptions {
+        space: args.space,
+        color_by: args.color_by,
+        seed: args.seed,
+        thumbnails: true,
+    };
     let bars = Bars::new(!global.show_progress());
     let n = catalog.map(&args.out, &opts, &bars)?;
     let out = serde_json::json!({ "out": args.out, "points": n });
-    output::emit(global.json, &out, |_| println!("wrote {} ({} points)", args.out.display(), n))
+    output::emit(global.json, &out, |_| {
+        println!("wrote {} ({} points)", args.out.display(), n)
+    })
 }

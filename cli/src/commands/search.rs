@@ -41,7 +41,13 @@ pub fn run(args: SearchArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         (_, _, Some(id)) => Query::Id(id),
         _ => anyhow::bail!("give --text, --image or --id"),
     };
-    let req = SearchRequest { query, space: args.space, k: args.k, offset: args.offset, filters: args.filters };
+    let req = SearchRequest {
+        query,
+        space: args.space,
+        k: args.k,
+        offset: args.offset,
+        filters: args.filters,
+    };
     let hits = catalog.search(&req)?;
     output::emit(global.json, &hits, |hits| {
         for (i, h) in hits.iter().enumerate() {

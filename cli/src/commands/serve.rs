@@ -28,7 +28,8 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let catalog =
+        Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, global.device()?)?;
     // Load the towers before answering, so the first request does not pay for it.
     catalog.service()?;
     let backend = EngineBackend::new(Arc::new(catalog), uploads_dir_for(&args.db.db));

@@ -42,7 +42,10 @@ impl TrainArgs {
         if let Some(e) = self.epochs {
             config.epochs = e;
         }
-        TrainOptions { config, group_field: self.group_field.clone() }
+        TrainOptions {
+            config,
+            group_field: self.group_field.clone(),
+        }
     }
 }
 
@@ -53,9 +56,17 @@ pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     output::emit(global.json, &outcome, |o| {
         println!(
             "model v{} ({} classes; train {} / val {} / test {} items, {:.1}s)",
-            o.version, o.report.classes, o.report.train_items, o.report.val_items, o.report.test_items, o.report.seconds
+            o.version,
+            o.report.classes,
+            o.report.train_items,
+            o.report.val_items,
+            o.report.test_items,
+            o.report.seconds
         );
         print!("{}", o.report.to_markdown());
-        println!("{} fused vectors stored; v{} is active", o.fused_vectors, o.version);
+        println!(
+            "{} fused vectors stored; v{} is active",
+            o.fused_vectors, o.version
+        );
     })
 }

@@ -117,19 +117,34 @@ impl Catalog {
     /// (loaded only when something needs them).
     pub fn open_or_create(db: &Path, towers: TowerSettings, device: Device) -> Result<Self> {
         let store = Store::open_or_create(db)?;
-        Ok(Self::with_store(store, Some(index_dir_for(db)), Some(towers), device))
+        Ok(Self::with_store(
+            store,
+            Some(index_dir_for(db)),
+            Some(towers),
+            device,
+        ))
     }
 
     /// Opens an existing database for reading and deleting; no towers.
     pub fn open_existing(db: &Path) -> Result<Self> {
         let store = Store::open(db)?;
-        Ok(Self::with_store(store, Some(index_dir_for(db)), None, Device::Cpu))
+        Ok(Self::with_store(
+            store,
+            Some(index_dir_for(db)),
+            None,
+            Device::Cpu,
+        ))
     }
 
     /// Opens an existing database with towers (queries that embed inputs need them).
     pub fn open(db: &Path, towers: TowerSettings, device: Device) -> Result<Self> {
         let store = Store::open(db)?;
-        Ok(Self::with_store(store, Some(index_dir_for(db)), Some(towers), device))
+        Ok(Self::with_store(
+            store,
+            Some(index_dir_for(db)),
+            Some(towers),
+            device,
+        ))
     }
 
     /// A catalogue held in memory (tests, throwaway runs): indexes are never written to disk.
@@ -137,7 +152,12 @@ impl Catalog {
         Ok(Self::with_store(Store::in_memory()?, None, towers, device))
     }
 
-    fn with_store(store: Store, index_dir: Option<PathBuf>, towers: Option<TowerSettings>, device: Device) -> Self {
+    fn with_store(
+        store: Store,
+        index_dir: Option<PathBuf>,
+        towers: Option<TowerSettings>,
+        device: Device,
+    ) -> Self {
         Self {
             store,
             index_dir,
@@ -263,11 +283,19 @@ impl Catalog {
     // ----- indexes -----
 
     /// The stored vector of one item in a space, if it has one.
-    pub fn vector_of(&self, space: Space, key: u64, model_version: u32) -> Result<Option<Vec<f32>>> {
+    pub fn vector_of(
+        &self,
+        space: Space,
+        key: u64,
+        model_version: u32,
+    ) -> Result<Option<Vec<f32>>> {
         Ok(match space {
             Space::Fused => self.store.get_fused(model_version, key)?,
             Space::Image => self.store.get_features(key)?.and_then(|f| f.image),
-            Space::Text => self.store.get_features(key)?.and_then(|f| text_space_vector(&f)),
+            Space::Text => self
+                .store
+                .get_features(key)?
+                .and_then(|f| text_space_vector(&f)),
         })
     }
 
@@ -283,7 +311,11 @@ impl Catalog {
             Space::Image | Space::Text => {
                 for entry in self.store.iter_features()? {
                     let (key, f) = entry?;
-                    let v = if space == Space::Image { f.image } else { text_space_vector(&f) };
+                    let v = if space == Space::Image {
+                        f.image
+                    } else {
+                        text_space_vector(&f)
+                    };
                     if let Some(v) = v {
                         out.push((key, v));
                     }
@@ -333,11 +365,17 @@ impl Catalog {
         if let Some(dir) = &dir {
             match HnswIndex::load(dir, dim, self.hnsw.clone(), generation) {
                 Ok(index) if index.len() == vectors.len() => return Ok(index),
-                Ok(_) => tracing::warn!(space = space.as_str(), "index dump count differs from the store; rebuilding"),
+                Ok(_) => tracing::warn!(
+                    space = space.as_str(),
+                    "index dump count differs from the store; rebuilding"
+                ),
                 Err(e) => tracing::info!(space = space.as_str(), "rebuilding index: {e}"),
             }
         }
-        progress.start(&format!("index {}", space.as_str()), Some(vectors.len() as u64));
+        progress.start(
+            &format!("index {}", space.as_str()),
+            Some(vectors.len() as u64),
+        );
         let index = HnswIndex::build(dim, self.hnsw.clone(), &vectors)?;
         progress.advance(vectors.len() as u64);
         progress.finish();
@@ -361,12 +399,20 @@ impl Catalog {
         Ok(())
     }
 
-    fn read_indexes(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
-        self.indexes.read().map_err(|_| Error::Internal("index table lock poisoned".into()))
+    fn read_indexes(
+        &self,
+    ) -> Result<std::sync::RwLockReadGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
+        self.indexes
+            .read()
+            .map_err(|_| Error::Internal("index table lock poisoned".into()))
     }
 
-    fn write_indexes(&self) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
-        self.indexes.write().map_err(|_| Error::Internal("index table lock poisoned".into()))
+    fn write_indexes(
+        &self,
+    ) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<Space, Arc<BuiltIndex>>>> {
+        self.indexes
+            .write()
+            .map_err(|_| Error::Internal("index table lock poisoned".into()))
     }
 }
 
@@ -381,6 +427,11 @@ mod model;
 mod quality;
 mod search;
 
-pub use model::{ActiveModel, Classification, ClassifyInput, ClaimCheck, Evidence, LabelScore, TrainOptions, TrainOutcome};
-pub use quality::{DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, NoiseOptions, NoiseOutcome};
+pub use model::{
+    ActiveModel, ClaimCheck, Classification, ClassifyInput, Evidence, LabelScore, TrainOptions,
+    TrainOutcome,
+};
+pub use quality::{
+    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, NoiseOptions, NoiseOutcome,
+};
 pub use search::{Filter, Query, SearchHit, SearchRequest};

@@ -102,13 +102,17 @@ impl Catalog {
         let mut out = Vec::new();
         for entry in self.store.iter_features()? {
             let (key, features) = entry?;
-            let Some(item) = self.store.get_by_key(key)? else { continue };
+            let Some(item) = self.store.get_by_key(key)? else {
+                continue;
+            };
             let label = if label_field == "label" {
                 item.label.clone()
             } else {
                 item.metadata.get(label_field).and_then(json_text)
             };
-            let group = group_field.and_then(|g| item.metadata.get(g)).and_then(json_text);
+            let group = group_field
+                .and_then(|g| item.metadata.get(g))
+                .and_then(json_text);
             out.push(Example {
                 key,
                 image: features.image,
@@ -128,8 +132,10 @@ impl Catalog {
         let trainer = Trainer::new(opts.config.clone(), self.device.clone())?;
         let study = trainer.run_study(&examples, progress)?;
         let blob = ModelBlob {
-            config: serde_json::to_value(&study.fused.config).map_err(|e| json_err("model config", e))?,
-            metrics: serde_json::to_value(&study.report).map_err(|e| json_err("training report", e))?,
+            config: serde_json::to_value(&study.fused.config)
+                .map_err(|e| json_err("model config", e))?,
+            metrics: serde_json::to_value(&study.report)
+                .map_err(|e| json_err("training report", e))?,
             safetensors: study.fused.to_bytes()?,
         };
         let version = self.store.put_model(&blob)?;
@@ -173,11 +179,19 @@ impl Catalog {
     /// Fused vectors for items ingested after training (the catalogue grows; the head is
     /// reused until the next `train`).
     pub(crate) fn fuse_new_items(&self, keys: &[u64]) -> Result<()> {
-        let Some(active) = self.active_model()? else { return Ok(()) };
+        let Some(active) = self.active_model()? else {
+            return Ok(());
+        };
         let mut examples = Vec::new();
         for &key in keys {
             if let Some(f) = self.store.get_features(key)? {
-                examples.push(Example { key, image: f.image, text: f.text, label: None, group: None });
+                examples.push(Example {
+                    key,
+                    image: f.image,
+                    text: f.text,
+                    label: None,
+                    group: None,
+                });
             }
         }
         if examples.is_empty() {
@@ -190,18 +204,27 @@ impl Catalog {
 
     /// The active model, loaded once per version; `None` before any training.
     pub fn active_model(&self) -> Result<Option<Arc<ActiveModel>>> {
-        let Some(version) = self.store.active_version()? else { return Ok(None) };
+        let Some(version) = self.store.active_version()? else {
+            return Ok(None);
+        };
         if let Some(m) = self.active.read().map_err(|_| poisoned())?.as_ref() {
             if m.version == version {
                 return Ok(Some(m.clone()));
             }
         }
-        let stored = self.store.get_model(version)?.ok_or_else(|| Error::NoModel {
-            reason: format!("active model version {version} is missing from the store"),
-        })?;
+        let stored = self
+            .store
+            .get_model(version)?
+            .ok_or_else(|| Error::NoModel {
+                reason: format!("active model version {version} is missing from the store"),
+            })?;
         let trained = TrainedModel::from_bytes(&stored.safetensors)?;
         let model = trained.load(&self.device)?;
-        let active = Arc::new(ActiveModel { version, trained, model });
+        let active = Arc::new(ActiveModel {
+            version,
+            trained,
+            model,
+        });
         self.set_active(Some(active.clone()))?;
         Ok(Some(active))
     }
@@ -239,15 +262,28 @@ impl Catalog {
                 "nothing to classify: give an image, a title or a description".into(),
             ));
         }
-        Ok(FusionInput { image: features.image, text: features.text })
+        Ok(FusionInput {
+            image: features.image,
+            text: features.text,
+        })
     }
 
     /// Classifies any subset of inputs; with `claimed`, checks that label against the model and
     /// brings the nearest stored examples of both classes as evidence.
-    pub fn classify(&self, input: &ClassifyInput, top: usize, claimed: Option<&str>) -> Result<Classification> {
+    pub fn classify(
+        &self,
+        input: &ClassifyInput,
+        top: usize,
+        claimed: Option<&str>,
+    ) -> Result<Classification> {
         let active = self.require_model()?;
         let query = self.fusion_input(input)?;
-        let probs = active.model.predict(std::slice::from_ref(&query))?.into_iter().next().unwrap_or_default();
+        let probs = active
+            .model
+            .predict(std::slice::from_ref(&query))?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let labels: Vec<LabelScore> = active
             .trained
             .top_k(&probs, top.max(1))
@@ -258,16 +294,28 @@ impl Catalog {
             None => None,
             Some(label) => Some(self.check_claim(&active, &query, &probs, label)?),
         };
-        Ok(Classification { model_version: active.version, labels, claimed })
+        Ok(Classification {
+            model_version: active.version,
+            labels,
+            claimed,
+        })
     }
 
-    fn check_claim(&self, active: &ActiveModel, query: &FusionInput, probs: &[f32], label: &str) -> Result<ClaimCheck> {
+    fn check_claim(
+        &self,
+        active: &ActiveModel,
+        query: &FusionInput,
+        probs: &[f32],
+        label: &str,
+    ) -> Result<ClaimCheck> {
         let index = active
             .trained
             .labels
             .iter()
             .position(|l| l == label)
-            .ok_or_else(|| Error::UnknownLabel { label: label.to_string() })?;
+            .ok_or_else(|| Error::UnknownLabel {
+                label: label.to_string(),
+            })?;
         let best = probs
             .iter()
             .enumerate()
@@ -275,7 +323,12 @@ impl Catalog {
             .map(|(i, _)| i)
             .unwrap_or(0);
         let model_choice = active.trained.labels.get(best).cloned().unwrap_or_default();
-        let vector = active.model.fused_vectors(std::slice::from_ref(query))?.into_iter().next().unwrap_or_default();
+        let vector = active
+            .model
+            .fused_vectors(std::slice::from_ref(query))?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let evidence = |l: &str| self.nearest_with_label(&vector, l, EVIDENCE);
         let agrees = best == index;
         Ok(ClaimCheck {
@@ -283,20 +336,32 @@ impl Catalog {
             probability: probs.get(index).copied().unwrap_or(0.0),
             agrees,
             evidence_claimed: evidence(label)?,
-            evidence_model: if agrees { Vec::new() } else { evidence(&model_choice)? },
+            evidence_model: if agrees {
+                Vec::new()
+            } else {
+                evidence(&model_choice)?
+            },
             model_choice,
         })
     }
 
     fn nearest_with_label(&self, vector: &[f32], label: &str, k: usize) -> Result<Vec<Evidence>> {
-        let allowed = self.keys_matching(&[super::Filter { field: "label".into(), value: label.into() }])?;
+        let allowed = self.keys_matching(&[super::Filter {
+            field: "label".into(),
+            value: label.into(),
+        }])?;
         let index = self.index(Space::Fused, &crate::progress::NoProgress)?;
         let filter = |key: u64| allowed.contains(&key);
         let hits = crate::index::VectorIndex::search(index.as_ref(), vector, k, Some(&filter))?;
         let mut out = Vec::with_capacity(hits.len());
         for hit in hits {
             if let Some(item) = self.store.get_by_key(hit.key)? {
-                out.push(Evidence { id: item.id, title: super::non_empty(item.title), label: item.label, score: hit.score });
+                out.push(Evidence {
+                    id: item.id,
+                    title: super::non_empty(item.title),
+                    label: item.label,
+                    score: hit.score,
+                });
             }
         }
         Ok(out)
@@ -313,7 +378,10 @@ fn json_text(v: &serde_json::Value) -> Option<String> {
 }
 
 fn json_err(context: &str, source: serde_json::Error) -> Error {
-    Error::Json { context: context.to_string(), source }
+    Error::Json {
+        context: context.to_string(),
+        source,
+    }
 }
 
 fn poisoned() -> Error {

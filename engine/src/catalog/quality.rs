@@ -84,25 +84,41 @@ pub struct MapOptions {
 
 impl Catalog {
     /// Exact (content hash), perceptual (pHash) and near (kNN in `space`) duplicate groups.
-    pub fn duplicates(&self, space: Option<Space>, opts: &DuplicateOptions, progress: &dyn Progress) -> Result<DuplicatesOutcome> {
+    pub fn duplicates(
+        &self,
+        space: Option<Space>,
+        opts: &DuplicateOptions,
+        progress: &dyn Progress,
+    ) -> Result<DuplicatesOutcome> {
         let total = self.store.count()? as usize;
         let items = self.store.list(0, total.max(1))?;
         let ids: HashMap<u64, String> = items.iter().map(|i| (i.key, i.id.clone())).collect();
         let dup_items: Vec<DupItem> = items
             .iter()
-            .map(|i| DupItem { key: i.key, content_hash: hash_bytes(&i.content_hash), phash: i.image_phash })
+            .map(|i| DupItem {
+                key: i.key,
+                content_hash: hash_bytes(&i.content_hash),
+                phash: i.image_phash,
+            })
             .collect();
         let (index, vectors) = match space {
             Some(space) => {
-                let version = if space == Space::Fused { self.require_model()?.version } else { 0 };
+                let version = if space == Space::Fused {
+                    self.require_model()?.version
+                } else {
+                    0
+                };
                 let index = self.index(space, progress)?;
-                let vectors: HashMap<u64, Vec<f32>> = self.vectors(space, version)?.into_iter().collect();
+                let vectors: HashMap<u64, Vec<f32>> =
+                    self.vectors(space, version)?.into_iter().collect();
                 (Some(index), vectors)
             }
             None => (None, HashMap::new()),
         };
         let knn = |key: u64, k: usize| -> Vec<(u64, f32)> {
-            let (Some(index), Some(v)) = (index.as_ref(), vectors.get(&key)) else { return Vec::new() };
+            let (Some(index), Some(v)) = (index.as_ref(), vectors.get(&key)) else {
+                return Vec::new();
+            };
             let not_self = |other: u64| other != key;
             index
                 .search(v, k, Some(&not_self))
@@ -120,7 +136,11 @@ impl Catalog {
                 .map(|g| DuplicateGroupView {
                     kind: g.kind,
                     members: g.members.iter().map(|&k| name(k)).collect(),
-                    pairs: g.pairs.iter().map(|&(a, b, s)| (name(a), name(b), s)).collect(),
+                    pairs: g
+                        .pairs
+                        .iter()
+                        .map(|&(a, b, s)| (name(a), name(b), s))
+                        .collect(),
                 })
                 .collect(),
         })
@@ -132,11 +152,21 @@ impl Catalog {
     pub fn noise(&self, opts: &NoiseOptions, progress: &dyn Progress) -> Result<NoiseOutcome> {
         let examples = self.examples(&opts.train.label_field, opts.group_field.as_deref())?;
         let labelled: Vec<_> = examples.into_iter().filter(|e| e.label.is_some()).collect();
-        let oof = cross_val_probabilities(&labelled, opts.folds, &opts.train, &self.device, progress)?;
-        let position: HashMap<u64, usize> = oof.rows.iter().enumerate().map(|(i, r)| (r.key, i)).collect();
+        let oof =
+            cross_val_probabilities(&labelled, opts.folds, &opts.train, &self.device, progress)?;
+        let position: HashMap<u64, usize> = oof
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key, i))
+            .collect();
         let labels: Vec<usize> = oof.rows.iter().map(|r| r.label_index).collect();
         let probs: Vec<Vec<f32>> = oof.rows.iter().map(|r| r.probs.clone()).collect();
-        let neighbours = self.label_neighbours(&oof.rows.iter().map(|r| r.key).collect::<Vec<_>>(), &position, opts.neighbours)?;
+        let neighbours = self.label_neighbours(
+            &oof.rows.iter().map(|r| r.key).collect::<Vec<_>>(),
+            &position,
+            opts.neighbours,
+        )?;
         let issues = noise::rank_label_issues(&labels, &probs, &neighbours, &opts.noise)?;
         let flagged = issues.len();
         let mut views = Vec::new();
@@ -144,22 +174,44 @@ impl Catalog {
             let row = &oof.rows[issue.index];
             let item = self.store.get_by_key(row.key)?;
             views.push(LabelIssueView {
-                id: item.as_ref().map(|i| i.id.clone()).unwrap_or_else(|| row.key.to_string()),
+                id: item
+                    .as_ref()
+                    .map(|i| i.id.clone())
+                    .unwrap_or_else(|| row.key.to_string()),
                 title: item.and_then(|i| super::non_empty(i.title)),
-                given_label: oof.labels.get(issue.given_label).cloned().unwrap_or_default(),
-                suggested_label: oof.labels.get(issue.suggested_label).cloned().unwrap_or_default(),
+                given_label: oof
+                    .labels
+                    .get(issue.given_label)
+                    .cloned()
+                    .unwrap_or_default(),
+                suggested_label: oof
+                    .labels
+                    .get(issue.suggested_label)
+                    .cloned()
+                    .unwrap_or_default(),
                 score: issue.score,
                 p_given: issue.p_given,
                 neighbour_agreement: issue.neighbour_agreement,
             });
         }
-        Ok(NoiseOutcome { labelled_items: labels.len(), flagged, issues: views })
+        Ok(NoiseOutcome {
+            labelled_items: labels.len(),
+            flagged,
+            issues: views,
+        })
     }
 
     /// Each item's nearest labelled neighbours in the fused space, as positions in `keys`; empty
     /// lists when no model is trained (the ranking then rests on the probabilities alone).
-    fn label_neighbours(&self, keys: &[u64], position: &HashMap<u64, usize>, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
-        let Some(active) = self.active_model()? else { return Ok(vec![Vec::new(); keys.len()]) };
+    fn label_neighbours(
+        &self,
+        keys: &[u64],
+        position: &HashMap<u64, usize>,
+        k: usize,
+    ) -> Result<Vec<Vec<(usize, f32)>>> {
+        let Some(active) = self.active_model()? else {
+            return Ok(vec![Vec::new(); keys.len()]);
+        };
         let index = self.index(Space::Fused, &crate::progress::NoProgress)?;
         let mut out = Vec::with_capacity(keys.len());
         for &key in keys {
@@ -169,17 +221,28 @@ impl Catalog {
             };
             let filter = |other: u64| other != key && position.contains_key(&other);
             let hits = index.search(&v, k, Some(&filter))?;
-            out.push(hits.into_iter().filter_map(|h| position.get(&h.key).map(|&p| (p, h.score))).collect());
+            out.push(
+                hits.into_iter()
+                    .filter_map(|h| position.get(&h.key).map(|&p| (p, h.score)))
+                    .collect(),
+            );
         }
         Ok(out)
     }
 
     /// Draws a 2-D t-SNE map of a space to `out` (`.png` or `.html`), coloured by a field.
     pub fn map(&self, out: &Path, opts: &MapOptions, progress: &dyn Progress) -> Result<usize> {
-        let version = if opts.space == Space::Fused { self.require_model()?.version } else { 0 };
+        let version = if opts.space == Space::Fused {
+            self.require_model()?.version
+        } else {
+            0
+        };
         let points = self.vectors(opts.space, version)?;
         if points.len() < 2 {
-            return Err(Error::InvalidArgument(format!("the {} space has fewer than two vectors to map", opts.space.as_str())));
+            return Err(Error::InvalidArgument(format!(
+                "the {} space has fewer than two vectors to map",
+                opts.space.as_str()
+            )));
         }
         progress.start("map layout", None);
         let vectors: Vec<Vec<f32>> = points.iter().map(|(_, v)| v.clone()).collect();
@@ -194,18 +257,34 @@ impl Catalog {
                 if opts.color_by == "label" {
                     i.label.clone()
                 } else {
-                    i.metadata.get(&opts.color_by).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    i.metadata.get(&opts.color_by).map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                 }
             });
             labels.push(label.unwrap_or_else(|| "(none)".into()));
             titles.push(item.as_ref().map(|i| i.title.clone()).unwrap_or_default());
             if opts.thumbnails {
-                thumbs.push(item.and_then(|i| i.image_path).map(|p| thumbnail(&PathBuf::from(p))).unwrap_or_default());
+                thumbs.push(
+                    item.and_then(|i| i.image_path)
+                        .map(|p| thumbnail(&PathBuf::from(p)))
+                        .unwrap_or_default(),
+                );
             }
         }
-        let is_html = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("html"));
+        let is_html = out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("html"));
         if is_html {
-            map::render_html(&layout, &labels, &titles, opts.thumbnails.then_some(thumbs.as_slice()), out)?;
+            map::render_html(
+                &layout,
+                &labels,
+                &titles,
+                opts.thumbnails.then_some(thumbs.as_slice()),
+                out,
+            )?;
         } else {
             map::render_png(&layout, &labels, out)?;
         }
@@ -215,7 +294,9 @@ impl Catalog {
 
 /// A 48-pixel JPEG of an image file, or nothing when it cannot be read.
 fn thumbnail(path: &Path) -> Vec<u8> {
-    let Ok(img) = image::open(path) else { return Vec::new() };
+    let Ok(img) = image::open(path) else {
+        return Vec::new();
+    };
     let small = image::DynamicImage::ImageRgb8(img.thumbnail(48, 48).to_rgb8());
     let mut out = std::io::Cursor::new(Vec::new());
     match small.write_to(&mut out, image::ImageFormat::Jpeg) {

@@ -35,8 +35,13 @@ impl std::str::FromStr for Filter {
 
     fn from_str(s: &str) -> Result<Self> {
         match s.split_once('=') {
-            Some((f, v)) if !f.trim().is_empty() => Ok(Filter { field: f.trim().into(), value: v.trim().into() }),
-            _ => Err(Error::InvalidArgument(format!("filter `{s}` is not of the form field=value"))),
+            Some((f, v)) if !f.trim().is_empty() => Ok(Filter {
+                field: f.trim().into(),
+                value: v.trim().into(),
+            }),
+            _ => Err(Error::InvalidArgument(format!(
+                "filter `{s}` is not of the form field=value"
+            ))),
         }
     }
 }
@@ -67,8 +72,13 @@ impl Catalog {
         }
         let (vector, exclude) = self.query_vector(&req.query, req.space)?;
         let index = self.index(req.space, &NoProgress)?;
-        let allowed = if req.filters.is_empty() { None } else { Some(self.keys_matching(&req.filters)?) };
-        let filter = |key: u64| Some(key) != exclude && allowed.as_ref().is_none_or(|a| a.contains(&key));
+        let allowed = if req.filters.is_empty() {
+            None
+        } else {
+            Some(self.keys_matching(&req.filters)?)
+        };
+        let filter =
+            |key: u64| Some(key) != exclude && allowed.as_ref().is_none_or(|a| a.contains(&key));
         let want = req.k + req.offset;
         let hits = index.search(&vector, want, Some(&filter))?;
         let mut out = Vec::with_capacity(req.k);
@@ -91,9 +101,18 @@ impl Catalog {
     fn query_vector(&self, query: &Query, space: Space) -> Result<(Vec<f32>, Option<u64>)> {
         let input = match query {
             Query::Id(id) => return self.stored_vector(id, space),
-            Query::Text(t) => ClassifyInput { title: Some(t.clone()), ..Default::default() },
-            Query::ImagePath(p) => ClassifyInput { image_path: Some(p.clone()), ..Default::default() },
-            Query::ImageBytes(b) => ClassifyInput { image_bytes: Some(b.clone()), ..Default::default() },
+            Query::Text(t) => ClassifyInput {
+                title: Some(t.clone()),
+                ..Default::default()
+            },
+            Query::ImagePath(p) => ClassifyInput {
+                image_path: Some(p.clone()),
+                ..Default::default()
+            },
+            Query::ImageBytes(b) => ClassifyInput {
+                image_bytes: Some(b.clone()),
+                ..Default::default()
+            },
         };
         let features = self.fusion_input(&input)?;
         let v = match space {
@@ -128,16 +147,19 @@ impl Catalog {
     }
 
     fn stored_vector(&self, id: &str, space: Space) -> Result<(Vec<f32>, Option<u64>)> {
-        let key = self
-            .store
-            .key_of(id)?
-            .ok_or_else(|| Error::NotFound { what: "item".into(), id: id.to_string() })?;
+        let key = self.store.key_of(id)?.ok_or_else(|| Error::NotFound {
+            what: "item".into(),
+            id: id.to_string(),
+        })?;
         let version = match space {
             Space::Fused => self.require_model()?.version,
             _ => 0,
         };
         let v = self.vector_of(space, key, version)?.ok_or_else(|| {
-            Error::InvalidArgument(format!("item `{id}` has no vector in the {} space", space.as_str()))
+            Error::InvalidArgument(format!(
+                "item `{id}` has no vector in the {} space",
+                space.as_str()
+            ))
         })?;
         Ok((v, Some(key)))
     }

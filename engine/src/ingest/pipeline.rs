@@ -95,7 +95,9 @@ pub fn ingest(
     on_commit: &mut dyn FnMut(&[String]),
 ) -> Result<IngestReport> {
     if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "batch size must be at least 1".into(),
+        ));
     }
     let started = Instant::now();
     let mut report = IngestReport::default();
@@ -128,7 +130,16 @@ pub fn ingest(
             break;
         }
         let chunk_len = chunk.len() as u64;
-        ingest_chunk(chunk, store, towers, &preprocessor, opts, &mut report, progress, on_commit)?;
+        ingest_chunk(
+            chunk,
+            store,
+            towers,
+            &preprocessor,
+            opts,
+            &mut report,
+            progress,
+            on_commit,
+        )?;
         progress.advance(chunk_len);
     }
     report.times.total_s = started.elapsed().as_secs_f64();
@@ -149,8 +160,10 @@ fn ingest_chunk(
     // Stage 1: read, hash, decode (parallel). Rows whose stored copy is identical are dropped
     // here, before any inference: that is what makes a re-run cheap and an interrupted run resume.
     let t = Instant::now();
-    let prepared: Vec<std::result::Result<Pending, RowError>> =
-        chunk.into_par_iter().map(|row| prepare_row(row, preprocessor)).collect();
+    let prepared: Vec<std::result::Result<Pending, RowError>> = chunk
+        .into_par_iter()
+        .map(|row| prepare_row(row, preprocessor))
+        .collect();
     let mut pending: Vec<Pending> = Vec::with_capacity(prepared.len());
     for p in prepared {
         match p {
@@ -173,10 +186,14 @@ fn ingest_chunk(
 
     // Stage 2: towers, batched over the chunk.
     let t = Instant::now();
-    let with_image: Vec<usize> = (0..pending.len()).filter(|&i| pending[i].image.is_some()).collect();
+    let with_image: Vec<usize> = (0..pending.len())
+        .filter(|&i| pending[i].image.is_some())
+        .collect();
     // The prepared pixels are needed once, by the tower: move them out.
-    let images: Vec<PreparedImage> =
-        with_image.iter().filter_map(|&i| pending[i].image.take()).collect();
+    let images: Vec<PreparedImage> = with_image
+        .iter()
+        .filter_map(|&i| pending[i].image.take())
+        .collect();
     let mut image_features: Vec<Option<Vec<f32>>> = vec![None; pending.len()];
     if !images.is_empty() {
         let out = towers.image.embed(&images)?;
@@ -228,14 +245,20 @@ fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
 }
 
 /// Reads the row's image (if any), hashes the content, decodes and prepares the pixels.
-fn prepare_row(row: ManifestRow, preprocessor: &Preprocessor) -> std::result::Result<Pending, RowError> {
+fn prepare_row(
+    row: ManifestRow,
+    preprocessor: &Preprocessor,
+) -> std::result::Result<Pending, RowError> {
     let fail = |reason: String| RowError {
         row: row.row,
         id: row.id.clone(),
         reason,
     };
     let bytes = match &row.image {
-        Some(path) => Some(std::fs::read(path).map_err(|e| fail(format!("cannot read image {}: {e}", path.display())))?),
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| fail(format!("cannot read image {}: {e}", path.display())))?,
+        ),
         None => None,
     };
     let content_hash = content_hash(&row, bytes.as_deref());
@@ -244,11 +267,17 @@ fn prepare_row(row: ManifestRow, preprocessor: &Preprocessor) -> std::result::Re
             let decoded = preprocessor
                 .decode_bytes(bytes, &path.display().to_string())
                 .map_err(|e| fail(e.to_string()))?;
-            (Some(preprocessor.prepare_image(&decoded)), Some(phash::phash(&decoded)))
+            (
+                Some(preprocessor.prepare_image(&decoded)),
+                Some(phash::phash(&decoded)),
+            )
         }
         _ => (None, None),
     };
-    let id = row.id.clone().unwrap_or_else(|| content_hash[..16].to_string());
+    let id = row
+        .id
+        .clone()
+        .unwrap_or_else(|| content_hash[..16].to_string());
     let item = NewItem {
         id,
         title: row.title.unwrap_or_default(),
@@ -278,9 +307,17 @@ pub fn content_hash(row: &ManifestRow, image_bytes: Option<&[u8]>) -> String {
     };
     field("image", image_bytes.unwrap_or_default());
     field("title", row.title.as_deref().unwrap_or_default().as_bytes());
-    field("description", row.description.as_deref().unwrap_or_default().as_bytes());
+    field(
+        "description",
+        row.description.as_deref().unwrap_or_default().as_bytes(),
+    );
     field("tags", row.tags.join("\u{1f}").as_bytes());
     field("label", row.label.as_deref().unwrap_or_default().as_bytes());
-    field("metadata", serde_json::Value::Object(row.metadata.clone()).to_string().as_bytes());
+    field(
+        "metadata",
+        serde_json::Value::Object(row.metadata.clone())
+            .to_string()
+            .as_bytes(),
+    );
     hex::encode(h.finalize())
 }

@@ -89,7 +89,13 @@ impl EmbeddingService {
         let mut text = BTreeMap::new();
         for (field, value) in texts {
             let value = value.as_deref().filter(|s| !s.trim().is_empty());
-            if let Some(v) = self.text.embed_fields(&[value])?.into_iter().next().flatten() {
+            if let Some(v) = self
+                .text
+                .embed_fields(&[value])?
+                .into_iter()
+                .next()
+                .flatten()
+            {
                 text.insert(field.clone(), v);
             }
         }

@@ -40,22 +40,18 @@ def synthetic(size, batch=2):
 
 
 def preprocess(path, size):
-    """Alpha over white, short side to round(size / 0.875) (bicubic), centre crop, (v-127)/128."""
+    """TensorFlow's EfficientNet eval crop: the central square of side
+    int(short * size / (size + 32)), alpha over white, bicubic resize to size, (v-127)/128."""
     im = Image.open(path)
+    w, h = im.size
+    side = min(max(int(min(w, h) * size / (size + 32)), 1), min(w, h))
+    left, top = (w - side + 1) // 2, (h - side + 1) // 2
+    im = im.crop((left, top, left + side, top + side))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im)
-    im = im.convert("RGB")
-    w, h = im.size
-    short = round(size / 0.875)
-    if w <= h:
-        nw, nh = short, max(size, round(h * short / w))
-    else:
-        nw, nh = max(size, round(w * short / h)), short
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
+    im = im.convert("RGB").resize((size, size), Image.BICUBIC)
     a = (np.asarray(im, dtype=np.float32) - 127.0) / 128.0
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 

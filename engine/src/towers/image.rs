@@ -8,10 +8,12 @@
 //! 2. [`ImageTower::embed`] runs the network on a batch of prepared images on the tower's
 //!    device. The tower is `Send + Sync`; share it in an `Arc`.
 //!
-//! Preprocessing follows the evaluation pipeline of the EfficientNet-Lite checkpoints: flatten
-//! transparency onto white, resize the short side to `image_size / 0.875` (256 for Lite0) with a
-//! Catmull-Rom (bicubic) filter, take the central `image_size` square, and map pixel values to
-//! `(v - 127) / 128`, the normalisation the Lite models were trained with.
+//! Preprocessing follows the evaluation pipeline the EfficientNet-Lite checkpoints were
+//! published with (TensorFlow's `preprocessing.py`): take the central square covering
+//! `image_size / (image_size + 32)` of the short side (224/256 for Lite0, the same crop as
+//! "resize to 256, centre-crop 224"), flatten transparency onto white, resize it to
+//! `image_size` with a Catmull-Rom (bicubic) filter, and map pixel values to `(v - 127) / 128`,
+//! the normalisation the Lite models were trained with. EXIF orientation is applied.
 
 use std::fmt;
 use std::io::Cursor;
@@ -32,9 +34,11 @@ use crate::models::imagenet_classes::IMAGENET_CLASSES;
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 /// Images per forward pass by default; larger inputs to `embed` are split.
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// The fraction of the resized image the centre crop keeps (TensorFlow's EfficientNet eval
-/// pipeline: 224 of 256).
-const CROP_FRACTION: f64 = 0.875;
+/// TensorFlow's EfficientNet evaluation crop: the central square covering `size / (size + 32)`
+/// of the short side (224 of 256 for Lite0), resized to `size`.
+const CROP_PADDING: u32 = 32;
+/// Crops more than this many times twice the output size are box-filtered down first.
+const PRESCALE_FACTOR: u32 = 2;
 /// EfficientNet-Lite's input normalisation: `(v - 127) / 128` maps bytes to about [-1, 1].
 const PIXEL_MEAN: f32 = 127.0;
 const PIXEL_SCALE: f32 = 128.0;
@@ -165,7 +169,6 @@ impl PreparedImage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preprocessor {
     image_size: u32,
-    resize_to: u32,
     max_pixels: u64,
 }
 
@@ -174,7 +177,6 @@ impl Preprocessor {
         let image_size = image_size.max(1) as u32;
         Self {
             image_size,
-            resize_to: (image_size as f64 / CROP_FRACTION).round() as u32,
             max_pixels,
         }
     }
@@ -255,34 +257,31 @@ impl Preprocessor {
         Ok(image)
     }
 
-    /// Flattens, resizes, crops and normalises a decoded image.
+    /// Crops, flattens, resizes and normalises a decoded image.
     pub fn prepare_image(&self, image: &DynamicImage) -> PreparedImage {
-        let rgb = flatten_on_white(image);
-        let (w, h) = rgb.dimensions();
-        // Resize so the short side is `resize_to`, keeping the aspect ratio.
-        let (rw, rh) = if w <= h {
-            let rh = (h as f64 * self.resize_to as f64 / w as f64).round() as u32;
-            (self.resize_to, rh.max(self.image_size))
-        } else {
-            let rw = (w as f64 * self.resize_to as f64 / h as f64).round() as u32;
-            (rw.max(self.image_size), self.resize_to)
-        };
-        let resized = if (rw, rh) == (w, h) {
-            rgb
-        } else {
-            image::imageops::resize(&rgb, rw, rh, FilterType::CatmullRom)
-        };
         let size = self.image_size;
-        let (left, top) = ((rw - size) / 2, (rh - size) / 2);
+        // The central square that the evaluation crop keeps, in source pixels; cropping
+        // before resizing keeps the work (and memory) bounded for any aspect ratio.
+        let (w, h) = (image.width(), image.height());
+        let side = ((w.min(h) as f64 * size as f64 / (size + CROP_PADDING) as f64) as u32)
+            .clamp(1, w.min(h));
+        let (left, top) = ((w - side).div_ceil(2), (h - side).div_ceil(2));
+        let mut square = flatten_on_white(&image.crop_imm(left, top, side, side));
+        // A box filter takes very large crops most of the way down cheaply; the bicubic
+        // filter then sees at most twice the output size, as PIL's `reducing_gap` does.
+        if side > PRESCALE_FACTOR * 2 * size {
+            square = image::imageops::thumbnail(&square, 2 * size, 2 * size);
+        }
+        let resized = if square.dimensions() == (size, size) {
+            square
+        } else {
+            image::imageops::resize(&square, size, size, FilterType::CatmullRom)
+        };
         let plane = (size * size) as usize;
         let mut pixels = vec![0f32; 3 * plane];
-        for y in 0..size {
-            for x in 0..size {
-                let p = resized.get_pixel(left + x, top + y);
-                let i = (y * size + x) as usize;
-                for c in 0..3 {
-                    pixels[c * plane + i] = (p[c] as f32 - PIXEL_MEAN) / PIXEL_SCALE;
-                }
+        for (i, p) in resized.pixels().enumerate() {
+            for c in 0..3 {
+                pixels[c * plane + i] = (p[c] as f32 - PIXEL_MEAN) / PIXEL_SCALE;
             }
         }
         PreparedImage {
@@ -492,6 +491,28 @@ mod tests {
             .all(|&v| v == 0.0));
         assert!(prepared.pixels()[2 * plane..].iter().all(|&v| v == 1.0));
         assert!(prepared.pixels().iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn tiny_huge_and_extreme_aspect_images_prepare() {
+        let pre = Preprocessor::new(224, DEFAULT_MAX_PIXELS);
+        for (w, h) in [(64, 64), (3000, 2), (2, 3000), (2000, 1800)] {
+            let image =
+                DynamicImage::ImageRgb8(RgbImage::from_pixel(w, h, image::Rgb([255, 0, 127])));
+            let prepared = pre.prepare_image(&image);
+            assert_eq!(prepared.size(), 224, "{w}x{h}");
+            let plane = 224 * 224;
+            // A flat colour stays flat through crop, box filter and bicubic resize.
+            assert!(prepared.pixels()[..plane]
+                .iter()
+                .all(|&v| (v - 1.0).abs() < 1e-6));
+            assert!(prepared.pixels()[plane..2 * plane]
+                .iter()
+                .all(|&v| (v + 127.0 / 128.0).abs() < 1e-6));
+            assert!(prepared.pixels()[2 * plane..]
+                .iter()
+                .all(|&v| v.abs() < 1e-6));
+        }
     }
 
     #[test]

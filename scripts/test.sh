@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 # Tests find models and photos through TRIO_HOME; default to where `trio fetch` puts them.
 export TRIO_HOME="${TRIO_HOME:-$HOME/.cache/trio}"
 cargo build --workspace --all-targets
-cargo run -q -p trio-cli -- fetch
+cargo run -q -p trio-cli -- fetch --all
 cargo test --workspace --no-fail-fast "$@"

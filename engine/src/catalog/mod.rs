@@ -199,8 +199,8 @@ impl Catalog {
 
     // ----- items -----
 
-    /// Ingests rows; each committed chunk also goes into any index already in memory, and
-    /// gets fused vectors when a model is active.
+    /// Ingests rows; as each chunk commits it gets fused vectors (when a model is active) and
+    /// goes into every index already in memory, so searches running meanwhile find it.
     pub fn ingest(
         &self,
         rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
@@ -209,14 +209,43 @@ impl Catalog {
         on_commit: &mut dyn FnMut(&[String]),
     ) -> Result<IngestReport> {
         let service = self.service()?;
-        let mut committed = Vec::new();
+        self.fuse_missing()?;
+        // After a failed index update the indexes stay at their older generation (so the next
+        // search rebuilds them from the store); the ingest itself goes on, and the error is
+        // returned once it is done.
+        let mut index_error = None;
         let mut record = |ids: &[String]| {
-            committed.extend_from_slice(ids);
+            if index_error.is_none() {
+                if let Err(e) = self.after_write(ids) {
+                    index_error = Some(e);
+                }
+            }
             on_commit(ids);
         };
         let report = pipeline::ingest(rows, &self.store, &service, opts, progress, &mut record)?;
-        self.after_write(&committed)?;
-        Ok(report)
+        match index_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Fuses items stored without a vector of the active model: an ingest killed between a
+    /// chunk's commit and its fusing leaves such items, and a re-run skips them as stored.
+    fn fuse_missing(&self) -> Result<()> {
+        let Some(active) = self.active_model()? else {
+            return Ok(());
+        };
+        let mut missing = Vec::new();
+        for entry in self.store.iter_features()? {
+            let (key, _) = entry?;
+            if self.store.get_fused(active.version, key)?.is_none() {
+                missing.push(key);
+            }
+        }
+        for keys in missing.chunks(256) {
+            self.fuse_new_items(keys)?;
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Item>> {

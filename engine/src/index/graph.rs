@@ -151,7 +151,7 @@ impl Frozen {
     }
 
     #[inline]
-    fn level0_of(&self, id: u32) -> &[u32] {
+    pub(crate) fn level0_of(&self, id: u32) -> &[u32] {
         let start = id as usize * (self.m0 + 1);
         let count = self.level0[start] as usize;
         &self.level0[start + 1..start + 1 + count]
@@ -348,4 +348,82 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
         Ok(mut scratch) => f(&mut scratch),
         Err(_) => f(&mut Scratch::new()),
     })
+}
+
+/// Who links to whom, reversed: `of(v)` are the points whose list holds `v`.
+pub(crate) struct Incoming {
+    starts: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+impl Incoming {
+    /// Reverses `lists` (index = point id); ids out of range are ignored.
+    pub(crate) fn new(lists: &[&[u32]]) -> Self {
+        let n = lists.len();
+        let mut starts = vec![0u32; n + 1];
+        for list in lists {
+            for &v in *list {
+                if (v as usize) < n {
+                    starts[v as usize + 1] += 1;
+                }
+            }
+        }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut ids = vec![0u32; starts[n] as usize];
+        for (u, list) in lists.iter().enumerate() {
+            for &v in *list {
+                if (v as usize) < n {
+                    ids[fill[v as usize] as usize] = u as u32;
+                    fill[v as usize] += 1;
+                }
+            }
+        }
+        Incoming { starts, ids }
+    }
+
+    pub(crate) fn of(&self, v: usize) -> &[u32] {
+        &self.ids[self.starts[v] as usize..self.starts[v + 1] as usize]
+    }
+}
+
+/// HNSW's neighbour-selection heuristic over `candidates` of point `u`: nearest first, a
+/// candidate is kept only if it is nearer to `u` than to every point kept before it, up to
+/// `max` links. Keeping "directions" rather than merely the nearest points is what lets a
+/// search leave a cluster.
+pub(crate) fn select_diverse(
+    vectors: &Arena,
+    u: usize,
+    candidates: impl Iterator<Item = u32>,
+    max: usize,
+    dot: Dot,
+) -> Vec<u32> {
+    let n = vectors.len();
+    let mut ids: Vec<u32> = candidates
+        .filter(|&c| (c as usize) < n && c as usize != u)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let vu = vectors.get(u);
+    let mut scored: Vec<(f32, u32)> = ids
+        .iter()
+        .map(|&c| (dot.dot(vu, vectors.get(c as usize)), c))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut kept: Vec<u32> = Vec::with_capacity(max);
+    for &(sim, c) in &scored {
+        if kept.len() == max {
+            break;
+        }
+        let vc = vectors.get(c as usize);
+        if kept
+            .iter()
+            .all(|&k| dot.dot(vc, vectors.get(k as usize)) < sim)
+        {
+            kept.push(c);
+        }
+    }
+    kept
 }

@@ -389,7 +389,7 @@ impl Incoming {
     }
 }
 
-/// HNSW's neighbour-selection heuristic over the `pool` nearest `candidates` of point `u`: nearest first, a
+/// HNSW's neighbour-selection heuristic over `candidates` of point `u`: nearest first, a
 /// candidate is kept only if it is nearer to `u` than to every point kept before it, up to
 /// `max` links. Keeping "directions" rather than merely the nearest points is what lets a
 /// search leave a cluster.
@@ -398,7 +398,6 @@ pub(crate) fn select_diverse(
     u: usize,
     candidates: impl Iterator<Item = u32>,
     max: usize,
-    pool: usize,
     dot: Dot,
 ) -> Vec<u32> {
     let n = vectors.len();
@@ -412,12 +411,7 @@ pub(crate) fn select_diverse(
         .iter()
         .map(|&c| (dot.dot(vu, vectors.get(c as usize)), c))
         .collect();
-    let nearest_first = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    if scored.len() > pool {
-        scored.select_nth_unstable_by(pool, nearest_first);
-        scored.truncate(pool);
-    }
-    scored.sort_unstable_by(nearest_first);
+    scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut kept: Vec<u32> = Vec::with_capacity(max);
     for &(sim, c) in &scored {
         if kept.len() == max {

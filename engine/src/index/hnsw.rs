@@ -29,11 +29,6 @@ use super::vectors::{Arena, Padded};
 use super::{Hit, VectorIndex};
 use crate::error::{Error, Result};
 
-/// Candidates a point's level-0 links are re-selected from, per link: the nearest of its own
-/// list, the points listing it, and its neighbours' lists (two hops recover links hnsw_rs
-/// dropped on both ends).
-const POOL_PER_LINK: usize = 3;
-
 /// hnsw_rs's upper bound on levels (its `NB_LAYER_MAX`).
 const MAX_LEVELS: usize = 16;
 
@@ -680,17 +675,8 @@ fn freeze_graph(
             _ => select_diverse(
                 &arena,
                 u,
-                raw[u]
-                    .iter()
-                    .chain(reverse.of(u))
-                    .chain(
-                        raw[u]
-                            .iter()
-                            .flat_map(|&v| raw.get(v as usize).copied().unwrap_or(&[])),
-                    )
-                    .copied(),
+                raw[u].iter().chain(reverse.of(u)).copied(),
                 m0,
-                POOL_PER_LINK * m0,
                 dot,
             ),
         })

@@ -95,7 +95,9 @@ fn searches_during_an_ingest_are_consistent() -> anyhow::Result<()> {
     let manifest_path = write_manifest(dir.path(), ROWS, 5);
     let towers = TowerSettings::from_home(&Home::new(trio_home()), LiteVariant::Lite0);
     let catalog = Arc::new(Catalog::in_memory(Some(towers), Device::Cpu)?);
-    let rows = || manifest::open(&manifest_path, &ManifestOptions::default());
+    let rows = || -> anyhow::Result<_> {
+        Ok(manifest::open(&manifest_path, &ManifestOptions::default())?)
+    };
     let opts = IngestOptions {
         batch_size: 3,
         ..IngestOptions::default()

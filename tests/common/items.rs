@@ -13,12 +13,12 @@ pub fn trio_home() -> PathBuf {
 
 /// Whether row `i` of [`write_manifest`] has an image (every fourth has none).
 pub fn has_image(i: usize) -> bool {
-    i % 4 != 0
+    !i.is_multiple_of(4)
 }
 
 /// Whether row `i` of [`write_manifest`] has a description (every third has none).
 pub fn has_description(i: usize) -> bool {
-    i % 3 != 0
+    !i.is_multiple_of(3)
 }
 
 /// Writes `manifest.jsonl` with `rows` items `item-000`, `item-001`, … into `dir`, each with its
@@ -44,7 +44,7 @@ pub fn write_manifest(dir: &Path, rows: usize, seed: u64) -> PathBuf {
             let period = rng.gen_range(3..17u32);
             let slant = i as u32 % 5 + 1;
             let img = image::RgbImage::from_fn(48, 48, |x, y| {
-                image::Rgb(if (x * slant + y) / period % 2 == 0 {
+                image::Rgb(if ((x * slant + y) / period).is_multiple_of(2) {
                     a
                 } else {
                     b

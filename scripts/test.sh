@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 # Tests find models and photos through TRIO_HOME; default to where `trio fetch` puts them.
 export TRIO_HOME="${TRIO_HOME:-$HOME/.cache/trio}"
 cargo build --workspace --all-targets
-cargo run -q -p trio-cli -- fetch --all
+# The binary the workspace build just made: `cargo run -p trio-cli` would unify features
+# differently and compile the engine a second time.
+"${CARGO_TARGET_DIR:-target}/debug/trio" fetch --all
 cargo test --workspace --no-fail-fast "$@"

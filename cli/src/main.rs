@@ -48,6 +48,8 @@ enum Command {
     Map(commands::quality::MapArgs),
     /// List or activate stored model versions.
     Models(commands::models::ModelsArgs),
+    /// Measure tower throughput on this device (and GPU-vs-CPU parity with `--parity`).
+    Bench(commands::bench::BenchArgs),
     /// Serve the HTTP API and web page.
     Serve(commands::serve::ServeArgs),
     /// The whole job on the demo catalogue: fetch, ingest, train, report, classify.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Noise(a) => commands::quality::noise(a, &cli.global).map(|()| 0),
         Command::Map(a) => commands::quality::map(a, &cli.global).map(|()| 0),
         Command::Models(a) => commands::models::run(a, &cli.global).map(|()| 0),
+        Command::Bench(a) => commands::bench::run(a, &cli.global).map(|()| 0),
         Command::Serve(a) => commands::serve::run(a, &cli.global).map(|()| 0),
         Command::Demo(a) => commands::demo::run(a, &cli.global).map(|()| 0),
     };

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::ImageTower;
-use trio_engine::towers::service::{EmbeddingService, TowerSettings};
+use trio_engine::towers::service::TowerSettings;
 use trio_engine::towers::text::TextTower;
 use trio_engine::Device;
 use trio_engine::DeviceChoice;
@@ -103,15 +103,6 @@ impl TowerArgs {
                 s.text_model_dir.display()
             )
         })
-    }
-
-    pub fn load_service(
-        &self,
-        global: &GlobalArgs,
-        device: &Device,
-    ) -> anyhow::Result<EmbeddingService> {
-        let s = self.settings(global)?;
-        EmbeddingService::load(&s, device).context("loading the towers (run `trio fetch`?)")
     }
 }
 

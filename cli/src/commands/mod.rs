@@ -1,5 +1,6 @@
 //! One module per `trio` subcommand.
 
+pub mod bench;
 pub mod classify;
 pub mod demo;
 pub mod embed;

@@ -37,6 +37,7 @@ pub struct TextTower {
     model: MiniLm,
     max_tokens: usize,
     folder: PathBuf,
+    device: Device,
 }
 
 impl TextTower {
@@ -91,7 +92,13 @@ impl TextTower {
             model,
             max_tokens,
             folder: folder.to_path_buf(),
+            device: device.clone(),
         })
+    }
+
+    /// Where the encoder runs.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The width of the vectors (384 for all-MiniLM-L6-v2).

@@ -172,7 +172,9 @@ async fn a_non_image_with_an_image_content_type_is_415() {
         "",
     )
     .await;
-    let request = TestRequest::get().uri("/v1/items/not-an-image").to_request();
+    let request = TestRequest::get()
+        .uri("/v1/items/not-an-image")
+        .to_request();
     assert_eq!(test::call_service(&app, request).await.status(), 404);
 
     for path in ["/v1/classify", "/v1/search"] {
@@ -331,7 +333,10 @@ async fn invalid_json_and_unknown_fields_are_400() {
         .await;
     }
     // An unknown part of a multipart form, and an unknown field inside its `fields` part.
-    let request = multipart_item(&[("title", None, None, b"cat"), ("colour", None, None, b"red")]);
+    let request = multipart_item(&[
+        ("title", None, None, b"cat"),
+        ("colour", None, None, b"red"),
+    ]);
     expect_error(
         test::call_service(&app, request.to_request()).await,
         400,

@@ -173,7 +173,10 @@ fn the_page_searches_and_classifies_in_headless_chromium() -> anyhow::Result<()>
         .iter()
         .map(|row| {
             let percent = row[1].as_str().unwrap().trim_end_matches('%');
-            (row[0].as_str().unwrap().to_string(), percent.parse().unwrap())
+            (
+                row[0].as_str().unwrap().to_string(),
+                percent.parse().unwrap(),
+            )
         })
         .collect();
     let expected = backend.classify(

@@ -79,7 +79,10 @@ impl Driver {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(&tools.chromedriver)
             .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", dir.path().join("chromedriver.log").display()))
+            .arg(format!(
+                "--log-path={}",
+                dir.path().join("chromedriver.log").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,8 +112,8 @@ impl Driver {
 
     /// The end of chromedriver's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("chromedriver.log"))
-            .unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("chromedriver.log")).unwrap_or_default();
         let start = log.len().saturating_sub(3000);
         let start = (start..log.len())
             .find(|&i| log.is_char_boundary(i))
@@ -138,7 +141,9 @@ impl Driver {
         }}});
         let value = self
             .call("POST", "/session", Some(&caps))
-            .with_context(|| format!("starting Chromium; chromedriver log:\n{}", self.log_tail()))?;
+            .with_context(|| {
+                format!("starting Chromium; chromedriver log:\n{}", self.log_tail())
+            })?;
         let id = value["sessionId"]
             .as_str()
             .ok_or_else(|| anyhow!("no sessionId in {value}"))?
@@ -211,13 +216,21 @@ impl Session<'_> {
     }
 
     pub fn clear(&self, element: &str) -> Result<()> {
-        self.call("POST", &format!("/element/{element}/clear"), Some(&json!({})))
-            .map(drop)
+        self.call(
+            "POST",
+            &format!("/element/{element}/clear"),
+            Some(&json!({})),
+        )
+        .map(drop)
     }
 
     pub fn click(&self, element: &str) -> Result<()> {
-        self.call("POST", &format!("/element/{element}/click"), Some(&json!({})))
-            .map(drop)
+        self.call(
+            "POST",
+            &format!("/element/{element}/click"),
+            Some(&json!({})),
+        )
+        .map(drop)
     }
 
     /// Runs `script` (a function body; `return` gives the value) in the page.
@@ -251,7 +264,9 @@ impl Session<'_> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        let _ = self.driver.call("DELETE", &format!("/session/{}", self.id), None);
+        let _ = self
+            .driver
+            .call("DELETE", &format!("/session/{}", self.id), None);
     }
 }
 

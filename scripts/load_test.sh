@@ -15,6 +15,9 @@
 #   THREADS         wrk threads                      (default: 4)
 #   DURATION        wrk duration per run             (default: 30s)
 #   ROUNDS          rounds of (search, classify)     (default: 3)
+#   WRK_TIMEOUT     how long wrk waits for an answer  (default: 30s, the server's request
+#                   timeout; wrk's own 2 s would count queueing behind 64 slow classifications
+#                   on a small machine as errors)
 #   IMAGE           optional image file to classify along with the title, and to attach to the
 #                   items the mixed run adds (default: none there either)
 #   INGEST_CONNECTIONS  wrk connections adding items in the mixed run (default: 4; 0 skips it)
@@ -30,6 +33,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-4}
 DURATION=${DURATION:-30s}
 ROUNDS=${ROUNDS:-3}
+WRK_TIMEOUT=${WRK_TIMEOUT:-30s}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-4}
 HOST=127.0.0.1
 BASE="http://${HOST}:${PORT}"
@@ -163,7 +167,7 @@ echo "RSS before: $(rss)"
 printf '%-6s %-9s %10s %9s %9s %10s %8s %8s\n' round route req/s p50_ms p99_ms requests non2xx sockerr
 for round in $(seq 1 "$ROUNDS"); do
     for route in search classify; do
-        line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
+        line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency --timeout "$WRK_TIMEOUT" -s "$work/post.lua" \
             "$BASE/v1/$route" -- "$work/$route.json" | grep '^RESULT')
         eval "${line#RESULT }"   # sets rps, p50_ms, p99_ms, requests, non_2xx, socket_errors, timeouts
         # shellcheck disable=SC2154 # set by the eval above
@@ -177,10 +181,10 @@ items() { curl -fsS "$BASE/v1/stats" | sed -E 's/.*"items":([0-9]+).*/\1/'; }
 if [ "$INGEST_CONNECTIONS" -gt 0 ]; then
     before=$(items)
     echo "mixed run: adding items ($INGEST_CONNECTIONS connections) while searching ($CONNECTIONS connections), $DURATION"
-    wrk -t1 -c"$INGEST_CONNECTIONS" -d"$DURATION" --latency -s "$work/ingest.lua" \
+    wrk -t1 -c"$INGEST_CONNECTIONS" -d"$DURATION" --latency --timeout "$WRK_TIMEOUT" -s "$work/ingest.lua" \
         "$BASE/v1/items" -- "$TRIO_API_KEY" "$work/item_image.b64" >"$work/ingest.out" &
     ingest_pid=$!
-    search_line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/post.lua" \
+    search_line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency --timeout "$WRK_TIMEOUT" -s "$work/post.lua" \
         "$BASE/v1/search" -- "$work/search.json" | grep '^RESULT')
     wait "$ingest_pid"
     ingest_line=$(grep '^RESULT' "$work/ingest.out")

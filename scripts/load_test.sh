@@ -106,8 +106,9 @@ else
     : >"$work/item_image.b64"
 fi
 cat >"$work/ingest.lua" <<'LUA'
--- POSTs a new item per request (unique id per thread and counter); args: key, image base64 file.
-local key, image
+-- POSTs a new item per request (id unique per run, thread and counter); args: key, image base64
+-- file, run prefix.
+local key, image, run
 local counter = 0
 local threads = {}
 setup = function(thread)
@@ -116,13 +117,14 @@ setup = function(thread)
 end
 init = function(args)
   key = args[1]
+  run = args[3]
   local f = assert(io.open(args[2], "rb"))
   image = f:read("*a")
   f:close()
 end
 request = function()
   counter = counter + 1
-  local id = string.format("load-%d-%d", tid, counter)
+  local id = string.format("load-%s-%d-%d", run, tid, counter)
   local body
   if #image > 0 then
     body = string.format('{"id": "%s", "title": "load item %s", "label": "load", "image": "%s"}', id, id, image)
@@ -182,7 +184,7 @@ if [ "$INGEST_CONNECTIONS" -gt 0 ]; then
     before=$(items)
     echo "mixed run: adding items ($INGEST_CONNECTIONS connections) while searching ($CONNECTIONS connections), $DURATION"
     wrk -t1 -c"$INGEST_CONNECTIONS" -d"$DURATION" --latency --timeout "$WRK_TIMEOUT" -s "$work/ingest.lua" \
-        "$BASE/v1/items" -- "$TRIO_API_KEY" "$work/item_image.b64" >"$work/ingest.out" &
+        "$BASE/v1/items" -- "$TRIO_API_KEY" "$work/item_image.b64" "$(date +%s)" >"$work/ingest.out" &
     ingest_pid=$!
     search_line=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency --timeout "$WRK_TIMEOUT" -s "$work/post.lua" \
         "$BASE/v1/search" -- "$work/search.json" | grep '^RESULT')

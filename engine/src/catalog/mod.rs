@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use candle_core::Device;
@@ -110,6 +111,27 @@ pub struct Catalog {
     indexes: RwLock<HashMap<Space, Arc<BuiltIndex>>>,
     active: RwLock<Option<Arc<model::ActiveModel>>>,
     hnsw: HnswParams,
+    /// Writes through this catalogue (ingest, delete) under way: the store may have committed
+    /// them before the in-memory indexes took them in. While one is, a search keeps the index it
+    /// has (consistent, just without the items being written) instead of taking the store's new
+    /// generation for staleness and rebuilding the whole index from the store.
+    writes_in_flight: AtomicUsize,
+}
+
+/// Counts a write as in flight until dropped.
+struct WriteInFlight<'a>(&'a AtomicUsize);
+
+impl<'a> WriteInFlight<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        WriteInFlight(counter)
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Catalog {
@@ -167,6 +189,7 @@ impl Catalog {
             indexes: RwLock::new(HashMap::new()),
             active: RwLock::new(None),
             hnsw: HnswParams::default(),
+            writes_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -209,6 +232,7 @@ impl Catalog {
         on_commit: &mut dyn FnMut(&[String]),
     ) -> Result<IngestReport> {
         let service = self.service()?;
+        let _writing = WriteInFlight::start(&self.writes_in_flight);
         self.fuse_missing()?;
         // After a failed index update the indexes stay at their older generation (so the next
         // search rebuilds them from the store); the ingest itself goes on, and the error is
@@ -265,6 +289,7 @@ impl Catalog {
         let Some(key) = self.store.key_of(id)? else {
             return Ok(false);
         };
+        let _writing = WriteInFlight::start(&self.writes_in_flight);
         let deleted = self.store.delete(id)?;
         if deleted {
             let generation = self.store.generation()?;
@@ -364,8 +389,11 @@ impl Catalog {
             })?,
             _ => 0,
         };
+        // Read in this order (generation, writes in flight, index): a write that committed
+        // before `generation` was read is either still counted, or its items are in the index.
+        let writing = self.writes_in_flight.load(Ordering::SeqCst) > 0;
         if let Some(built) = self.read_indexes()?.get(&space) {
-            if built.generation == generation && built.model_version == model_version {
+            if built.model_version == model_version && (built.generation >= generation || writing) {
                 return Ok(built.index.clone());
             }
         }

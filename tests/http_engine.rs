@@ -1,0 +1,423 @@
+//! Bad input over HTTP against the real engine backend (the towers and a small demo catalogue),
+//! not the fake: truncated multipart, a non-image sent as an image, a decompression bomb, 10 MB
+//! of text, invalid JSON, unknown fields, concurrent deletes of one id. Each gets its error, and
+//! afterwards the server still answers health checks and searches.
+#![allow(clippy::unwrap_used)]
+
+mod engine_support;
+mod support;
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use actix_web::http::header;
+use actix_web::test::{self, TestRequest};
+use base64::Engine as _;
+use engine_support::{engine_catalogue, EngineCatalogue, PER_LABEL};
+use serde_json::{json, Value};
+use support::{expect_error, json_of, multipart, multipart_content_type};
+use trio_server::{ApiKey, ServerConfig};
+
+const KEY: &str = "engine-test-key";
+
+/// One catalogue for the whole binary: loading the towers and embedding the items is the slow
+/// part. Tests add and delete only items of their own.
+fn catalogue() -> &'static EngineCatalogue {
+    static CATALOGUE: OnceLock<EngineCatalogue> = OnceLock::new();
+    CATALOGUE.get_or_init(|| engine_catalogue(false))
+}
+
+fn keyed() -> ServerConfig {
+    ServerConfig {
+        api_key: Some(ApiKey::new(KEY).unwrap()),
+        ..ServerConfig::default()
+    }
+}
+
+fn bearer() -> (header::HeaderName, String) {
+    (header::AUTHORIZATION, format!("Bearer {KEY}"))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn post_json(path: &str, body: Value) -> TestRequest {
+    TestRequest::post()
+        .uri(path)
+        .insert_header(bearer())
+        .set_json(body)
+}
+
+fn multipart_item(parts: &[support::Part<'_>]) -> TestRequest {
+    TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(multipart(parts))
+}
+
+/// The server still answers: `/healthz` is 200 and a text search finds catalogue items.
+macro_rules! assert_healthy {
+    ($app:expr) => {{
+        let request = TestRequest::get().uri("/healthz").to_request();
+        assert_eq!(test::call_service(&$app, request).await.status(), 200);
+        let request = post_json("/v1/search", json!({"text": "a cat", "space": "text", "k": 3}));
+        let (status, body) = json_of(test::call_service(&$app, request.to_request()).await).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["hits"].as_array().unwrap().len(), 3, "{body}");
+    }};
+}
+
+/// A valid PNG of `width` x `height` black 1-bit pixels: a few kilobytes that decode to
+/// `width * height` pixels (three bytes each once converted to RGB).
+fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[1, 0, 0, 0, 0]); // 1-bit greyscale, deflate, no filter, no interlace
+    let row = vec![0u8; 1 + (width as usize).div_ceil(8)]; // filter byte + packed pixels
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..height {
+        z.write_all(&row).unwrap();
+    }
+    let idat = z.finish().unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &idat);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn the_bomb_is_a_valid_png() {
+    // The decoder agrees with the header: the bomb is a real image, not a malformed file.
+    let small = png_bomb(33, 5);
+    let img = image::load_from_memory(&small).unwrap();
+    assert_eq!((img.width(), img.height()), (33, 5));
+    assert_eq!(crc32(b"123456789"), 0xcbf4_3926); // the standard check value
+}
+
+#[actix_web::test]
+async fn truncated_multipart_is_a_400() {
+    let app = app!(catalogue().backend(), keyed());
+    let image = std::fs::read(catalogue().rows.unseen[0].image.as_ref().unwrap()).unwrap();
+    let mut body = multipart(&[
+        ("id", None, None, b"truncated"),
+        ("image", Some("e.png"), Some("image/png"), &image),
+    ]);
+    // Cut inside the image part: no closing boundary ever arrives.
+    body.truncate(body.len() - 100);
+    let request = TestRequest::post()
+        .uri("/v1/items")
+        .insert_header(bearer())
+        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
+        .set_payload(body)
+        .to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        400,
+        "invalid_multipart",
+        "",
+    )
+    .await;
+    let request = TestRequest::get().uri("/v1/items/truncated").to_request();
+    expect_error(
+        test::call_service(&app, request).await,
+        404,
+        "not_found",
+        "truncated",
+    )
+    .await;
+    assert_healthy!(app);
+}
+
+#[actix_web::test]
+async fn a_non_image_with_an_image_content_type_is_415() {
+    let app = app!(catalogue().backend(), keyed());
+    let text = b"this is a text file, whatever its content type says";
+    let request = multipart_item(&[
+        ("id", None, None, b"not-an-image"),
+        ("title", None, None, b"fake"),
+        ("image", Some("cat.png"), Some("image/png"), text),
+    ]);
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        415,
+        "not_an_image",
+        "",
+    )
+    .await;
+    let request = TestRequest::get()
+        .uri("/v1/items/not-an-image")
+        .to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 404);
+
+    for path in ["/v1/classify", "/v1/search"] {
+        let request = post_json(path, json!({ "image": b64(text) }));
+        expect_error(
+            test::call_service(&app, request.to_request()).await,
+            415,
+            "not_an_image",
+            "",
+        )
+        .await;
+    }
+    // A PNG signature with nothing after it.
+    let request = post_json(
+        "/v1/classify",
+        json!({ "image": b64(b"\x89PNG\r\n\x1a\n") }),
+    );
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        415,
+        "not_an_image",
+        "",
+    )
+    .await;
+    assert_healthy!(app);
+}
+
+#[actix_web::test]
+async fn a_decompression_bomb_is_413_before_it_is_decoded() {
+    let app = app!(catalogue().backend(), keyed());
+    let max_pixels = ServerConfig::default().limits.max_pixels;
+    // 10 000 x 10 000 = 100 M pixels (300 MB as RGB) in about 20 KB.
+    let bomb = png_bomb(10_000, 10_000);
+    assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+    assert!(100_000_000 > max_pixels);
+    let limit = max_pixels.to_string();
+
+    let request = multipart_item(&[
+        ("id", None, None, b"bomb"),
+        ("image", Some("bomb.png"), Some("image/png"), &bomb),
+    ]);
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "too_large",
+        &limit,
+    )
+    .await;
+    let request = post_json("/v1/items", json!({"id": "bomb", "image": b64(&bomb)}));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "too_large",
+        &limit,
+    )
+    .await;
+    for path in ["/v1/classify", "/v1/search"] {
+        let request = post_json(path, json!({ "image": b64(&bomb) }));
+        expect_error(
+            test::call_service(&app, request.to_request()).await,
+            413,
+            "too_large",
+            &limit,
+        )
+        .await;
+    }
+    let request = TestRequest::get().uri("/v1/items/bomb").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 404);
+    assert_healthy!(app);
+}
+
+#[actix_web::test]
+async fn ten_megabytes_of_text_is_413() {
+    let app = app!(catalogue().backend(), keyed());
+    let text = "a".repeat(10 * 1024 * 1024);
+    let request = post_json("/v1/search", json!({ "text": text }));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "text_too_long",
+        "`text`",
+    )
+    .await;
+    let request = post_json("/v1/classify", json!({ "title": text }));
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "text_too_long",
+        "`title`",
+    )
+    .await;
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "long", "title": "ok", "description": text}),
+    );
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "text_too_long",
+        "`description`",
+    )
+    .await;
+    let request = multipart_item(&[
+        ("id", None, None, b"long"),
+        ("description", None, None, text.as_bytes()),
+    ]);
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        413,
+        "text_too_long",
+        "`description`",
+    )
+    .await;
+    let request = TestRequest::get().uri("/v1/items/long").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 404);
+    assert_healthy!(app);
+}
+
+#[actix_web::test]
+async fn invalid_json_and_unknown_fields_are_400() {
+    let app = app!(catalogue().backend(), keyed());
+    for path in ["/v1/search", "/v1/classify", "/v1/items"] {
+        let request = TestRequest::post()
+            .uri(path)
+            .insert_header(bearer())
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .set_payload("{\"ti")
+            .to_request();
+        expect_error(
+            test::call_service(&app, request).await,
+            400,
+            "invalid_json",
+            "",
+        )
+        .await;
+    }
+    for (path, body) in [
+        ("/v1/search", json!({"text": "cat", "bogus": 1})),
+        ("/v1/classify", json!({"title": "cat", "topk": 3})),
+        ("/v1/items", json!({"title": "cat", "lable": "x"})),
+    ] {
+        let field = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| !["text", "title"].contains(&k.as_str()))
+            .unwrap()
+            .clone();
+        let request = post_json(path, body);
+        expect_error(
+            test::call_service(&app, request.to_request()).await,
+            400,
+            "invalid_body",
+            &field,
+        )
+        .await;
+    }
+    // An unknown part of a multipart form, and an unknown field inside its `fields` part.
+    let request = multipart_item(&[
+        ("title", None, None, b"cat"),
+        ("colour", None, None, b"red"),
+    ]);
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_multipart",
+        "colour",
+    )
+    .await;
+    let request = multipart_item(&[("fields", None, None, br#"{"title": "cat", "size": 3}"#)]);
+    expect_error(
+        test::call_service(&app, request.to_request()).await,
+        400,
+        "invalid_body",
+        "size",
+    )
+    .await;
+    // Nothing was stored by any of them.
+    let request = TestRequest::get().uri("/v1/items?limit=1").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200);
+    assert!(body["total"].as_u64().unwrap() >= (4 * PER_LABEL) as u64);
+    assert_healthy!(app);
+}
+
+#[actix_web::test]
+async fn concurrent_deletes_of_one_id_succeed_exactly_once() {
+    let app = app!(catalogue().backend(), keyed());
+    let image = std::fs::read(catalogue().rows.unseen[1].image.as_ref().unwrap()).unwrap();
+    for round in 0..3 {
+        let id = format!("doomed-{round}");
+        let request = post_json(
+            "/v1/items",
+            json!({"id": id, "title": "a doomed purple kangaroo", "image": b64(&image)}),
+        );
+        let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+        assert_eq!(status, 201, "{body}");
+        let search = || {
+            post_json(
+                "/v1/search",
+                json!({"text": "a doomed purple kangaroo", "space": "text", "k": 5}),
+            )
+            .to_request()
+        };
+        let (_, hits) = json_of(test::call_service(&app, search()).await).await;
+        assert_eq!(hits["hits"][0]["id"], id.as_str(), "{hits}");
+
+        let deletes = (0..8).map(|_| {
+            let request = TestRequest::delete()
+                .uri(&format!("/v1/items/{id}"))
+                .insert_header(bearer())
+                .to_request();
+            test::call_service(&app, request)
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(deletes)
+            .await
+            .into_iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 204).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 404).count(),
+            7,
+            "{statuses:?}"
+        );
+        // Gone from the store and from the index.
+        let request = TestRequest::get()
+            .uri(&format!("/v1/items/{id}"))
+            .to_request();
+        assert_eq!(test::call_service(&app, request).await.status(), 404);
+        let (_, hits) = json_of(test::call_service(&app, search()).await).await;
+        assert!(
+            hits["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["id"] != id.as_str()),
+            "{hits}"
+        );
+    }
+    assert_healthy!(app);
+}

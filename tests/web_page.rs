@@ -1,0 +1,207 @@
+//! The web page end to end: the real server (engine backend, a small trained demo catalogue) on
+//! a local port, driven in headless Chromium through chromedriver. Types a query and checks the
+//! result cards; uploads an image through the file input and checks the classify panel. What the
+//! page shows is held to what the backend answers for the same request.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); without them the
+//! test says so and passes without running.
+#![allow(clippy::unwrap_used)]
+
+mod engine_support;
+mod webdriver;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use engine_support::{engine_catalogue, LABELS};
+use serde_json::Value;
+use trio_server::api::{ClassifyRequest, Query, Search, Space};
+use trio_server::{AppState, Backend, ImageLimits, ServerConfig};
+use webdriver::{absolute, Driver, Tools};
+
+/// How long the page may take to show an answer (the first request in a debug build included).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `trio_server::serve` on its own thread and actix system, as `trio serve` runs it.
+struct RunningServer {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    fn start(backend: Arc<dyn Backend>) -> RunningServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let config = ServerConfig {
+                    workers: 2,
+                    ..ServerConfig::default()
+                };
+                let server = trio_server::serve(AppState::new(backend, config)?, listener)?;
+                let _ = tx.send(server.handle());
+                server.await
+            })
+        });
+        let handle = rx.recv().expect("the server thread failed before serving");
+        RunningServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        actix_web::rt::System::new().block_on(self.handle.stop(true));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn the_page_searches_and_classifies_in_headless_chromium() -> anyhow::Result<()> {
+    let tools = match Tools::find() {
+        Ok(tools) => tools,
+        Err(missing) => {
+            eprintln!(
+                "SKIPPED the_page_searches_and_classifies_in_headless_chromium: {missing} not \
+                 found. Install with `apt-get install -y chromium chromium-driver` (`.ci/run` \
+                 does), or set CHROMEDRIVER and CHROME_BIN."
+            );
+            return Ok(());
+        }
+    };
+    let catalogue = engine_catalogue(true);
+    let backend = catalogue.backend();
+    let server = RunningServer::start(backend.clone());
+    let driver = Driver::start(&tools)?;
+    let page = driver.session(&tools)?;
+    page.goto(&format!("http://{}/", server.addr))?;
+    assert_eq!(page.script("return document.title")?, "Trio");
+
+    // ---- type a query, see the result cards -----------------------------------------------
+    let text = "fruit";
+    let query = page.find("#query")?;
+    page.send_keys(&query, text)?;
+    page.click(&page.find("#search-btn")?)?;
+    let cards = page.wait_for(
+        "result cards",
+        "const cards = document.querySelectorAll('#results .card');
+         if (!cards.length) return null;
+         return Array.from(cards, c => ({
+           id: c.dataset.id,
+           title: c.querySelector('.title').textContent,
+           label: c.querySelector('.label').textContent,
+           score: c.querySelector('.score').textContent,
+         }));",
+        PATIENCE,
+    )?;
+    let cards = cards.as_array().unwrap();
+    // The page asks for the fused space's 24 best; the backend, asked the same, agrees.
+    let limits = ImageLimits {
+        max_pixels: ServerConfig::default().limits.max_pixels,
+    };
+    let expected = backend.search(
+        Search {
+            query: Query::Text(text.into()),
+            space: Space::Fused,
+            k: 24,
+            offset: 0,
+            filters: BTreeMap::new(),
+        },
+        &limits,
+    )?;
+    assert_eq!(cards.len(), expected.hits.len());
+    assert_eq!(expected.hits.len(), 24, "the catalogue holds 32 items");
+    for (card, hit) in cards.iter().zip(&expected.hits) {
+        assert_eq!(card["id"], hit.id.as_str(), "{cards:?}");
+        assert_eq!(card["title"], hit.title.as_deref().unwrap_or(&hit.id));
+        assert_eq!(card["label"], hit.label.as_deref().unwrap_or_default());
+        assert_eq!(card["score"], format!("score {:.3}", hit.score));
+    }
+    assert_eq!(
+        page.script("return document.getElementById('status').textContent")?,
+        "24 results"
+    );
+    // The thumbnails come from GET /v1/items/{id}/image: the first card's shows.
+    page.wait_for(
+        "the first thumbnail",
+        "const img = document.querySelector('#results .card img');
+         return img && img.complete && img.naturalWidth > 0;",
+        PATIENCE,
+    )?;
+
+    // ---- upload an image, see its class ---------------------------------------------------
+    // An emoji the catalogue does not hold: the next fruit after the ones it does.
+    let unseen = catalogue
+        .rows
+        .unseen
+        .iter()
+        .find(|r| r.label.as_deref() == Some("food-fruit"))
+        .unwrap();
+    let image = unseen.image.clone().unwrap();
+    page.clear(&query)?; // classify the image alone, not the image with a title
+    page.send_keys(&page.find("#upload")?, &absolute(&image).to_string_lossy())?;
+    page.wait_for(
+        "the preview of the chosen image",
+        "return !document.getElementById('preview').hidden;",
+        PATIENCE,
+    )?;
+    page.click(&page.find("#classify-btn")?)?;
+    let shown = page.wait_for(
+        "the classify panel",
+        "const rows = document.querySelectorAll('#classify-results li');
+         if (!rows.length) return null;
+         return Array.from(rows, r => [
+           r.querySelector('.label-name').textContent,
+           r.querySelector('.probability').textContent,
+         ]);",
+        PATIENCE,
+    )?;
+    let shown: Vec<(String, f64)> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let percent = row[1].as_str().unwrap().trim_end_matches('%');
+            (
+                row[0].as_str().unwrap().to_string(),
+                percent.parse().unwrap(),
+            )
+        })
+        .collect();
+    let expected = backend.classify(
+        ClassifyRequest {
+            image: Some(std::fs::read(&image)?),
+            ..ClassifyRequest::default()
+        },
+        &limits,
+    )?;
+    // The model knows four labels, so the panel shows four, most probable first, as the
+    // backend ranks them for the same bytes.
+    assert_eq!(shown.len(), LABELS.len(), "{shown:?}");
+    for ((label, percent), want) in shown.iter().zip(&expected.labels) {
+        assert_eq!(label, &want.label, "{shown:?}");
+        assert!(
+            (percent - f64::from(want.probability) * 100.0).abs() <= 0.06,
+            "{label}: page {percent}%, backend {}",
+            want.probability
+        );
+    }
+    let total: f64 = shown.iter().map(|(_, p)| p).sum();
+    assert!((total - 100.0).abs() < 0.3, "probabilities sum to {total}%");
+    // An unseen fruit is classified as a fruit.
+    assert_eq!(shown[0].0, "food-fruit", "{shown:?}");
+    let status: Value = page.script("return document.getElementById('status').className")?;
+    assert_eq!(status, "", "the page reports an error");
+    Ok(())
+}

@@ -8,6 +8,10 @@ cleanlab numpy`).
   score   reads given labels and out-of-fold predicted probabilities, runs cleanlab's
           `find_label_issues` with its defaults (prune_by_noise_rate), and prints how many
           issues it finds and, when the true labels are given, precision / recall / F1.
+  trio    scores `trio noise` and cleanlab on the SAME out-of-fold probabilities: reads the
+          file `trio noise --export-oof` wrote, the `trio noise --json` output and the true
+          labels (`examples/flip_labels.rs` writes them), and prints precision / recall / F1
+          of both at N = number of flipped labels (scripts/noise_eval.sh runs it all).
   golden  writes a small synthetic data set with cleanlab's answer, the fixture of Trio's
           test that checks its re-implementation against cleanlab.
 
@@ -20,6 +24,7 @@ Probabilities are read as float32 (what Trio's engine holds) and computed on in 
 import argparse
 import json
 import sys
+import time
 import types
 
 import numpy as np
@@ -103,6 +108,51 @@ def cmd_score(args):
             json.dump([int(i) for i in issues], f)
 
 
+def prf(found, wrong):
+    found, wrong = set(found), set(wrong)
+    hit = len(found & wrong)
+    p = hit / len(found) if found else 1.0
+    r = hit / len(wrong) if wrong else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0), len(found)
+
+
+def cmd_trio(args):
+    import cleanlab
+
+    with open(args.oof) as f:
+        oof = json.load(f)
+    with open(args.truth) as f:
+        truth = json.load(f)["true_labels"]
+    with open(args.issues) as f:
+        noise = json.load(f)
+    names = oof["label_names"]
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.asarray(oof["labels"], dtype=np.int64)
+    probs = np.asarray(oof["probs"], dtype=np.float32).astype(np.float64)
+    ids = oof["ids"]
+    wrong = [i for i, id_ in enumerate(ids) if index.get(truth[id_], -1) != labels[i]]
+    n = len(wrong)
+    position = {id_: i for i, id_ in enumerate(ids)}
+    trio_ranked = [position[x["id"]] for x in noise["issues"] if x["id"] in position]
+    rows = []
+    start = time.perf_counter()
+    cl = cleanlab_issues(labels, probs)
+    cl_seconds = time.perf_counter() - start
+    rows.append((f"trio noise (top N of {noise['flagged']} flagged)", prf(trio_ranked[:n], wrong)))
+    rows.append((f"cleanlab {cleanlab.__version__} find_label_issues (all it flags)", prf(cl, wrong)))
+    rows.append(("cleanlab, top N by self-confidence", prf(cl[:n], wrong)))
+    print(f"{len(ids)} items, {probs.shape[1]} classes, {n} labels flipped (N = {n}); "
+          f"cleanlab {cl_seconds:.2f} s")
+    print("| method | flagged | precision | recall | F1 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (p, r, f1, k) in rows:
+        print(f"| {name} | {k} | {p:.3f} | {r:.3f} | {f1:.3f} |")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({name: dict(zip(["precision", "recall", "f1", "flagged"], v))
+                       for name, v in rows}, f, indent=1)
+
+
 def cmd_golden(args):
     """A small, deliberately confusable data set: 20% of labels flipped, probabilities from
     a noisy softmax that leans towards each item's true class, stored as float32."""
@@ -153,6 +203,12 @@ def main():
     s.add_argument("--true-labels")
     s.add_argument("--issues-out", help="write cleanlab's ranked issue indices here (JSON)")
     s.set_defaults(func=cmd_score)
+    t = sub.add_parser("trio", help="score `trio noise` and cleanlab on the same OOF probabilities")
+    t.add_argument("--oof", required=True, help="the file `trio noise --export-oof` wrote")
+    t.add_argument("--issues", required=True, help="`trio noise --json --top N` output")
+    t.add_argument("--truth", required=True, help="true labels: flip_labels' .truth.json")
+    t.add_argument("--json-out")
+    t.set_defaults(func=cmd_trio)
     g = sub.add_parser("golden", help="write the synthetic fixture with cleanlab's answer")
     g.add_argument("out")
     g.add_argument("--seed", type=int, default=0)

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use trio_engine::catalog::{Catalog, MapOptions, NoiseOptions, Space};
 use trio_engine::query::duplicates::DuplicateOptions;
@@ -64,6 +65,10 @@ pub struct NoiseArgs {
     group_field: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write the out-of-fold probabilities (JSON: label_names, ids, labels, probs), e.g.
+    /// to run cleanlab on the same ones.
+    #[arg(long)]
+    export_oof: Option<PathBuf>,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -81,10 +86,20 @@ pub fn noise(args: NoiseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             ..TrainConfig::default()
         },
         group_field: args.group_field.clone(),
+        keep_out_of_fold: args.export_oof.is_some(),
         ..NoiseOptions::default()
     };
     let bars = Bars::new(!global.show_progress());
-    let out = catalog.noise(&opts, &bars)?;
+    let mut out = catalog.noise(&opts, &bars)?;
+    if let (Some(path), Some(oof)) = (&args.export_oof, out.out_of_fold.take()) {
+        let bytes = serde_json::to_vec(&oof)?;
+        std::fs::write(path, bytes).with_context(|| {
+            format!(
+                "writing the out-of-fold probabilities to {}",
+                path.display()
+            )
+        })?;
+    }
     output::emit(global.json, &out, |o| {
         for i in &o.issues {
             println!(

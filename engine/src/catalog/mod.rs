@@ -490,5 +490,6 @@ pub use model::{
 };
 pub use quality::{
     DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, NoiseOptions, NoiseOutcome,
+    OutOfFoldView,
 };
 pub use search::{Filter, Query, SearchHit, SearchRequest};

@@ -37,6 +37,8 @@ pub struct NoiseOptions {
     pub noise: noise::LabelNoiseOptions,
     pub train: TrainConfig,
     pub group_field: Option<String>,
+    /// Return the out-of-fold probabilities too (to score another tool on the same ones).
+    pub keep_out_of_fold: bool,
 }
 
 impl Default for NoiseOptions {
@@ -48,6 +50,7 @@ impl Default for NoiseOptions {
             noise: noise::LabelNoiseOptions::default(),
             train: TrainConfig::default(),
             group_field: None,
+            keep_out_of_fold: false,
         }
     }
 }
@@ -70,6 +73,19 @@ pub struct NoiseOutcome {
     pub labelled_items: usize,
     pub flagged: usize,
     pub issues: Vec<LabelIssueView>,
+    /// With [`NoiseOptions::keep_out_of_fold`]: the probabilities the ranking started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_fold: Option<OutOfFoldView>,
+}
+
+/// Out-of-fold probabilities by item id, in the layout cleanlab's `find_label_issues` takes
+/// (`labels[i]` indexes `label_names`; `probs[i]` is over `label_names`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutOfFoldView {
+    pub label_names: Vec<String>,
+    pub ids: Vec<String>,
+    pub labels: Vec<usize>,
+    pub probs: Vec<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,10 +210,26 @@ impl Catalog {
                 neighbour_agreement: issue.neighbour_agreement,
             });
         }
+        let out_of_fold = if opts.keep_out_of_fold {
+            let mut ids = Vec::with_capacity(oof.rows.len());
+            for row in &oof.rows {
+                let item = self.store.get_by_key(row.key)?;
+                ids.push(item.map(|i| i.id).unwrap_or_else(|| row.key.to_string()));
+            }
+            Some(OutOfFoldView {
+                label_names: oof.labels.clone(),
+                ids,
+                labels,
+                probs,
+            })
+        } else {
+            None
+        };
         Ok(NoiseOutcome {
-            labelled_items: labels.len(),
+            labelled_items: oof.rows.len(),
             flagged,
             issues: views,
+            out_of_fold,
         })
     }
 

@@ -129,13 +129,9 @@ impl Catalog {
                 let active = self.require_model()?;
                 // A text query fills every text field the model knows, so it lands where items'
                 // text does in the joint space, whichever field carries their words.
-                let text = match query {
-                    Query::Text(_) => {
-                        let v = features.text.get("title").cloned();
-                        match v {
-                            Some(v) => active.trained.config.text_fields.iter().map(|f| (f.clone(), v.clone())).collect(),
-                            None => features.text,
-                        }
+                let text = match (query, features.text.get("title")) {
+                    (Query::Text(_), Some(v)) => {
+                        crate::query::crossmodal::text_query_input(&active.trained.config.text_fields, v).text
                     }
                     _ => features.text,
                 };

@@ -1,0 +1,261 @@
+//! Cross-modal recall on the demo catalogue: with all text removed from the indexed items,
+//! does each test emoji's name, as a text query, find its image?
+//!
+//! ```sh
+//! trio ingest --demo --db demo.trio
+//! TRIO_HOME=... cargo run --example crossmodal -- --db demo.trio [--seed 0] [--json out.json]
+//! ```
+//!
+//! Splits the catalogue per class with emoji kept whole (`emoji_key`), as `trio train` does,
+//! and trains the fused model three ways on the same split: aligned (the default: image–text
+//! InfoNCE beside the classifier), aligned plus extra alignment epochs on the joint heads, and
+//! unaligned (InfoNCE weight 0). The gallery is every item's image-only fused vector; the
+//! queries are the test emoji's names through the text tower (`trio search --text`'s path).
+//! A query hits when any render of its emoji (either vendor, any skin tone) is among the k
+//! nearest; the strict figure counts only the base (no skin tone) renders.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use trio_engine::catalog::Catalog;
+use trio_engine::fetch::{Home, LiteVariant};
+use trio_engine::query::crossmodal::{
+    image_only_vectors, text_to_image_recall, CrossModalRecall, TextQuery,
+};
+use trio_engine::towers::service::TowerSettings;
+use trio_engine::train::trainer::FUSED;
+use trio_engine::train::{split, InputSet, TrainConfig, Trainer};
+use trio_engine::{DeviceChoice, NoProgress};
+
+struct Args {
+    db: PathBuf,
+    seed: u64,
+    json: Option<PathBuf>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut out = Args {
+        db: PathBuf::from("demo.trio"),
+        seed: 0,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--db" => out.db = value()?.into(),
+            "--seed" => out.seed = value()?.parse()?,
+            "--json" => out.json = Some(value()?.into()),
+            other => bail!("unknown argument {other} (--db FILE, --seed N, --json FILE)"),
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let home = Home::resolve(None)?;
+    let device = DeviceChoice::Cpu.resolve()?;
+    let catalog = Catalog::open(
+        &args.db,
+        TowerSettings::from_home(&home, LiteVariant::Lite0),
+        device.clone(),
+    )?;
+    let examples: Vec<_> = catalog
+        .examples("label", Some("emoji_key"))?
+        .into_iter()
+        .filter(|e| e.label.is_some())
+        .collect();
+    let total = catalog.count()? as usize;
+    let items: HashMap<u64, _> = catalog
+        .list(0, total.max(1))?
+        .into_iter()
+        .map(|i| (i.key, i))
+        .collect();
+    let meta = |key: u64, field: &str| -> Option<String> {
+        items
+            .get(&key)
+            .and_then(|i| i.metadata.get(field))
+            .and_then(|v| v.as_str().map(str::to_string))
+    };
+
+    let cfg = TrainConfig {
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let split = split::per_class(&examples, cfg.holdout, cfg.seed)?;
+
+    // Gallery: every item with an image. Queries: one per test emoji (its base name).
+    let gallery_rows: Vec<usize> = (0..examples.len())
+        .filter(|&r| examples[r].image.is_some())
+        .collect();
+    let gallery_features: Vec<Vec<f32>> = gallery_rows
+        .iter()
+        .filter_map(|&r| examples[r].image.clone())
+        .collect();
+    let mut renders: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for (g, &r) in gallery_rows.iter().enumerate() {
+        if let Some(k) = meta(examples[r].key, "emoji_key") {
+            let entry = renders.entry(k).or_default();
+            entry.0.push(g);
+            if meta(examples[r].key, "skin_tone").is_none() {
+                entry.1.push(g);
+            }
+        }
+    }
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for &r in &split.test {
+        let key = examples[r].key;
+        if meta(key, "skin_tone").is_some() {
+            continue;
+        }
+        if let (Some(k), Some(item)) = (meta(key, "emoji_key"), items.get(&key)) {
+            if !item.title.trim().is_empty() {
+                names.insert(k, item.title.clone());
+            }
+        }
+    }
+    let names: Vec<(String, String)> = names
+        .into_iter()
+        .filter(|(k, _)| renders.get(k).is_some_and(|r| !r.1.is_empty()))
+        .collect();
+    if names.is_empty() {
+        bail!(
+            "no test emoji with an image and a name: is {} the demo catalogue?",
+            args.db.display()
+        );
+    }
+
+    let service = catalog.service()?;
+    let started = Instant::now();
+    let mut embeddings = Vec::with_capacity(names.len());
+    for chunk in names.chunks(64) {
+        let texts: Vec<&str> = chunk.iter().map(|(_, n)| n.as_str()).collect();
+        embeddings.extend(service.text.embed(&texts)?);
+    }
+    let text_seconds = started.elapsed().as_secs_f64();
+    let queries = |strict: bool| -> Vec<TextQuery> {
+        names
+            .iter()
+            .zip(&embeddings)
+            .map(|((k, _), e)| TextQuery {
+                embedding: e.clone(),
+                relevant: renders
+                    .get(k)
+                    .map(|r| if strict { r.1.clone() } else { r.0.clone() })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    };
+    let (any_render, base_render) = (queries(false), queries(true));
+    eprintln!(
+        "{} items ({} in the gallery), {} test emoji queries (text tower {:.1} s)",
+        examples.len(),
+        gallery_features.len(),
+        names.len(),
+        text_seconds
+    );
+
+    let fields = {
+        let mut f: Vec<String> = examples
+            .iter()
+            .flat_map(|e| e.text.keys().cloned())
+            .collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    let inputs = InputSet {
+        image: true,
+        text_fields: fields,
+    };
+    let mut variants = Vec::new();
+    for (name, train_cfg) in [
+        (
+            "unaligned (InfoNCE weight 0)",
+            TrainConfig {
+                model: trio_engine::models::fusion::FusionConfig {
+                    contrastive_weight: 0.0,
+                    ..cfg.model.clone()
+                },
+                ..cfg.clone()
+            },
+        ),
+        ("aligned (default: InfoNCE weight 0.5)", cfg.clone()),
+        (
+            "aligned + 20 alignment epochs",
+            TrainConfig {
+                align_epochs: 20,
+                ..cfg.clone()
+            },
+        ),
+    ] {
+        let started = Instant::now();
+        let trainer = Trainer::new(train_cfg, device.clone())?;
+        let trained = trainer.train_variant(&examples, &split, FUSED, &inputs, &NoProgress)?;
+        let model = trained.load(&device)?;
+        let gallery = image_only_vectors(&model, &gallery_features)?;
+        let all = text_to_image_recall(&model, &gallery, &any_render, &[1, 10])?;
+        let strict = text_to_image_recall(&model, &gallery, &base_render, &[1, 10])?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{name}: R@1 {:.3} R@10 {:.3} (base render: {:.3} / {:.3}); test top-1 {:.3}; {seconds:.0} s",
+            all.at(1).unwrap_or(0.0),
+            all.at(10).unwrap_or(0.0),
+            strict.at(1).unwrap_or(0.0),
+            strict.at(10).unwrap_or(0.0),
+            trained.metrics.test.top1,
+        );
+        variants.push(Variant {
+            name,
+            any_render: all,
+            base_render: strict,
+            test_top1: trained.metrics.test.top1,
+        });
+    }
+
+    println!("| model | recall@1 | recall@10 | MRR | median rank | base render R@1 / R@10 | classifier test top-1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for v in &variants {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {} | {:.3} / {:.3} | {:.3} |",
+            v.name,
+            v.any_render.at(1).unwrap_or(0.0),
+            v.any_render.at(10).unwrap_or(0.0),
+            v.any_render.mean_reciprocal_rank,
+            v.any_render.median_rank,
+            v.base_render.at(1).unwrap_or(0.0),
+            v.base_render.at(10).unwrap_or(0.0),
+            v.test_top1,
+        );
+    }
+    println!(
+        "{} queries, gallery of {} image-only vectors, seed {}",
+        names.len(),
+        gallery_features.len(),
+        args.seed
+    );
+    if let Some(path) = args.json {
+        let out: Vec<_> = variants
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "model": v.name, "any_render": v.any_render,
+                    "base_render": v.base_render, "test_top1": v.test_top1,
+                })
+            })
+            .collect();
+        std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+struct Variant {
+    name: &'static str,
+    any_render: CrossModalRecall,
+    base_render: CrossModalRecall,
+    test_top1: f64,
+}

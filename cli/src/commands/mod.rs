@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod demo;
 pub mod embed;
+pub mod eval;
 pub mod fetch;
 pub mod ingest;
 pub mod items;

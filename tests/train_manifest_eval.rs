@@ -196,17 +196,18 @@ fn evaluates_a_labelled_manifest_without_storing_it() -> anyhow::Result<()> {
             .map(|r| r.metrics.top1)
             .unwrap_or(f64::NAN)
     };
-    // Floors: six classes (chance 1/6), unseen emoji; measured with this seed (figures printed
-    // above), each floor a few points below.
+    // Floors: six classes (chance 1/6), 60 items of unseen emoji. Measured with this seed:
+    // fused 85.0, fused without image 100.0, fused without all text 80.0, image-only 85.0,
+    // text-only 100.0 (top-1, %); each floor sits about 10 points (6 items) below.
     assert!(
-        top1("fused", None) >= 0.6,
+        top1("fused", None) >= 0.75,
         "fused top-1 {}",
         top1("fused", None)
     );
-    assert!(top1("text-only", None) >= 0.5);
-    assert!(top1("image-only", None) >= 0.3);
-    assert!(top1("fused", Some(Input::Image)) >= 0.5);
-    assert!(top1("fused", Some(Input::AllText)) >= 0.3);
+    assert!(top1("text-only", None) >= 0.9);
+    assert!(top1("image-only", None) >= 0.75);
+    assert!(top1("fused", Some(Input::Image)) >= 0.9);
+    assert!(top1("fused", Some(Input::AllText)) >= 0.7);
 
     // No model yet: a clear error, not an empty table.
     let empty = Catalog::in_memory(

@@ -103,6 +103,8 @@ impl Catalog {
             progress.advance(n);
         }
         progress.finish();
+        // Unreadable lines are met while reading, bad images after embedding: report in row order.
+        errors.sort_by_key(|e| e.row);
         let evaluation = evaluate_model(&active.trained, &examples, &self.device)?;
         Ok(ManifestEvaluation {
             model_version: active.version,

@@ -1,7 +1,7 @@
 //! `trio eval`: the active model on an external labelled manifest (embedded, never stored), or
 //! the demo evaluation protocol on the catalogue's own items (`--protocol demo`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -77,7 +77,7 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 
 fn eval_manifest(
     catalog: &Catalog,
-    path: &PathBuf,
+    path: &Path,
     args: &EvalArgs,
     bars: &Bars,
     json: bool,
@@ -100,7 +100,7 @@ fn eval_manifest(
     output::emit(json, &result, |r| print_manifest(r, path))
 }
 
-fn print_manifest(r: &ManifestEvaluation, path: &std::path::Path) {
+fn print_manifest(r: &ManifestEvaluation, path: &Path) {
     let e = &r.evaluation;
     println!(
         "model v{} on {}: {} rows, {} scored, {} failed, {} unlabelled, {} with labels the model does not know ({:.1}s)",
@@ -205,7 +205,7 @@ struct ProtocolOutput {
     seconds: f64,
 }
 
-fn write_errors(path: &PathBuf, r: &ManifestEvaluation) -> anyhow::Result<()> {
+fn write_errors(path: &Path, r: &ManifestEvaluation) -> anyhow::Result<()> {
     use std::io::Write;
     let mut f = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

@@ -15,21 +15,12 @@ use crate::store::ModelBlob;
 use crate::train::{Example, Report, TrainConfig, TrainedModel, Trainer};
 
 /// What `train` does beyond the trainer's own settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub config: TrainConfig,
     /// A metadata field whose equal values must stay in one split (one product photographed
     /// twice, one emoji drawn by two vendors). `None`: every item on its own.
     pub group_field: Option<String>,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            config: TrainConfig::default(),
-            group_field: None,
-        }
-    }
 }
 
 /// The result of a training run: the stored version and the study's table.

@@ -36,6 +36,8 @@ enum Command {
     Items(commands::items::ItemsArgs),
     /// Train the fused model (and the study's baselines) on the catalogue's labels.
     Train(commands::train::TrainArgs),
+    /// Score the active model on a labelled manifest, or run the demo evaluation protocol.
+    Eval(commands::eval::EvalArgs),
     /// Classify an image and/or texts; `--claimed` verifies a label.
     Classify(commands::classify::ClassifyArgs),
     /// Search by text, image or stored item.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => commands::ingest::run(a, &cli.global),
         Command::Items(a) => commands::items::run(a, &cli.global),
         Command::Train(a) => commands::train::run(a, &cli.global).map(|()| 0),
+        Command::Eval(a) => commands::eval::run(a, &cli.global).map(|()| 0),
         Command::Classify(a) => commands::classify::run(a, &cli.global).map(|()| 0),
         Command::Search(a) => commands::search::run(a, &cli.global).map(|()| 0),
         Command::Duplicates(a) => commands::quality::duplicates(a, &cli.global).map(|()| 0),

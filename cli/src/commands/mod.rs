@@ -4,6 +4,7 @@ pub mod bench;
 pub mod classify;
 pub mod demo;
 pub mod embed;
+pub mod eval;
 pub mod fetch;
 pub mod ingest;
 pub mod items;

@@ -480,10 +480,12 @@ fn index_dir_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+mod evaluate;
 mod model;
 mod quality;
 mod search;
 
+pub use evaluate::{EvalOptions, ManifestEvaluation};
 pub use model::{
     ActiveModel, ClaimCheck, Classification, ClassifyInput, Evidence, LabelScore, TrainOptions,
     TrainOutcome,

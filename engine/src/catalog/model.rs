@@ -15,21 +15,12 @@ use crate::store::ModelBlob;
 use crate::train::{Example, Report, TrainConfig, TrainedModel, Trainer};
 
 /// What `train` does beyond the trainer's own settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub config: TrainConfig,
     /// A metadata field whose equal values must stay in one split (one product photographed
     /// twice, one emoji drawn by two vendors). `None`: every item on its own.
     pub group_field: Option<String>,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            config: TrainConfig::default(),
-            group_field: None,
-        }
-    }
 }
 
 /// The result of a training run: the stored version and the study's table.
@@ -125,18 +116,26 @@ impl Catalog {
     }
 
     /// Trains the study's variants (image-only, text-only, fused, logistic regression), stores
-    /// the fused model as a new active version, computes every item's fused vector and drops
+    /// the fused model (carrying the image-only and text-only baselines) as a new active version, computes every item's fused vector and drops
     /// the stale fused index.
     pub fn train(&self, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
         let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
         let trainer = Trainer::new(opts.config.clone(), self.device.clone())?;
         let study = trainer.run_study(&examples, progress)?;
+        // The baselines travel with the fused model so `evaluate_manifest` can score them too.
+        let stored = study.fused.clone().with_baselines(
+            study
+                .image_only
+                .into_iter()
+                .chain(study.text_only)
+                .collect(),
+        );
         let blob = ModelBlob {
             config: serde_json::to_value(&study.fused.config)
                 .map_err(|e| json_err("model config", e))?,
             metrics: serde_json::to_value(&study.report)
                 .map_err(|e| json_err("training report", e))?,
-            safetensors: study.fused.to_bytes()?,
+            safetensors: stored.to_bytes()?,
         };
         let version = self.store.put_model(&blob)?;
         let model = study.fused.load(&self.device)?;
@@ -368,7 +367,7 @@ impl Catalog {
     }
 }
 
-fn json_text(v: &serde_json::Value) -> Option<String> {
+pub(super) fn json_text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

@@ -181,6 +181,81 @@ impl FeatureTable {
         })
     }
 
+    /// Builds the table a stored model reads: its label map (labels it does not know become
+    /// `None`), its text fields and its feature widths, which every present vector must match.
+    /// Unlike [`FeatureTable::build`], an input no example has is simply absent everywhere.
+    pub fn for_model(
+        examples: &[Example],
+        cfg: &FusionConfig,
+        label_names: &[String],
+        device: &Device,
+    ) -> Result<Self> {
+        let n = examples.len();
+        let check = |field: &str, v: &[f32], expected: usize, key: u64| -> Result<()> {
+            if v.len() != expected {
+                return Err(Error::FeatureDim {
+                    item: format!("item {key}"),
+                    field: field.to_string(),
+                    expected,
+                    got: v.len(),
+                });
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "item {key}: {field} contains a non-finite value"
+                )));
+            }
+            Ok(())
+        };
+        for e in examples {
+            if let Some(v) = &e.image {
+                check("image", v, cfg.image_dim, e.key)?;
+            }
+            for f in &cfg.text_fields {
+                if let Some(v) = e.text.get(f) {
+                    check(f, v, cfg.text_dim, e.key)?;
+                }
+            }
+        }
+        let index: BTreeMap<&str, u32> = label_names
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i as u32))
+            .collect();
+        let image = Column::build(
+            n,
+            cfg.image_dim,
+            examples.iter().map(|e| e.image.clone()),
+            device,
+        )?;
+        let text = cfg
+            .text_fields
+            .iter()
+            .map(|f| {
+                Column::build(
+                    n,
+                    cfg.text_dim,
+                    examples.iter().map(|e| e.text.get(f).cloned()),
+                    device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            keys: examples.iter().map(|e| e.key).collect(),
+            labels: examples
+                .iter()
+                .map(|e| e.label.as_deref().and_then(|l| index.get(l).copied()))
+                .collect(),
+            label_names: label_names.to_vec(),
+            fields: cfg.text_fields.clone(),
+            image_dim: cfg.image_dim,
+            text_dim: cfg.text_dim,
+            image: Some(image),
+            text,
+            device: device.clone(),
+        })
+    }
+
     fn field_column(&self, field: &str) -> Result<&Column> {
         self.fields
             .iter()

@@ -9,6 +9,8 @@
 //! - [`trainer`]: [`Trainer`] runs the study (logistic regression, image-only, text-only, fused)
 //!   and returns a [`Report`] shaped like the study's table plus the trained models.
 //! - [`model_file`]: [`TrainedModel`], the storable result (config, labels, weights, metrics).
+//! - [`evaluate`]: a stored model (and its stored baselines) scored on an external labelled
+//!   set, intact and with each input removed.
 //! - [`robustness`]: the fused model with each input removed versus models trained without it.
 //! - [`crossval`]: out-of-fold class probabilities for label-noise detection.
 //! - [`protocol`]: the demo evaluation protocol (unseen groups, injected noise, dropped text).
@@ -25,6 +27,7 @@ mod baseline;
 mod config;
 pub mod crossval;
 mod data;
+pub mod evaluate;
 mod metrics;
 pub mod model_file;
 pub mod protocol;
@@ -35,9 +38,10 @@ pub mod trainer;
 
 pub use config::{Input, InputSet, TrainConfig};
 pub use crossval::{cross_val_probabilities, OutOfFold, OutOfFoldRow};
+pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
 pub use metrics::SplitMetrics;
 pub use model_file::{ModelMetrics, TrainedModel};
-pub use protocol::{demo_protocol, run_protocol, ProtocolConfig, ProtocolReport};
+pub use protocol::{demo_protocol, run_protocol, ProtocolConfig, ProtocolReport, TargetCheck};
 pub use robustness::{RobustnessRow, RobustnessTable};
 pub use split::Split;
 pub use trainer::{Report, ReportRow, Study, Trainer};

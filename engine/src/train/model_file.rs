@@ -3,6 +3,10 @@
 //!
 //! The byte form is a standard safetensors file: the weights are its tensors and everything else
 //! is JSON under the metadata key `trio.header`, so any safetensors reader can inspect it.
+//!
+//! A fused model may carry the study's single-modality baselines (image-only, text-only) trained
+//! in the same run, so that `trio eval` can score them on new data beside the fused model. Their
+//! tensors sit in the same file under `baselines.<i>.`, their headers in the fused header.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +24,8 @@ use crate::models::fusion::{FusedModel, FusionConfig, DTYPE};
 const FORMAT_KEY: &str = "trio.format";
 const FORMAT: &str = "trio-fused-model/1";
 const HEADER_KEY: &str = "trio.header";
+/// Tensor-name prefix of baseline `i`: `baselines.<i>.`.
+const BASELINE_PREFIX: &str = "baselines.";
 
 /// How a model did, on the split it was trained with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,9 @@ struct Header {
     labels: Vec<String>,
     metrics: ModelMetrics,
     fingerprint: String,
+    /// Headers of the baselines stored beside the model, in order; absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    baselines: Vec<Header>,
 }
 
 /// A trained fused model (any variant: fused, image-only, text-only, fused without an input).
@@ -57,6 +66,10 @@ pub struct TrainedModel {
     pub metrics: ModelMetrics,
     /// [`super::fingerprint`] of the examples the study was given.
     pub fingerprint: String,
+    /// Models trained beside this one on the same split (the study's image-only and text-only
+    /// baselines), stored with it so they can be scored on new data. Empty for the baselines
+    /// themselves and for models stored before baselines were kept.
+    pub baselines: Vec<TrainedModel>,
     /// The weights as a safetensors file.
     weights: Vec<u8>,
 }
@@ -148,7 +161,37 @@ impl TrainedModel {
             labels,
             metrics,
             fingerprint,
+            baselines: Vec::new(),
             weights,
+        }
+    }
+
+    /// The same model carrying `baselines` (which must not carry baselines themselves).
+    pub fn with_baselines(mut self, baselines: Vec<TrainedModel>) -> Self {
+        self.baselines = baselines
+            .into_iter()
+            .map(|mut b| {
+                b.baselines.clear();
+                b
+            })
+            .collect();
+        self
+    }
+
+    /// The stored baseline named `variant`, if any.
+    pub fn baseline(&self, variant: &str) -> Option<&TrainedModel> {
+        self.baselines.iter().find(|b| b.variant == variant)
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            variant: self.variant.clone(),
+            config: self.config.clone(),
+            train: self.train.clone(),
+            labels: self.labels.clone(),
+            metrics: self.metrics.clone(),
+            fingerprint: self.fingerprint.clone(),
+            baselines: self.baselines.iter().map(TrainedModel::header).collect(),
         }
     }
 
@@ -165,23 +208,29 @@ impl TrainedModel {
         }
     }
 
-    /// One self-describing safetensors file: weights plus a JSON header in the metadata.
+    /// One self-describing safetensors file: weights (and the baselines' weights, prefixed)
+    /// plus a JSON header in the metadata.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let header = Header {
-            variant: self.variant.clone(),
-            config: self.config.clone(),
-            train: self.train.clone(),
-            labels: self.labels.clone(),
-            metrics: self.metrics.clone(),
-            fingerprint: self.fingerprint.clone(),
-        };
-        let json = serde_json::to_string(&header).map_err(|source| Error::Json {
+        let json = serde_json::to_string(&self.header()).map_err(|source| Error::Json {
             context: "trained model header".into(),
             source,
         })?;
-        let st = SafeTensors::deserialize(&self.weights)
+        let own = SafeTensors::deserialize(&self.weights)
             .map_err(|e| format_error(format!("weights: {e}")))?;
-        let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
+        let baselines = self
+            .baselines
+            .iter()
+            .map(|b| SafeTensors::deserialize(&b.weights))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format_error(format!("baseline weights: {e}")))?;
+        let mut tensors: Vec<(String, TensorView<'_>)> = own.tensors();
+        for (i, st) in baselines.iter().enumerate() {
+            tensors.extend(
+                st.tensors()
+                    .into_iter()
+                    .map(|(name, view)| (format!("{BASELINE_PREFIX}{i}.{name}"), view)),
+            );
+        }
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let metadata = HashMap::from([
             (FORMAT_KEY.to_string(), FORMAT.to_string()),
@@ -220,29 +269,64 @@ impl TrainedModel {
             context: "trained model header".into(),
             source,
         })?;
-        if header.labels.len() != header.config.num_classes {
-            return Err(format_error(format!(
-                "{} labels for {} classes",
-                header.labels.len(),
-                header.config.num_classes
-            )));
+        for h in std::iter::once(&header).chain(&header.baselines) {
+            if h.labels.len() != h.config.num_classes {
+                return Err(format_error(format!(
+                    "`{}`: {} labels for {} classes",
+                    h.variant,
+                    h.labels.len(),
+                    h.config.num_classes
+                )));
+            }
         }
-        // Keep the weights without the header, so a model read back equals the one written.
+        // Keep each model's weights without the header, so a model read back equals the one
+        // written.
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("weights: {e}")))?;
-        let mut tensors = st.tensors();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let weights = safetensors::tensor::serialize(tensors, None)
-            .map_err(|e| format_error(format!("cannot copy weights: {e}")))?;
-        Ok(Self {
+        let mut own = Vec::new();
+        let mut parts: Vec<Vec<(String, TensorView<'_>)>> =
+            vec![Vec::new(); header.baselines.len()];
+        for (name, view) in st.tensors() {
+            let Some(rest) = name.strip_prefix(BASELINE_PREFIX) else {
+                own.push((name, view));
+                continue;
+            };
+            let (index, inner) = rest
+                .split_once('.')
+                .and_then(|(i, inner)| Some((i.parse::<usize>().ok()?, inner)))
+                .ok_or_else(|| format_error(format!("tensor `{name}`: bad baseline name")))?;
+            let part = parts.get_mut(index).ok_or_else(|| {
+                format_error(format!(
+                    "tensor `{name}` belongs to baseline {index}, the header lists {}",
+                    header.baselines.len()
+                ))
+            })?;
+            part.push((inner.to_string(), view));
+        }
+        let pack = |mut tensors: Vec<(String, TensorView<'_>)>| -> Result<Vec<u8>> {
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            safetensors::tensor::serialize(tensors, None)
+                .map_err(|e| format_error(format!("cannot copy weights: {e}")))
+        };
+        let weights = pack(own)?;
+        let mut baselines = Vec::with_capacity(parts.len());
+        for (h, part) in header.baselines.iter().zip(parts) {
+            baselines.push(Self::from_header(h.clone(), pack(part)?, Vec::new()));
+        }
+        Ok(Self::from_header(header, weights, baselines))
+    }
+
+    fn from_header(header: Header, weights: Vec<u8>, baselines: Vec<TrainedModel>) -> Self {
+        Self {
             variant: header.variant,
             config: header.config,
             train: header.train,
             labels: header.labels,
             metrics: header.metrics,
             fingerprint: header.fingerprint,
+            baselines,
             weights,
-        })
+        }
     }
 
     /// Builds the model on `device`.

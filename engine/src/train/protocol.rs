@@ -19,10 +19,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::TrainConfig;
+use super::config::{Input, TrainConfig};
 use super::robustness::RobustnessTable;
 use super::split::per_class;
-use super::trainer::{Report, Trainer};
+use super::trainer::{Report, Trainer, FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
 use super::Example;
 use crate::error::{Error, Result};
 use crate::progress::{NoProgress, Progress};
@@ -67,7 +67,87 @@ pub struct ProtocolReport {
     pub test_groups_in_training: usize,
 }
 
+/// One of the fused model's targets on the demo protocol, checked against the measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// Points (percentage points of top-1) by which fused must beat the best single modality.
+pub const MARGIN_OVER_SINGLE: f64 = 3.0;
+/// Points the fused model may trail a specialist trained without the removed input.
+pub const SLACK_VS_SPECIALIST: f64 = 2.0;
+
 impl ProtocolReport {
+    /// The targets: fused top-1 at least [`MARGIN_OVER_SINGLE`] points above the best
+    /// single-modality model; with any one input removed, within [`SLACK_VS_SPECIALIST`] points
+    /// of the model trained without it; above logistic regression on the concatenated frozen
+    /// features. A target whose rows are missing (no image in the data, say) is left out.
+    pub fn targets(&self) -> Vec<TargetCheck> {
+        let top1 = |v: &str| self.report.row(v).map(|r| 100.0 * r.test.top1);
+        let mut out = Vec::new();
+        let singles: Vec<(&str, f64)> = [IMAGE_ONLY, TEXT_ONLY]
+            .into_iter()
+            .filter_map(|v| top1(v).map(|t| (v, t)))
+            .collect();
+        let best = singles.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+        if let (Some(fused), Some((name, single))) = (top1(FUSED), best) {
+            out.push(TargetCheck {
+                target: format!(
+                    "fused top-1 ≥ best single modality + {MARGIN_OVER_SINGLE:.0} points"
+                ),
+                measured: format!(
+                    "fused {fused:.1} vs {name} {single:.1}: {:+.1} points",
+                    fused - single
+                ),
+                met: fused - single >= MARGIN_OVER_SINGLE - 1e-9,
+            });
+        }
+        for r in &self.robustness.rows {
+            if r.removed == Input::AllText {
+                continue;
+            }
+            let (fused, specialist) = (100.0 * r.fused.top1, 100.0 * r.specialist.top1);
+            out.push(TargetCheck {
+                target: format!(
+                    "without {}: fused within {SLACK_VS_SPECIALIST:.0} points of a model trained without it",
+                    r.removed
+                ),
+                measured: format!(
+                    "fused {fused:.1} vs {} {specialist:.1}: {:+.1} points",
+                    r.specialist_variant,
+                    fused - specialist
+                ),
+                met: fused - specialist >= -SLACK_VS_SPECIALIST - 1e-9,
+            });
+        }
+        if let (Some(fused), Some(lr)) = (top1(FUSED), top1(LOGISTIC_REGRESSION)) {
+            out.push(TargetCheck {
+                target: "fused top-1 > logistic regression on concatenated frozen features"
+                    .to_string(),
+                measured: format!("fused {fused:.1} vs {lr:.1}: {:+.1} points", fused - lr),
+                met: fused > lr,
+            });
+        }
+        out
+    }
+
+    /// The targets as a Markdown table.
+    pub fn targets_markdown(&self) -> String {
+        let mut s = String::from("| target | measured | met |\n|---|---|---|\n");
+        for t in self.targets() {
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                t.target,
+                t.measured,
+                if t.met { "yes" } else { "no" }
+            ));
+        }
+        s
+    }
+
     pub fn to_markdown(&self) -> String {
         format!(
             "{}\n{} catalogue labels flipped; text dropped: {:?}; test groups seen in training: {}\n\n{}",

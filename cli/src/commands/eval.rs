@@ -1,0 +1,219 @@
+//! `trio eval`: the active model on an external labelled manifest (embedded, never stored), or
+//! the demo evaluation protocol on the catalogue's own items (`--protocol demo`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use trio_engine::catalog::{Catalog, EvalOptions, ManifestEvaluation, TrainOptions};
+use trio_engine::ingest::manifest::{self, ManifestOptions};
+use trio_engine::train::{ProtocolConfig, ProtocolReport, TrainConfig};
+
+use crate::output;
+use crate::progress::Bars;
+use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
+
+/// Evaluation protocols run on the catalogue itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// Test groups never seen in training; 20% symmetric label noise on training labels, 34% of
+    /// training descriptions and 2% of titles dropped; clean test labels. Trains every variant
+    /// (nothing is stored) and reports the study's table, the robustness table and the targets.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A labelled manifest (JSONL/CSV, the ingest format) to score the active model on.
+    #[arg(
+        long,
+        required_unless_present = "protocol",
+        conflicts_with = "protocol"
+    )]
+    manifest: Option<PathBuf>,
+    /// Resolve relative image paths against this folder (default: the manifest's folder).
+    #[arg(long, requires = "manifest")]
+    images_root: Option<PathBuf>,
+    /// Write every failed row (row number, id, reason) to this file as JSONL.
+    #[arg(long, requires = "manifest")]
+    errors: Option<PathBuf>,
+    /// Rows per tower batch.
+    #[arg(long, default_value_t = 64, requires = "manifest")]
+    batch_size: usize,
+    /// Run an evaluation protocol on the catalogue's own labelled items instead.
+    #[arg(long, value_enum)]
+    protocol: Option<Protocol>,
+    /// Protocol: the field holding the class (`label`, or a metadata field).
+    #[arg(long, default_value = "label", requires = "protocol")]
+    label_field: String,
+    /// Protocol: items with equal values of this metadata field stay on one side of the split
+    /// (the demo: `emoji_key`, so test emoji are never seen in training).
+    #[arg(long, requires = "protocol")]
+    group_field: Option<String>,
+    /// Protocol: fraction of each class held out (half validation, half test).
+    #[arg(long, default_value_t = 0.2, requires = "protocol")]
+    holdout: f64,
+    /// Protocol: seed for the split, the injected noise and training.
+    #[arg(long, default_value_t = 0, requires = "protocol")]
+    seed: u64,
+    /// Protocol: most epochs per model.
+    #[arg(long, requires = "protocol")]
+    epochs: Option<usize>,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    towers: TowerArgs,
+}
+
+pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let bars = Bars::new(!global.show_progress());
+    match (&args.manifest, args.protocol) {
+        (Some(path), _) => eval_manifest(&catalog, path, &args, &bars, global.json),
+        (None, Some(Protocol::Demo)) => eval_protocol(&catalog, &args, &bars, global.json),
+        (None, None) => anyhow::bail!("give --manifest FILE or --protocol demo"),
+    }
+}
+
+fn eval_manifest(
+    catalog: &Catalog,
+    path: &Path,
+    args: &EvalArgs,
+    bars: &Bars,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opts = ManifestOptions {
+        images_root: args.images_root.clone(),
+        ..ManifestOptions::default()
+    };
+    let rows = manifest::open(path, &opts)?;
+    let result = catalog.evaluate_manifest(
+        rows,
+        &EvalOptions {
+            batch_size: args.batch_size,
+        },
+        bars,
+    )?;
+    if let Some(errors) = &args.errors {
+        write_errors(errors, &result)?;
+    }
+    output::emit(json, &result, |r| print_manifest(r, path))
+}
+
+fn print_manifest(r: &ManifestEvaluation, path: &Path) {
+    let e = &r.evaluation;
+    println!(
+        "model v{} on {}: {} rows, {} scored, {} failed, {} unlabelled, {} with labels the model does not know ({:.1}s)",
+        r.model_version,
+        path.display(),
+        r.rows,
+        e.scored,
+        r.failed,
+        e.unlabelled,
+        e.unknown(),
+        r.seconds
+    );
+    if !e.unknown_labels.is_empty() {
+        let list: Vec<String> = e
+            .unknown_labels
+            .iter()
+            .take(10)
+            .map(|(l, n)| format!("{l} ({n})"))
+            .collect();
+        let more = e.unknown_labels.len().saturating_sub(10);
+        println!(
+            "  not scored, unknown `{}`: {}{}",
+            r.label_field,
+            list.join(", "),
+            if more > 0 {
+                format!(", … and {more} more labels")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for err in r.errors.iter().take(10) {
+        println!("  {err}");
+    }
+    if r.errors.len() > 10 {
+        println!(
+            "  … and {} more (use --errors FILE for all)",
+            r.errors.len() - 10
+        );
+    }
+    let have: Vec<String> = e
+        .with_input
+        .iter()
+        .map(|(input, n)| format!("{input} {n}"))
+        .collect();
+    println!("scored items having each input: {}", have.join(", "));
+    print!("{}", e.to_markdown());
+    if e.rows.iter().all(|row| row.model == "fused") {
+        println!("(this model was stored without its image-only / text-only baselines: retrain to score them)");
+    }
+}
+
+fn eval_protocol(
+    catalog: &Catalog,
+    args: &EvalArgs,
+    bars: &Bars,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut config = TrainConfig {
+        seed: args.seed,
+        label_field: args.label_field.clone(),
+        ..TrainConfig::default()
+    };
+    if let Some(e) = args.epochs {
+        config.epochs = e;
+    }
+    let opts = TrainOptions {
+        config,
+        group_field: args.group_field.clone(),
+    };
+    let protocol = ProtocolConfig {
+        holdout: args.holdout,
+        ..ProtocolConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let report = catalog.evaluate_protocol(&opts, &protocol, bars)?;
+    let out = ProtocolOutput {
+        targets: report.targets(),
+        seconds: started.elapsed().as_secs_f64(),
+        report,
+    };
+    output::emit(json, &out, |o| {
+        let r = &o.report.report;
+        println!(
+            "demo protocol: {} classes; train {} / val {} / test {} items (test groups also in training: {}), {:.1}s",
+            r.classes,
+            r.train_items,
+            r.val_items,
+            r.test_items,
+            o.report.test_groups_in_training,
+            o.seconds
+        );
+        println!("{}", o.report.to_markdown());
+        print!("{}", o.report.targets_markdown());
+    })
+}
+
+#[derive(serde::Serialize)]
+struct ProtocolOutput {
+    report: ProtocolReport,
+    targets: Vec<trio_engine::train::TargetCheck>,
+    seconds: f64,
+}
+
+fn write_errors(path: &Path, r: &ManifestEvaluation) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for e in &r.errors {
+        serde_json::to_writer(&mut f, e)?;
+        writeln!(f)?;
+    }
+    f.flush()?;
+    Ok(())
+}

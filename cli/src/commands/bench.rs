@@ -187,7 +187,9 @@ fn parity(
         let image = if images.is_empty() {
             Default::default()
         } else {
-            args.towers.load_image_tower(global, device)?.embed(images)?
+            args.towers
+                .load_image_tower(global, device)?
+                .embed(images)?
         };
         let text = if texts.is_empty() {
             Vec::new()

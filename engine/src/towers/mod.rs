@@ -4,7 +4,7 @@
 pub mod image;
 /// Both towers loaded once and shared: the embedding service.
 pub mod service;
-/// Items per second and cross-device parity of the towers (`trio bench`).
-pub mod throughput;
 /// Texts to normalised sentence vectors (MiniLM): tokenise, encode, mean-pool.
 pub mod text;
+/// Items per second and cross-device parity of the towers (`trio bench`).
+pub mod throughput;

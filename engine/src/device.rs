@@ -30,9 +30,10 @@ impl DeviceChoice {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<Device> {
+    // candle appends a backtrace to its driver errors; the first line says what went wrong.
     Device::new_cuda(0).map_err(|e| Error::DeviceUnavailable {
         requested: "cuda".into(),
-        reason: e.to_string(),
+        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
     })
 }
 

@@ -421,3 +421,41 @@ async fn concurrent_deletes_of_one_id_succeed_exactly_once() {
     }
     assert_healthy!(app);
 }
+
+/// `POST /v1/train` with `"activate": false` stores a new model and leaves the one in use
+/// active (a candidate to compare before switching); the job says so.
+#[actix_web::test]
+async fn training_without_activating_keeps_the_model_in_use() {
+    let catalogue = catalogue();
+    let store = catalogue.catalog.store();
+    let active_before = store.active_version().unwrap();
+    assert!(active_before.is_some(), "the shared catalogue is trained");
+    let app = app!(catalogue.backend(), keyed());
+    let request = post_json(
+        "/v1/train",
+        json!({"epochs": 3, "seed": 1, "activate": false}),
+    );
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 202, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_string();
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let request = TestRequest::get()
+            .uri(&format!("/v1/jobs/{job}"))
+            .to_request();
+        let (_, body) = json_of(test::call_service(&app, request).await).await;
+        let state = body["state"].as_str().unwrap_or_default().to_string();
+        last = body;
+        if state != "queued" && state != "running" {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("not active"),
+        "{last}"
+    );
+    assert_eq!(store.active_version().unwrap(), active_before);
+    assert_healthy!(app);
+}

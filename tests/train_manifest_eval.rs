@@ -114,6 +114,7 @@ fn evaluates_a_labelled_manifest_without_storing_it() -> anyhow::Result<()> {
             ..TrainConfig::default()
         },
         group_field: Some("emoji_key".into()),
+        keep_active: false,
     };
     let trained = catalog.train(&opts, &NoProgress)?;
     eprintln!("{}", trained.report.to_markdown());

@@ -441,6 +441,8 @@ impl Backend for EngineBackend {
         if let Some(v) = request.validation_fraction {
             opts.config.holdout = 2.0 * v as f64;
         }
+        opts.keep_active = request.activate == Some(false);
+        let activates = !opts.keep_active;
         let progress = JobProgress {
             id: id.clone(),
             jobs: self.jobs.clone(),
@@ -456,7 +458,11 @@ impl Backend for EngineBackend {
                     Ok(outcome) => {
                         j.state = JobState::Succeeded;
                         j.progress = 1.0;
-                        j.message = Some(format!("model v{} is active", outcome.version));
+                        j.message = Some(if activates {
+                            format!("model v{} is active", outcome.version)
+                        } else {
+                            format!("model v{} is stored, not active", outcome.version)
+                        });
                         j.result = serde_json::to_value(outcome).ok();
                     }
                     Err(e) => {

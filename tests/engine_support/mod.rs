@@ -122,6 +122,7 @@ pub fn engine_catalogue(train: bool) -> EngineCatalogue {
                 ..TrainConfig::default()
             },
             group_field: None,
+            keep_active: false,
         };
         catalog.train(&opts, &NoProgress).unwrap();
     }

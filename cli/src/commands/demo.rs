@@ -74,6 +74,7 @@ pub fn run(args: DemoArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         },
         // One emoji drawn by two vendors stays in one split: test emoji are never seen in training.
         group_field: Some("emoji_key".into()),
+        keep_active: false,
     };
     let train = catalog.train(&train_opts, &bars)?;
 

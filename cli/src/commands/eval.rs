@@ -170,6 +170,7 @@ fn eval_protocol(
     let opts = TrainOptions {
         config,
         group_field: args.group_field.clone(),
+        keep_active: false,
     };
     let protocol = ProtocolConfig {
         holdout: args.holdout,

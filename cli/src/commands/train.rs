@@ -25,6 +25,9 @@ pub struct TrainArgs {
     /// Fraction of each class held out (half validation, half test).
     #[arg(long, default_value_t = 0.04)]
     holdout: f64,
+    /// Store the new model without making it active (`trio models activate V` later).
+    #[arg(long)]
+    keep_active: bool,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -45,6 +48,7 @@ impl TrainArgs {
         TrainOptions {
             config,
             group_field: self.group_field.clone(),
+            keep_active: self.keep_active,
         }
     }
 }
@@ -53,6 +57,11 @@ pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
     let bars = Bars::new(!global.show_progress());
     let outcome = catalog.train(&args.options(), &bars)?;
+    let state = if args.keep_active {
+        "stored, not active"
+    } else {
+        "active"
+    };
     output::emit(global.json, &outcome, |o| {
         println!(
             "model v{} ({} classes; train {} / val {} / test {} items, {:.1}s)",
@@ -65,7 +74,7 @@ pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         );
         print!("{}", o.report.to_markdown());
         println!(
-            "{} fused vectors stored; v{} is active",
+            "{} fused vectors stored; v{} is {state}",
             o.fused_vectors, o.version
         );
     })

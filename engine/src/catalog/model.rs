@@ -21,6 +21,10 @@ pub struct TrainOptions {
     /// A metadata field whose equal values must stay in one split (one product photographed
     /// twice, one emoji drawn by two vendors). `None`: every item on its own.
     pub group_field: Option<String>,
+    /// Store the new model without making it active (the one in use stays until
+    /// `activate`): for comparing a candidate before switching to it.
+    #[serde(default)]
+    pub keep_active: bool,
 }
 
 /// The result of a training run: the stored version and the study's table.
@@ -140,9 +144,11 @@ impl Catalog {
         let version = self.store.put_model(&blob)?;
         let model = study.fused.load(&self.device)?;
         let fused_vectors = self.write_fused_vectors(version, &model, &examples, progress)?;
-        self.store.activate(version)?;
-        self.set_active(None)?;
-        self.drop_indexes()?;
+        if !opts.keep_active {
+            self.store.activate(version)?;
+            self.set_active(None)?;
+            self.drop_indexes()?;
+        }
         Ok(TrainOutcome {
             version,
             report: study.report,

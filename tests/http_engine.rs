@@ -429,7 +429,7 @@ async fn training_without_activating_keeps_the_model_in_use() {
     let catalogue = catalogue();
     let store = catalogue.catalog.store();
     let active_before = store.active_version().unwrap();
-    assert!(active_before.is_some(), "the shared catalogue is trained");
+    let stored_before = store.list_models().unwrap().len();
     let app = app!(catalogue.backend(), keyed());
     let request = post_json(
         "/v1/train",
@@ -457,5 +457,6 @@ async fn training_without_activating_keeps_the_model_in_use() {
         "{last}"
     );
     assert_eq!(store.active_version().unwrap(), active_before);
+    assert_eq!(store.list_models().unwrap().len(), stored_before + 1);
     assert_healthy!(app);
 }

@@ -8,34 +8,12 @@ use std::collections::BTreeSet;
 
 use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
-use base64::Engine as _;
 use serde_json::{json, Value};
-use support::{expect_error, json_of, multipart, multipart_content_type, png_header, FakeBackend};
-use trio_server::{ApiKey, Limits, ServerConfig};
-
-const KEY: &str = "test-key-0123";
-
-fn keyed() -> ServerConfig {
-    ServerConfig {
-        api_key: Some(ApiKey::new(KEY).unwrap()),
-        ..ServerConfig::default()
-    }
-}
-
-fn bearer() -> (header::HeaderName, String) {
-    (header::AUTHORIZATION, format!("Bearer {KEY}"))
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn post_json(path: &str, body: Value) -> TestRequest {
-    TestRequest::post()
-        .uri(path)
-        .insert_header(bearer())
-        .set_json(body)
-}
+use support::{
+    b64, bearer, expect_error, json_of, keyed, multipart, multipart_content_type, png_header,
+    post_json, FakeBackend, KEY,
+};
+use trio_server::{Limits, ServerConfig};
 
 #[actix_web::test]
 async fn items_can_be_added_read_listed_and_deleted() {

@@ -12,41 +12,18 @@ use std::sync::OnceLock;
 
 use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
-use base64::Engine as _;
 use engine_support::{engine_catalogue, EngineCatalogue, PER_LABEL};
 use serde_json::{json, Value};
-use support::{expect_error, json_of, multipart, multipart_content_type};
-use trio_server::{ApiKey, ServerConfig};
-
-const KEY: &str = "engine-test-key";
+use support::{
+    b64, bearer, expect_error, json_of, keyed, multipart, multipart_content_type, post_json,
+};
+use trio_server::ServerConfig;
 
 /// One catalogue for the whole binary: loading the towers and embedding the items is the slow
 /// part. Tests add and delete only items of their own.
 fn catalogue() -> &'static EngineCatalogue {
     static CATALOGUE: OnceLock<EngineCatalogue> = OnceLock::new();
     CATALOGUE.get_or_init(|| engine_catalogue(false))
-}
-
-fn keyed() -> ServerConfig {
-    ServerConfig {
-        api_key: Some(ApiKey::new(KEY).unwrap()),
-        ..ServerConfig::default()
-    }
-}
-
-fn bearer() -> (header::HeaderName, String) {
-    (header::AUTHORIZATION, format!("Bearer {KEY}"))
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn post_json(path: &str, body: Value) -> TestRequest {
-    TestRequest::post()
-        .uri(path)
-        .insert_header(bearer())
-        .set_json(body)
 }
 
 fn multipart_item(parts: &[support::Part<'_>]) -> TestRequest {

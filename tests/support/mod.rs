@@ -9,7 +9,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::ServiceResponse;
-use actix_web::test;
+use actix_web::http::header;
+use actix_web::test::{self, TestRequest};
+use base64::Engine as _;
 use serde_json::{json, Value};
 use trio_engine::{Error, Result};
 use trio_server::api::{
@@ -17,7 +19,35 @@ use trio_server::api::{
     JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
     SearchHit, SearchResults, Stats, TrainRequest,
 };
-use trio_server::{Backend, ImageLimits};
+use trio_server::{ApiKey, Backend, ImageLimits, ServerConfig};
+
+/// The API key the HTTP tests configure for writes.
+pub const KEY: &str = "test-key-0123";
+
+/// Default settings, except that writes need [`KEY`].
+pub fn keyed() -> ServerConfig {
+    ServerConfig {
+        api_key: Some(ApiKey::new(KEY).unwrap()),
+        ..ServerConfig::default()
+    }
+}
+
+/// The `Authorization` header that carries [`KEY`].
+pub fn bearer() -> (header::HeaderName, String) {
+    (header::AUTHORIZATION, format!("Bearer {KEY}"))
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A keyed JSON `POST`.
+pub fn post_json(path: &str, body: Value) -> TestRequest {
+    TestRequest::post()
+        .uri(path)
+        .insert_header(bearer())
+        .set_json(body)
+}
 
 /// The labels the fake model knows.
 pub const LABELS: [&str; 6] = ["bird", "car", "cat", "dog", "fish", "tree"];

@@ -591,122 +591,101 @@ async fn search_by_text_image_and_id_with_filters() {
 #[actix_web::test]
 async fn malformed_requests_are_400_415_413() {
     let app = app!(FakeBackend::new(), keyed());
-
-    let request = TestRequest::post()
-        .uri("/v1/search")
-        .insert_header((header::CONTENT_TYPE, "application/json"))
-        .set_payload("{\"text\": ")
-        .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_json",
-        "",
-    )
-    .await;
-
-    let request = TestRequest::post()
-        .uri("/v1/search")
-        .set_json(json!({"text": "cat", "bogus": 1}))
-        .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_body",
-        "bogus",
-    )
-    .await;
-
-    let request = TestRequest::post()
-        .uri("/v1/search")
-        .set_json(json!({"text": 42}))
-        .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_body",
-        "string",
-    )
-    .await;
-
-    let request = TestRequest::post()
-        .uri("/v1/search")
-        .insert_header((header::CONTENT_TYPE, "text/plain"))
-        .set_payload("cat")
-        .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        415,
-        "unsupported_media_type",
-        "text/plain",
-    )
-    .await;
-
     // 10 MB of text: under the 16 MiB body limit, over the text limit.
-    let text = "a".repeat(10 * 1024 * 1024);
-    let request = TestRequest::post()
-        .uri("/v1/search")
-        .set_json(json!({ "text": text }))
-        .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        413,
-        "text_too_long",
-        "`text`",
-    )
-    .await;
-    let request = post_json("/v1/items", json!({"title": "ok", "description": text}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "text_too_long",
-        "`description`",
-    )
-    .await;
-
-    // Query strings.
-    let request = TestRequest::get().uri("/v1/items?limit=lots").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_query",
-        "limit",
-    )
-    .await;
-    let request = TestRequest::get().uri("/v1/items?bogus=1").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_query",
-        "bogus",
-    )
-    .await;
-    let request = TestRequest::get().uri("/v1/items?limit=5000").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_argument",
-        "limit",
-    )
-    .await;
-
-    // Unknown route and method.
-    let request = TestRequest::get().uri("/v2/nothing").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "route_not_found",
-        "/v2/nothing",
-    )
-    .await;
-    let request = TestRequest::put().uri("/v1/items").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        405,
-        "method_not_allowed",
-        "PUT",
-    )
-    .await;
+    let long_text = "a".repeat(10 * 1024 * 1024);
+    let search = || TestRequest::post().uri("/v1/search");
+    // (what is wrong, request, status, error code, a word the message must name)
+    let cases = vec![
+        (
+            "cut-off JSON",
+            search()
+                .insert_header((header::CONTENT_TYPE, "application/json"))
+                .set_payload("{\"text\": "),
+            400,
+            "invalid_json",
+            "",
+        ),
+        (
+            "unknown field",
+            search().set_json(json!({"text": "cat", "bogus": 1})),
+            400,
+            "invalid_body",
+            "bogus",
+        ),
+        (
+            "wrong type",
+            search().set_json(json!({"text": 42})),
+            400,
+            "invalid_body",
+            "string",
+        ),
+        (
+            "not JSON",
+            search()
+                .insert_header((header::CONTENT_TYPE, "text/plain"))
+                .set_payload("cat"),
+            415,
+            "unsupported_media_type",
+            "text/plain",
+        ),
+        (
+            "query text too long",
+            search().set_json(json!({ "text": long_text })),
+            413,
+            "text_too_long",
+            "`text`",
+        ),
+        (
+            "description too long",
+            post_json(
+                "/v1/items",
+                json!({"title": "ok", "description": long_text}),
+            ),
+            413,
+            "text_too_long",
+            "`description`",
+        ),
+        (
+            "limit not a number",
+            TestRequest::get().uri("/v1/items?limit=lots"),
+            400,
+            "invalid_query",
+            "limit",
+        ),
+        (
+            "unknown query parameter",
+            TestRequest::get().uri("/v1/items?bogus=1"),
+            400,
+            "invalid_query",
+            "bogus",
+        ),
+        (
+            "limit out of range",
+            TestRequest::get().uri("/v1/items?limit=5000"),
+            400,
+            "invalid_argument",
+            "limit",
+        ),
+        (
+            "unknown route",
+            TestRequest::get().uri("/v2/nothing"),
+            404,
+            "route_not_found",
+            "/v2/nothing",
+        ),
+        (
+            "unknown method",
+            TestRequest::put().uri("/v1/items"),
+            405,
+            "method_not_allowed",
+            "PUT",
+        ),
+    ];
+    for (what, request, status, code, mentions) in cases {
+        eprintln!("case: {what}");
+        let response = test::call_service(&app, request.to_request()).await;
+        expect_error(response, status, code, mentions).await;
+    }
 }
 
 #[actix_web::test]

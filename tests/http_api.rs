@@ -58,13 +58,7 @@ async fn items_can_be_added_read_listed_and_deleted() {
     let request = TestRequest::get()
         .uri(&format!("/v1/items/{dog_id}/image"))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        &dog_id,
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", &dog_id);
 
     let request = TestRequest::get()
         .uri("/v1/items?offset=1&limit=1")
@@ -85,24 +79,12 @@ async fn items_can_be_added_read_listed_and_deleted() {
     assert_eq!(response.status(), 204);
 
     let request = TestRequest::get().uri("/v1/items/c1").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        "c1",
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", "c1");
     let request = TestRequest::delete()
         .uri("/v1/items/c1")
         .insert_header(bearer())
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        "c1",
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", "c1");
 }
 
 #[actix_web::test]
@@ -164,13 +146,7 @@ async fn items_can_be_added_as_multipart_forms() {
             .insert_header((header::CONTENT_TYPE, multipart_content_type()))
             .set_payload(multipart(&parts))
             .to_request();
-        expect_error(
-            test::call_service(&app, request).await,
-            400,
-            "invalid_multipart",
-            mentions,
-        )
-        .await;
+        assert_error!(app, request, 400, "invalid_multipart", mentions);
     }
     let body = multipart(&[("fields", None, None, br#"{"title": "x", "colour": "red"}"#)]);
     let request = TestRequest::post()
@@ -179,13 +155,7 @@ async fn items_can_be_added_as_multipart_forms() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_body",
-        "colour",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_body", "colour");
 }
 
 #[actix_web::test]
@@ -208,13 +178,7 @@ async fn truncated_multipart_is_a_400() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_multipart",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_multipart", "");
 
     // No boundary parameter at all.
     let request = TestRequest::post()
@@ -223,13 +187,7 @@ async fn truncated_multipart_is_a_400() {
         .insert_header((header::CONTENT_TYPE, "multipart/form-data"))
         .set_payload("--x\r\n")
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_multipart",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_multipart", "");
 }
 
 #[actix_web::test]
@@ -260,42 +218,18 @@ async fn bad_images_are_415_and_huge_ones_413() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        415,
-        "not_an_image",
-        "PNG",
-    )
-    .await;
+    assert_error!(app, request, 415, "not_an_image", "PNG");
 
     let request = post_json("/v1/classify", json!({"image": b64(b"GIF? no")}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        415,
-        "not_an_image",
-        "",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 415, "not_an_image", "");
 
     // Decoded pixels over the limit (the limit reaches the backend's decoder).
     let request = post_json("/v1/search", json!({"image": b64(&png_header(2000, 1000))}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "too_large",
-        "1000000",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 413, "too_large", "1000000");
 
     // Not base64 at all.
     let request = post_json("/v1/classify", json!({"image": "%%%"}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        400,
-        "invalid_body",
-        "base64",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 400, "invalid_body", "base64");
 
     // A browser data URL is accepted.
     let url = format!("data:image/png;base64,{}", b64(&png_header(2, 2)));
@@ -319,52 +253,22 @@ async fn conflicts_and_unknown_labels() {
         201
     );
     let request = post_json("/v1/items", json!({"id": "x", "title": "t"}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        409,
-        "conflict",
-        "'x'",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 409, "conflict", "'x'");
 
     let request = post_json("/v1/items", json!({"title": "t", "label": "zebra"}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        422,
-        "unknown_label",
-        "zebra",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 422, "unknown_label", "zebra");
     let request = post_json(
         "/v1/classify",
         json!({"title": "a dog", "claimed": "zebra"}),
     );
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        422,
-        "unknown_label",
-        "zebra",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 422, "unknown_label", "zebra");
 
     // An id that could not be addressed in a URL.
     let request = post_json("/v1/items", json!({"id": "a/b", "title": "t"}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        400,
-        "invalid_argument",
-        "id",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 400, "invalid_argument", "id");
     // Nothing to embed.
     let request = post_json("/v1/items", json!({"tags": ["x"]}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        400,
-        "missing_input",
-        "title",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 400, "missing_input", "title");
 }
 
 #[actix_web::test]
@@ -422,36 +326,18 @@ async fn classify_answers_top_k_and_checks_claims() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_argument",
-        "top_k",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_argument", "top_k");
 
     let request = TestRequest::post()
         .uri("/v1/classify")
         .set_json(json!({"top_k": 2}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "missing_input",
-        "image",
-    )
-    .await;
+    assert_error!(app, request, 400, "missing_input", "image");
     let request = TestRequest::post()
         .uri("/v1/classify")
         .set_json(json!({"title": "x", "top_k": 0}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_argument",
-        "top_k",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_argument", "top_k");
 }
 
 #[actix_web::test]
@@ -528,64 +414,46 @@ async fn search_by_text_image_and_id_with_filters() {
     .await;
     assert_eq!(body["hits"][0]["id"], "c");
 
-    expect_error(
-        test::call_service(&app, search(json!({"id": "nope"}))).await,
-        404,
-        "not_found",
-        "nope",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({"space": "text"}))).await,
+    assert_error!(app, search(json!({"id": "nope"})), 404, "not_found", "nope");
+    assert_error!(
+        app,
+        search(json!({"space": "text"})),
         400,
         "missing_query",
-        "text",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({}))).await,
-        400,
-        "missing_query",
-        "",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({"text": "x", "id": "a"}))).await,
+        "text"
+    );
+    assert_error!(app, search(json!({})), 400, "missing_query", "");
+    assert_error!(
+        app,
+        search(json!({"text": "x", "id": "a"})),
         400,
         "invalid_argument",
-        "only one",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({"text": "x", "k": 5000}))).await,
+        "only one"
+    );
+    assert_error!(
+        app,
+        search(json!({"text": "x", "k": 5000})),
         400,
         "invalid_argument",
-        "k",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({"text": "x", "k": 10, "offset": 995}))).await,
+        "k"
+    );
+    assert_error!(
+        app,
+        search(json!({"text": "x", "k": 10, "offset": 995})),
         400,
         "invalid_argument",
-        "offset",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, search(json!({"text": "x", "space": "audio"}))).await,
+        "offset"
+    );
+    assert_error!(
+        app,
+        search(json!({"text": "x", "space": "audio"})),
         400,
         "invalid_body",
-        "audio",
-    )
-    .await;
+        "audio"
+    );
     // An empty body is an empty request: no query.
     let request = TestRequest::post().uri("/v1/search").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "missing_query",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 400, "missing_query", "");
 }
 
 #[actix_web::test]
@@ -704,13 +572,7 @@ async fn oversized_bodies_are_413() {
         .uri("/v1/search")
         .set_json(json!({ "text": big }))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        413,
-        "body_too_large",
-        "1024",
-    )
-    .await;
+    assert_error!(app, request, 413, "body_too_large", "1024");
 
     let body = multipart(&[("title", None, None, big.as_bytes())]);
     let request = TestRequest::post()
@@ -719,13 +581,7 @@ async fn oversized_bodies_are_413() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        413,
-        "body_too_large",
-        "1024",
-    )
-    .await;
+    assert_error!(app, request, 413, "body_too_large", "1024");
 
     // Without a Content-Length the limit still holds while streaming.
     let body = multipart(&[("image", Some("a.png"), Some("image/png"), big.as_bytes())]);
@@ -735,13 +591,7 @@ async fn oversized_bodies_are_413() {
         .set_payload(body)
         .to_request();
     request.headers_mut().remove(header::CONTENT_LENGTH);
-    expect_error(
-        test::call_service(&app, request).await,
-        413,
-        "body_too_large",
-        "1024",
-    )
-    .await;
+    assert_error!(app, request, 413, "body_too_large", "1024");
 }
 
 #[actix_web::test]
@@ -752,13 +602,7 @@ async fn writes_need_the_key_and_reads_need_it_only_when_configured() {
         .uri("/v1/items")
         .set_json(json!({"title": "t"}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        403,
-        "writes_disabled",
-        "TRIO_API_KEY",
-    )
-    .await;
+    assert_error!(app, request, 403, "writes_disabled", "TRIO_API_KEY");
     let request = TestRequest::get().uri("/v1/items").to_request();
     assert_eq!(test::call_service(&app, request).await.status(), 200);
 
@@ -785,26 +629,14 @@ async fn writes_need_the_key_and_reads_need_it_only_when_configured() {
         .insert_header((header::AUTHORIZATION, "Bearer wrong-key"))
         .set_json(json!({"title": "t"}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        401,
-        "unauthorized",
-        "not valid",
-    )
-    .await;
+    assert_error!(app, request, 401, "unauthorized", "not valid");
     // Auth is checked before the body is read: a bad body without a key is still a 401.
     let request = TestRequest::post()
         .uri("/v1/items")
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .set_payload("{not json")
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        401,
-        "unauthorized",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 401, "unauthorized", "");
     let request = TestRequest::post()
         .uri("/v1/items")
         .insert_header((header::AUTHORIZATION, format!("bearer {KEY}")))
@@ -824,13 +656,7 @@ async fn writes_need_the_key_and_reads_need_it_only_when_configured() {
     );
     for path in ["/v1/items", "/v1/models", "/metrics", "/v1/stats"] {
         let request = TestRequest::get().uri(path).to_request();
-        expect_error(
-            test::call_service(&app, request).await,
-            401,
-            "unauthorized",
-            "",
-        )
-        .await;
+        assert_error!(app, request, 401, "unauthorized", "");
         let request = TestRequest::get()
             .uri(path)
             .insert_header(bearer())
@@ -845,13 +671,7 @@ async fn writes_need_the_key_and_reads_need_it_only_when_configured() {
         .uri("/v1/search")
         .set_json(json!({"text": "x"}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        401,
-        "unauthorized",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 401, "unauthorized", "");
     for path in ["/healthz", "/", "/openapi.json"] {
         let request = TestRequest::get().uri(path).to_request();
         assert_eq!(
@@ -888,38 +708,20 @@ async fn training_jobs_and_models() {
         .uri("/v1/train")
         .insert_header(bearer())
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        409,
-        "conflict",
-        "job-1",
-    )
-    .await;
+    assert_error!(app, request, 409, "conflict", "job-1");
     let request = post_json("/v1/train", json!({"epochs": 3, "epoch": 4}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        400,
-        "invalid_body",
-        "epoch",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 400, "invalid_body", "epoch");
     let request = post_json("/v1/train", json!({"validation_fraction": 1.5}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
+    assert_error!(
+        app,
+        request.to_request(),
         400,
         "invalid_argument",
-        "validation_fraction",
-    )
-    .await;
+        "validation_fraction"
+    );
 
     let request = TestRequest::get().uri("/v1/jobs/job-9").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        "job-9",
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", "job-9");
 
     let request = TestRequest::get().uri("/v1/models").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
@@ -937,13 +739,7 @@ async fn training_jobs_and_models() {
         .uri("/v1/models/v7/activate")
         .insert_header(bearer())
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        "v7",
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", "v7");
 }
 
 #[actix_web::test]
@@ -986,13 +782,7 @@ async fn duplicates_noise_stats_and_health() {
     let request = TestRequest::get()
         .uri("/v1/duplicates?space=audio")
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_query",
-        "audio",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_query", "audio");
 
     let request = TestRequest::get().uri("/v1/noise?limit=10").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
@@ -1004,13 +794,7 @@ async fn duplicates_noise_stats_and_health() {
     let request = TestRequest::get()
         .uri("/v1/noise?min_confidence=2")
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_argument",
-        "min_confidence",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_argument", "min_confidence");
 
     let request = TestRequest::get().uri("/v1/stats").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
@@ -1034,24 +818,12 @@ async fn duplicates_noise_stats_and_health() {
 async fn a_panicking_backend_is_a_500_with_a_json_body() {
     let app = app!(FakeBackend::new(), keyed());
     let request = TestRequest::get().uri("/v1/items/panic").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        500,
-        "internal",
-        "server log",
-    )
-    .await;
+    assert_error!(app, request, 500, "internal", "server log");
     let request = TestRequest::post()
         .uri("/v1/classify")
         .set_json(json!({"title": "panic"}))
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        500,
-        "internal",
-        "server log",
-    )
-    .await;
+    assert_error!(app, request, 500, "internal", "server log");
     // The service and the batch worker are still there.
     let request = TestRequest::post()
         .uri("/v1/classify")

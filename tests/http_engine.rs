@@ -14,9 +14,7 @@ use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
 use engine_support::{engine_catalogue, EngineCatalogue, PER_LABEL};
 use serde_json::{json, Value};
-use support::{
-    b64, bearer, expect_error, json_of, keyed, multipart, multipart_content_type, post_json,
-};
+use support::{b64, bearer, json_of, keyed, multipart, multipart_content_type, post_json};
 use trio_server::ServerConfig;
 
 /// One catalogue for the whole binary: loading the towers and embedding the items is the slow
@@ -115,21 +113,9 @@ async fn truncated_multipart_is_a_400() {
         .insert_header((header::CONTENT_TYPE, multipart_content_type()))
         .set_payload(body)
         .to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        400,
-        "invalid_multipart",
-        "",
-    )
-    .await;
+    assert_error!(app, request, 400, "invalid_multipart", "");
     let request = TestRequest::get().uri("/v1/items/truncated").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
-        404,
-        "not_found",
-        "truncated",
-    )
-    .await;
+    assert_error!(app, request, 404, "not_found", "truncated");
     assert_healthy!(app);
 }
 
@@ -142,13 +128,7 @@ async fn a_non_image_with_an_image_content_type_is_415() {
         ("title", None, None, b"fake"),
         ("image", Some("cat.png"), Some("image/png"), text),
     ]);
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        415,
-        "not_an_image",
-        "",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 415, "not_an_image", "");
     let request = TestRequest::get()
         .uri("/v1/items/not-an-image")
         .to_request();
@@ -156,26 +136,14 @@ async fn a_non_image_with_an_image_content_type_is_415() {
 
     for path in ["/v1/classify", "/v1/search"] {
         let request = post_json(path, json!({ "image": b64(text) }));
-        expect_error(
-            test::call_service(&app, request.to_request()).await,
-            415,
-            "not_an_image",
-            "",
-        )
-        .await;
+        assert_error!(app, request.to_request(), 415, "not_an_image", "");
     }
     // A PNG signature with nothing after it.
     let request = post_json(
         "/v1/classify",
         json!({ "image": b64(b"\x89PNG\r\n\x1a\n") }),
     );
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        415,
-        "not_an_image",
-        "",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 415, "not_an_image", "");
     assert_healthy!(app);
 }
 
@@ -193,30 +161,12 @@ async fn a_decompression_bomb_is_413_before_it_is_decoded() {
         ("id", None, None, b"bomb"),
         ("image", Some("bomb.png"), Some("image/png"), &bomb),
     ]);
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "too_large",
-        &limit,
-    )
-    .await;
+    assert_error!(app, request.to_request(), 413, "too_large", &limit);
     let request = post_json("/v1/items", json!({"id": "bomb", "image": b64(&bomb)}));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "too_large",
-        &limit,
-    )
-    .await;
+    assert_error!(app, request.to_request(), 413, "too_large", &limit);
     for path in ["/v1/classify", "/v1/search"] {
         let request = post_json(path, json!({ "image": b64(&bomb) }));
-        expect_error(
-            test::call_service(&app, request.to_request()).await,
-            413,
-            "too_large",
-            &limit,
-        )
-        .await;
+        assert_error!(app, request.to_request(), 413, "too_large", &limit);
     }
     let request = TestRequest::get().uri("/v1/items/bomb").to_request();
     assert_eq!(test::call_service(&app, request).await.status(), 404);
@@ -228,43 +178,31 @@ async fn ten_megabytes_of_text_is_413() {
     let app = app!(catalogue().backend(), keyed());
     let text = "a".repeat(10 * 1024 * 1024);
     let request = post_json("/v1/search", json!({ "text": text }));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "text_too_long",
-        "`text`",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 413, "text_too_long", "`text`");
     let request = post_json("/v1/classify", json!({ "title": text }));
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        413,
-        "text_too_long",
-        "`title`",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 413, "text_too_long", "`title`");
     let request = post_json(
         "/v1/items",
         json!({"id": "long", "title": "ok", "description": text}),
     );
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
+    assert_error!(
+        app,
+        request.to_request(),
         413,
         "text_too_long",
-        "`description`",
-    )
-    .await;
+        "`description`"
+    );
     let request = multipart_item(&[
         ("id", None, None, b"long"),
         ("description", None, None, text.as_bytes()),
     ]);
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
+    assert_error!(
+        app,
+        request.to_request(),
         413,
         "text_too_long",
-        "`description`",
-    )
-    .await;
+        "`description`"
+    );
     let request = TestRequest::get().uri("/v1/items/long").to_request();
     assert_eq!(test::call_service(&app, request).await.status(), 404);
     assert_healthy!(app);
@@ -280,13 +218,7 @@ async fn invalid_json_and_unknown_fields_are_400() {
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .set_payload("{\"ti")
             .to_request();
-        expect_error(
-            test::call_service(&app, request).await,
-            400,
-            "invalid_json",
-            "",
-        )
-        .await;
+        assert_error!(app, request, 400, "invalid_json", "");
     }
     for (path, body) in [
         ("/v1/search", json!({"text": "cat", "bogus": 1})),
@@ -301,34 +233,22 @@ async fn invalid_json_and_unknown_fields_are_400() {
             .unwrap()
             .clone();
         let request = post_json(path, body);
-        expect_error(
-            test::call_service(&app, request.to_request()).await,
-            400,
-            "invalid_body",
-            &field,
-        )
-        .await;
+        assert_error!(app, request.to_request(), 400, "invalid_body", &field);
     }
     // An unknown part of a multipart form, and an unknown field inside its `fields` part.
     let request = multipart_item(&[
         ("title", None, None, b"cat"),
         ("colour", None, None, b"red"),
     ]);
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
+    assert_error!(
+        app,
+        request.to_request(),
         400,
         "invalid_multipart",
-        "colour",
-    )
-    .await;
+        "colour"
+    );
     let request = multipart_item(&[("fields", None, None, br#"{"title": "cat", "size": 3}"#)]);
-    expect_error(
-        test::call_service(&app, request.to_request()).await,
-        400,
-        "invalid_body",
-        "size",
-    )
-    .await;
+    assert_error!(app, request.to_request(), 400, "invalid_body", "size");
     // Nothing was stored by any of them.
     let request = TestRequest::get().uri("/v1/items?limit=1").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;

@@ -197,20 +197,14 @@ async fn slow_backend_calls_time_out_with_504() {
     );
     // The gate stays closed: these calls cannot finish until the test ends.
     let request = TestRequest::get().uri("/v1/items/hold").to_request();
-    expect_error(
-        test::call_service(&app, request).await,
+    assert_error!(app, request, 504, "timeout", "50 ms");
+    assert_error!(
+        app,
+        classify(HOLD).to_request(),
         504,
         "timeout",
-        "50 ms",
-    )
-    .await;
-    expect_error(
-        test::call_service(&app, classify(HOLD).to_request()).await,
-        504,
-        "timeout",
-        "classification",
-    )
-    .await;
+        "classification"
+    );
 }
 
 #[actix_web::test]

@@ -618,6 +618,21 @@ macro_rules! app {
     }};
 }
 
+/// Sends `request` to a test service and checks the JSON error it answers: the status, the
+/// error code, and a word the message must name.
+#[macro_export]
+macro_rules! assert_error {
+    ($app:expr, $request:expr, $status:expr, $code:expr, $mentions:expr) => {
+        $crate::support::expect_error(
+            actix_web::test::call_service(&$app, $request).await,
+            $status,
+            $code,
+            $mentions,
+        )
+        .await
+    };
+}
+
 /// Status and JSON body of a response.
 pub async fn json_of<B: MessageBody>(response: ServiceResponse<B>) -> (u16, Value) {
     let status = response.status().as_u16();

@@ -249,6 +249,11 @@ impl Frozen {
                 let d = dist(nb);
                 let worst = top.peek().map_or(f32::INFINITY, |w| w.dist);
                 if top.len() < ef || d < worst {
+                    // Its links are read when it is popped; start fetching them now.
+                    prefetch(
+                        self.level0[nb as usize * (self.m0 + 1)..].as_ptr().cast(),
+                        1,
+                    );
                     candidates.push(Reverse(Scored { dist: d, id: nb }));
                     if all || allow.allows(nb) {
                         top.push(Scored { dist: d, id: nb });

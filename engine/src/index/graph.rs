@@ -150,6 +150,12 @@ impl Frozen {
             + self.levels.len()
     }
 
+    /// All level-0 lists as stored, `2m + 1` slots per point (`[count, ids...]`): what a dump
+    /// saves so that loading need not relink.
+    pub(crate) fn level0_slots(&self) -> &[u32] {
+        &self.level0
+    }
+
     #[inline]
     pub(crate) fn level0_of(&self, id: u32) -> &[u32] {
         let start = id as usize * (self.m0 + 1);

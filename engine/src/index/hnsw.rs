@@ -273,16 +273,22 @@ impl HnswIndex {
         Ok(index)
     }
 
-    /// Reassembles an index from a graph hnsw_rs reloaded (see `persist`).
+    /// Reassembles an index from a graph hnsw_rs reloaded (see `persist`) and, when the dump
+    /// kept them, the relinked level-0 lists of its first points (`2m + 1` slots per point, see
+    /// `Frozen::level0_slots`); points without saved lists are relinked now.
     pub(crate) fn from_parts(
         dim: usize,
         params: HnswParams,
         graph: Graph,
         keys: Vec<u64>,
         tombstones: Tombstones,
+        level0: Option<Vec<u32>>,
     ) -> Result<Self> {
         params.validate()?;
         let n = keys.len();
+        if let Some(slots) = &level0 {
+            check_slots(slots, 2 * params.m, n).map_err(|reason| broken_error(&reason))?;
+        }
         let points = collect_points(&graph, n).map_err(|reason| broken_error(&reason))?;
         if let Some(p) = points.iter().find(|p| p.get_v().len() != dim) {
             return Err(broken_error(&format!(
@@ -293,7 +299,7 @@ impl HnswIndex {
         }
         let arena = Arena::new(dim).extended(points.iter().map(|p| p.get_v()));
         let dot = Dot::best();
-        let frozen = freeze_graph(arena, &points, &params, dot, None);
+        let frozen = freeze_graph(arena, &points, &params, dot, level0.as_deref());
         let mut live = HashMap::with_capacity(n);
         let mut dead = 0;
         for (id, &key) in keys.iter().enumerate() {
@@ -539,7 +545,13 @@ impl HnswIndex {
             )));
         }
         let points = collect_points(&w.graph, n).map_err(|reason| broken_error(&reason))?;
-        let frozen = freeze_graph(arena, &points, &self.params, self.dot, Some(&view.frozen));
+        let frozen = freeze_graph(
+            arena,
+            &points,
+            &self.params,
+            self.dot,
+            Some(view.frozen.level0_slots()),
+        );
         Ok(View {
             frozen: Arc::new(frozen),
             frozen_keys: Arc::from(w.keys.clone()),
@@ -563,6 +575,11 @@ impl HnswIndex {
 
     pub(crate) fn tombstone_words(&self) -> Vec<u64> {
         self.view().tombstones.words().to_vec()
+    }
+
+    /// The frozen graph's level-0 lists (see `Frozen::level0_slots`).
+    pub(crate) fn level0_slots(&self) -> Vec<u32> {
+        self.view().frozen.level0_slots().to_vec()
     }
 }
 
@@ -601,7 +618,8 @@ fn collect_points(
 /// Freezes hnsw_rs's graph: upper levels as hnsw_rs built them, level 0 relinked the way
 /// hnswlib inserts (see `refine`).
 ///
-/// Points already in `previous` (the last frozen graph) keep their refined lists, gaining only
+/// Points already in `previous` (the level-0 slots of the last frozen graph, `2m + 1` per
+/// point) keep their refined lists, gaining only
 /// reverse links from the new points, so a freeze after a small batch relinks just that batch.
 /// New points start from hnsw_rs's links re-selected by [`select_diverse`] over their own list
 /// and the lists naming them (this is the graph the relinking searches), then are relinked from
@@ -612,13 +630,14 @@ fn freeze_graph(
     points: &[Arc<Point<'static, f32>>],
     params: &HnswParams,
     dot: Dot,
-    previous: Option<&Frozen>,
+    previous: Option<&[u32]>,
 ) -> Frozen {
     let m = params.m;
     let m0 = 2 * m;
     let mut nodes = node_lists(points);
     let n = nodes.len();
-    let old_n = previous.map_or(0, |f| f.len().min(n));
+    let stride = m0 + 1;
+    let old_n = previous.map_or(0, |slots| (slots.len() / stride).min(n));
     let raw: Vec<Vec<u32>> = nodes
         .iter()
         .map(|node| {
@@ -635,7 +654,10 @@ fn freeze_graph(
     let start: Vec<Vec<u32>> = (0..n)
         .into_par_iter()
         .map(|u| match previous {
-            Some(frozen) if u < old_n => frozen.level0_of(u as u32).to_vec(),
+            Some(slots) if u < old_n => {
+                let count = slots[u * stride] as usize;
+                slots[u * stride + 1..u * stride + 1 + count.min(m0)].to_vec()
+            }
             _ => select_diverse(&arena, u, hints(u as u32).into_iter(), m0, dot),
         })
         .collect();
@@ -663,6 +685,25 @@ fn freeze_graph(
     };
     set_level0(&mut nodes, &level0);
     Frozen::build(arena, &nodes, m)
+}
+
+/// Checks level-0 slots read from a dump: whole lists of `m0 + 1` slots for at most `n`
+/// points, each count at most `m0`, every id below `n`.
+fn check_slots(slots: &[u32], m0: usize, n: usize) -> std::result::Result<(), String> {
+    let stride = m0 + 1;
+    if slots.len() % stride != 0 || slots.len() / stride > n {
+        return Err(format!(
+            "{} level-0 slots are not whole lists of {stride} for at most {n} points",
+            slots.len()
+        ));
+    }
+    for (id, list) in slots.chunks_exact(stride).enumerate() {
+        let count = list[0] as usize;
+        if count > m0 || list[1..=count].iter().any(|&v| v as usize >= n) {
+            return Err(format!("point {id}'s level-0 list is malformed"));
+        }
+    }
+    Ok(())
 }
 
 /// Each point's neighbour lists at levels 0..=its level, read in parallel.

@@ -619,8 +619,8 @@ fn collect_points(
 /// hnswlib inserts (see `refine`).
 ///
 /// Points already in `previous` (the level-0 slots of the last frozen graph, `2m + 1` per
-/// point) keep their refined lists, gaining only
-/// reverse links from the new points, so a freeze after a small batch relinks just that batch.
+/// point) keep their refined lists, gaining only reverse links from the new points, so a freeze
+/// after a small batch relinks just that batch.
 /// New points start from hnsw_rs's links re-selected by [`select_diverse`] over their own list
 /// and the lists naming them (this is the graph the relinking searches), then are relinked from
 /// an `ef_construction` beam search. At 100k clustered points hnsw_rs's raw graph needed ef 256

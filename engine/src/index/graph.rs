@@ -150,6 +150,12 @@ impl Frozen {
             + self.levels.len()
     }
 
+    /// All level-0 lists as stored, `2m + 1` slots per point (`[count, ids...]`): what a dump
+    /// saves so that loading need not relink.
+    pub(crate) fn level0_slots(&self) -> &[u32] {
+        &self.level0
+    }
+
     #[inline]
     pub(crate) fn level0_of(&self, id: u32) -> &[u32] {
         let start = id as usize * (self.m0 + 1);
@@ -249,6 +255,11 @@ impl Frozen {
                 let d = dist(nb);
                 let worst = top.peek().map_or(f32::INFINITY, |w| w.dist);
                 if top.len() < ef || d < worst {
+                    // Its links are read when it is popped; start fetching them now.
+                    prefetch(
+                        self.level0[nb as usize * (self.m0 + 1)..].as_ptr().cast(),
+                        1,
+                    );
                     candidates.push(Reverse(Scored { dist: d, id: nb }));
                     if all || allow.allows(nb) {
                         top.push(Scored { dist: d, id: nb });

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::graph::{select_diverse, with_scratch, Allow, Frozen, Incoming, NodeLists, Scored};
+use super::refine::relink;
 use super::simd::{normalized, Dot};
 use super::vectors::{Arena, Padded};
 use super::{Hit, VectorIndex};
@@ -193,9 +194,6 @@ pub(crate) struct Writer {
     pub(crate) keys: Vec<u64>,
     /// Point id of each live key.
     pub(crate) live: HashMap<u64, u32>,
-    /// hnsw_rs's level-0 lists as of the last freeze, `m0 + 1` slots per point
-    /// (`[count, ids...]`): what the next freeze diffs against to redo only changed points.
-    raw0: Vec<u32>,
     /// Set when hnsw_rs panicked mid-write: the graph may be inconsistent.
     broken: bool,
 }
@@ -249,7 +247,6 @@ impl HnswIndex {
             graph: new_graph(&params, 0),
             keys: Vec::new(),
             live: HashMap::new(),
-            raw0: Vec::new(),
             broken: false,
         };
         let view = View {
@@ -276,16 +273,22 @@ impl HnswIndex {
         Ok(index)
     }
 
-    /// Reassembles an index from a graph hnsw_rs reloaded (see `persist`).
+    /// Reassembles an index from a graph hnsw_rs reloaded (see `persist`) and, when the dump
+    /// kept them, the relinked level-0 lists of its first points (`2m + 1` slots per point, see
+    /// `Frozen::level0_slots`); points without saved lists are relinked now.
     pub(crate) fn from_parts(
         dim: usize,
         params: HnswParams,
         graph: Graph,
         keys: Vec<u64>,
         tombstones: Tombstones,
+        level0: Option<Vec<u32>>,
     ) -> Result<Self> {
         params.validate()?;
         let n = keys.len();
+        if let Some(slots) = &level0 {
+            check_slots(slots, 2 * params.m, n).map_err(|reason| broken_error(&reason))?;
+        }
         let points = collect_points(&graph, n).map_err(|reason| broken_error(&reason))?;
         if let Some(p) = points.iter().find(|p| p.get_v().len() != dim) {
             return Err(broken_error(&format!(
@@ -296,7 +299,7 @@ impl HnswIndex {
         }
         let arena = Arena::new(dim).extended(points.iter().map(|p| p.get_v()));
         let dot = Dot::best();
-        let (frozen, raw0) = freeze_graph(arena, &points, params.m, dot, None);
+        let frozen = freeze_graph(arena, &points, &params, dot, level0.as_deref());
         let mut live = HashMap::with_capacity(n);
         let mut dead = 0;
         for (id, &key) in keys.iter().enumerate() {
@@ -322,7 +325,6 @@ impl HnswIndex {
                 graph,
                 keys,
                 live,
-                raw0,
                 broken: false,
             }),
             view: RwLock::new(Arc::new(view)),
@@ -465,7 +467,6 @@ impl HnswIndex {
                 graph: new_graph(&self.params, points.len()),
                 keys: Vec::new(),
                 live: HashMap::new(),
-                raw0: Vec::new(),
                 broken: false,
             };
             let empty = View {
@@ -544,14 +545,13 @@ impl HnswIndex {
             )));
         }
         let points = collect_points(&w.graph, n).map_err(|reason| broken_error(&reason))?;
-        let (frozen, raw0) = freeze_graph(
+        let frozen = freeze_graph(
             arena,
             &points,
-            self.params.m,
+            &self.params,
             self.dot,
-            Some((&w.raw0, &view.frozen)),
+            Some(view.frozen.level0_slots()),
         );
-        w.raw0 = raw0;
         Ok(View {
             frozen: Arc::new(frozen),
             frozen_keys: Arc::from(w.keys.clone()),
@@ -575,6 +575,11 @@ impl HnswIndex {
 
     pub(crate) fn tombstone_words(&self) -> Vec<u64> {
         self.view().tombstones.words().to_vec()
+    }
+
+    /// The frozen graph's level-0 lists (see `Frozen::level0_slots`).
+    pub(crate) fn level0_slots(&self) -> Vec<u32> {
+        self.view().frozen.level0_slots().to_vec()
     }
 }
 
@@ -610,89 +615,95 @@ fn collect_points(
         .collect()
 }
 
-/// Freezes hnsw_rs's graph, with level-0 links re-selected by [`select_diverse`] over each
-/// point's own list and the points listing it.
+/// Freezes hnsw_rs's graph: upper levels as hnsw_rs built them, level 0 relinked the way
+/// hnswlib inserts (see `refine`).
 ///
-/// Why: on a reverse update hnsw_rs appends the new point to a full list and drops the
-/// farthest entry, so lists drift towards "nearest points only" and lose the long-range links
-/// that let a search cross between clusters (at 100k clustered points its raw graph needed ef
-/// 256 for recall@10 0.95 where hnswlib's needed 64). hnswlib instead re-runs the diversity
-/// heuristic on overflow; doing the same here restores that graph quality. With `previous`
-/// (the raw lists and frozen graph of the last freeze) only points whose candidates changed are
-/// redone, so freezing after a small batch stays cheap. Returns the graph and the raw lists.
+/// Points already in `previous` (the level-0 slots of the last frozen graph, `2m + 1` per
+/// point) keep their refined lists, gaining only reverse links from the new points, so a freeze
+/// after a small batch relinks just that batch.
+/// New points start from hnsw_rs's links re-selected by [`select_diverse`] over their own list
+/// and the lists naming them (this is the graph the relinking searches), then are relinked from
+/// an `ef_construction` beam search. At 100k clustered points hnsw_rs's raw graph needed ef 256
+/// for recall@10 0.95, the re-selected one 128; relinked, it matches hnswlib's.
 fn freeze_graph(
     arena: Arena,
     points: &[Arc<Point<'static, f32>>],
-    m: usize,
+    params: &HnswParams,
     dot: Dot,
-    previous: Option<(&[u32], &Frozen)>,
-) -> (Frozen, Vec<u32>) {
+    previous: Option<&[u32]>,
+) -> Frozen {
+    let m = params.m;
     let m0 = 2 * m;
-    let stride = m0 + 1;
     let mut nodes = node_lists(points);
     let n = nodes.len();
-    let raw: Vec<&[u32]> = nodes
+    let stride = m0 + 1;
+    let old_n = previous.map_or(0, |slots| (slots.len() / stride).min(n));
+    let raw: Vec<Vec<u32>> = nodes
         .iter()
         .map(|node| {
             node.lists
                 .first()
-                .map_or(&[][..], |l| &l[..l.len().min(m0)])
+                .map_or(Vec::new(), |l| l[..l.len().min(m0)].to_vec())
         })
         .collect();
-    let old_slots: &[u32] = previous.map_or(&[], |(slots, _)| slots);
-    let old_raw = |id: usize| -> &[u32] {
-        let slots = old_slots;
-        let at = id * stride;
-        match slots.get(at) {
-            Some(&count) => &slots[at + 1..at + 1 + count as usize],
-            None => &[],
-        }
+    let reverse = Incoming::new(&raw.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    let hints = |u: u32| -> Vec<u32> {
+        let u = u as usize;
+        raw[u].iter().chain(reverse.of(u)).copied().collect()
     };
-    let old_n = previous.map_or(0, |(slots, frozen)| {
-        (slots.len() / stride).min(frozen.len())
-    });
-    // A point is redone when its own list changed or when a list naming it (before or after)
-    // changed, since both feed its candidates.
-    let mut dirty = vec![false; n];
-    for id in 0..n {
-        if id >= old_n || old_raw(id) != raw[id] {
-            dirty[id] = true;
-            for &v in raw[id]
-                .iter()
-                .chain(if id < old_n { old_raw(id) } else { &[] })
-            {
-                if let Some(d) = dirty.get_mut(v as usize) {
-                    *d = true;
-                }
-            }
-        }
-    }
-    let reverse = Incoming::new(&raw);
-    let level0: Vec<Vec<u32>> = (0..n)
+    let start: Vec<Vec<u32>> = (0..n)
         .into_par_iter()
         .map(|u| match previous {
-            Some((_, frozen)) if !dirty[u] => frozen.level0_of(u as u32).to_vec(),
-            _ => select_diverse(
-                &arena,
-                u,
-                raw[u].iter().chain(reverse.of(u)).copied(),
-                m0,
-                dot,
-            ),
+            Some(slots) if u < old_n => {
+                let count = slots[u * stride] as usize;
+                slots[u * stride + 1..u * stride + 1 + count.min(m0)].to_vec()
+            }
+            _ => select_diverse(&arena, u, hints(u as u32).into_iter(), m0, dot),
         })
         .collect();
-    let mut raw0 = vec![0u32; n * stride];
-    for (id, list) in raw.iter().enumerate() {
-        raw0[id * stride] = list.len() as u32;
-        raw0[id * stride + 1..id * stride + 1 + list.len()].copy_from_slice(list);
+    let set_level0 = |nodes: &mut [NodeLists], lists: &[Vec<u32>]| {
+        for (node, list) in nodes.iter_mut().zip(lists) {
+            match node.lists.first_mut() {
+                Some(l0) => l0.clone_from(list),
+                None => node.lists.push(list.clone()),
+            }
+        }
+    };
+    set_level0(&mut nodes, &start);
+    let todo: Vec<u32> = (old_n as u32..n as u32).collect();
+    let level0 = {
+        let search_graph = Frozen::build(arena.clone(), &nodes, m);
+        relink(
+            &search_graph,
+            &start,
+            &todo,
+            &hints,
+            params.ef_construction,
+            m0,
+            dot,
+        )
+    };
+    set_level0(&mut nodes, &level0);
+    Frozen::build(arena, &nodes, m)
+}
+
+/// Checks level-0 slots read from a dump: whole lists of `m0 + 1` slots for at most `n`
+/// points, each count at most `m0`, every id below `n`.
+fn check_slots(slots: &[u32], m0: usize, n: usize) -> std::result::Result<(), String> {
+    let stride = m0 + 1;
+    if slots.len() % stride != 0 || slots.len() / stride > n {
+        return Err(format!(
+            "{} level-0 slots are not whole lists of {stride} for at most {n} points",
+            slots.len()
+        ));
     }
-    for (node, list) in nodes.iter_mut().zip(level0) {
-        match node.lists.first_mut() {
-            Some(l0) => *l0 = list,
-            None => node.lists.push(list),
+    for (id, list) in slots.chunks_exact(stride).enumerate() {
+        let count = list[0] as usize;
+        if count > m0 || list[1..=count].iter().any(|&v| v as usize >= n) {
+            return Err(format!("point {id}'s level-0 list is malformed"));
         }
     }
-    (Frozen::build(arena, &nodes, m), raw0)
+    Ok(())
 }
 
 /// Each point's neighbour lists at levels 0..=its level, read in parallel.

@@ -13,6 +13,7 @@ mod flat;
 mod graph;
 mod hnsw;
 mod persist;
+mod refine;
 mod simd;
 mod vectors;
 

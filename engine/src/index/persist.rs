@@ -11,6 +11,9 @@
 //! graph-<stamp>.hnsw.data
 //! keys-<stamp>.bin              item key of each point id, u64 little-endian
 //! tombstones-<stamp>.bin        deleted point ids as a bitset of u64 little-endian words
+//! links-<stamp>.bin             the relinked level-0 lists of the frozen graph, `2m + 1` u32
+//!                               little-endian per point (`[count, ids...]`); without it (older
+//!                               dumps) loading relinks every point, which is slow
 //! ```
 //!
 //! The manifest is written last, by an atomic rename, so a crash mid-dump leaves the previous
@@ -37,7 +40,7 @@ const FORMAT: &str = "trio-hnsw";
 const FORMAT_VERSION: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 /// Prefixes of the files a dump owns; only these are ever deleted from the folder.
-const OWNED_PREFIXES: [&str; 3] = ["graph-", "keys-", "tombstones-"];
+const OWNED_PREFIXES: [&str; 4] = ["graph-", "keys-", "tombstones-", "links-"];
 
 /// What a dump folder holds, as recorded in its `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +159,14 @@ impl HnswIndex {
             write_synced(&dir.join(&tomb_name), &u64s_to_bytes(&tombstones))?;
             names.push(keys_name);
             names.push(tomb_name);
+            let links_name = format!("links-{stamp}.bin");
+            let links: Vec<u8> = self
+                .level0_slots()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            write_synced(&dir.join(&links_name), &links)?;
+            names.push(links_name);
 
             let mut files = Vec::new();
             for name in names {
@@ -268,6 +279,25 @@ impl HnswIndex {
         };
         let keys = read_u64s(listed("keys-")?)?;
         let tombstones = Tombstones::from_words(read_u64s(listed("tombstones-")?)?);
+        let level0 = match listed("links-") {
+            Ok(path) => {
+                let bytes = fs::read(&path)
+                    .map_err(|e| rebuild(dir, format!("{}: {e}", path.display())))?;
+                if bytes.len() % 4 != 0 {
+                    return Err(rebuild(
+                        dir,
+                        format!("{} is not whole u32s", path.display()),
+                    ));
+                }
+                Some(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                )
+            }
+            Err(_) => None,
+        };
         if keys.len() as u64 != manifest.points {
             return Err(rebuild(
                 dir,
@@ -300,11 +330,12 @@ impl HnswIndex {
         };
         // hnsw_rs switches this on when reloading; keep inserts behaving as at build time.
         graph.set_extend_candidates(false);
-        let index =
-            HnswIndex::from_parts(dim, params, graph, keys, tombstones).map_err(|e| match e {
+        let index = HnswIndex::from_parts(dim, params, graph, keys, tombstones, level0).map_err(
+            |e| match e {
                 Error::IndexRebuildNeeded { reason, .. } => rebuild(dir, reason),
                 other => other,
-            })?;
+            },
+        )?;
         if index.len() as u64 != manifest.live {
             return Err(rebuild(
                 dir,
@@ -336,5 +367,29 @@ fn remove_unlisted(dir: &Path, manifest: &DumpManifest) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_relinked_graph_instead_of_relinking() {
+        let dim = 8;
+        let points: Vec<(u64, Vec<f32>)> = (0..300u64)
+            .map(|i| {
+                let v = (0..dim)
+                    .map(|j| ((i * 31 + j as u64 * 17) % 23) as f32 - 11.0)
+                    .collect();
+                (i, v)
+            })
+            .collect();
+        let index = HnswIndex::build(dim, HnswParams::default(), &points).expect("build");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest = index.dump(dir.path(), 7).expect("dump");
+        assert!(manifest.files.iter().any(|f| f.name.starts_with("links-")));
+        let loaded = HnswIndex::load(dir.path(), dim, HnswParams::default(), 7).expect("load");
+        assert_eq!(loaded.level0_slots(), index.level0_slots());
     }
 }

@@ -164,14 +164,14 @@ fn kinds_are_layered_without_repeating_links() {
 fn chains_and_dense_regions_do_not_merge() {
     let mut rng = StdRng::seed_from_u64(3);
     let dim = 64;
-    // A random walk where each step keeps cosine ≈ 0.967: neighbours link, two steps apart
-    // mostly do not, so single linkage would chain all 120 items into one group.
+    // A random walk where each step keeps cosine ≈ 1/√(1 + 0.3²) ≈ 0.958 (unit noise): steps
+    // link, two steps apart (≈ 0.92) do not, so single linkage would chain all 120 items.
     let mut vectors = vec![random_unit(&mut rng, dim)];
     for _ in 1..120 {
-        let next = jitter(&mut rng, &vectors[vectors.len() - 1], 0.45);
+        let next = jitter(&mut rng, &vectors[vectors.len() - 1], 0.3);
         vectors.push(next);
     }
-    // A dense blob of 150 near-identical items (cosine ≈ 0.99 between all of them).
+    // A dense blob of 150 near-identical items (cosine ≈ 0.98 between all of them).
     let centre = random_unit(&mut rng, dim);
     for _ in 0..150 {
         vectors.push(jitter(&mut rng, &centre, 0.15));
@@ -186,6 +186,13 @@ fn chains_and_dense_regions_do_not_merge() {
         })
         .collect();
     let knn = brute_force_knn(&keys, &vectors);
+    let steps_linked = (1..120)
+        .filter(|&i| dot(&vectors[i - 1], &vectors[i]) >= 0.95)
+        .count();
+    assert!(
+        steps_linked > 60,
+        "the walk must offer a chain ({steps_linked} steps link)"
+    );
     let opts = DuplicateOptions::default();
     let report = find_duplicates(&items, &knn, &opts, &NoProgress).expect("find duplicates");
     let sizes: Vec<usize> = report.groups.iter().map(|g| g.members.len()).collect();
@@ -213,6 +220,10 @@ fn chains_and_dense_regions_do_not_merge() {
         .count();
     let blob_grouped = report.groups.iter().flat_map(|g| g.members.iter()).count() - walk_grouped;
     println!("grouped: {walk_grouped} of the walk, {blob_grouped} of the blob");
+    assert!(
+        walk_grouped > 0,
+        "steps of the walk are still found, in pairs"
+    );
     assert!(
         blob_grouped >= 75,
         "most of the blob is still grouped, in pieces"
@@ -563,7 +574,8 @@ fn planted_copies_are_found_in_real_image_vectors() {
     assert!(scores.precision >= PRECISION_FLOOR, "{scores:?}");
 }
 
-/// Measured 0.805 (302 of 375 family pairs) on this fixed set; a few points of room.
-const RECALL_FLOOR: f64 = 0.75;
-/// Measured 0.807 (302 of 374 found pairs).
-const PRECISION_FLOOR: f64 = 0.75;
+/// Measured 0.723 (271 of 375 family pairs) on this fixed set with mutual-kNN links and
+/// complete linkage (single linkage gave 0.805 at precision 0.807); a few points of room.
+const RECALL_FLOOR: f64 = 0.68;
+/// Measured 0.961 (271 of 282 found pairs).
+const PRECISION_FLOOR: f64 = 0.9;

@@ -285,7 +285,7 @@ fn perceptual_links(items: &[DupItem], neighbours: &Neighbours, max_distance: u3
                 .filter(|&(a, b, _)| !neighbours.has_vector(a) || !neighbours.has_vector(b)),
         );
     }
-    links.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    links.sort_unstable_by_key(|l| (l.0, l.1));
     links.dedup_by_key(|l| (l.0, l.1));
     links
 }

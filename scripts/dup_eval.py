@@ -115,6 +115,12 @@ def main():
     parser.add_argument("--cnn-min-similarity", type=float, default=0.9)
     parser.add_argument("--cnn-lite0-weights")
     parser.add_argument("--json-out")
+    parser.add_argument(
+        "--cache",
+        help="folder keeping each imagededup method's links and run time "
+        "(imagededup_<method>.json): a later run on the same files rescores them instead of "
+        "running imagededup again",
+    )
     args = parser.parse_args()
 
     ids = read_tsv(os.path.join(args.dir, "ids.tsv"))
@@ -131,7 +137,15 @@ def main():
     results = {}
     results["trio"] = score(trio_links(args.trio, file_of), planted, vendor_pairs, emoji_of)
     results["trio"]["seconds"] = args.trio_seconds
-    for method in args.methods.split(","):
+    for method in filter(None, args.methods.split(",")):
+        cached = os.path.join(args.cache, f"imagededup_{method}.json") if args.cache else None
+        if cached and os.path.exists(cached):
+            with open(cached) as f:
+                saved = json.load(f)
+            links = {tuple(link) for link in saved["links"]}
+            results[f"imagededup {method}"] = score(links, planted, vendor_pairs, emoji_of)
+            results[f"imagededup {method}"]["seconds"] = saved["seconds"]
+            continue
         start = time.perf_counter()
         try:
             if method == "phash":
@@ -144,7 +158,12 @@ def main():
             print(f"imagededup {method}: FAILED: {type(e).__name__}: {e}")
             continue
         seconds = time.perf_counter() - start
-        results[f"imagededup {method}"] = score(links_of(dups), planted, vendor_pairs, emoji_of)
+        links = links_of(dups)
+        if cached:
+            os.makedirs(args.cache, exist_ok=True)
+            with open(cached, "w") as f:
+                json.dump({"seconds": seconds, "links": sorted(links)}, f)
+        results[f"imagededup {method}"] = score(links, planted, vendor_pairs, emoji_of)
         results[f"imagededup {method}"]["seconds"] = seconds
 
     print(

@@ -5,7 +5,8 @@
 #   EVERY:   plant copies of every EVERY-th base emoji render (default 50).
 # Needs `cargo build --workspace --all-targets`, TRIO_HOME, and PYTHON pointing at a Python with
 # imagededup and efficientnet_lite_pytorch (its CNN runs on EfficientNet-Lite0, Trio's image
-# tower, since its default MobileNetV3 weights are a download).
+# tower, since its default MobileNetV3 weights are a download). imagededup's links are kept in
+# WORKDIR/imagededup, so a rerun on the same files rescores them instead of recomputing.
 set -euo pipefail
 db=$1 work=$2 every=${3:-50}
 trio=${TRIO:-target/debug/trio}
@@ -21,4 +22,4 @@ end=$(date +%s.%N)
 "$python" scripts/dup_eval.py "$work" --trio "$work/trio_dups.json" \
   --trio-seconds "$(echo "$end - $start" | bc)" \
   --cnn-lite0-weights "${TRIO_HOME:-$HOME/.cache/trio}/models/efficientnet-lite0/efficientnet-lite0.pth" \
-  --json-out "$work/dup_scores.json"
+  --cache "$work/imagededup" --json-out "$work/dup_scores.json"

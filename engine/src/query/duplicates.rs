@@ -2,24 +2,31 @@
 //!
 //! - **Exact**: byte-identical images (same content hash).
 //! - **Perceptual**: the same picture resized, re-encoded or slightly recoloured: perceptual
-//!   hashes (see [`super::phash`]) at most `phash_max_distance` bits apart. Candidate pairs
-//!   come from a multi-index hash table, so 100k items never compare all pairs.
-//! - **Near**: items whose vectors are almost parallel (cosine similarity ≥ `threshold`):
-//!   crops, mirror images, the same object photographed twice. Candidates come from the
-//!   vector index's k nearest neighbours, never from all pairs.
+//!   hashes (see [`super::phash`]) at most `phash_max_distance` bits apart, **and** the vector
+//!   space agreeing (one of the two is among the other's `k` nearest neighbours). Items without
+//!   a vector are judged by their hashes alone.
+//! - **Near**: items whose vectors are almost parallel (cosine similarity ≥ `threshold`) and
+//!   **mutual** nearest neighbours (each among the other's `k` nearest): crops, mirror images,
+//!   the same object photographed twice. Candidates come from the vector index's k nearest
+//!   neighbours, never from all pairs.
 //!
-//! Links become groups with a union–find. Each strength groups only the links it adds: a
-//! perceptual link between two byte-identical items, or a near link between items already
-//! grouped as exact or perceptual copies, is not repeated. An item can therefore sit in one
-//! group of each kind.
+//! **Why the extra conditions.** A fixed cutoff means different things in different parts of
+//! a catalogue. Among flat icons (emoji, logos, pictograms on one background) a 64-bit pHash
+//! or a cosine of 0.95 joins *different* pictures by the hundred, while among photographs the
+//! same cutoffs are strict. Asking that a link also be a nearest-neighbour relation makes the
+//! test relative to the item's neighbourhood: in a dense region the k nearest are very close,
+//! so only a pair clearly closer than the crowd survives. A perceptual link has the hash as
+//! one witness and needs the vectors only as a second, so one direction suffices; a near link
+//! has the vectors alone and needs both directions.
 //!
-//! **Chaining.** Grouping by links is single-linkage clustering: A≈B and B≈C put A and C
-//! together even when A and C differ, and in a dense region (a hundred near-identical icons)
-//! links can chain into one giant group. Perceptual and near links are therefore merged
-//! strongest first and a merge that would make a group larger than `max_group_size` is
-//! refused (counted in [`DuplicateReport::refused_merges`]). A giant region thus splits into
-//! groups of at most `max_group_size`, each held together by its strongest links. Exact
-//! groups are never capped: byte-identical items do not chain.
+//! **Groups are complete-linkage.** Links are merged strongest first, and two groups merge only
+//! when *every* pair across them is linked, so A≈B and B≈C never put A and C together unless
+//! A≈C. This is what stops chaining (a random walk of small steps, a dense region of
+//! look-alikes) from growing one giant group; merges refused this way are counted in
+//! [`DuplicateReport::refused_merges`]. Groups found by a stronger kind are indivisible in the
+//! weaker ones (a link to any member counts as a link to the whole copy set), so an item sits in
+//! at most one group of each kind and each kind's groups contain the stronger kinds' groups.
+//! Exact groups are never split: byte-identical items do not chain.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,9 +58,10 @@ pub struct DupItem {
 pub enum DuplicateKind {
     /// Byte-identical images.
     Exact,
-    /// Perceptual hashes within `phash_max_distance` bits.
+    /// Perceptual hashes within `phash_max_distance` bits, one item among the other's `k`
+    /// nearest neighbours (or either item without a vector).
     Perceptual,
-    /// Vectors with cosine similarity at or above `threshold`.
+    /// Mutual `k` nearest neighbours with cosine similarity at or above `threshold`.
     Near,
 }
 
@@ -63,7 +71,8 @@ pub struct DuplicateGroup {
     pub kind: DuplicateKind,
     /// Item keys, ascending.
     pub members: Vec<u64>,
-    /// The links that hold the group together, `(a, b, score)` with `a < b`, strongest first.
+    /// The links found inside the group, `(a, b, score)` with `a < b`, strongest first. Every
+    /// pair of members is linked, directly or through copies of a stronger kind.
     /// Score: 1 for exact copies, `1 − hamming/64` for perceptual ones, the cosine similarity
     /// for near ones.
     pub pairs: Vec<(u64, u64, f32)>,
@@ -74,22 +83,26 @@ pub struct DuplicateGroup {
 pub struct DuplicateReport {
     /// Exact groups first, then perceptual, then near; within a kind, largest first.
     pub groups: Vec<DuplicateGroup>,
-    /// Perceptual or near merges refused because the group would have outgrown
-    /// `max_group_size`: non-zero means some region of the catalogue chains.
+    /// Perceptual or near merges refused because some pair across the two groups was not
+    /// linked (complete linkage) or the group would have outgrown `max_group_size`: many of
+    /// them mean a region of look-alikes that single-linkage grouping would have chained.
     pub refused_merges: usize,
 }
 
 /// Knobs of [`find_duplicates`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DuplicateOptions {
-    /// Cosine similarity at or above which two items are near duplicates.
+    /// Cosine similarity at or above which two mutual nearest neighbours are near duplicates.
     pub threshold: f32,
     /// Largest Hamming distance between perceptual hashes of copies (imagededup's PHash
     /// default is 10 of 64 bits).
     pub phash_max_distance: u32,
-    /// Neighbours asked of the vector index per item; 0 skips near duplicates.
+    /// Neighbours asked of the vector index per item: the neighbourhood that perceptual links
+    /// must agree with and near links must be mutual in. 0 skips the vector space (near
+    /// duplicates are not searched, perceptual links rest on the hashes alone).
     pub k: usize,
-    /// Largest perceptual or near group a merge may create (see the module docs on chaining).
+    /// Largest perceptual or near group a merge may create; complete linkage keeps groups
+    /// small already, this bounds the work on pathological input.
     pub max_group_size: usize,
 }
 
@@ -107,9 +120,10 @@ impl Default for DuplicateOptions {
 /// Finds exact, perceptual and near duplicates among `items`.
 ///
 /// `knn(key, k)` returns up to `k` neighbours of the item `key` as `(key, cosine
-/// similarity)`; it is asked for `k + 1` so the item itself may be among the answers.
-/// Neighbours that are not in `items` are ignored. It is called from several threads at
-/// once, one call per item: cost is `items.len()` index searches plus near-linear work.
+/// similarity)`; it is asked for `k + 1` so the item itself may be among the answers, and an
+/// item without a vector answers nothing. Neighbours that are not in `items` are ignored. It
+/// is called from several threads at once, one call per item: cost is `items.len()` index
+/// searches plus near-linear work.
 pub fn find_duplicates(
     items: &[DupItem],
     knn: &(dyn Fn(u64, usize) -> Vec<(u64, f32)> + Sync),
@@ -130,7 +144,7 @@ pub fn find_duplicates(
 
     let mut groups = Vec::new();
     let mut refused_merges = 0;
-    // Items already known to be copies of each other; weaker kinds skip these links.
+    // Items already known to be copies of each other: weaker kinds treat each such set as one.
     let mut explained = UnionFind::new(items.len());
 
     let exact = exact_groups(items);
@@ -150,10 +164,25 @@ pub fn find_duplicates(
         }
     }));
 
+    let neighbours = if opts.k > 0 {
+        progress.start("duplicates: nearest neighbours", Some(items.len() as u64));
+        let lists = neighbour_lists(items, &index_of, knn, opts.k, progress);
+        progress.finish();
+        lists
+    } else {
+        Neighbours::none(items.len())
+    };
+
     progress.start("duplicates: perceptual hashes", Some(items.len() as u64));
-    let perceptual_links = perceptual_links(items, opts.phash_max_distance);
+    let max_distance = opts.phash_max_distance;
+    let perceptually_linked = |a: usize, b: usize| match (items[a].phash, items[b].phash) {
+        (Some(x), Some(y)) => hamming(x, y) <= max_distance && neighbours.agree(a, b),
+        _ => false,
+    };
+    let links = perceptual_links(items, &neighbours, max_distance);
     progress.finish();
-    let (perceptual, refused) = capped_groups(items, perceptual_links, &explained, opts);
+    let (perceptual, refused) =
+        complete_linkage_groups(&explained, links, &perceptually_linked, opts.max_group_size);
     refused_merges += refused;
     for group in &perceptual {
         for &(a, b, _) in &group.links {
@@ -167,10 +196,15 @@ pub fn find_duplicates(
     );
 
     if opts.k > 0 {
-        progress.start("duplicates: nearest neighbours", Some(items.len() as u64));
-        let near_links = near_links(items, &index_of, knn, opts, progress);
-        progress.finish();
-        let (near, refused) = capped_groups(items, near_links, &explained, opts);
+        let threshold = opts.threshold;
+        let near_linked = |a: usize, b: usize| {
+            neighbours
+                .mutual_similarity(a, b)
+                .is_some_and(|s| s >= threshold)
+        };
+        let links = neighbours.mutual_links(threshold);
+        let (near, refused) =
+            complete_linkage_groups(&explained, links, &near_linked, opts.max_group_size);
         refused_merges += refused;
         groups.extend(
             near.into_iter()
@@ -221,11 +255,44 @@ fn exact_groups(items: &[DupItem]) -> Vec<Vec<usize>> {
 /// A link between items `a` and `b` (indices), with its score (higher = more alike).
 type Link = (usize, usize, f32);
 
-/// Links between items whose perceptual hashes are within `max_distance` bits. Items with
-/// equal hashes are linked to the first of them (a star, not all pairs, so a thousand blank
-/// images make a thousand links rather than half a million); distinct hash values are
-/// matched through a multi-index hash table.
-fn perceptual_links(items: &[DupItem], max_distance: u32) -> Vec<Link> {
+/// Candidate links between items whose perceptual hashes are within `max_distance` bits and
+/// whose vectors agree (see [`Neighbours::agree`]).
+///
+/// Items with neighbours are matched through their neighbour lists (the agreement requires
+/// one of the pair in the other's list, so nothing else can qualify): `n·k` hash comparisons.
+/// Items without a vector are matched by their hashes alone, against every hash: equal hashes
+/// are linked to the first of them (a star, not all pairs, so a thousand blank images make a
+/// thousand links rather than half a million) and distinct ones through a multi-index hash
+/// table.
+fn perceptual_links(items: &[DupItem], neighbours: &Neighbours, max_distance: u32) -> Vec<Link> {
+    let score = |d: u32| 1.0 - d as f32 / 64.0;
+    let mut links: Vec<Link> = Vec::new();
+    for (a, list) in neighbours.lists.iter().enumerate() {
+        let Some(ha) = items[a].phash else { continue };
+        for &(b, _) in list {
+            if let Some(hb) = items[b].phash {
+                let d = hamming(ha, hb);
+                if d <= max_distance {
+                    links.push((a.min(b), a.max(b), score(d)));
+                }
+            }
+        }
+    }
+    if (0..items.len()).any(|i| !neighbours.has_vector(i) && items[i].phash.is_some()) {
+        links.extend(
+            hash_only_links(items, max_distance)
+                .into_iter()
+                .filter(|&(a, b, _)| !neighbours.has_vector(a) || !neighbours.has_vector(b)),
+        );
+    }
+    links.sort_unstable_by_key(|l| (l.0, l.1));
+    links.dedup_by_key(|l| (l.0, l.1));
+    links
+}
+
+/// Links between all items whose perceptual hashes are within `max_distance` bits, by the
+/// hashes alone.
+fn hash_only_links(items: &[DupItem], max_distance: u32) -> Vec<Link> {
     let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if let Some(h) = item.phash {
@@ -248,7 +315,10 @@ fn perceptual_links(items: &[DupItem], max_distance: u32) -> Vec<Link> {
             index
                 .matches_after(i, &hashes)
                 .into_iter()
-                .map(move |(j, d)| (distinct[i].1, distinct[j].1, 1.0 - d as f32 / 64.0))
+                .map(move |(j, d)| {
+                    let (a, b) = (distinct[i].1, distinct[j].1);
+                    (a.min(b), a.max(b), 1.0 - d as f32 / 64.0)
+                })
         })
         .collect();
     links.extend(matched);
@@ -428,35 +498,94 @@ fn visit_within(value: u64, width: u32, radius: u32, start: u32, f: &mut impl Fn
     }
 }
 
-/// Links from each item to those of its `k` nearest neighbours with similarity at or above
-/// the threshold, one link per pair (the larger similarity if both directions report it).
-fn near_links(
+/// Every item's `k` nearest neighbours (indices into the items, itself left out), nearest
+/// first: the neighbourhood that perceptual and near links are judged against.
+struct Neighbours {
+    lists: Vec<Vec<(usize, f32)>>,
+}
+
+impl Neighbours {
+    fn none(n: usize) -> Self {
+        Self {
+            lists: vec![Vec::new(); n],
+        }
+    }
+
+    /// Whether the vector index knows the item (an item without a vector has no neighbours).
+    fn has_vector(&self, i: usize) -> bool {
+        !self.lists[i].is_empty()
+    }
+
+    /// Similarity of `b` as one of `a`'s nearest neighbours, if it is one.
+    fn similarity(&self, a: usize, b: usize) -> Option<f32> {
+        self.lists[a]
+            .iter()
+            .find(|&&(j, _)| j == b)
+            .map(|&(_, s)| s)
+    }
+
+    /// Whether the vectors second a perceptual link: one item is among the other's nearest
+    /// neighbours, or one of them has no vector to judge by.
+    fn agree(&self, a: usize, b: usize) -> bool {
+        !self.has_vector(a)
+            || !self.has_vector(b)
+            || self.similarity(a, b).is_some()
+            || self.similarity(b, a).is_some()
+    }
+
+    /// Similarity of a pair that are each among the other's nearest neighbours.
+    fn mutual_similarity(&self, a: usize, b: usize) -> Option<f32> {
+        let (ab, ba) = (self.similarity(a, b)?, self.similarity(b, a)?);
+        Some(ab.max(ba))
+    }
+
+    /// One link per mutual-neighbour pair with similarity at or above `threshold`.
+    fn mutual_links(&self, threshold: f32) -> Vec<Link> {
+        let mut links = Vec::new();
+        for (a, list) in self.lists.iter().enumerate() {
+            for &(b, _) in list {
+                if a < b {
+                    if let Some(s) = self.mutual_similarity(a, b).filter(|&s| s >= threshold) {
+                        links.push((a, b, s));
+                    }
+                }
+            }
+        }
+        links
+    }
+}
+
+/// Asks the vector index for every item's `k` nearest neighbours.
+fn neighbour_lists(
     items: &[DupItem],
     index_of: &HashMap<u64, usize>,
     knn: &(dyn Fn(u64, usize) -> Vec<(u64, f32)> + Sync),
-    opts: &DuplicateOptions,
+    k: usize,
     progress: &dyn Progress,
-) -> Vec<Link> {
+) -> Neighbours {
     let done = AtomicU64::new(0);
-    let mut links: Vec<Link> = items
+    let lists = items
         .par_iter()
         .enumerate()
-        .flat_map_iter(|(i, item)| {
-            let neighbours = knn(item.key, opts.k + 1);
+        .map(|(i, item)| {
+            let mut list: Vec<(usize, f32)> = knn(item.key, k + 1)
+                .into_iter()
+                .filter_map(|(key, sim)| {
+                    let j = *index_of.get(&key)?;
+                    (j != i && sim.is_finite()).then_some((j, sim))
+                })
+                .collect();
+            list.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
+            list.dedup_by_key(|l| l.0);
+            list.truncate(k);
             if done.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
                 progress.advance(1024);
             }
-            neighbours.into_iter().filter_map(move |(key, sim)| {
-                let j = *index_of.get(&key)?;
-                (j != i && sim >= opts.threshold).then_some((i.min(j), i.max(j), sim))
-            })
+            list
         })
         .collect();
     progress.advance(done.load(Ordering::Relaxed) % 1024);
-    // One link per pair, keeping the larger similarity.
-    links.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.total_cmp(&a.2)));
-    links.dedup_by_key(|l| (l.0, l.1));
-    links
+    Neighbours { lists }
 }
 
 /// A group under construction: item indices and the links between them.
@@ -481,50 +610,89 @@ impl IndexGroup {
     }
 }
 
-/// Groups items by `links`, strongest first, refusing merges beyond `max_group_size`.
-/// Links between items that `explained` already joins are dropped, and so is a group all of
-/// whose members `explained` joins already. Returns the groups and the refused merges.
-fn capped_groups(
-    items: &[DupItem],
-    mut links: Vec<Link>,
+/// Complete-linkage grouping: `links` are taken strongest first, and the groups of a link's
+/// two ends merge only if every pair of units across them is `linked` and the result holds at
+/// most `max_group_size` items. A unit is a set `explained` already joins (copies of a
+/// stronger kind); it never splits, and two units are linked when any of their members are.
+/// Links inside a unit are dropped, and so is a group no link of this kind joined. Returns the
+/// groups and the refused merges.
+fn complete_linkage_groups(
     explained: &UnionFind,
-    opts: &DuplicateOptions,
+    mut links: Vec<Link>,
+    linked: &dyn Fn(usize, usize) -> bool,
+    max_group_size: usize,
 ) -> (Vec<IndexGroup>, usize) {
-    let mut explained = explained.clone();
-    links.retain(|&(a, b, _)| explained.find(a) != explained.find(b));
+    let mut units = explained.clone();
+    links.retain(|&(a, b, _)| units.find(a) != units.find(b));
     links.sort_unstable_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
 
-    let mut uf = UnionFind::new(items.len());
-    // Join what `explained` joins first, so exact copies count towards the size cap and a
-    // group keeps every copy of an image it contains.
-    let mut by_root: HashMap<usize, usize> = HashMap::new();
-    for i in 0..items.len() {
-        let root = explained.find(i);
-        let first = *by_root.entry(root).or_insert(i);
-        uf.union(first, i);
+    // Members of each unit that a link touches (other units never take part).
+    let mut unit_members: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &(a, b, _) in &links {
+        for x in [a, b] {
+            unit_members.entry(units.find(x)).or_default();
+        }
     }
+    for i in 0..units.len() {
+        if let Some(members) = unit_members.get_mut(&units.find(i)) {
+            members.push(i);
+        }
+    }
+    let units_linked = |x: usize, y: usize| {
+        unit_members[&x]
+            .iter()
+            .any(|&p| unit_members[&y].iter().any(|&q| linked(p, q)))
+    };
+
+    // Groups of units, keyed by the group's first unit; `group_of` maps unit → that key.
+    let mut group_of: HashMap<usize, usize> = unit_members.keys().map(|&u| (u, u)).collect();
+    let mut group_units: HashMap<usize, Vec<usize>> =
+        unit_members.keys().map(|&u| (u, vec![u])).collect();
+    let mut group_size: HashMap<usize, usize> =
+        unit_members.iter().map(|(&u, m)| (u, m.len())).collect();
     let mut refused = 0;
     let mut kept: Vec<Link> = Vec::with_capacity(links.len());
     for link in links {
-        if uf.union_capped(link.0, link.1, opts.max_group_size) {
+        let (ga, gb) = (group_of[&units.find(link.0)], group_of[&units.find(link.1)]);
+        if ga == gb {
             kept.push(link);
-        } else {
-            refused += 1;
+            continue;
         }
+        let complete = group_size[&ga] + group_size[&gb] <= max_group_size
+            && group_units[&ga]
+                .iter()
+                .all(|&x| group_units[&gb].iter().all(|&y| units_linked(x, y)));
+        if !complete {
+            refused += 1;
+            continue;
+        }
+        let moved = group_units.remove(&gb).unwrap_or_default();
+        for &u in &moved {
+            group_of.insert(u, ga);
+        }
+        let moved_size = group_size.remove(&gb).unwrap_or(0);
+        *group_size.entry(ga).or_default() += moved_size;
+        group_units.entry(ga).or_default().extend(moved);
+        kept.push(link);
     }
 
-    let mut links_by_root: HashMap<usize, Vec<Link>> = HashMap::new();
+    let mut links_by_group: HashMap<usize, Vec<Link>> = HashMap::new();
     for link in kept {
-        links_by_root.entry(uf.find(link.0)).or_default().push(link);
+        let g = group_of[&units.find(link.0)];
+        links_by_group.entry(g).or_default().push(link);
     }
-    let mut groups = Vec::new();
-    for members in uf.groups(2) {
-        let root = uf.find(members[0]);
-        let Some(links) = links_by_root.remove(&root) else {
-            continue; // Only joined by `explained`: nothing new to report.
-        };
-        groups.push(IndexGroup { members, links });
-    }
+    let mut groups: Vec<IndexGroup> = links_by_group
+        .into_iter()
+        .map(|(g, links)| {
+            let mut members: Vec<usize> = group_units[&g]
+                .iter()
+                .flat_map(|u| unit_members[u].iter().copied())
+                .collect();
+            members.sort_unstable();
+            IndexGroup { members, links }
+        })
+        .collect();
+    groups.sort_unstable_by_key(|g| g.members[0]);
     (groups, refused)
 }
 

@@ -17,6 +17,16 @@ impl UnionFind {
         }
     }
 
+    /// Number of elements, `n`.
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    /// Whether there are no elements at all.
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+
     /// The representative of `x`'s set.
     pub fn find(&mut self, mut x: usize) -> usize {
         while self.parent[x] != x {

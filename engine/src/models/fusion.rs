@@ -127,7 +127,9 @@ impl Default for FusionConfig {
 impl FusionConfig {
     /// The preset for Trio's towers: EfficientNet-Lite0 image features and MiniLM text
     /// embeddings. Layer widths are small because the towers already did the heavy lifting and
-    /// the catalogues are thousands, not millions, of items.
+    /// the catalogues are thousands, not millions, of items. The branch-head, auxiliary-loss
+    /// and image-dropout settings were chosen on the demo protocol's validation split (never
+    /// its test split) among a handful of candidates (BENCHMARKS.md, "Demo protocol").
     pub fn trio(text_fields: Vec<String>, num_classes: usize) -> Self {
         Self {
             use_image: true,
@@ -138,15 +140,15 @@ impl FusionConfig {
             text_tuning_dim: 128,
             joint_dim: 128,
             dropout: 0.2,
-            modality_dropout: 0.2,
+            modality_dropout: 0.3,
             contrastive_weight: 0.5,
             temperature: 0.1,
             align_branches: false,
             num_classes,
             branch_heads: true,
-            aux_weight: 1.0,
-            image_modality_dropout: None,
-            image_dropout: None,
+            aux_weight: 0.5,
+            image_modality_dropout: Some(0.3),
+            image_dropout: Some(0.5),
         }
     }
 

@@ -412,8 +412,8 @@ pub struct FusionOutput {
     /// The unit search vector, `[batch, search_dim]`.
     pub search: Tensor,
     /// Each branch head's logits beside the rows where its input was visible (`[batch, 1]`),
-    /// for the auxiliary losses: the image, each text field, then all text. Empty without
-    /// `branch_heads`.
+    /// for the auxiliary losses: the image, each text field (only while training), then all
+    /// text. Empty without `branch_heads`.
     pub branch_logits: Vec<(Tensor, Tensor)>,
 }
 

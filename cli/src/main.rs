@@ -60,6 +60,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let trains = match &cli.command {
+        Command::Train(_) | Command::Noise(_) => true,
+        Command::Eval(a) => a.trains(),
+        _ => false,
+    };
+    if trains {
+        keep_elementwise_work_on_this_thread();
+    }
     init_logging(&cli.global);
     let result = match cli.command {
         Command::Fetch(a) => commands::fetch::run(a, &cli.global).map(|()| 0),
@@ -99,6 +107,19 @@ fn report_error(e: &anyhow::Error, json: bool) {
         );
     }
     eprintln!("error: {}", chain.join("\n  caused by: "));
+}
+
+/// candle hands element-wise operations on 64k or more values to its own worker threads and
+/// spin-waits for them. Training's tensors (512-row batches of 128-wide layers, 512 × 512
+/// similarity matrices, the optimiser's updates) sit at that size, and the waits cost about
+/// 70% of `trio train`'s CPU time on the full demo (BENCHMARKS.md, "Fused model on the full
+/// demo"); matrix products, where threads pay off, are unaffected. So the commands that train
+/// run candle's element-wise work on the calling thread, unless `CANDLE_NUM_THREADS` is set.
+/// Called before any other thread exists, as `set_var` requires.
+fn keep_elementwise_work_on_this_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 fn init_logging(global: &GlobalArgs) {

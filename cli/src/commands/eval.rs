@@ -59,10 +59,20 @@ pub struct EvalArgs {
     /// Protocol: most epochs per model.
     #[arg(long, requires = "protocol")]
     epochs: Option<usize>,
+    /// Protocol: training hyper-parameters as JSON (see `trio train --config`).
+    #[arg(long, value_name = "FILE", requires = "protocol")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     towers: TowerArgs,
+}
+
+impl EvalArgs {
+    /// Whether this evaluation trains models (a protocol) rather than embedding a manifest.
+    pub fn trains(&self) -> bool {
+        self.protocol.is_some()
+    }
 }
 
 pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -162,7 +172,7 @@ fn eval_protocol(
     let mut config = TrainConfig {
         seed: args.seed,
         label_field: args.label_field.clone(),
-        ..TrainConfig::default()
+        ..super::train::read_train_config(args.config.as_deref())?
     };
     if let Some(e) = args.epochs {
         config.epochs = e;

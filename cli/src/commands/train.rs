@@ -25,6 +25,11 @@ pub struct TrainArgs {
     /// Fraction of each class held out (half validation, half test).
     #[arg(long, default_value_t = 0.04)]
     holdout: f64,
+    /// Training hyper-parameters as JSON (a `TrainConfig`; absent keys keep their defaults,
+    /// e.g. `{"lr": 0.002, "model": {"aux_weight": 0.5}}`). `--seed`, `--holdout`,
+    /// `--label-field` and `--epochs` still apply on top.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Store the new model without making it active (`trio models activate V` later).
     #[arg(long)]
     keep_active: bool,
@@ -35,28 +40,28 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    pub fn options(&self) -> TrainOptions {
+    pub fn options(&self) -> anyhow::Result<TrainOptions> {
         let mut config = TrainConfig {
             seed: self.seed,
             holdout: self.holdout,
             label_field: self.label_field.clone(),
-            ..TrainConfig::default()
+            ..read_train_config(self.config.as_deref())?
         };
         if let Some(e) = self.epochs {
             config.epochs = e;
         }
-        TrainOptions {
+        Ok(TrainOptions {
             config,
             group_field: self.group_field.clone(),
             keep_active: self.keep_active,
-        }
+        })
     }
 }
 
 pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
     let bars = Bars::new(!global.show_progress());
-    let outcome = catalog.train(&args.options(), &bars)?;
+    let outcome = catalog.train(&args.options()?, &bars)?;
     let state = if args.keep_active {
         "stored, not active"
     } else {
@@ -78,4 +83,43 @@ pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             o.fused_vectors, o.version
         );
     })
+}
+
+/// The training settings in `path` (JSON, absent keys at their defaults), or the defaults.
+pub fn read_train_config(path: Option<&std::path::Path>) -> anyhow::Result<TrainConfig> {
+    use anyhow::Context;
+    let Some(path) = path else {
+        return Ok(TrainConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the training config {}", path.display()))?;
+    let given: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing the training config {}", path.display()))?;
+    // Laid over the defaults key by key, so an absent nested key (say `model.text_fields`)
+    // keeps `TrainConfig::default()`'s value rather than the nested type's own default.
+    let mut merged = serde_json::to_value(TrainConfig::default())?;
+    overlay(&mut merged, given);
+    let config: TrainConfig = serde_json::from_value(merged)
+        .with_context(|| format!("reading the training config {}", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("the training config {}", path.display()))?;
+    Ok(config)
+}
+
+/// Writes every key of `top` into `base`, recursing into objects present in both.
+fn overlay(base: &mut serde_json::Value, top: serde_json::Value) {
+    match (base, top) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
 }

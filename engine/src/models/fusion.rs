@@ -36,6 +36,14 @@
 //!   and a full item sits between the two. Models with one modality (the image-only and
 //!   text-only baselines) have no contrastive signal, so they have no joint heads and their
 //!   search vector is the normalised concatenation.
+//! - **Branch heads (late fusion).** With `branch_heads`, the image projection and the text
+//!   part of the concatenation layer each get a small classification head whose logits are
+//!   added to the joint classifier's wherever that input is visible (a product of experts), and
+//!   each text tuning layer gets a head of its own. While training, every head's cross-entropy
+//!   on the rows where its input is visible is added to the fused loss (weight `aux_weight`),
+//!   so each single-input path classifies alone and no modality carries the others. With the
+//!   image withheld, the prediction is the text expert's plus the joint classifier's, which is
+//!   what makes the fused model usable on text-only items.
 //!
 //! The model takes a `VarBuilder` (weights come from training or from a stored model);
 //! training-time randomness comes in through [`TrainNoise`], drawn from a seeded generator by the
@@ -48,6 +56,7 @@ use candle_nn::{linear, Init, Linear, VarBuilder};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::frozen_input::linear_on_frozen;
 use crate::error::{Error, Result};
 
 /// Hyper-parameters of the fused model. Everything that shapes the weights or the training
@@ -84,6 +93,29 @@ pub struct FusionConfig {
     pub align_branches: bool,
     /// Number of classes; 0 until the trainer fills it in from the label map.
     pub num_classes: usize,
+    /// Late fusion: a small classification head on the image projection and one on the text
+    /// part of the concatenation layer, whose logits are added to the joint classifier's
+    /// wherever that input is visible (a product of experts). With the image missing, the
+    /// prediction is then the text expert's plus the joint classifier's, not the joint
+    /// classifier alone reading a "missing" embedding it rarely saw in training. Absent from
+    /// models stored before it existed, which load as `false`.
+    #[serde(default)]
+    pub branch_heads: bool,
+    /// Weight of the auxiliary losses: each branch (the image projection, each text tuning
+    /// layer, all text together) classifies alone through its own head, and its cross-entropy
+    /// on the rows where that input is visible is added to the fused loss. Makes every
+    /// single-input path discriminative, so one modality cannot carry the others. Needs
+    /// `branch_heads`; 0 turns the auxiliary losses off.
+    #[serde(default)]
+    pub aux_weight: f32,
+    /// Probability of hiding the image per training example; `None` uses `modality_dropout`.
+    /// A higher rate trains the text-only path of the fused model more often.
+    #[serde(default)]
+    pub image_modality_dropout: Option<f32>,
+    /// Dropout on the image projection's output; `None` uses `dropout`. The 1280-d image
+    /// features let the projection memorise training items, so it may need more than the text.
+    #[serde(default)]
+    pub image_dropout: Option<f32>,
 }
 
 impl Default for FusionConfig {
@@ -95,7 +127,9 @@ impl Default for FusionConfig {
 impl FusionConfig {
     /// The preset for Trio's towers: EfficientNet-Lite0 image features and MiniLM text
     /// embeddings. Layer widths are small because the towers already did the heavy lifting and
-    /// the catalogues are thousands, not millions, of items.
+    /// the catalogues are thousands, not millions, of items. The branch-head, auxiliary-loss
+    /// and image-dropout settings were chosen on the demo protocol's validation split (never
+    /// its test split) among a handful of candidates (BENCHMARKS.md, "Demo protocol").
     pub fn trio(text_fields: Vec<String>, num_classes: usize) -> Self {
         Self {
             use_image: true,
@@ -106,12 +140,26 @@ impl FusionConfig {
             text_tuning_dim: 128,
             joint_dim: 128,
             dropout: 0.2,
-            modality_dropout: 0.2,
+            modality_dropout: 0.3,
             contrastive_weight: 0.5,
             temperature: 0.1,
             align_branches: false,
             num_classes,
+            branch_heads: true,
+            aux_weight: 0.5,
+            image_modality_dropout: Some(0.3),
+            image_dropout: Some(0.5),
         }
+    }
+
+    /// The rate at which training hides the image.
+    pub fn image_hide_rate(&self) -> f32 {
+        self.image_modality_dropout.unwrap_or(self.modality_dropout)
+    }
+
+    /// The dropout rate on the image projection's output.
+    pub fn image_dropout_rate(&self) -> f32 {
+        self.image_dropout.unwrap_or(self.dropout)
     }
 
     /// Whether the model has joint heads: only when it sees both an image and some text.
@@ -180,6 +228,18 @@ impl FusionConfig {
         }
         if !(0.0..1.0).contains(&self.modality_dropout) {
             return bad("modality_dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.image_hide_rate()) {
+            return bad("image_modality_dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.image_dropout_rate()) {
+            return bad("image_dropout", "must be in [0, 1)");
+        }
+        if !(self.aux_weight >= 0.0 && self.aux_weight.is_finite()) {
+            return bad("aux_weight", "must be a non-negative number");
+        }
+        if self.aux_weight > 0.0 && !self.branch_heads {
+            return bad("aux_weight", "the auxiliary losses need `branch_heads`");
         }
         if self.contrastive_weight < 0.0 {
             return bad("contrastive_weight", "must not be negative");
@@ -266,6 +326,7 @@ impl TrainNoise {
     ) -> Result<Self> {
         let rows = image_present.len();
         let p = cfg.modality_dropout;
+        let p_image = cfg.image_hide_rate();
         let n_fields = cfg.text_fields.len();
         let mut image_visible = vec![1f32; rows];
         let mut text_visible = vec![vec![1f32; rows]; n_fields];
@@ -275,7 +336,7 @@ impl TrainNoise {
             let mut show_text: Vec<bool> = (0..n_fields).map(|f| text_present[f][i]).collect();
             // The draws are made whatever the row holds, so one row's content never shifts the
             // random stream of the rows after it.
-            let drop_image = rng.gen::<f32>() < p;
+            let drop_image = rng.gen::<f32>() < p_image;
             let drop_all_text = rng.gen::<f32>() < p;
             let drop_field: Vec<bool> = (0..n_fields).map(|_| rng.gen::<f32>() < p).collect();
             if drop_image {
@@ -300,23 +361,23 @@ impl TrainNoise {
             }
         }
         let column = |v: Vec<f32>| Tensor::from_vec(v, (rows, 1), device);
-        let mut mask = |width: usize| -> Result<Tensor> {
-            let keep = 1.0 - cfg.dropout;
+        let mut mask = |width: usize, rate: f32| -> Result<Tensor> {
+            let keep = 1.0 - rate;
             let scale = 1.0 / keep;
             let v: Vec<f32> = (0..rows * width)
                 .map(|_| if rng.gen::<f32>() < keep { scale } else { 0.0 })
                 .collect();
             Ok(Tensor::from_vec(v, (rows, width), device)?)
         };
-        let image_dropout = if cfg.use_image && cfg.dropout > 0.0 {
-            Some(mask(cfg.image_proj_dim)?)
+        let image_dropout = if cfg.use_image && cfg.image_dropout_rate() > 0.0 {
+            Some(mask(cfg.image_proj_dim, cfg.image_dropout_rate())?)
         } else {
             None
         };
         let mut text_dropout = Vec::new();
         if cfg.dropout > 0.0 {
             for _ in 0..n_fields {
-                text_dropout.push(mask(cfg.text_tuning_dim)?);
+                text_dropout.push(mask(cfg.text_tuning_dim, cfg.dropout)?);
             }
         }
         Ok(Self {
@@ -350,6 +411,10 @@ pub struct FusionOutput {
     pub joint_text: Option<Tensor>,
     /// The unit search vector, `[batch, search_dim]`.
     pub search: Tensor,
+    /// Each branch head's logits beside the rows where its input was visible (`[batch, 1]`),
+    /// for the auxiliary losses: the image, each text field (only while training), then all
+    /// text. Empty without `branch_heads`.
+    pub branch_logits: Vec<(Tensor, Tensor)>,
 }
 
 /// One input branch: tuning layer, learned "missing" embedding, optional joint head.
@@ -386,7 +451,7 @@ impl Branch {
     /// The tuning layer's output, with training dropout when a mask is given.
     fn hidden(&self, features: &Tensor, dropout: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.tuning.forward(features)?.relu()?;
+        let h = linear_on_frozen(&self.tuning, features)?.relu()?;
         Ok(match dropout {
             Some(mask) => (h * mask)?,
             None => h,
@@ -417,6 +482,44 @@ pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norm)?)
 }
 
+/// The late-fusion and auxiliary classification heads (`branch_heads`): one on the image
+/// projection, one per text tuning layer (auxiliary loss only), one on all the text together.
+#[derive(Debug, Clone)]
+struct BranchHeads {
+    image: Option<Linear>,
+    fields: Vec<Linear>,
+    all_text: Option<Linear>,
+}
+
+impl BranchHeads {
+    fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
+        let image = if cfg.use_image {
+            Some(linear(cfg.image_proj_dim, cfg.num_classes, vb.pp("image"))?)
+        } else {
+            None
+        };
+        let fields = cfg
+            .text_fields
+            .iter()
+            .map(|f| linear(cfg.text_tuning_dim, cfg.num_classes, vb.pp("text").pp(f)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let all_text = if cfg.text_fields.is_empty() {
+            None
+        } else {
+            Some(linear(
+                cfg.text_fields.len() * cfg.text_tuning_dim,
+                cfg.num_classes,
+                vb.pp("all_text"),
+            )?)
+        };
+        Ok(Self {
+            image,
+            fields,
+            all_text,
+        })
+    }
+}
+
 /// The fused classifier and search encoder. See the module documentation for the design.
 #[derive(Debug, Clone)]
 pub struct FusedModel {
@@ -424,13 +527,15 @@ pub struct FusedModel {
     image: Option<Branch>,
     text: Vec<Branch>,
     classifier: Linear,
+    heads: Option<BranchHeads>,
     device: Device,
     span: tracing::Span,
 }
 
 impl FusedModel {
     /// Builds the model from `vb`. Variable names: `image.{tuning,joint}.{weight,bias}`,
-    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`.
+    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`, and with `branch_heads`
+    /// `heads.{image,all_text,text.<field>}.{weight,bias}`.
     pub fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
         cfg.validate()?;
         let joint = cfg.has_joint().then_some(cfg.joint_dim);
@@ -459,11 +564,17 @@ impl FusedModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let classifier = linear(cfg.concat_dim(), cfg.num_classes, vb.pp("classifier"))?;
+        let heads = if cfg.branch_heads {
+            Some(BranchHeads::load(vb.pp("heads"), cfg)?)
+        } else {
+            None
+        };
         Ok(Self {
             cfg: cfg.clone(),
             image,
             text,
             classifier,
+            heads,
             device: vb.device().clone(),
             span: tracing::trace_span!("fusion.forward"),
         })
@@ -488,6 +599,9 @@ impl FusedModel {
             )));
         }
         let mut parts = Vec::with_capacity(1 + self.text.len());
+        // Each branch's output and the rows where it is visible, for the branch heads.
+        let mut image_seen = None;
+        let mut text_seen = Vec::with_capacity(self.text.len());
         let mut joint_image = None;
         let mut image_present = None;
         if let Some(branch) = &self.image {
@@ -504,6 +618,7 @@ impl FusedModel {
             parts.push(branch.gate(&h, &visible)?);
             joint_image = branch.joint(&h, !self.cfg.align_branches)?;
             image_present = Some(m.present.clone());
+            image_seen = Some((h, visible));
         }
         let mut text_sum: Option<Tensor> = None;
         for (f, (branch, m)) in self.text.iter().zip(&batch.text).enumerate() {
@@ -521,9 +636,40 @@ impl FusedModel {
                     None => g,
                 });
             }
+            text_seen.push((h, visible));
         }
         let concat = Tensor::cat(&parts, 1)?;
-        let logits = self.classifier.forward(&concat)?;
+        let mut logits = self.classifier.forward(&concat)?;
+        let mut branch_logits = Vec::new();
+        if let Some(heads) = &self.heads {
+            // Late fusion: a visible input's expert adds its logits (a product of experts).
+            if let (Some(head), Some((h, visible))) = (&heads.image, &image_seen) {
+                let z = head.forward(h)?;
+                logits = (logits + z.broadcast_mul(visible)?)?;
+                branch_logits.push((z, visible.clone()));
+            }
+            if noise.is_some() {
+                // The per-field heads only train their tuning layers (auxiliary losses).
+                for (head, (h, visible)) in heads.fields.iter().zip(&text_seen) {
+                    branch_logits.push((head.forward(h)?, visible.clone()));
+                }
+            }
+            if let Some(head) = &heads.all_text {
+                let first_text = usize::from(image_seen.is_some());
+                let z = head.forward(&Tensor::cat(&parts[first_text..], 1)?)?;
+                let mut any: Option<Tensor> = None;
+                for (_, visible) in &text_seen {
+                    any = Some(match any {
+                        Some(a) => a.maximum(visible)?,
+                        None => visible.clone(),
+                    });
+                }
+                if let Some(any) = any {
+                    logits = (logits + z.broadcast_mul(&any)?)?;
+                    branch_logits.push((z, any));
+                }
+            }
+        }
         let joint_text = text_sum.map(|s| l2_normalise(&s)).transpose()?;
         let search = match (&joint_image, &joint_text, &image_present) {
             (Some(i), Some(t), Some(p)) => l2_normalise(&(i.broadcast_mul(p)? + t)?)?,
@@ -535,6 +681,7 @@ impl FusedModel {
             joint_image,
             joint_text,
             search,
+            branch_logits,
         })
     }
 

@@ -10,3 +10,5 @@ pub mod imagenet_classes;
 pub mod minilm;
 
 mod conv_cpu;
+/// A linear layer on frozen features that skips the input's gradient.
+pub(crate) mod frozen_input;

@@ -2,10 +2,11 @@
 //! side, missing inputs as zeros. It shows what the tuning layers, presence handling and
 //! modality dropout add.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::error::Result;
+use crate::models::frozen_input::linear_on_frozen;
 
 pub(crate) struct LogisticRegression {
     linear: Linear,
@@ -19,6 +20,6 @@ impl LogisticRegression {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.linear.forward(x)?)
+        linear_on_frozen(&self.linear, x)
     }
 }

@@ -30,6 +30,7 @@ mod data;
 pub mod evaluate;
 mod metrics;
 pub mod model_file;
+mod optim;
 pub mod protocol;
 pub mod robustness;
 pub mod split;

@@ -23,6 +23,12 @@ pub struct RobustnessRow {
     pub specialist_variant: String,
     /// That variant on the (unchanged) test split.
     pub specialist: SplitMetrics,
+    /// The same two on the validation split, where settings may be chosen (the test split
+    /// only reports). Absent from reports written before they were added.
+    #[serde(default)]
+    pub val_fused: SplitMetrics,
+    #[serde(default)]
+    pub val_specialist: SplitMetrics,
 }
 
 /// The fused model intact, then one row per removed input.
@@ -37,21 +43,23 @@ impl RobustnessTable {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
             "fused, all inputs: top-1 {:.1}, top-5 {:.1}\n\n\
-             | removed | test items affected | fused top-1 | fused top-5 | trained without | top-1 | top-5 |\n\
-             |---|---:|---:|---:|---|---:|---:|\n",
+             | removed | test items affected | fused top-1 | fused top-5 | trained without | top-1 | top-5 | val: fused / without, top-1 |\n\
+             |---|---:|---:|---:|---|---:|---:|---:|\n",
             100.0 * self.intact.top1,
             100.0 * self.intact.top5
         );
         for r in &self.rows {
             s.push_str(&format!(
-                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} |\n",
+                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} / {:.1} |\n",
                 r.removed,
                 r.test_items_with_input,
                 100.0 * r.fused.top1,
                 100.0 * r.fused.top5,
                 r.specialist_variant,
                 100.0 * r.specialist.top1,
-                100.0 * r.specialist.top5
+                100.0 * r.specialist.top5,
+                100.0 * r.val_fused.top1,
+                100.0 * r.val_specialist.top1
             ));
         }
         s
@@ -116,12 +124,15 @@ impl Trainer {
                 })
                 .count();
             let specialist_model = self.check_labels(specialist, &table)?;
+            let val = &study.split.val;
             rows.push(RobustnessRow {
                 fused: evaluate_fused(&fused, &table, test, Some(&removed))?,
+                val_fused: evaluate_fused(&fused, &table, val, Some(&removed))?,
                 test_items_with_input: with_input,
                 removed,
                 specialist_variant: specialist.variant.clone(),
                 specialist: evaluate_fused(&specialist_model, &table, test, None)?,
+                val_specialist: evaluate_fused(&specialist_model, &table, val, None)?,
             });
         }
         Ok(RobustnessTable {

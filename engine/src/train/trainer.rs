@@ -19,6 +19,7 @@ use super::config::{Input, InputSet, TrainConfig};
 use super::data::FeatureTable;
 use super::metrics::SplitMetrics;
 use super::model_file::{varmap_to_safetensors, ModelMetrics, TrainedModel};
+use super::optim::{AdamWParams, HostAdamW};
 use super::split::{self, Split};
 use super::{fingerprint, Example};
 use crate::error::{Error, Result};
@@ -369,6 +370,13 @@ impl Trainer {
             let out = model.forward(&batch, Some(&noise))?;
             let labels = table.label_tensor(rows)?;
             let mut loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
+            if cfg.aux_weight > 0.0 {
+                for (logits, visible) in &out.branch_logits {
+                    if let Some(aux) = masked_cross_entropy(logits, &labels, visible)? {
+                        loss = (loss + (aux * f64::from(cfg.aux_weight))?)?;
+                    }
+                }
+            }
             if let (Some(ji), Some(jt)) = (&out.joint_image, &out.joint_text) {
                 if cfg.contrastive_weight > 0.0 {
                     let both: Vec<u32> = (0..rows.len())
@@ -689,14 +697,10 @@ impl Trainer {
         S: FnMut(&[usize], &mut StdRng) -> Result<Tensor>,
         E: Fn(&[usize]) -> Result<Vec<Vec<f32>>>,
     {
-        let vars = varmap.all_vars();
-        let mut opt = AdamW::new(
+        let vars = sorted_vars(varmap)?;
+        let mut opt = HostAdamW::new(
             vars.clone(),
-            ParamsAdamW {
-                lr: self.cfg.lr,
-                weight_decay: self.cfg.weight_decay,
-                ..ParamsAdamW::default()
-            },
+            AdamWParams::new(self.cfg.lr, self.cfg.weight_decay),
         )?;
         let val_labels = labels_of(table, val_rows)?;
         let mut rng = StdRng::seed_from_u64(self.cfg.seed.wrapping_add(0x9e37_79b9_7f4a_7c15));
@@ -808,6 +812,29 @@ pub(crate) fn evaluate_fused(
 ) -> Result<SplitMetrics> {
     let logits = fused_logits(model, table, model.config(), rows, hide)?;
     Ok(SplitMetrics::from_logits(&logits, &labels_of(table, rows)?))
+}
+
+/// Mean cross-entropy over the rows where `mask` (`[batch, 1]`, 0/1) is 1; `None` when no row
+/// is.
+fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Option<Tensor>> {
+    let rows = f64::from(mask.sum_all()?.to_scalar::<f32>()?);
+    if rows < 1.0 {
+        return Ok(None);
+    }
+    let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = log_p.gather(&labels.unsqueeze(1)?, 1)?;
+    Ok(Some(((picked * mask)?.sum_all()? * (-1.0 / rows))?))
+}
+
+/// The model's variables in name order, so the optimiser's work does not depend on the map's
+/// iteration order.
+fn sorted_vars(varmap: &VarMap) -> Result<Vec<Var>> {
+    let data = varmap.data().lock().map_err(|_| {
+        Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
+    })?;
+    let mut named: Vec<(&String, &Var)> = data.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
 }
 
 /// Overwrites every variable with values from a generator seeded by `seed`: weights and biases

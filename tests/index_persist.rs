@@ -63,8 +63,8 @@ fn dump_and_reload_give_the_same_answers() -> anyhow::Result<()> {
     loaded.dump(dir.path(), 43)?;
     let files = std::fs::read_dir(dir.path())?.count();
     assert_eq!(
-        files, 5,
-        "manifest + 2 graph files + keys + tombstones, old dump removed"
+        files, 6,
+        "manifest + 2 graph files + keys + tombstones + links, old dump removed"
     );
     let again = HnswIndex::load(dir.path(), DIM, HnswParams::default(), 43)?;
     assert_eq!(again.search(&queries[1], 1, None)?[0].key, 77);

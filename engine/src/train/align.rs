@@ -3,8 +3,9 @@
 //! text, so a text query finds images that carry no text.
 //!
 //! The heads' inputs are cached once (frozen features, or the trained branches' outputs for
-//! heads on branch outputs), so an epoch costs a few matrix products. Choices, each measured on
-//! the demo catalogue's validation split (BENCHMARKS.md, "Cross-modal search"):
+//! heads on branch outputs), so an epoch costs a few matrix products. The design below was
+//! checked as a whole on the demo catalogue's validation split (BENCHMARKS.md, "Cross-modal
+//! search"), not choice by choice:
 //!
 //! - **Groups are positives.** Items sharing a `group` are one thing (one emoji drawn by two
 //!   vendors, in five skin tones); pushing one's image away from the other's text would teach

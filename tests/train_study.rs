@@ -210,8 +210,12 @@ fn text_query_finds_images_of_its_class() -> anyhow::Result<()> {
         "text→image top-1 same-class rate {rate:.3} over {} queries",
         test.len()
     );
-    // Chance is 1/20; the floor leaves room under the measured figure printed above.
-    assert!(rate >= 0.45, "text→image same-class rate {rate}");
+    // Chance is 1/20. Measured 0.393 with the joint heads on frozen features aligned item by
+    // item (`train::align`, the default); the earlier heads on the classifier's branch outputs
+    // cleared 0.45 here, because they carried the class and little else. The floor leaves room
+    // under the measured figure; the class-level loss is a known trade-off (BENCHMARKS.md,
+    // "Cross-modal search").
+    assert!(rate >= 0.33, "text→image same-class rate {rate}");
     Ok(())
 }
 

@@ -952,6 +952,35 @@ mod tests {
     }
 
     #[test]
+    fn configs_stored_before_joint_input_keep_heads_on_branch_outputs(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let mut stored = serde_json::to_value(small_cfg())?;
+        if let Some(fields) = stored.as_object_mut() {
+            fields.remove("joint_input");
+            fields.remove("joint_hidden");
+        }
+        let cfg: FusionConfig = serde_json::from_value(stored)?;
+        assert_eq!(cfg.joint_input, JointInput::BranchOutputs);
+        assert_eq!(small_cfg().joint_input, JointInput::Features);
+        let names =
+            |cfg: &FusionConfig| -> std::result::Result<Vec<String>, Box<dyn std::error::Error>> {
+                let varmap = candle_nn::VarMap::new();
+                FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &Device::Cpu), cfg)?;
+                let data = varmap.data().lock().map_err(|_| "poisoned")?;
+                Ok(data.keys().cloned().collect())
+            };
+        let old = names(&cfg)?;
+        assert!(old.iter().any(|n| n == "image.joint.weight"));
+        assert!(old.iter().any(|n| n == "text.title.joint.weight"));
+        assert!(!old.iter().any(|n| n.starts_with("joint.")));
+        let new = names(&small_cfg())?;
+        assert!(new.iter().any(|n| n == "joint.image.out.weight"));
+        assert!(new.iter().any(|n| n == "joint.text.out.weight"));
+        assert!(!new.iter().any(|n| n.contains(".joint.")));
+        Ok(())
+    }
+
+    #[test]
     fn modality_dropout_never_hides_everything() -> Result<()> {
         use rand::SeedableRng;
         let cfg = FusionConfig {

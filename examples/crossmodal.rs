@@ -7,12 +7,18 @@
 //! ```
 //!
 //! Splits the catalogue per class with emoji kept whole (`emoji_key`), as `trio train` does,
-//! and trains the fused model three ways on the same split: aligned (the default: image–text
-//! InfoNCE beside the classifier), aligned plus extra alignment epochs on the joint heads, and
-//! unaligned (InfoNCE weight 0). The gallery is every item's image-only fused vector; the
-//! queries are the test emoji's names through the text tower (`trio search --text`'s path).
-//! A query hits when any render of its emoji (either vendor, any skin tone) is among the k
-//! nearest; the strict figure counts only the base (no skin tone) renders.
+//! and trains the fused model on the same split three ways: unaligned (joint heads left as
+//! initialised), the previous design (joint heads on the classifier's branch outputs, InfoNCE
+//! beside the classification loss), and the default (joint heads on the frozen features,
+//! aligned after the classifier, `train::align`). The gallery is every item's image-only fused
+//! vector; the queries are the test emoji's names through the text tower (`trio search
+//! --text`'s path). A query hits when any render of its emoji (either vendor, any skin tone) is
+//! among the k nearest; the strict figure counts only the base (no skin tone) renders.
+//!
+//! Choosing settings: `--queries val` asks with the validation emoji's names instead (never
+//! the test ones), and `--default-only` with the alignment flags (`--temperature`,
+//! `--joint-hidden`, `--align-batch`, `--align-lr`, `--random-batches`,
+//! `--classifier-epochs`) trains one variant, so a sweep over them reads validation only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,6 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use trio_engine::catalog::Catalog;
 use trio_engine::fetch::{Home, LiteVariant};
+use trio_engine::models::fusion::{FusionConfig, JointInput};
 use trio_engine::query::crossmodal::{
     image_only_vectors, text_to_image_recall, CrossModalRecall, TextQuery,
 };
@@ -33,6 +40,15 @@ struct Args {
     db: PathBuf,
     seed: u64,
     json: Option<PathBuf>,
+    /// Which split's emoji names query: `test` (the report) or `val` (choosing settings).
+    queries: String,
+    default_only: bool,
+    temperature: Option<f32>,
+    joint_hidden: Option<usize>,
+    align_batch: Option<usize>,
+    align_lr: Option<f64>,
+    random_batches: bool,
+    classifier_epochs: Option<usize>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -40,6 +56,14 @@ fn args() -> anyhow::Result<Args> {
         db: PathBuf::from("demo.trio"),
         seed: 0,
         json: None,
+        queries: "test".into(),
+        default_only: false,
+        temperature: None,
+        joint_hidden: None,
+        align_batch: None,
+        align_lr: None,
+        random_batches: false,
+        classifier_epochs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -48,7 +72,19 @@ fn args() -> anyhow::Result<Args> {
             "--db" => out.db = value()?.into(),
             "--seed" => out.seed = value()?.parse()?,
             "--json" => out.json = Some(value()?.into()),
-            other => bail!("unknown argument {other} (--db FILE, --seed N, --json FILE)"),
+            "--queries" => out.queries = value()?,
+            "--default-only" => out.default_only = true,
+            "--temperature" => out.temperature = Some(value()?.parse()?),
+            "--joint-hidden" => out.joint_hidden = Some(value()?.parse()?),
+            "--align-batch" => out.align_batch = Some(value()?.parse()?),
+            "--align-lr" => out.align_lr = Some(value()?.parse()?),
+            "--random-batches" => out.random_batches = true,
+            "--classifier-epochs" => out.classifier_epochs = Some(value()?.parse()?),
+            other => bail!(
+                "unknown argument {other} (--db FILE, --seed N, --json FILE, --queries test|val, \
+                 --default-only, --temperature T, --joint-hidden N, --align-batch N, \
+                 --align-lr LR, --random-batches, --classifier-epochs N)"
+            ),
         }
     }
     Ok(out)
@@ -81,11 +117,26 @@ fn main() -> anyhow::Result<()> {
             .and_then(|v| v.as_str().map(str::to_string))
     };
 
+    let defaults = TrainConfig::default();
     let cfg = TrainConfig {
         seed: args.seed,
-        ..TrainConfig::default()
+        epochs: args.classifier_epochs.unwrap_or(defaults.epochs),
+        align_batch_size: args.align_batch.unwrap_or(defaults.align_batch_size),
+        align_lr: args.align_lr.unwrap_or(defaults.align_lr),
+        align_class_batches: defaults.align_class_batches && !args.random_batches,
+        model: FusionConfig {
+            temperature: args.temperature.unwrap_or(defaults.model.temperature),
+            joint_hidden: args.joint_hidden.unwrap_or(defaults.model.joint_hidden),
+            ..defaults.model.clone()
+        },
+        ..defaults
     };
     let split = split::per_class(&examples, cfg.holdout, cfg.seed)?;
+    let query_rows = match args.queries.as_str() {
+        "test" => &split.test,
+        "val" => &split.val,
+        other => bail!("--queries takes test or val, not {other}"),
+    };
 
     // Gallery: every item with an image. Queries: one per test emoji (its base name).
     let gallery_rows: Vec<usize> = (0..examples.len())
@@ -106,7 +157,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut names: BTreeMap<String, String> = BTreeMap::new();
-    for &r in &split.test {
+    for &r in query_rows {
         let key = examples[r].key;
         if meta(key, "skin_tone").is_some() {
             continue;
@@ -151,10 +202,11 @@ fn main() -> anyhow::Result<()> {
     };
     let (any_render, base_render) = (queries(false), queries(true));
     eprintln!(
-        "{} items ({} in the gallery), {} test emoji queries (text tower {:.1} s)",
+        "{} items ({} in the gallery), {} {} emoji queries (text tower {:.1} s)",
         examples.len(),
         gallery_features.len(),
         names.len(),
+        args.queries,
         text_seconds
     );
 
@@ -171,27 +223,33 @@ fn main() -> anyhow::Result<()> {
         image: true,
         text_fields: fields,
     };
+    let unaligned = TrainConfig {
+        align_epochs: 0,
+        ..cfg.clone()
+    };
+    let previous = TrainConfig {
+        align_epochs: 0,
+        model: FusionConfig {
+            joint_input: JointInput::BranchOutputs,
+            contrastive_weight: 0.5,
+            temperature: 0.1,
+            ..cfg.model.clone()
+        },
+        ..cfg.clone()
+    };
+    let mut runs = vec![("aligned (default: heads on frozen features)", cfg.clone())];
+    if !args.default_only {
+        runs.insert(0, ("unaligned (joint heads untrained)", unaligned));
+        runs.insert(
+            1,
+            (
+                "previous: heads on branch outputs, InfoNCE weight 0.5",
+                previous,
+            ),
+        );
+    }
     let mut variants = Vec::new();
-    for (name, train_cfg) in [
-        (
-            "unaligned (InfoNCE weight 0)",
-            TrainConfig {
-                model: trio_engine::models::fusion::FusionConfig {
-                    contrastive_weight: 0.0,
-                    ..cfg.model.clone()
-                },
-                ..cfg.clone()
-            },
-        ),
-        ("aligned (default: InfoNCE weight 0.5)", cfg.clone()),
-        (
-            "aligned + 20 alignment epochs",
-            TrainConfig {
-                align_epochs: 20,
-                ..cfg.clone()
-            },
-        ),
-    ] {
+    for (name, train_cfg) in runs {
         let started = Instant::now();
         let trainer = Trainer::new(train_cfg, device.clone())?;
         let trained = trainer.train_variant(&examples, &split, FUSED, &inputs, &NoProgress)?;
@@ -232,8 +290,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "{} queries, gallery of {} image-only vectors, seed {}",
+        "{} {} queries, gallery of {} image-only vectors, seed {}",
         names.len(),
+        args.queries,
         gallery_features.len(),
         args.seed
     );

@@ -254,8 +254,12 @@ fn text_query_finds_images_of_its_class() -> anyhow::Result<()> {
         "text→image top-1 same-class rate {rate:.3} over {} queries",
         test.len()
     );
-    // Chance is 1/20; the floor leaves room under the measured figure printed above.
-    assert!(rate >= 0.45, "text→image same-class rate {rate}");
+    // Chance is 1/20. Measured 0.393 with the joint heads on frozen features aligned item by
+    // item (`train::align`, the default); the earlier heads on the classifier's branch outputs
+    // cleared 0.45 here, because they carried the class and little else. The floor leaves room
+    // under the measured figure; the class-level loss is a known trade-off (BENCHMARKS.md,
+    // "Cross-modal search").
+    assert!(rate >= 0.33, "text→image same-class rate {rate}");
     Ok(())
 }
 
@@ -270,13 +274,13 @@ fn group_class(group: &str) -> usize {
 
 /// The gain of alignment, instance-level: each test item's title (text only, through the same
 /// query path as `trio search --text`) must find an image of its own group (one "emoji" drawn
-/// several times) among image-only vectors of every test item. The model trained with the
-/// image–text InfoNCE loss is compared with the same model trained without it (weight 0): the
-/// unaligned joint heads are untrained projections, so text and images do not meet. Floors sit
-/// under the figures printed (measured with these seeds: see the assertions).
+/// several times) among image-only vectors of every test item. The model whose joint heads are
+/// aligned (the default, `train::align`) is compared with the same model without alignment
+/// (`align_epochs` 0): the unaligned joint heads are untrained projections, so text and images
+/// do not meet. Floors sit under the figures printed (measured with these seeds: see the
+/// assertions).
 #[test]
 fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
-    use trio_engine::models::fusion::FusionConfig;
     use trio_engine::query::crossmodal::{image_only_vectors, text_to_image_recall, TextQuery};
     use trio_engine::train::InputSet;
 
@@ -311,12 +315,9 @@ fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
         text_fields: vec!["description".into(), "title".into()],
     };
     let mut recall_at_10 = Vec::new();
-    for weight in [0.5f32, 0.0] {
+    for align_epochs in [config().align_epochs, 0] {
         let cfg = TrainConfig {
-            model: FusionConfig {
-                contrastive_weight: weight,
-                ..config().model
-            },
+            align_epochs,
             ..config()
         };
         let trained = Trainer::new(cfg, device.clone())?.train_variant(
@@ -330,7 +331,7 @@ fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
         let gallery = image_only_vectors(&model, &gallery_features)?;
         let r = text_to_image_recall(&model, &gallery, &queries, &[1, 10])?;
         eprintln!(
-            "InfoNCE weight {weight}: {} queries over {} images, R@1 {:.3}, R@10 {:.3}, MRR {:.3}",
+            "align_epochs {align_epochs}: {} queries over {} images, R@1 {:.3}, R@10 {:.3}, MRR {:.3}",
             r.queries,
             r.gallery,
             r.at(1).unwrap_or(0.0),
@@ -348,7 +349,7 @@ fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Measured R@10 0.492 aligned (122 queries over 149 images; R@1 0.139), 0.098 unaligned
+/// Measured R@10 0.672 aligned (122 queries over 149 images; R@1 0.180), 0.148 unaligned
 /// (chance is about 3 / 149 per image, ~0.07 for a group of three).
 const ALIGNED_R10_FLOOR: f64 = 0.40;
 const ALIGNMENT_GAIN_FLOOR: f64 = 0.25;

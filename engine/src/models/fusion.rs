@@ -7,7 +7,8 @@
 //!  title  (384)          ─ Linear+ReLU+dropout ─ h_ti  ─┼─ presence gate ─┼─ concat ─ Linear ─ logits
 //!  description (384)     ─ Linear+ReLU+dropout ─ h_de  ─┼─ presence gate ─┘  ("concatenation layer")
 //!                                                       │
-//!                        joint heads (Linear, L2-norm) ─┴─ ĝ_img, ĝ_ti, ĝ_de ─ search vector
+//!  L2-normalised features ─ joint heads (image head, one text head shared by the fields)
+//!                          ─ L2-norm ─ ĝ_img, ĝ_ti, ĝ_de ─ search vector
 //! ```
 //!
 //! This is the study's design (WebVision: CNN features and one frozen sentence embedding per text
@@ -24,18 +25,21 @@
 //!   image-only, text-only and partial items well.
 //! - **A joint space for search.** The concatenation layer is what the classifier consumes, but
 //!   it cannot compare an image-only item with a text-only query: their non-missing parts occupy
-//!   disjoint coordinates. So each branch also has a linear *joint head* into one shared space,
-//!   trained with a symmetric InfoNCE loss (beside the classification loss, weight
-//!   `contrastive_weight`) that pulls an item's image towards its own text and away from the
-//!   other items' text in the batch. By default the heads read the branch outputs *detached*
-//!   (`align_branches = false`): on synthetic catalogues, letting the alignment loss shape the
-//!   tuning layers cost several points of top-1 and made retrieval worse, not better. An item's
-//!   text vector is the normalised mean of its present fields' joint vectors; its **search
-//!   vector** is the normalised sum of its (unit) image vector and (unit) text vector, over the
-//!   modalities it has. A text-only query and an image-only item thus land in the same space,
-//!   and a full item sits between the two. Models with one modality (the image-only and
-//!   text-only baselines) have no contrastive signal, so they have no joint heads and their
-//!   search vector is the normalised concatenation.
+//!   disjoint coordinates. So the model also has *joint heads* into one shared space, trained
+//!   with a symmetric InfoNCE loss that pulls an item's image towards its own text and away from
+//!   other items' text (see `train::align`). The heads read the **L2-normalised frozen
+//!   features** (`joint_input = features`, the default): an image head, and one text head that
+//!   every field shares, so a query is not forced to be "a title" or "a description". The
+//!   tuning layers are trained to tell classes apart, so heads on their outputs (`joint_input =
+//!   branch_outputs`, the design of models stored before this field existed: one linear head per
+//!   branch, InfoNCE beside the classifier with weight `contrastive_weight`) only knew an item's
+//!   class, and a name query landed among every image of its class. An item's text vector is
+//!   the normalised mean of its present fields' joint vectors; its **search vector** is the
+//!   normalised sum of its (unit) image vector and (unit) text vector, over the modalities it
+//!   has. A text-only query and an image-only item thus land in the same space, and a full item
+//!   sits between the two. Models with one modality (the image-only and text-only baselines)
+//!   have no contrastive signal, so they have no joint heads and their search vector is the
+//!   normalised concatenation.
 //! - **Branch heads (late fusion).** With `branch_heads`, the image projection and the text
 //!   part of the concatenation layer each get a small classification head whose logits are
 //!   added to the joint classifier's wherever that input is visible (a product of experts), and
@@ -78,13 +82,21 @@ pub struct FusionConfig {
     pub text_tuning_dim: usize,
     /// Width of the shared image–text search space.
     pub joint_dim: usize,
+    /// What the joint heads read. Models stored before this field existed read the branch
+    /// outputs, hence the field's own serde default.
+    #[serde(default = "JointInput::branch_outputs")]
+    pub joint_input: JointInput,
+    /// Hidden width of the joint heads on frozen features (`Linear+ReLU` before the output
+    /// layer); 0 makes each head one linear layer. Unused with `joint_input = branch_outputs`.
+    pub joint_hidden: usize,
     /// Dropout on each branch output while training.
     pub dropout: f32,
     /// Probability of hiding the image, each text field, and all text, per training example.
     pub modality_dropout: f32,
-    /// Weight of the image–text InfoNCE loss beside the classification loss.
+    /// Weight of the image–text InfoNCE loss beside the classification loss; only heads on the
+    /// branch outputs train there (heads on frozen features are aligned after the classifier).
     pub contrastive_weight: f32,
-    /// Softmax temperature of the InfoNCE loss.
+    /// Softmax temperature of the InfoNCE loss (beside the classifier and in `train::align`).
     pub temperature: f32,
     /// Whether the InfoNCE gradient also reaches the tuning layers. Off by default: on
     /// synthetic catalogues, letting instance-level alignment shape the branches cost the
@@ -139,10 +151,12 @@ impl FusionConfig {
             image_proj_dim: 128,
             text_tuning_dim: 128,
             joint_dim: 128,
+            joint_input: JointInput::Features,
+            joint_hidden: JOINT_HIDDEN,
             dropout: 0.2,
             modality_dropout: 0.3,
             contrastive_weight: 0.5,
-            temperature: 0.1,
+            temperature: TEMPERATURE,
             align_branches: false,
             num_classes,
             branch_heads: true,
@@ -165,6 +179,22 @@ impl FusionConfig {
     /// Whether the model has joint heads: only when it sees both an image and some text.
     pub fn has_joint(&self) -> bool {
         self.use_image && !self.text_fields.is_empty()
+    }
+
+    /// Whether the InfoNCE loss is added to the classification loss (heads on branch outputs
+    /// with a positive weight); heads on frozen features are aligned on their own afterwards.
+    pub fn aligns_with_classifier(&self) -> bool {
+        self.has_joint()
+            && self.joint_input == JointInput::BranchOutputs
+            && self.contrastive_weight > 0.0
+    }
+
+    /// Whether the variable `name` belongs to the joint heads (what `train::align` trains).
+    pub fn is_joint_var(&self, name: &str) -> bool {
+        match self.joint_input {
+            JointInput::BranchOutputs => name.contains(".joint."),
+            JointInput::Features => name.starts_with("joint."),
+        }
     }
 
     /// Width of the concatenation layer.
@@ -250,6 +280,31 @@ impl FusionConfig {
         Ok(())
     }
 }
+
+/// What the joint (search) heads read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JointInput {
+    /// One linear head per branch on its tuning-layer output (models stored before
+    /// `joint_input` existed).
+    BranchOutputs,
+    /// An image head and one shared text head on the L2-normalised frozen features.
+    Features,
+}
+
+impl JointInput {
+    fn branch_outputs() -> Self {
+        JointInput::BranchOutputs
+    }
+}
+
+/// Default hidden width of the joint heads on frozen features: linear heads, the smallest that
+/// can align. With them (and [`TEMPERATURE`]) the demo catalogue's validation emoji names found
+/// their image in the top 10 for 0.35 of queries (BENCHMARKS.md, "Cross-modal search"); hidden
+/// layers and other temperatures have not been compared there yet.
+const JOINT_HIDDEN: usize = 0;
+/// Default InfoNCE temperature: the value the earlier in-loop alignment used.
+const TEMPERATURE: f32 = 0.1;
 
 /// Anything that can hand the model its inputs: a catalogue item, a training example, a query.
 pub trait ModalityInputs {
@@ -465,15 +520,57 @@ impl Branch {
             .broadcast_add(&self.missing)?)
     }
 
-    /// The unit joint-space vector of `h`; with `detach` the alignment loss trains only the
-    /// joint head, leaving the tuning layer to the classification loss.
-    fn joint(&self, h: &Tensor, detach: bool) -> Result<Option<Tensor>> {
+    /// The unit joint-space vector of `h` (a head on the branch output).
+    fn joint(&self, h: &Tensor) -> Result<Option<Tensor>> {
         match &self.joint {
-            Some(j) if detach => Ok(Some(l2_normalise(&j.forward(&h.detach())?)?)),
             Some(j) => Ok(Some(l2_normalise(&j.forward(h)?)?)),
             None => Ok(None),
         }
     }
+}
+
+/// A joint head on frozen features: L2-normalise, optional `Linear+ReLU`, `Linear`, L2-normalise.
+/// Normalising the input puts image features (unbounded activations) and sentence embeddings on
+/// one scale, so one learning rate suits both heads.
+#[derive(Debug, Clone)]
+struct JointHead {
+    hidden: Option<Linear>,
+    out: Linear,
+    span: tracing::Span,
+}
+
+impl JointHead {
+    fn load(vb: VarBuilder, in_dim: usize, cfg: &FusionConfig, name: &str) -> Result<Self> {
+        let (hidden, out_in) = if cfg.joint_hidden > 0 {
+            (
+                Some(linear(in_dim, cfg.joint_hidden, vb.pp("hidden"))?),
+                cfg.joint_hidden,
+            )
+        } else {
+            (None, in_dim)
+        };
+        Ok(Self {
+            hidden,
+            out: linear(out_in, cfg.joint_dim, vb.pp("out"))?,
+            span: tracing::trace_span!("fusion.joint_head", name = name),
+        })
+    }
+
+    fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let mut x = l2_normalise(features)?;
+        if let Some(h) = &self.hidden {
+            x = h.forward(&x)?.relu()?;
+        }
+        l2_normalise(&self.out.forward(&x)?)
+    }
+}
+
+/// The joint heads on frozen features: variables `joint.image.…` and `joint.text.…`.
+#[derive(Debug, Clone)]
+struct FeatureHeads {
+    image: JointHead,
+    text: JointHead,
 }
 
 /// Scales each row to unit length; all-zero rows stay zero.
@@ -526,6 +623,8 @@ pub struct FusedModel {
     cfg: FusionConfig,
     image: Option<Branch>,
     text: Vec<Branch>,
+    /// Present with `joint_input = features` on a model with both modalities.
+    feature_heads: Option<FeatureHeads>,
     classifier: Linear,
     heads: Option<BranchHeads>,
     device: Device,
@@ -533,12 +632,22 @@ pub struct FusedModel {
 }
 
 impl FusedModel {
-    /// Builds the model from `vb`. Variable names: `image.{tuning,joint}.{weight,bias}`,
-    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`, and with `branch_heads`
-    /// `heads.{image,all_text,text.<field>}.{weight,bias}`.
+    /// Builds the model from `vb`. Variable names: `image.tuning.{weight,bias}`,
+    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`; the joint heads:
+    /// `joint.{image,text}.{hidden,out}.…` on features, or `image.joint.…`, `text.<field>.joint.…`
+    /// on branch outputs; and with `branch_heads`, `heads.{image,all_text,text.<field>}.{weight,bias}`.
     pub fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
         cfg.validate()?;
-        let joint = cfg.has_joint().then_some(cfg.joint_dim);
+        let joint = (cfg.has_joint() && cfg.joint_input == JointInput::BranchOutputs)
+            .then_some(cfg.joint_dim);
+        let feature_heads = if cfg.has_joint() && cfg.joint_input == JointInput::Features {
+            Some(FeatureHeads {
+                image: JointHead::load(vb.pp("joint").pp("image"), cfg.image_dim, cfg, "image")?,
+                text: JointHead::load(vb.pp("joint").pp("text"), cfg.text_dim, cfg, "text")?,
+            })
+        } else {
+            None
+        };
         let image = if cfg.use_image {
             Some(Branch::load(
                 vb.pp("image"),
@@ -573,6 +682,7 @@ impl FusedModel {
             cfg: cfg.clone(),
             image,
             text,
+            feature_heads,
             classifier,
             heads,
             device: vb.device().clone(),
@@ -599,10 +709,22 @@ impl FusedModel {
             )));
         }
         let mut parts = Vec::with_capacity(1 + self.text.len());
+        // The joint heads' inputs: frozen features, or branch outputs (detached unless
+        // `align_branches`, so the InfoNCE loss does not reshape the classifier's layers).
+        let on_features = self.cfg.joint_input == JointInput::Features;
+        let joint_in = |features: &Tensor, h: &Tensor| -> Tensor {
+            if on_features {
+                features.clone()
+            } else if self.cfg.align_branches {
+                h.clone()
+            } else {
+                h.detach()
+            }
+        };
+        let mut image_in = None;
         // Each branch's output and the rows where it is visible, for the branch heads.
         let mut image_seen = None;
         let mut text_seen = Vec::with_capacity(self.text.len());
-        let mut joint_image = None;
         let mut image_present = None;
         if let Some(branch) = &self.image {
             let m = batch.image.as_ref().ok_or_else(|| {
@@ -616,11 +738,11 @@ impl FusedModel {
                 None => m.present.clone(),
             };
             parts.push(branch.gate(&h, &visible)?);
-            joint_image = branch.joint(&h, !self.cfg.align_branches)?;
+            image_in = Some(joint_in(&m.features, &h));
             image_present = Some(m.present.clone());
             image_seen = Some((h, visible));
         }
-        let mut text_sum: Option<Tensor> = None;
+        let mut text_in = Vec::with_capacity(self.text.len());
         for (f, (branch, m)) in self.text.iter().zip(&batch.text).enumerate() {
             let dropout = noise.and_then(|n| n.text_dropout.get(f));
             let h = branch.hidden(&m.features, dropout)?;
@@ -629,13 +751,7 @@ impl FusedModel {
                 None => m.present.clone(),
             };
             parts.push(branch.gate(&h, &visible)?);
-            if let Some(g) = branch.joint(&h, !self.cfg.align_branches)? {
-                let g = g.broadcast_mul(&m.present)?;
-                text_sum = Some(match text_sum {
-                    Some(s) => (s + g)?,
-                    None => g,
-                });
-            }
+            text_in.push(joint_in(&m.features, &h));
             text_seen.push((h, visible));
         }
         let concat = Tensor::cat(&parts, 1)?;
@@ -670,7 +786,18 @@ impl FusedModel {
                 }
             }
         }
-        let joint_text = text_sum.map(|s| l2_normalise(&s)).transpose()?;
+        let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
+        let (joint_image, joint_text) = if self.cfg.has_joint() {
+            match &image_in {
+                Some(i) => {
+                    let (ji, jt) = self.joint_from_inputs(i, &text_in, &text_present)?;
+                    (Some(ji), Some(jt))
+                }
+                None => (None, None),
+            }
+        } else {
+            (None, None)
+        };
         let search = match (&joint_image, &joint_text, &image_present) {
             (Some(i), Some(t), Some(p)) => l2_normalise(&(i.broadcast_mul(p)? + t)?)?,
             _ => l2_normalise(&concat)?,
@@ -708,41 +835,44 @@ impl FusedModel {
         Ok(self.forward(&self.batch(items)?, None)?.concat.to_vec2()?)
     }
 
-    /// The branches' tuning-layer outputs (no dropout, no presence gate), detached from the
-    /// graph: the joint heads' inputs, cached by the trainer to align the heads cheaply after
-    /// the classifier is trained.
-    pub fn branch_outputs(&self, batch: &FusionBatch) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+    /// The joint heads' inputs for `batch`, detached from the graph: the frozen features, or the
+    /// branches' tuning-layer outputs (no dropout, no presence gate) for heads on branch outputs.
+    /// `train::align` caches them once and trains the heads on the cache.
+    pub fn joint_inputs(&self, batch: &FusionBatch) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        let on_features = self.cfg.joint_input == JointInput::Features;
+        let input = |b: &Branch, m: &Modality| -> Result<Tensor> {
+            Ok(if on_features {
+                m.features.detach()
+            } else {
+                b.hidden(&m.features, None)?.detach()
+            })
+        };
         let image = match (&self.image, &batch.image) {
-            (Some(b), Some(m)) => Some(b.hidden(&m.features, None)?.detach()),
+            (Some(b), Some(m)) => Some(input(b, m)?),
             _ => None,
         };
         let text = self
             .text
             .iter()
             .zip(&batch.text)
-            .map(|(b, m)| Ok(b.hidden(&m.features, None)?.detach()))
+            .map(|(b, m)| input(b, m))
             .collect::<Result<Vec<_>>>()?;
         Ok((image, text))
     }
 
-    /// Unit joint vectors from cached branch outputs: the image's, and the normalised mean of
-    /// the text fields where `text_present[f]` (`[batch, 1]`) is 1.
-    pub fn joint_from_branches(
+    /// Unit joint vectors from the heads' inputs (see [`FusedModel::joint_inputs`]): the
+    /// image's, and the normalised mean of the text fields where `text_present[f]` (`[batch, 1]`)
+    /// is 1 (a zero row when none is).
+    pub fn joint_from_inputs(
         &self,
         image: &Tensor,
         text: &[Tensor],
         text_present: &[Tensor],
     ) -> Result<(Tensor, Tensor)> {
-        let branch = self.image.as_ref().ok_or_else(|| no_joint(&self.cfg))?;
-        let ji = branch
-            .joint(image, false)?
-            .ok_or_else(|| no_joint(&self.cfg))?;
+        let ji = self.joint_image_from_input(image)?;
         let mut sum: Option<Tensor> = None;
-        for ((b, h), p) in self.text.iter().zip(text).zip(text_present) {
-            let g = b
-                .joint(h, false)?
-                .ok_or_else(|| no_joint(&self.cfg))?
-                .broadcast_mul(p)?;
+        for (f, (x, p)) in text.iter().zip(text_present).enumerate() {
+            let g = self.joint_text_from_input(f, x)?.broadcast_mul(p)?;
             sum = Some(match sum {
                 Some(s) => (s + g)?,
                 None => g,
@@ -752,15 +882,38 @@ impl FusedModel {
         Ok((ji, l2_normalise(&sum)?))
     }
 
+    fn joint_image_from_input(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(heads) = &self.feature_heads {
+            return heads.image.forward(x);
+        }
+        self.image
+            .as_ref()
+            .map(|b| b.joint(x))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| no_joint(&self.cfg))
+    }
+
+    /// The unit joint vector of text field number `field`'s head input.
+    fn joint_text_from_input(&self, field: usize, x: &Tensor) -> Result<Tensor> {
+        if let Some(heads) = &self.feature_heads {
+            return heads.text.forward(x);
+        }
+        self.text
+            .get(field)
+            .map(|b| b.joint(x))
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| no_joint(&self.cfg))
+    }
+
     /// Unit joint-space vectors of image features `[batch, image_dim]`.
     pub fn embed_joint_image(&self, features: &Tensor) -> Result<Tensor> {
-        let branch = self
-            .image
-            .as_ref()
-            .filter(|b| b.joint.is_some())
-            .ok_or_else(|| no_joint(&self.cfg))?;
-        let h = branch.hidden(features, None)?;
-        branch.joint(&h, false)?.ok_or_else(|| no_joint(&self.cfg))
+        if self.feature_heads.is_some() {
+            return self.joint_image_from_input(features);
+        }
+        let branch = self.image.as_ref().ok_or_else(|| no_joint(&self.cfg))?;
+        self.joint_image_from_input(&branch.hidden(features, None)?)
     }
 
     /// Unit joint-space vectors of text: `fields` pairs a configured field name with its
@@ -779,10 +932,11 @@ impl FusedModel {
                 .ok_or_else(|| {
                     Error::InvalidArgument(format!("the model has no text field `{name}`"))
                 })?;
-            let branch = &self.text[f];
-            let g = branch
-                .joint(&branch.hidden(x, None)?, false)?
-                .ok_or_else(|| no_joint(&self.cfg))?;
+            let g = if self.feature_heads.is_some() {
+                self.joint_text_from_input(f, x)?
+            } else {
+                self.joint_text_from_input(f, &self.text[f].hidden(x, None)?)?
+            };
             sum = Some(match sum {
                 Some(s) => (s + g)?,
                 None => g,
@@ -940,6 +1094,35 @@ mod tests {
             model.predict(&[empty]),
             Err(Error::NoInputs { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn configs_stored_before_joint_input_keep_heads_on_branch_outputs(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let mut stored = serde_json::to_value(small_cfg())?;
+        if let Some(fields) = stored.as_object_mut() {
+            fields.remove("joint_input");
+            fields.remove("joint_hidden");
+        }
+        let cfg: FusionConfig = serde_json::from_value(stored)?;
+        assert_eq!(cfg.joint_input, JointInput::BranchOutputs);
+        assert_eq!(small_cfg().joint_input, JointInput::Features);
+        let names =
+            |cfg: &FusionConfig| -> std::result::Result<Vec<String>, Box<dyn std::error::Error>> {
+                let varmap = candle_nn::VarMap::new();
+                FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &Device::Cpu), cfg)?;
+                let data = varmap.data().lock().map_err(|_| "poisoned")?;
+                Ok(data.keys().cloned().collect())
+            };
+        let old = names(&cfg)?;
+        assert!(old.iter().any(|n| n == "image.joint.weight"));
+        assert!(old.iter().any(|n| n == "text.title.joint.weight"));
+        assert!(!old.iter().any(|n| n.starts_with("joint.")));
+        let new = names(&small_cfg())?;
+        assert!(new.iter().any(|n| n == "joint.image.out.weight"));
+        assert!(new.iter().any(|n| n == "joint.text.out.weight"));
+        assert!(!new.iter().any(|n| n.contains(".joint.")));
         Ok(())
     }
 

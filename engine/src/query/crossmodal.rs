@@ -127,7 +127,11 @@ pub fn text_to_image_recall(
 
 /// 1-based rank of the best-scoring relevant image: one plus the number of gallery images that
 /// score strictly higher (ties count in the query's favour, as any order among them is fair).
-fn first_relevant_rank(query: &[f32], gallery: &[Vec<f32>], relevant: &[usize]) -> usize {
+pub(crate) fn first_relevant_rank(
+    query: &[f32],
+    gallery: &[Vec<f32>],
+    relevant: &[usize],
+) -> usize {
     let dot = |v: &[f32]| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
     let scores: Vec<f32> = gallery.iter().map(|v| dot(v)).collect();
     let best = relevant

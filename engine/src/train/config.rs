@@ -28,11 +28,22 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Fraction of each class held out, split half validation, half test (the study: 4%).
     pub holdout: f64,
-    /// Epochs that align the joint (search) heads on the trained branches' cached outputs,
-    /// after classification training; the epoch with the lowest validation InfoNCE loss is
-    /// kept. 0 (the default) leaves the heads as trained beside the classifier: on synthetic
-    /// catalogues the extra epochs did not improve text-to-image retrieval, so they are opt-in.
+    /// Most epochs that align the joint (search) heads after classification training, on their
+    /// cached inputs (see `train::align`); the epoch with the best validation text→image
+    /// recall@10 is kept. 0 leaves the heads as initialised (or as trained beside the
+    /// classifier, for heads on branch outputs).
     pub align_epochs: usize,
+    /// Stop aligning after this many epochs without a better validation recall; 0 runs all
+    /// `align_epochs`.
+    pub align_patience: usize,
+    /// Image–text pairs per alignment step: every other pair in the step is a negative, so
+    /// larger is harder; the features are cached, so a step is cheap.
+    pub align_batch_size: usize,
+    /// AdamW learning rate of the alignment.
+    pub align_lr: f64,
+    /// Fill each alignment step with whole classes, so an item's negatives include the
+    /// look-alikes of its own class, which random steps rarely hold.
+    pub align_class_batches: bool,
     /// What the labels are (e.g. `category`); recorded in models and reports.
     pub label_field: String,
     /// The fused model's hyper-parameters. The trainer fills in `num_classes`, the feature widths
@@ -51,7 +62,11 @@ impl Default for TrainConfig {
             seed: 0,
             patience: 5,
             holdout: 0.04,
-            align_epochs: 0,
+            align_epochs: 200,
+            align_patience: 10,
+            align_batch_size: 1024,
+            align_lr: 1e-3,
+            align_class_batches: true,
             label_field: "label".to_string(),
             model: FusionConfig {
                 text_fields: Vec::new(),
@@ -81,6 +96,12 @@ impl TrainConfig {
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight_decay", "must be a non-negative number");
+        }
+        if self.align_batch_size < 2 {
+            return bad("align_batch_size", "must be at least 2");
+        }
+        if !(self.align_lr > 0.0 && self.align_lr.is_finite()) {
+            return bad("align_lr", "must be a positive number");
         }
         if !(0.0..0.5).contains(&self.holdout) {
             return bad("holdout", "must be in [0, 0.5)");

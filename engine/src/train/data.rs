@@ -50,6 +50,8 @@ pub(crate) struct FeatureTable {
     /// Class index per row; `None` for unlabelled rows.
     pub labels: Vec<Option<u32>>,
     pub label_names: Vec<String>,
+    /// Each row's group (items that are one thing, e.g. one emoji in several renders).
+    pub groups: Vec<Option<String>>,
     pub fields: Vec<String>,
     pub image_dim: usize,
     pub text_dim: usize,
@@ -172,6 +174,7 @@ impl FeatureTable {
             keys: examples.iter().map(|e| e.key).collect(),
             labels,
             label_names,
+            groups: examples.iter().map(|e| e.group.clone()).collect(),
             fields: fields.to_vec(),
             image_dim: image_dim.unwrap_or(0),
             text_dim: text_width,
@@ -247,6 +250,7 @@ impl FeatureTable {
                 .map(|e| e.label.as_deref().and_then(|l| index.get(l).copied()))
                 .collect(),
             label_names: label_names.to_vec(),
+            groups: examples.iter().map(|e| e.group.clone()).collect(),
             fields: cfg.text_fields.clone(),
             image_dim: cfg.image_dim,
             text_dim: cfg.text_dim,

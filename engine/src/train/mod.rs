@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::models::fusion::ModalityInputs;
 
+mod align;
 mod baseline;
 mod config;
 pub mod crossval;

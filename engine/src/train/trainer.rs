@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -378,7 +378,7 @@ impl Trainer {
                 }
             }
             if let (Some(ji), Some(jt)) = (&out.joint_image, &out.joint_text) {
-                if cfg.contrastive_weight > 0.0 {
+                if cfg.aligns_with_classifier() {
                     let both: Vec<u32> = (0..rows.len())
                         .filter(|&i| image_host[i] && text_host.iter().any(|t| t[i]))
                         .map(|i| i as u32)
@@ -410,18 +410,17 @@ impl Trainer {
             step,
             eval,
         )?;
-        if cfg.has_joint() && self.cfg.align_epochs > 0 {
-            self.align_joint_heads(
-                &model,
-                &varmap,
-                table,
-                &cfg,
-                &train_rows,
-                &split.val,
-                variant,
-                progress,
-            )?;
-        }
+        super::align::align_joint_heads(
+            &self.cfg,
+            &model,
+            &varmap,
+            table,
+            &cfg,
+            &train_rows,
+            &split.val,
+            variant,
+            progress,
+        )?;
         let test = evaluate_fused(&model, table, &split.test, None)?;
         let metrics = ModelMetrics {
             val: fit.val,
@@ -439,187 +438,6 @@ impl Trainer {
             print.to_string(),
             varmap_to_safetensors(&varmap)?,
         ))
-    }
-
-    /// Trains only the joint heads, with symmetric InfoNCE, on the trained branches' outputs
-    /// cached once for the rows that have an image and some text. Each step hides text fields at
-    /// the modality-dropout rate (never all of a row's) so single-field queries align too.
-    #[allow(clippy::too_many_arguments)]
-    fn align_joint_heads(
-        &self,
-        model: &FusedModel,
-        varmap: &VarMap,
-        table: &FeatureTable,
-        cfg: &FusionConfig,
-        train_rows: &[usize],
-        val_rows: &[usize],
-        variant: &str,
-        progress: &dyn Progress,
-    ) -> Result<()> {
-        let Some(image_col) = table.image.as_ref() else {
-            return Ok(());
-        };
-        let field_cols: Vec<&super::data::Column> = cfg
-            .text_fields
-            .iter()
-            .filter_map(|f| {
-                table
-                    .fields
-                    .iter()
-                    .position(|x| x == f)
-                    .map(|i| &table.text[i])
-            })
-            .collect();
-        let pairs = |rows: &[usize]| -> Vec<usize> {
-            rows.iter()
-                .copied()
-                .filter(|&r| {
-                    image_col.present_host[r] && field_cols.iter().any(|c| c.present_host[r])
-                })
-                .collect()
-        };
-        let (train, val) = (pairs(train_rows), pairs(val_rows));
-        if train.len() < 2 {
-            return Ok(());
-        }
-        // Branch outputs for `rows`, plus each field's presence per row.
-        let cache = |rows: &[usize]| -> Result<(Tensor, Vec<Tensor>, Vec<Vec<bool>>)> {
-            let mut image = Vec::new();
-            let mut text: Vec<Vec<Tensor>> = vec![Vec::new(); field_cols.len()];
-            for chunk in rows.chunks(EVAL_CHUNK) {
-                let (batch, _, _) = table.fusion_batch(chunk, cfg, None)?;
-                let (i, t) = model.branch_outputs(&batch)?;
-                if let Some(i) = i {
-                    image.push(i);
-                }
-                for (acc, t) in text.iter_mut().zip(t) {
-                    acc.push(t);
-                }
-            }
-            let image = Tensor::cat(&image, 0)?;
-            let text = text
-                .iter()
-                .map(|parts| Tensor::cat(parts, 0))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let present = field_cols
-                .iter()
-                .map(|c| rows.iter().map(|&r| c.present_host[r]).collect())
-                .collect();
-            Ok((image, text, present))
-        };
-        let (train_image, train_text, train_present) = cache(&train)?;
-        let column = |flags: Vec<f32>| -> Result<Tensor> {
-            let n = flags.len();
-            Ok(Tensor::from_vec(flags, (n, 1), &self.device)?)
-        };
-        let val_loss = if val.len() >= 2 {
-            let (vi, vt, vp) = cache(&val)?;
-            let vp = vp
-                .into_iter()
-                .map(|p| column(p.into_iter().map(|b| if b { 1.0 } else { 0.0 }).collect()))
-                .collect::<Result<Vec<_>>>()?;
-            Some((vi, vt, vp))
-        } else {
-            None
-        };
-        let eval = || -> Result<f64> {
-            match &val_loss {
-                Some((vi, vt, vp)) => {
-                    let (ji, jt) = model.joint_from_branches(vi, vt, vp)?;
-                    Ok(f64::from(
-                        info_nce(&ji, &jt, cfg.temperature)?.to_scalar::<f32>()?,
-                    ))
-                }
-                None => Ok(0.0),
-            }
-        };
-        let vars = {
-            let data = varmap.data().lock().map_err(|_| {
-                Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
-            })?;
-            let mut named: Vec<(&String, &Var)> =
-                data.iter().filter(|(k, _)| k.contains(".joint.")).collect();
-            named.sort_by(|a, b| a.0.cmp(b.0));
-            named
-                .into_iter()
-                .map(|(_, v)| v.clone())
-                .collect::<Vec<Var>>()
-        };
-        let mut opt = AdamW::new(
-            vars.clone(),
-            ParamsAdamW {
-                lr: self.cfg.lr,
-                weight_decay: self.cfg.weight_decay,
-                ..ParamsAdamW::default()
-            },
-        )?;
-        let mut rng = StdRng::seed_from_u64(self.cfg.seed.wrapping_add(0xa11e));
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut best = (
-            eval()?,
-            vars.iter()
-                .map(|v| v.as_tensor().copy())
-                .collect::<candle_core::Result<Vec<_>>>()?,
-        );
-        let stage = format!("align {variant}");
-        progress.start(&stage, Some(self.cfg.align_epochs as u64));
-        for epoch in 1..=self.cfg.align_epochs {
-            order.shuffle(&mut rng);
-            let (mut train_sum, mut train_steps) = (0f64, 0usize);
-            for chunk in order.chunks(self.cfg.batch_size) {
-                if chunk.len() < 2 {
-                    continue;
-                }
-                let idx = table.index_tensor(chunk)?;
-                let image = train_image.index_select(&idx, 0)?;
-                let text = train_text
-                    .iter()
-                    .map(|t| t.index_select(&idx, 0))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let mut shown: Vec<Vec<f32>> =
-                    vec![Vec::with_capacity(chunk.len()); field_cols.len()];
-                for &i in chunk {
-                    let has: Vec<bool> = train_present.iter().map(|p| p[i]).collect();
-                    let mut keep: Vec<bool> = has
-                        .iter()
-                        .map(|&h| h && rng.gen::<f32>() >= cfg.modality_dropout)
-                        .collect();
-                    if !keep.iter().any(|k| *k) {
-                        keep = has;
-                    }
-                    for (s, k) in shown.iter_mut().zip(keep) {
-                        s.push(if k { 1.0 } else { 0.0 });
-                    }
-                }
-                let present = shown.into_iter().map(column).collect::<Result<Vec<_>>>()?;
-                let (ji, jt) = model.joint_from_branches(&image, &text, &present)?;
-                let loss = info_nce(&ji, &jt, cfg.temperature)?;
-                train_sum += f64::from(loss.to_scalar::<f32>()?);
-                train_steps += 1;
-                opt.backward_step(&loss)?;
-            }
-            let loss = eval()?;
-            if val_loss.is_none() || loss < best.0 {
-                best = (
-                    loss,
-                    vars.iter()
-                        .map(|v| v.as_tensor().copy())
-                        .collect::<candle_core::Result<Vec<_>>>()?,
-                );
-            }
-            progress.advance(1);
-            progress.message(&format!(
-                "epoch {epoch}/{}: train InfoNCE {:.4}, val InfoNCE {loss:.4} ({} val pairs)",
-                self.cfg.align_epochs,
-                train_sum / train_steps.max(1) as f64,
-                val.len()
-            ));
-        }
-        progress.finish();
-        for (var, value) in vars.iter().zip(&best.1) {
-            var.set(value)?;
-        }
-        Ok(())
     }
 
     /// Trains the logistic-regression baseline on every input, missing ones as zeros.

@@ -143,6 +143,20 @@ impl InputSet {
         !self.image && self.text_fields.is_empty()
     }
 
+    /// The inputs a robustness evaluation withholds in turn: the image, each text field, and
+    /// all text at once when there is more than one field.
+    pub fn removals(&self) -> Vec<Input> {
+        let mut removals = Vec::new();
+        if self.image {
+            removals.push(Input::Image);
+        }
+        removals.extend(self.text_fields.iter().cloned().map(Input::Text));
+        if self.text_fields.len() > 1 {
+            removals.push(Input::AllText);
+        }
+        removals
+    }
+
     /// The same set less one input.
     pub fn without(&self, input: &Input) -> InputSet {
         match input {

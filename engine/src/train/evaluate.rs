@@ -185,14 +185,7 @@ pub fn evaluate_model(
         items_with_removed: None,
         metrics: evaluate_fused(&fused, &table, &rows, None)?,
     }];
-    let mut removals = Vec::new();
-    if inputs.image {
-        removals.push(Input::Image);
-    }
-    removals.extend(inputs.text_fields.iter().cloned().map(Input::Text));
-    if inputs.text_fields.len() > 1 {
-        removals.push(Input::AllText);
-    }
+    let removals = inputs.removals();
     for removed in removals {
         let rest = inputs.without(&removed);
         if rest.is_empty() {

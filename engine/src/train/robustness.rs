@@ -81,14 +81,7 @@ impl Trainer {
         let fused = self.check_labels(&study.fused, &table)?;
         let test = &study.split.test;
         let inputs = study.fused.inputs();
-        let mut removals = Vec::new();
-        if inputs.image {
-            removals.push(Input::Image);
-        }
-        removals.extend(inputs.text_fields.iter().cloned().map(Input::Text));
-        if inputs.text_fields.len() > 1 {
-            removals.push(Input::AllText);
-        }
+        let removals = inputs.removals();
         let print = fingerprint(examples);
         let mut rows = Vec::new();
         for removed in removals {

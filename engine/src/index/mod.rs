@@ -14,7 +14,7 @@ mod graph;
 mod hnsw;
 mod persist;
 mod refine;
-mod simd;
+pub(crate) mod simd;
 mod vectors;
 
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::index::simd::Dot;
 use crate::models::fusion::{FusedModel, FusionInput};
 
 /// How a text query reaches the fused model: the query's sentence embedding fills every text
@@ -132,8 +133,10 @@ pub(crate) fn first_relevant_rank(
     gallery: &[Vec<f32>],
     relevant: &[usize],
 ) -> usize {
-    let dot = |v: &[f32]| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
-    let scores: Vec<f32> = gallery.iter().map(|v| dot(v)).collect();
+    // The SIMD kernel the index searches with: training scores validation recall every epoch,
+    // and a scalar loop over the gallery was a fifth of `trio train`.
+    let dot = Dot::best();
+    let scores: Vec<f32> = gallery.iter().map(|v| dot.dot(v, query)).collect();
     let best = relevant
         .iter()
         .map(|&r| scores[r])

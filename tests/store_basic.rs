@@ -259,6 +259,12 @@ fn models_and_fused_vectors() -> anyhow::Result<()> {
         Err(Error::BadVector { .. })
     ));
     assert_eq!(store.get_fused(v1, 0)?, Some(vec![3.0, 4.0]));
+    // Training beside a writer: an item deleted meanwhile is skipped, the rest is written.
+    assert_eq!(
+        store.put_fused_skipping_deleted(v1, &[(7, vec![9.0, 9.0]), (0, vec![3.0, 4.0])])?,
+        1
+    );
+    assert_eq!(store.get_fused(v1, 7)?, None);
     let v1_all: Vec<_> = store.iter_fused(v1)?.collect::<Result<_, _>>()?;
     assert_eq!(v1_all, vec![(0, vec![3.0, 4.0]), (1, vec![1.0, 2.0])]);
 

@@ -173,8 +173,7 @@ impl Catalog {
             let owned: Vec<Example> = usable.iter().map(|e| (*e).clone()).collect();
             let vectors = model.fused_vectors(&owned)?;
             let points: Vec<(u64, Vec<f32>)> = owned.iter().map(|e| e.key).zip(vectors).collect();
-            written += points.len();
-            self.store.put_fused(version, &points)?;
+            written += self.store.put_fused_skipping_deleted(version, &points)?;
             progress.advance(chunk.len() as u64);
         }
         progress.finish();
@@ -204,7 +203,9 @@ impl Catalog {
         }
         let vectors = active.model.fused_vectors(&examples)?;
         let points: Vec<(u64, Vec<f32>)> = examples.iter().map(|e| e.key).zip(vectors).collect();
-        self.store.put_fused(active.version, &points)
+        self.store
+            .put_fused_skipping_deleted(active.version, &points)
+            .map(|_| ())
     }
 
     /// The active model, loaded once per version; `None` before any training.

@@ -479,9 +479,30 @@ impl Store {
     /// Stores fused vectors computed by model `version`, in one transaction. Every key must be a
     /// stored item, and every vector must have the same size as the version's earlier ones.
     pub fn put_fused(&self, version: u32, vectors: &[(u64, Vec<f32>)]) -> Result<()> {
+        self.write_fused(version, vectors, false).map(|_| ())
+    }
+
+    /// Like [`Store::put_fused`], but vectors of items deleted since they were read are
+    /// skipped instead of failing the batch: training and catch-up run beside writers, and an
+    /// item deleted meanwhile simply has no vector. Returns how many were written.
+    pub fn put_fused_skipping_deleted(
+        &self,
+        version: u32,
+        vectors: &[(u64, Vec<f32>)],
+    ) -> Result<usize> {
+        self.write_fused(version, vectors, true)
+    }
+
+    fn write_fused(
+        &self,
+        version: u32,
+        vectors: &[(u64, Vec<f32>)],
+        skip_deleted: bool,
+    ) -> Result<usize> {
         if vectors.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let mut written = 0;
         let txn = self.write_txn()?;
         {
             let models = txn.open_table(MODELS).at("models", || "opening".into())?;
@@ -503,9 +524,13 @@ impl Store {
                     .at("items", || format!("looking up key {key}"))?
                     .is_none()
                 {
+                    if skip_deleted {
+                        continue;
+                    }
                     return Err(Error::UnknownItemKey { key: *key });
                 }
                 check_vector(&format!("key {key}"), "fused", vector, &mut dim)?;
+                written += 1;
                 fused
                     .insert((version, *key), codec::f32s_to_bytes(vector).as_slice())
                     .at("fused", || {
@@ -520,7 +545,8 @@ impl Store {
         }
         txn.commit().at("fused", || {
             format!("committing vectors for model {version}")
-        })
+        })?;
+        Ok(written)
     }
 
     /// The fused vector of one item under model `version`.

@@ -11,7 +11,7 @@ use actix_web::test::{self, TestRequest};
 use serde_json::{json, Value};
 use support::{
     b64, bearer, expect_error, json_of, keyed, multipart, multipart_content_type, png_header,
-    post_json, FakeBackend, KEY,
+    post_json, post_multipart, FakeBackend, KEY,
 };
 use trio_server::{Limits, ServerConfig};
 
@@ -102,12 +102,7 @@ async fn items_can_be_added_as_multipart_forms() {
         ("metadata.source", None, None, b"camera"),
         ("label", None, None, b"cat"),
     ]);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["tags"], json!(["pet", "striped"]));
@@ -120,12 +115,7 @@ async fn items_can_be_added_as_multipart_forms() {
         ("fields", None, Some("application/json"), fields.as_bytes()),
         ("image", Some("fish.png"), Some("image/png"), &png),
     ]);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!((status, body["id"].as_str()), (201, Some("m2")), "{body}");
 
@@ -140,21 +130,11 @@ async fn items_can_be_added_as_multipart_forms() {
             "title",
         ),
     ] {
-        let request = TestRequest::post()
-            .uri("/v1/items")
-            .insert_header(bearer())
-            .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-            .set_payload(multipart(&parts))
-            .to_request();
+        let request = post_multipart("/v1/items", multipart(&parts)).to_request();
         assert_error!(app, request, 400, "invalid_multipart", mentions);
     }
     let body = multipart(&[("fields", None, None, br#"{"title": "x", "colour": "red"}"#)]);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     assert_error!(app, request, 400, "invalid_body", "colour");
 }
 
@@ -172,12 +152,7 @@ async fn truncated_multipart_is_a_400() {
     ]);
     // Cut inside the image part: no closing boundary ever arrives.
     body.truncate(body.len() - 30);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     assert_error!(app, request, 400, "invalid_multipart", "");
 
     // No boundary parameter at all.
@@ -212,12 +187,7 @@ async fn bad_images_are_415_and_huge_ones_413() {
             b"this is not a png at all",
         ),
     ]);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     assert_error!(app, request, 415, "not_an_image", "PNG");
 
     let request = post_json("/v1/classify", json!({"image": b64(b"GIF? no")}));
@@ -575,12 +545,7 @@ async fn oversized_bodies_are_413() {
     assert_error!(app, request, 413, "body_too_large", "1024");
 
     let body = multipart(&[("title", None, None, big.as_bytes())]);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     assert_error!(app, request, 413, "body_too_large", "1024");
 
     // Without a Content-Length the limit still holds while streaming.

@@ -14,7 +14,7 @@ use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
 use engine_support::{engine_catalogue, EngineCatalogue, PER_LABEL};
 use serde_json::{json, Value};
-use support::{b64, bearer, json_of, keyed, multipart, multipart_content_type, post_json};
+use support::{b64, bearer, json_of, keyed, multipart, post_json, post_multipart};
 use trio_server::ServerConfig;
 
 /// One catalogue for the whole binary: loading the towers and embedding the items is the slow
@@ -25,11 +25,7 @@ fn catalogue() -> &'static EngineCatalogue {
 }
 
 fn multipart_item(parts: &[support::Part<'_>]) -> TestRequest {
-    TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(multipart(parts))
+    post_multipart("/v1/items", multipart(parts))
 }
 
 /// The server still answers: `/healthz` is 200 and a text search finds catalogue items.
@@ -107,12 +103,7 @@ async fn truncated_multipart_is_a_400() {
     ]);
     // Cut inside the image part: no closing boundary ever arrives.
     body.truncate(body.len() - 100);
-    let request = TestRequest::post()
-        .uri("/v1/items")
-        .insert_header(bearer())
-        .insert_header((header::CONTENT_TYPE, multipart_content_type()))
-        .set_payload(body)
-        .to_request();
+    let request = post_multipart("/v1/items", body).to_request();
     assert_error!(app, request, 400, "invalid_multipart", "");
     let request = TestRequest::get().uri("/v1/items/truncated").to_request();
     assert_error!(app, request, 404, "not_found", "truncated");

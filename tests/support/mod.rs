@@ -49,6 +49,18 @@ pub fn post_json(path: &str, body: Value) -> TestRequest {
         .set_json(body)
 }
 
+/// A keyed multipart POST of an already built body (see [`multipart`]).
+pub fn post_multipart(path: &str, body: Vec<u8>) -> TestRequest {
+    TestRequest::post()
+        .uri(path)
+        .insert_header(bearer())
+        .insert_header((
+            actix_web::http::header::CONTENT_TYPE,
+            multipart_content_type(),
+        ))
+        .set_payload(body)
+}
+
 /// The labels the fake model knows.
 pub const LABELS: [&str; 6] = ["bird", "car", "cat", "dog", "fish", "tree"];
 

@@ -270,28 +270,7 @@ async fn concurrent_deletes_of_one_id_succeed_exactly_once() {
         let (_, hits) = json_of(test::call_service(&app, search()).await).await;
         assert_eq!(hits["hits"][0]["id"], id.as_str(), "{hits}");
 
-        let deletes = (0..8).map(|_| {
-            let request = TestRequest::delete()
-                .uri(&format!("/v1/items/{id}"))
-                .insert_header(bearer())
-                .to_request();
-            test::call_service(&app, request)
-        });
-        let statuses: Vec<u16> = futures_util::future::join_all(deletes)
-            .await
-            .into_iter()
-            .map(|r| r.status().as_u16())
-            .collect();
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 204).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 404).count(),
-            7,
-            "{statuses:?}"
-        );
+        assert_delete_race!(app, id, bearer());
         // Gone from the store and from the index.
         let request = TestRequest::get()
             .uri(&format!("/v1/items/{id}"))

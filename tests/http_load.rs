@@ -221,28 +221,7 @@ async fn concurrent_deletes_of_one_item_succeed_exactly_once() {
             .to_request();
         assert_eq!(test::call_service(&app, request).await.status(), 201);
 
-        let deletes = (0..8).map(|_| {
-            let request = TestRequest::delete()
-                .uri(&format!("/v1/items/{id}"))
-                .insert_header(bearer.clone())
-                .to_request();
-            test::call_service(&app, request)
-        });
-        let statuses: Vec<u16> = futures_util::future::join_all(deletes)
-            .await
-            .into_iter()
-            .map(|r| r.status().as_u16())
-            .collect();
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 204).count(),
-            1,
-            "{statuses:?}"
-        );
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 404).count(),
-            7,
-            "{statuses:?}"
-        );
+        assert_delete_race!(app, id, bearer.clone());
     }
 }
 

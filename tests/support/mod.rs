@@ -645,6 +645,31 @@ macro_rules! assert_error {
     };
 }
 
+/// Sends eight concurrent `DELETE /v1/items/{id}` and checks that exactly one deletes the item
+/// (204) and the other seven find nothing (404): a delete is atomic under concurrency. `$auth`
+/// is the `Authorization` header (name, value) the service expects.
+#[macro_export]
+macro_rules! assert_delete_race {
+    ($app:expr, $id:expr, $auth:expr) => {{
+        let auth = $auth;
+        let deletes = (0..8).map(|_| {
+            let request = actix_web::test::TestRequest::delete()
+                .uri(&format!("/v1/items/{}", $id))
+                .insert_header(auth.clone())
+                .to_request();
+            actix_web::test::call_service(&$app, request)
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(deletes)
+            .await
+            .into_iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+        assert_eq!(count(204), 1, "{statuses:?}");
+        assert_eq!(count(404), 7, "{statuses:?}");
+    }};
+}
+
 /// Status and JSON body of a response.
 pub async fn json_of<B: MessageBody>(response: ServiceResponse<B>) -> (u16, Value) {
     let status = response.status().as_u16();

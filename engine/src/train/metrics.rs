@@ -16,21 +16,26 @@ pub struct SplitMetrics {
 }
 
 impl SplitMetrics {
-    /// Scores `logits` (one row per example) against class indices `labels`. A label counts as
-    /// within the top k when fewer than k classes score strictly higher, so ties never hurt.
+    /// Scores `logits` (one row per example) against class indices `labels`. Ties are broken at
+    /// random in expectation: with `h` classes scoring strictly higher than the label and `t`
+    /// classes (the label included) scoring the same, the label is within the top k with
+    /// probability `(k − h) / t`, clamped to [0, 1]. So a model that scores every class alike
+    /// earns chance, not full marks.
     pub fn from_logits(logits: &[Vec<f32>], labels: &[u32]) -> Self {
         let n = labels.len().min(logits.len());
         if n == 0 {
             return Self::default();
         }
-        let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0f64);
+        let (mut top1, mut top5, mut loss) = (0f64, 0f64, 0f64);
         for (row, &label) in logits.iter().zip(labels) {
             let Some(&target) = row.get(label as usize) else {
                 continue;
             };
             let higher = row.iter().filter(|&&x| x > target).count();
-            top1 += usize::from(higher < 1);
-            top5 += usize::from(higher < 5);
+            let tied = row.iter().filter(|&&x| x == target).count().max(1);
+            let within = |k: usize| (k.saturating_sub(higher) as f64 / tied as f64).min(1.0);
+            top1 += within(1);
+            top5 += within(5);
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let log_sum: f64 = row
                 .iter()
@@ -41,8 +46,8 @@ impl SplitMetrics {
         }
         Self {
             n,
-            top1: top1 as f64 / n as f64,
-            top5: top5 as f64 / n as f64,
+            top1: top1 / n as f64,
+            top5: top5 / n as f64,
             loss: loss / n as f64,
         }
     }
@@ -86,5 +91,16 @@ mod tests {
         // Cross-entropy of [2,1,0] at 0 and of [3,2,1] at 2: ln(1+e^-1+e^-2) and that + 2.
         let l0 = (1.0 + (-1f64).exp() + (-2f64).exp()).ln();
         assert!((m.loss - (l0 + l0 + 2.0) / 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ties_earn_their_expected_share_not_full_marks() {
+        // Every class scores alike: top-1 is chance (1/10), top-5 half.
+        let m = SplitMetrics::from_logits(&[vec![0.0; 10]], &[3]);
+        assert!((m.top1 - 0.1).abs() < 1e-12, "{m:?}");
+        assert!((m.top5 - 0.5).abs() < 1e-12, "{m:?}");
+        // One class higher, the label tied with one other: top-1 0, top-5 1.
+        let m = SplitMetrics::from_logits(&[vec![2.0, 1.0, 1.0, 0.0]], &[1]);
+        assert_eq!((m.top1, m.top5), (0.0, 1.0));
     }
 }

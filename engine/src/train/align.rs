@@ -287,7 +287,10 @@ pub(crate) fn align_joint_heads(
     let mut best = (score(model)?, 0usize, snapshot()?);
     let stage = format!("align {variant}");
     progress.start(&stage, Some(train_cfg.align_epochs as u64));
+    let started = std::time::Instant::now();
+    let mut epochs_run = 0;
     for epoch in 1..=train_cfg.align_epochs {
+        epochs_run = epoch;
         let order = epoch_order(table, &train, train_cfg.align_class_batches, &mut rng);
         let (mut loss_sum, mut steps) = (0f64, 0usize);
         for chunk in order.chunks(train_cfg.align_batch_size) {
@@ -346,6 +349,13 @@ pub(crate) fn align_joint_heads(
         }
     }
     progress.finish();
+    tracing::info!(
+        variant,
+        epochs_run,
+        best_epoch = best.1,
+        seconds = started.elapsed().as_secs_f64(),
+        "aligned the joint heads"
+    );
     for (var, value) in vars.iter().zip(&best.2) {
         var.set(value)?;
     }

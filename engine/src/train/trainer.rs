@@ -11,6 +11,8 @@
 //! its own variables, from its own seeded generator, so the result is the same as one after
 //! the other.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -136,6 +138,75 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// One independent piece of the study.
+type Job<'a> = Box<dyn FnOnce() -> Result<Done> + Send + 'a>;
+
+/// What a study job produced.
+enum Done {
+    /// The fused model's classifier.
+    Fit(FitOutcome),
+    /// The fused model's joint heads, aligned in this many seconds.
+    Aligned(f64),
+    /// An image-only or text-only model.
+    Model(TrainedModel),
+    /// The logistic-regression baseline.
+    Row(ReportRow),
+}
+
+/// Runs `jobs` on up to rayon's thread count of threads, each thread taking the next job in
+/// list order when it is free; returns their results in list order, or the first job's error
+/// (jobs not yet started then do not start). Every job is seeded on its own, so the results do
+/// not depend on which thread ran what, or when.
+fn run_jobs(jobs: Vec<Job<'_>>) -> Result<Vec<Done>> {
+    let count = jobs.len();
+    let queue = Mutex::new(jobs.into_iter().enumerate());
+    let results: Mutex<Vec<Option<Result<Done>>>> = Mutex::new((0..count).map(|_| None).collect());
+    let failed = AtomicBool::new(false);
+    let work = || loop {
+        if failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let next = match queue.lock() {
+            Ok(mut q) => q.next(),
+            Err(_) => None,
+        };
+        let Some((i, job)) = next else { return };
+        let result = job();
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        if let Ok(mut results) = results.lock() {
+            results[i] = Some(result);
+        }
+    };
+    let threads = rayon::current_num_threads().clamp(1, count.max(1));
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        work();
+        for helper in helpers {
+            join(helper);
+        }
+    });
+    let results = results.into_inner().map_err(|_| {
+        Error::InvalidArgument("a training thread panicked while storing its result".into())
+    })?;
+    // The first failure, not the jobs it kept from starting.
+    let mut out = Vec::with_capacity(count);
+    let mut skipped = false;
+    for result in results {
+        match result {
+            Some(r) => out.push(r?),
+            None => skipped = true,
+        }
+    }
+    if skipped {
+        return Err(Error::InvalidArgument(
+            "a study job did not run, yet none failed".into(),
+        ));
+    }
+    Ok(out)
+}
+
 /// Trains fused models and baselines with one [`TrainConfig`] on one device.
 pub struct Trainer {
     cfg: TrainConfig,
@@ -226,51 +297,60 @@ impl Trainer {
         let print = fingerprint(examples);
         let all = Self::full_inputs(&table);
         let fused_run = self.prepare_fused(&table, &split, FUSED, &all)?;
-        // The alignment of the fused model's search heads is the study's longest stage; it
-        // overlaps the baselines and the fused classifier when it can.
         let apart = self.aligns_apart(&fused_run);
-        let ((rows, image_only, text_only, fused_fit), align_seconds) = std::thread::scope(|s| {
-            let align = apart.then(|| s.spawn(|| self.align(&fused_run, &table, &split, progress)));
-            let lane = || -> Result<_> {
-                let mut rows = vec![self.fit_logistic_regression(&table, &split, progress)?];
-                let mut image_only = None;
-                let mut text_only = None;
-                if all.image && !all.text_fields.is_empty() {
-                    let m = self.fit_fused(
-                        &table,
-                        &split,
-                        IMAGE_ONLY,
-                        &all.without(&Input::AllText),
-                        &print,
-                        progress,
-                    )?;
-                    rows.push(row_of(&m));
-                    image_only = Some(m);
-                    let m = self.fit_fused(
-                        &table,
-                        &split,
-                        TEXT_ONLY,
-                        &all.without(&Input::Image),
-                        &print,
-                        progress,
-                    )?;
-                    rows.push(row_of(&m));
-                    text_only = Some(m);
-                }
-                let fit = self.classify(&fused_run, &table, &split, progress)?;
-                Ok((rows, image_only, text_only, fit))
-            };
-            let lane = lane();
-            let align_seconds = align.map(join).transpose()?;
-            Ok::<_, Error>((lane?, align_seconds))
-        })?;
-        let align_seconds = match align_seconds {
-            Some(seconds) => seconds,
-            None => self.align(&fused_run, &table, &split, progress)?,
-        };
+        let two_modalities = all.image && !all.text_fields.is_empty();
+        let image_only_inputs = all.without(&Input::AllText);
+        let text_only_inputs = all.without(&Input::Image);
+        // The study's models train independently of each other, so they run as jobs on as many
+        // threads as rayon may use, longest first (measured on the full demo: the fused
+        // model's alignment, its classifier, text-only, image-only, logistic regression).
+        let (t, sp, pr, run) = (&table, &split, &print, &fused_run);
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        if apart {
+            jobs.push(Box::new(move || {
+                Ok(Done::Aligned(self.align(run, t, sp, progress)?))
+            }));
+            jobs.push(Box::new(move || {
+                Ok(Done::Fit(self.classify(run, t, sp, progress)?))
+            }));
+        } else {
+            jobs.push(Box::new(move || {
+                let fit = self.classify(run, t, sp, progress)?;
+                self.align(run, t, sp, progress)?;
+                Ok(Done::Fit(fit))
+            }));
+        }
+        if two_modalities {
+            for (variant, inputs) in [
+                (TEXT_ONLY, &text_only_inputs),
+                (IMAGE_ONLY, &image_only_inputs),
+            ] {
+                jobs.push(Box::new(move || {
+                    let m = self.fit_fused(t, sp, variant, inputs, pr, progress)?;
+                    Ok(Done::Model(m))
+                }));
+            }
+        }
+        jobs.push(Box::new(move || {
+            Ok(Done::Row(self.fit_logistic_regression(t, sp, progress)?))
+        }));
+        let (mut fused_fit, mut align_seconds) = (None, 0.0);
+        let (mut image_only, mut text_only, mut logistic) = (None, None, None);
+        for done in run_jobs(jobs)? {
+            match done {
+                Done::Aligned(seconds) => align_seconds = seconds,
+                Done::Fit(fit) => fused_fit = Some(fit),
+                Done::Model(m) if m.variant == IMAGE_ONLY => image_only = Some(m),
+                Done::Model(m) => text_only = Some(m),
+                Done::Row(row) => logistic = Some(row),
+            }
+        }
+        let missing = |what: &str| Error::InvalidArgument(format!("the study lost its {what}"));
+        let fused_fit = fused_fit.ok_or_else(|| missing("fused classifier"))?;
         let fused =
             self.finish_fused(fused_run, &table, &split, fused_fit, align_seconds, &print)?;
-        let mut rows = rows;
+        let mut rows = vec![logistic.ok_or_else(|| missing("logistic regression"))?];
+        rows.extend(image_only.iter().chain(&text_only).map(row_of));
         rows.push(row_of(&fused));
         let report = Report {
             label_field: self.cfg.label_field.clone(),

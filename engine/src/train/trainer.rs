@@ -148,7 +148,7 @@ enum Done {
     /// The fused model's joint heads, aligned in this many seconds.
     Aligned(f64),
     /// An image-only or text-only model.
-    Model(TrainedModel),
+    Model(Box<TrainedModel>),
     /// The logistic-regression baseline.
     Row(ReportRow),
 }
@@ -327,7 +327,7 @@ impl Trainer {
             ] {
                 jobs.push(Box::new(move || {
                     let m = self.fit_fused(t, sp, variant, inputs, pr, progress)?;
-                    Ok(Done::Model(m))
+                    Ok(Done::Model(Box::new(m)))
                 }));
             }
         }
@@ -340,8 +340,8 @@ impl Trainer {
             match done {
                 Done::Aligned(seconds) => align_seconds = seconds,
                 Done::Fit(fit) => fused_fit = Some(fit),
-                Done::Model(m) if m.variant == IMAGE_ONLY => image_only = Some(m),
-                Done::Model(m) => text_only = Some(m),
+                Done::Model(m) if m.variant == IMAGE_ONLY => image_only = Some(*m),
+                Done::Model(m) => text_only = Some(*m),
                 Done::Row(row) => logistic = Some(row),
             }
         }

@@ -99,6 +99,32 @@ fn fused_beats_single_modalities_deterministically() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The study trains its models as concurrent jobs (and the fused model's alignment beside its
+/// classifier) on rayon's thread count: one thread or several, the models must be the same.
+#[test]
+fn the_study_does_not_depend_on_the_thread_count() -> anyhow::Result<()> {
+    let examples = catalogue(&spec());
+    let on = |threads: usize| -> anyhow::Result<Study> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?
+            .install(|| run(&examples))
+    };
+    let (one, several) = (on(1)?, on(3)?);
+    for (a, b) in one.report.rows.iter().zip(&several.report.rows) {
+        assert_eq!(
+            (&a.variant, a.test, a.val, a.epochs_run, a.best_epoch),
+            (&b.variant, b.test, b.val, b.epochs_run, b.best_epoch),
+        );
+    }
+    assert_eq!(one.report.rows.len(), several.report.rows.len());
+    assert!(
+        one.fused.weights_safetensors() == several.fused.weights_safetensors(),
+        "the fused model's weights differ between one thread and three"
+    );
+    Ok(())
+}
+
 #[test]
 fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     let examples = catalogue(&spec());

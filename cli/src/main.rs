@@ -11,6 +11,14 @@ mod settings;
 
 use settings::GlobalArgs;
 
+/// mimalloc keeps freed memory for reuse where glibc's allocator hands every block over its
+/// mmap threshold back to the kernel: training allocates and frees such blocks (batches,
+/// gradients, similarity matrices) thousands of times, and on the full demo `trio train` spent
+/// 21 s of its 119 s of CPU in the resulting page faults (BENCHMARKS.md, "Fused model on the
+/// full demo").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "trio",

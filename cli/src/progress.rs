@@ -1,29 +1,45 @@
 //! Progress bars for the engine's `Progress` reports (indicatif), silent under `--json` or when
 //! stderr is not a terminal.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use trio_engine::Progress;
 
 /// Draws one bar per engine stage on stderr. Stages measured in bytes get a byte/rate style.
+///
+/// Training runs some stages at once on different threads (the fused model's alignment beside
+/// the other models), so each thread gets its own bar; reports from a thread that started no
+/// stage (a worker helping with one) go to the newest bar.
 pub struct Bars {
-    bar: Mutex<Option<ProgressBar>>,
+    multi: MultiProgress,
+    /// Open bars by the thread that started them, with a start counter to find the newest.
+    bars: Mutex<HashMap<ThreadId, (u64, ProgressBar)>>,
+    started: AtomicU64,
     quiet: bool,
 }
 
 impl Bars {
     pub fn new(quiet: bool) -> Self {
         Self {
-            bar: Mutex::new(None),
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+            started: AtomicU64::new(0),
             quiet,
         }
     }
 
+    /// The calling thread's bar, or the newest one.
     fn with_bar(&self, f: impl FnOnce(&ProgressBar)) {
-        if let Ok(guard) = self.bar.lock() {
-            if let Some(bar) = guard.as_ref() {
+        if let Ok(bars) = self.bars.lock() {
+            let bar = bars
+                .get(&std::thread::current().id())
+                .or_else(|| bars.values().max_by_key(|(n, _)| *n));
+            if let Some((_, bar)) = bar {
                 f(bar);
             }
         }
@@ -59,15 +75,15 @@ impl Progress for Bars {
             Some(n) => ProgressBar::new(n),
             None => ProgressBar::new_spinner(),
         };
-        bar.set_draw_target(ProgressDrawTarget::stderr());
+        let bar = self.multi.add(bar);
         bar.set_style(style_for(stage, total.is_some()));
         bar.set_prefix(stage.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        if let Ok(mut guard) = self.bar.lock() {
-            if let Some(old) = guard.take() {
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut bars) = self.bars.lock() {
+            if let Some((_, old)) = bars.insert(std::thread::current().id(), (n, bar)) {
                 old.finish();
             }
-            *guard = Some(bar);
         }
     }
 
@@ -80,8 +96,8 @@ impl Progress for Bars {
     }
 
     fn finish(&self) {
-        if let Ok(mut guard) = self.bar.lock() {
-            if let Some(bar) = guard.take() {
+        if let Ok(mut bars) = self.bars.lock() {
+            if let Some((_, bar)) = bars.remove(&std::thread::current().id()) {
                 bar.finish();
             }
         }
@@ -92,9 +108,9 @@ impl Progress for Bars {
             return;
         }
         let line = format!("warning: {msg}");
-        match self.bar.lock().ok().and_then(|g| g.clone()) {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+        // A hidden bar (stderr not a terminal) drops printed lines.
+        if self.multi.is_hidden() || self.multi.println(&line).is_err() {
+            eprintln!("{line}");
         }
     }
 }

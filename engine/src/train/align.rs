@@ -19,18 +19,18 @@
 //! - **Field dropout.** Each step hides text fields at the modality-dropout rate (never all of
 //!   a pair's), so single-field queries align as well as whole items.
 
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::config::TrainConfig;
+use super::contrastive::grouped_info_nce;
 use super::data::{Column, FeatureTable};
 use crate::error::{Error, Result};
 use crate::models::fusion::{FusedModel, FusionConfig};
 use crate::progress::Progress;
-use crate::query::crossmodal::first_relevant_rank;
 
 /// Rows whose head inputs are computed per forward pass while caching.
 const CACHE_CHUNK: usize = 4096;
@@ -48,42 +48,6 @@ impl AlignScore {
             || (self.recall_at_10 == other.recall_at_10
                 && self.mean_reciprocal_rank > other.mean_reciprocal_rank)
     }
-}
-
-/// Symmetric InfoNCE between unit image and unit text vectors of the same rows, with several
-/// positives per row: `targets[i][j]` is the weight of pair `j` as a positive for row `i` (rows
-/// sum to 1; the identity gives plain InfoNCE). `targets` must be symmetric.
-pub(crate) fn grouped_info_nce(
-    image: &Tensor,
-    text: &Tensor,
-    targets: &Tensor,
-    temperature: f32,
-) -> Result<Tensor> {
-    let n = image.dim(0)? as f64;
-    let sim = (image.matmul(&text.t()?)? / f64::from(temperature))?;
-    let image_to_text = candle_nn::ops::log_softmax(&sim, D::Minus1)?;
-    let text_to_image = candle_nn::ops::log_softmax(&sim.t()?.contiguous()?, D::Minus1)?;
-    let a = (image_to_text * targets)?.sum_all()?;
-    let b = (text_to_image * targets)?.sum_all()?;
-    Ok(((a + b)? * (-0.5 / n))?)
-}
-
-/// The positive weights of rows `rows` of `table` (see [`grouped_info_nce`]): a row's group
-/// mates share its weight; a row without a group is its only positive.
-fn group_targets(table: &FeatureTable, rows: &[usize]) -> Result<Tensor> {
-    let n = rows.len();
-    let same = |a: usize, b: usize| -> bool {
-        a == b || matches!((&table.groups[a], &table.groups[b]), (Some(x), Some(y)) if x == y)
-    };
-    let mut t = vec![0f32; n * n];
-    for (i, &a) in rows.iter().enumerate() {
-        let mates: Vec<usize> = (0..n).filter(|&j| same(a, rows[j])).collect();
-        let w = 1.0 / mates.len() as f32;
-        for j in mates {
-            t[i * n + j] = w;
-        }
-    }
-    Ok(Tensor::from_vec(t, (n, n), &table.device)?)
 }
 
 /// Validation queries (one per validation pair and present field) against the images of the
@@ -155,19 +119,20 @@ impl Validation {
     /// Recall@10 and MRR of the model's joint space. A query enters as `trio search --text`
     /// sends it: its embedding in every text field.
     fn score(&self, model: &FusedModel) -> Result<AlignScore> {
-        let gallery: Vec<Vec<f32>> = model.embed_joint_image(&self.gallery)?.to_vec2()?;
+        // One matrix product per field scores every query against the gallery: far cheaper than
+        // a dot product per query and image, and this runs every epoch.
+        let gallery = model.embed_joint_image(&self.gallery)?.t()?;
         let fields = &model.config().text_fields;
         let mut ranks = Vec::with_capacity(self.relevant.len());
         let mut relevant = self.relevant.iter();
         for (_, x) in &self.queries {
             let every: Vec<(&str, &Tensor)> = fields.iter().map(|f| (f.as_str(), x)).collect();
-            let q: Vec<Vec<f32>> = model.embed_joint_text(&every)?.to_vec2()?;
-            for (v, rel) in q.iter().zip(relevant.by_ref()) {
-                ranks.push(if rel.is_empty() {
-                    usize::MAX
-                } else {
-                    first_relevant_rank(v, &gallery, rel)
-                });
+            let scores: Vec<Vec<f32>> = model
+                .embed_joint_text(&every)?
+                .matmul(&gallery)?
+                .to_vec2()?;
+            for (row, rel) in scores.iter().zip(relevant.by_ref()) {
+                ranks.push(relevant_rank(row, rel));
             }
         }
         let n = ranks.len().max(1) as f64;
@@ -176,6 +141,19 @@ impl Validation {
             mean_reciprocal_rank: ranks.iter().map(|&r| 1.0 / r as f64).sum::<f64>() / n,
         })
     }
+}
+
+/// The 1-based rank of the best-scoring relevant gallery item among `scores` (ties in its
+/// favour); `usize::MAX` when nothing is relevant.
+fn relevant_rank(scores: &[f32], relevant: &[usize]) -> usize {
+    if relevant.is_empty() {
+        return usize::MAX;
+    }
+    let best = relevant
+        .iter()
+        .map(|&r| scores[r])
+        .fold(f32::NEG_INFINITY, f32::max);
+    1 + scores.iter().filter(|&&s| s > best).count()
 }
 
 fn field_col<'a>(table: &'a FeatureTable, field: &str) -> Option<&'a Column> {
@@ -287,7 +265,10 @@ pub(crate) fn align_joint_heads(
     let mut best = (score(model)?, 0usize, snapshot()?);
     let stage = format!("align {variant}");
     progress.start(&stage, Some(train_cfg.align_epochs as u64));
+    let started = std::time::Instant::now();
+    let mut epochs_run = 0;
     for epoch in 1..=train_cfg.align_epochs {
+        epochs_run = epoch;
         let order = epoch_order(table, &train, train_cfg.align_class_batches, &mut rng);
         let (mut loss_sum, mut steps) = (0f64, 0usize);
         for chunk in order.chunks(train_cfg.align_batch_size) {
@@ -302,10 +283,12 @@ pub(crate) fn align_joint_heads(
                 .map(|t| t.index_select(&idx, 0))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let present = field_dropout(&field_cols, &train, chunk, cfg, &mut rng, table)?;
+            let groups: Vec<Option<&str>> = chunk
+                .iter()
+                .map(|&p| table.groups[train[p]].as_deref())
+                .collect();
             let (ji, jt) = model.joint_from_inputs(&image, &text, &present)?;
-            let rows: Vec<usize> = chunk.iter().map(|&p| train[p]).collect();
-            let targets = group_targets(table, &rows)?;
-            let loss = grouped_info_nce(&ji, &jt, &targets, cfg.temperature)?;
+            let loss = grouped_info_nce(&ji, &jt, &groups, cfg.temperature)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             steps += 1;
             opt.backward_step(&loss)?;
@@ -346,6 +329,13 @@ pub(crate) fn align_joint_heads(
         }
     }
     progress.finish();
+    tracing::info!(
+        variant,
+        epochs_run,
+        best_epoch = best.1,
+        seconds = started.elapsed().as_secs_f64(),
+        "aligned the joint heads"
+    );
     for (var, value) in vars.iter().zip(&best.2) {
         var.set(value)?;
     }
@@ -409,55 +399,4 @@ fn field_dropout(
             Ok(Tensor::from_vec(flags, (n, 1), &table.device)?)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::models::fusion::info_nce;
-    use candle_core::Device;
-
-    fn unit_rows(rows: &[[f32; 2]]) -> Result<Tensor> {
-        let flat: Vec<f32> = rows
-            .iter()
-            .flat_map(|r| {
-                let n = (r[0] * r[0] + r[1] * r[1]).sqrt();
-                [r[0] / n, r[1] / n]
-            })
-            .collect();
-        Ok(Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu)?)
-    }
-
-    #[test]
-    fn identity_targets_give_plain_info_nce() -> Result<()> {
-        let image = unit_rows(&[[1.0, 0.2], [0.3, 1.0], [-1.0, 0.5]])?;
-        let text = unit_rows(&[[0.9, 0.1], [0.1, 1.0], [-0.7, -0.2]])?;
-        let eye = Tensor::eye(3, candle_core::DType::F32, &Device::Cpu)?;
-        let grouped = grouped_info_nce(&image, &text, &eye, 0.1)?.to_scalar::<f32>()?;
-        let plain = info_nce(&image, &text, 0.1)?.to_scalar::<f32>()?;
-        assert!((grouped - plain).abs() < 1e-5, "{grouped} vs {plain}");
-        Ok(())
-    }
-
-    #[test]
-    fn a_group_mate_is_not_a_negative() -> Result<()> {
-        // Rows 0 and 1 are one thing drawn twice. Matching row 0's image with row 1's text (and
-        // the reverse) is as right as matching each with its own: the grouped loss must not
-        // change when the two texts swap, while plain InfoNCE must get worse.
-        let image = unit_rows(&[[1.0, 0.0], [0.6, 0.8], [-1.0, 0.3]])?;
-        let text = image.clone();
-        let swapped = unit_rows(&[[0.6, 0.8], [1.0, 0.0], [-1.0, 0.3]])?;
-        let eye = Tensor::eye(3, candle_core::DType::F32, &Device::Cpu)?;
-        let groups = Tensor::from_vec(
-            vec![0.5f32, 0.5, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 1.0],
-            (3, 3),
-            &Device::Cpu,
-        )?;
-        let loss = |t: &Tensor, targets: &Tensor| -> Result<f32> {
-            Ok(grouped_info_nce(&image, t, targets, 0.1)?.to_scalar::<f32>()?)
-        };
-        assert!(loss(&swapped, &eye)? > loss(&text, &eye)? + 1.0);
-        assert!((loss(&swapped, &groups)? - loss(&text, &groups)?).abs() < 1e-5);
-        Ok(())
-    }
 }

@@ -26,6 +26,7 @@ use crate::models::fusion::ModalityInputs;
 mod align;
 mod baseline;
 mod config;
+mod contrastive;
 pub mod crossval;
 mod data;
 pub mod evaluate;

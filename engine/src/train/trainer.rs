@@ -4,7 +4,15 @@
 //! Determinism: weights are initialised, batches shuffled and dropout masks drawn from seeded
 //! generators on the host (candle's CPU generator cannot be seeded), and candle's CPU kernels
 //! are deterministic, so one seed gives one result.
+//!
+//! Concurrency: the joint (search) heads on frozen features are aligned on their own cached
+//! inputs and never feed the classifier, so their alignment runs on a second thread beside
+//! the classifier training (and, in the study, beside the baselines). Each side updates only
+//! its own variables, from its own seeded generator, so the result is the same as one after
+//! the other.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -23,7 +31,7 @@ use super::optim::{AdamWParams, HostAdamW};
 use super::split::{self, Split};
 use super::{fingerprint, Example};
 use crate::error::{Error, Result};
-use crate::models::fusion::{info_nce, FusedModel, FusionConfig, TrainNoise, DTYPE};
+use crate::models::fusion::{info_nce, FusedModel, FusionConfig, JointInput, TrainNoise, DTYPE};
 use crate::progress::Progress;
 
 /// Variant names used in reports and stored models.
@@ -109,6 +117,94 @@ struct FitOutcome {
     epochs_run: usize,
     best_epoch: usize,
     val: SplitMetrics,
+    seconds: f64,
+}
+
+/// A fused-family model being trained: its configuration, seeded weights and training rows.
+struct FusedRun {
+    variant: String,
+    cfg: FusionConfig,
+    varmap: VarMap,
+    model: FusedModel,
+    train_rows: Vec<usize>,
+    /// Seconds spent setting it up.
+    setup_seconds: f64,
+}
+
+/// Waits for a training thread, passing on its panic as one.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// One independent piece of the study.
+type Job<'a> = Box<dyn FnOnce() -> Result<Done> + Send + 'a>;
+
+/// What a study job produced.
+enum Done {
+    /// The fused model's classifier.
+    Fit(FitOutcome),
+    /// The fused model's joint heads, aligned in this many seconds.
+    Aligned(f64),
+    /// An image-only or text-only model.
+    Model(Box<TrainedModel>),
+    /// The logistic-regression baseline.
+    Row(ReportRow),
+}
+
+/// Runs `jobs` on up to rayon's thread count of threads, each thread taking the next job in
+/// list order when it is free; returns their results in list order, or the first job's error
+/// (jobs not yet started then do not start). Every job is seeded on its own, so the results do
+/// not depend on which thread ran what, or when.
+fn run_jobs(jobs: Vec<Job<'_>>) -> Result<Vec<Done>> {
+    let count = jobs.len();
+    let queue = Mutex::new(jobs.into_iter().enumerate());
+    let results: Mutex<Vec<Option<Result<Done>>>> = Mutex::new((0..count).map(|_| None).collect());
+    let failed = AtomicBool::new(false);
+    let work = || loop {
+        if failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let next = match queue.lock() {
+            Ok(mut q) => q.next(),
+            Err(_) => None,
+        };
+        let Some((i, job)) = next else { return };
+        let result = job();
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        if let Ok(mut results) = results.lock() {
+            results[i] = Some(result);
+        }
+    };
+    let threads = rayon::current_num_threads().clamp(1, count.max(1));
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        work();
+        for helper in helpers {
+            join(helper);
+        }
+    });
+    let results = results.into_inner().map_err(|_| {
+        Error::InvalidArgument("a training thread panicked while storing its result".into())
+    })?;
+    // The first failure, not the jobs it kept from starting.
+    let mut out = Vec::with_capacity(count);
+    let mut skipped = false;
+    for result in results {
+        match result {
+            Some(r) => out.push(r?),
+            None => skipped = true,
+        }
+    }
+    if skipped {
+        return Err(Error::InvalidArgument(
+            "a study job did not run, yet none failed".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Trains fused models and baselines with one [`TrainConfig`] on one device.
@@ -200,32 +296,61 @@ impl Trainer {
         let split = self.usable(&table, split, progress)?;
         let print = fingerprint(examples);
         let all = Self::full_inputs(&table);
-        let mut rows = vec![self.fit_logistic_regression(&table, &split, progress)?];
-        let mut image_only = None;
-        let mut text_only = None;
-        if all.image && !all.text_fields.is_empty() {
-            let m = self.fit_fused(
-                &table,
-                &split,
-                IMAGE_ONLY,
-                &all.without(&Input::AllText),
-                &print,
-                progress,
-            )?;
-            rows.push(row_of(&m));
-            image_only = Some(m);
-            let m = self.fit_fused(
-                &table,
-                &split,
-                TEXT_ONLY,
-                &all.without(&Input::Image),
-                &print,
-                progress,
-            )?;
-            rows.push(row_of(&m));
-            text_only = Some(m);
+        let fused_run = self.prepare_fused(&table, &split, FUSED, &all)?;
+        let apart = self.aligns_apart(&fused_run);
+        let two_modalities = all.image && !all.text_fields.is_empty();
+        let image_only_inputs = all.without(&Input::AllText);
+        let text_only_inputs = all.without(&Input::Image);
+        // The study's models train independently of each other, so they run as jobs on as many
+        // threads as rayon may use, longest first (measured on the full demo: the fused
+        // model's alignment, its classifier, text-only, image-only, logistic regression).
+        let (t, sp, pr, run) = (&table, &split, &print, &fused_run);
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        if apart {
+            jobs.push(Box::new(move || {
+                Ok(Done::Aligned(self.align(run, t, sp, progress)?))
+            }));
+            jobs.push(Box::new(move || {
+                Ok(Done::Fit(self.classify(run, t, sp, progress)?))
+            }));
+        } else {
+            jobs.push(Box::new(move || {
+                let fit = self.classify(run, t, sp, progress)?;
+                self.align(run, t, sp, progress)?;
+                Ok(Done::Fit(fit))
+            }));
         }
-        let fused = self.fit_fused(&table, &split, FUSED, &all, &print, progress)?;
+        if two_modalities {
+            for (variant, inputs) in [
+                (TEXT_ONLY, &text_only_inputs),
+                (IMAGE_ONLY, &image_only_inputs),
+            ] {
+                jobs.push(Box::new(move || {
+                    let m = self.fit_fused(t, sp, variant, inputs, pr, progress)?;
+                    Ok(Done::Model(Box::new(m)))
+                }));
+            }
+        }
+        jobs.push(Box::new(move || {
+            Ok(Done::Row(self.fit_logistic_regression(t, sp, progress)?))
+        }));
+        let (mut fused_fit, mut align_seconds) = (None, 0.0);
+        let (mut image_only, mut text_only, mut logistic) = (None, None, None);
+        for done in run_jobs(jobs)? {
+            match done {
+                Done::Aligned(seconds) => align_seconds = seconds,
+                Done::Fit(fit) => fused_fit = Some(fit),
+                Done::Model(m) if m.variant == IMAGE_ONLY => image_only = Some(*m),
+                Done::Model(m) => text_only = Some(*m),
+                Done::Row(row) => logistic = Some(row),
+            }
+        }
+        let missing = |what: &str| Error::InvalidArgument(format!("the study lost its {what}"));
+        let fused_fit = fused_fit.ok_or_else(|| missing("fused classifier"))?;
+        let fused =
+            self.finish_fused(fused_run, &table, &split, fused_fit, align_seconds, &print)?;
+        let mut rows = vec![logistic.ok_or_else(|| missing("logistic regression"))?];
+        rows.extend(image_only.iter().chain(&text_only).map(row_of));
         rows.push(row_of(&fused));
         let report = Report {
             label_field: self.cfg.label_field.clone(),
@@ -330,7 +455,8 @@ impl Trainer {
         Ok(split)
     }
 
-    /// Trains one fused-family model on `split.train`.
+    /// Trains one fused-family model on `split.train`: the classifier, and the joint heads'
+    /// alignment beside it when that reads only frozen features (see [`Trainer::aligns_apart`]).
     pub(crate) fn fit_fused(
         &self,
         table: &FeatureTable,
@@ -340,6 +466,30 @@ impl Trainer {
         print: &str,
         progress: &dyn Progress,
     ) -> Result<TrainedModel> {
+        let run = self.prepare_fused(table, split, variant, inputs)?;
+        let (fit, align_seconds) = if self.aligns_apart(&run) {
+            std::thread::scope(|s| -> Result<_> {
+                let align = s.spawn(|| self.align(&run, table, split, progress));
+                let fit = self.classify(&run, table, split, progress);
+                let align_seconds = join(align)?;
+                Ok((fit?, align_seconds))
+            })?
+        } else {
+            let fit = self.classify(&run, table, split, progress)?;
+            (fit, self.align(&run, table, split, progress)?)
+        };
+        self.finish_fused(run, table, split, fit, align_seconds, print)
+    }
+
+    /// A fused-family model with seeded weights, and the training rows that have one of its
+    /// inputs (rows with none teach it nothing; they stay in evaluation).
+    fn prepare_fused(
+        &self,
+        table: &FeatureTable,
+        split: &Split,
+        variant: &str,
+        inputs: &InputSet,
+    ) -> Result<FusedRun> {
         if inputs.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "variant `{variant}` reads no input"
@@ -350,7 +500,6 @@ impl Trainer {
         let varmap = VarMap::new();
         let model = FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &self.device), &cfg)?;
         reinit_seeded(&varmap, self.cfg.seed)?;
-        // Rows with none of this variant's inputs teach it nothing; they stay in evaluation.
         let train_rows: Vec<usize> = split
             .train
             .iter()
@@ -364,9 +513,39 @@ impl Trainer {
                 ),
             });
         }
+        Ok(FusedRun {
+            variant: variant.to_string(),
+            cfg,
+            varmap,
+            model,
+            train_rows,
+            setup_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Whether `run`'s joint heads align on frozen features, apart from the classifier: then
+    /// the classifier's loss never reaches them and the alignment never reads the classifier,
+    /// so the two can train at once. Heads on branch outputs align on what the classifier
+    /// trained, after it.
+    fn aligns_apart(&self, run: &FusedRun) -> bool {
+        run.cfg.has_joint()
+            && run.cfg.joint_input == JointInput::Features
+            && self.cfg.align_epochs > 0
+    }
+
+    /// Trains `run`'s classifier (every variable but joint heads on frozen features, which
+    /// its loss does not reach and the alignment owns).
+    fn classify(
+        &self,
+        run: &FusedRun,
+        table: &FeatureTable,
+        split: &Split,
+        progress: &dyn Progress,
+    ) -> Result<FitOutcome> {
+        let (cfg, model) = (&run.cfg, &run.model);
         let step = |rows: &[usize], rng: &mut StdRng| -> Result<Tensor> {
-            let (batch, image_host, text_host) = table.fusion_batch(rows, &cfg, None)?;
-            let noise = TrainNoise::sample(&cfg, &image_host, &text_host, rng, &self.device)?;
+            let (batch, image_host, text_host) = table.fusion_batch(rows, cfg, None)?;
+            let noise = TrainNoise::sample(cfg, &image_host, &text_host, rng, &self.device)?;
             let out = model.forward(&batch, Some(&noise))?;
             let labels = table.label_tensor(rows)?;
             let mut loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
@@ -397,46 +576,78 @@ impl Trainer {
             Ok(loss)
         };
         let eval = |rows: &[usize]| -> Result<Vec<Vec<f32>>> {
-            fused_logits(&model, table, &cfg, rows, None)
+            fused_logits(model, table, cfg, rows, None)
         };
-        let stage = format!("train {variant}");
-        let fit = self.fit(
-            &varmap,
-            &train_rows,
+        let on_features = cfg.joint_input == JointInput::Features;
+        let vars = sorted_vars(&run.varmap, |name| !(on_features && cfg.is_joint_var(name)))?;
+        self.fit(
+            vars,
+            &run.train_rows,
             table,
             &split.val,
-            &stage,
+            &format!("train {}", run.variant),
             progress,
             step,
             eval,
-        )?;
+        )
+    }
+
+    /// Aligns `run`'s joint heads (nothing to do for a model without both modalities);
+    /// returns the seconds it took.
+    fn align(
+        &self,
+        run: &FusedRun,
+        table: &FeatureTable,
+        split: &Split,
+        progress: &dyn Progress,
+    ) -> Result<f64> {
+        let started = Instant::now();
         super::align::align_joint_heads(
             &self.cfg,
-            &model,
-            &varmap,
+            &run.model,
+            &run.varmap,
             table,
-            &cfg,
-            &train_rows,
+            &run.cfg,
+            &run.train_rows,
             &split.val,
-            variant,
+            &run.variant,
             progress,
         )?;
-        let test = evaluate_fused(&model, table, &split.test, None)?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Scores the trained `run` on the test split and packs it as a storable model. Its
+    /// recorded time adds up its own stages (set-up, classifier, `align_seconds` of alignment,
+    /// test scoring), also where the alignment ran beside other work.
+    fn finish_fused(
+        &self,
+        run: FusedRun,
+        table: &FeatureTable,
+        split: &Split,
+        fit: FitOutcome,
+        align_seconds: f64,
+        print: &str,
+    ) -> Result<TrainedModel> {
+        let started = Instant::now();
+        let test = evaluate_fused(&run.model, table, &split.test, None)?;
         let metrics = ModelMetrics {
             val: fit.val,
             test,
             epochs_run: fit.epochs_run,
             best_epoch: fit.best_epoch,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: run.setup_seconds
+                + fit.seconds
+                + align_seconds
+                + started.elapsed().as_secs_f64(),
         };
         Ok(TrainedModel::new(
-            variant.to_string(),
-            cfg,
+            run.variant,
+            run.cfg,
             self.cfg.clone(),
             table.label_names.clone(),
             metrics,
             print.to_string(),
-            varmap_to_safetensors(&varmap)?,
+            varmap_to_safetensors(&run.varmap)?,
         ))
     }
 
@@ -476,7 +687,7 @@ impl Trainer {
         };
         let stage = format!("train {LOGISTIC_REGRESSION}");
         let fit = self.fit(
-            &varmap,
+            sorted_vars(&varmap, |_| true)?,
             &split.train,
             table,
             &split.val,
@@ -502,7 +713,7 @@ impl Trainer {
     #[allow(clippy::too_many_arguments)]
     fn fit<S, E>(
         &self,
-        varmap: &VarMap,
+        vars: Vec<Var>,
         train_rows: &[usize],
         table: &FeatureTable,
         val_rows: &[usize],
@@ -515,7 +726,7 @@ impl Trainer {
         S: FnMut(&[usize], &mut StdRng) -> Result<Tensor>,
         E: Fn(&[usize]) -> Result<Vec<Vec<f32>>>,
     {
-        let vars = sorted_vars(varmap)?;
+        let started = Instant::now();
         let mut opt = HostAdamW::new(
             vars.clone(),
             AdamWParams::new(self.cfg.lr, self.cfg.weight_decay),
@@ -580,6 +791,7 @@ impl Trainer {
             epochs_run,
             best_epoch,
             val,
+            seconds: started.elapsed().as_secs_f64(),
         })
     }
 }
@@ -644,13 +856,13 @@ fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Resu
     Ok(Some(((picked * mask)?.sum_all()? * (-1.0 / rows))?))
 }
 
-/// The model's variables in name order, so the optimiser's work does not depend on the map's
-/// iteration order.
-fn sorted_vars(varmap: &VarMap) -> Result<Vec<Var>> {
+/// The model's variables that `keep` names, in name order, so the optimiser's work does not
+/// depend on the map's iteration order.
+fn sorted_vars(varmap: &VarMap, keep: impl Fn(&str) -> bool) -> Result<Vec<Var>> {
     let data = varmap.data().lock().map_err(|_| {
         Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
     })?;
-    let mut named: Vec<(&String, &Var)> = data.iter().collect();
+    let mut named: Vec<(&String, &Var)> = data.iter().filter(|(k, _)| keep(k)).collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
 }

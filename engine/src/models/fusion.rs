@@ -458,13 +458,15 @@ pub struct FusionOutput {
     pub logits: Tensor,
     /// The concatenation layer, `[batch, concat_dim]`: what the classifier reads.
     pub concat: Tensor,
-    /// Unit image vectors in the joint space, `[batch, joint]`, when the model has joint heads.
-    /// Rows of items without an image are meaningless; mask them with the presence column.
+    /// Unit image vectors in the joint space, `[batch, joint]`, when the model has joint heads
+    /// (not computed while training heads on frozen features, which align on their own). Rows
+    /// of items without an image are meaningless; mask them with the presence column.
     pub joint_image: Option<Tensor>,
     /// Unit text vectors in the joint space (normalised mean of the present fields), zero rows
     /// for items without text.
     pub joint_text: Option<Tensor>,
-    /// The unit search vector, `[batch, search_dim]`.
+    /// The unit search vector, `[batch, search_dim]` (without training noise; while training
+    /// heads on frozen features it is the normalised concatenation layer).
     pub search: Tensor,
     /// Each branch head's logits beside the rows where its input was visible (`[batch, 1]`),
     /// for the auxiliary losses: the image, each text field (only while training), then all
@@ -558,11 +560,13 @@ impl JointHead {
 
     fn forward(&self, features: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let mut x = l2_normalise(features)?;
-        if let Some(h) = &self.hidden {
-            x = h.forward(&x)?.relu()?;
-        }
-        l2_normalise(&self.out.forward(&x)?)
+        // The first layer reads frozen features: its backward needs only the weight's gradient.
+        let x = l2_normalise(features)?;
+        let y = match &self.hidden {
+            Some(h) => self.out.forward(&linear_on_frozen(h, &x)?.relu()?)?,
+            None => linear_on_frozen(&self.out, &x)?,
+        };
+        l2_normalise(&y)
     }
 }
 
@@ -787,7 +791,10 @@ impl FusedModel {
             }
         }
         let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
-        let (joint_image, joint_text) = if self.cfg.has_joint() {
+        // Heads on frozen features are aligned on their own (`train::align`): training the
+        // classifier has no use for them.
+        let joint_wanted = noise.is_none() || self.cfg.aligns_with_classifier();
+        let (joint_image, joint_text) = if self.cfg.has_joint() && joint_wanted {
             match &image_in {
                 Some(i) => {
                     let (ji, jt) = self.joint_from_inputs(i, &text_in, &text_present)?;

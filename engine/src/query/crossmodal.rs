@@ -133,8 +133,7 @@ pub(crate) fn first_relevant_rank(
     gallery: &[Vec<f32>],
     relevant: &[usize],
 ) -> usize {
-    // The SIMD kernel the index searches with: training scores validation recall every epoch,
-    // and a scalar loop over the gallery was a fifth of `trio train`.
+    // The SIMD kernel the index searches with: a gallery of the whole catalogue per query.
     let dot = Dot::best();
     let scores: Vec<f32> = gallery.iter().map(|v| dot.dot(v, query)).collect();
     let best = relevant

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use sha2::{Digest, Sha256};
 use trio_engine::catalog::{
@@ -139,14 +140,38 @@ fn check_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<()> {
 }
 
 /// Progress of a training job, written into the job table.
+///
+/// Training runs some stages at once on different threads (the fused model's alignment beside
+/// the other models), so stages are kept per thread: the job's progress is the mean of the open
+/// stages' fractions and its message lists each open stage's latest report. Reports from a
+/// thread that started no stage (a worker helping one) count towards the newest stage.
 struct JobProgress {
     id: String,
     jobs: Arc<Mutex<HashMap<String, JobStatus>>>,
-    total: AtomicU64,
-    done: AtomicU64,
+    stages: Mutex<Vec<StageProgress>>,
+}
+
+/// One open stage of a job.
+struct StageProgress {
+    thread: ThreadId,
+    total: u64,
+    done: u64,
+    stage: String,
+    /// The stage's latest report, if any.
+    message: Option<String>,
+}
+
+impl StageProgress {
+    fn describe(&self) -> String {
+        match &self.message {
+            Some(m) => format!("{}: {m}", self.stage),
+            None => self.stage.clone(),
+        }
+    }
 }
 
 impl JobProgress {
+    /// Applies `f` to the job's status (the final outcome, once training returns).
     fn update(&self, f: impl FnOnce(&mut JobStatus)) {
         if let Ok(mut jobs) = self.jobs.lock() {
             if let Some(job) = jobs.get_mut(&self.id) {
@@ -154,30 +179,84 @@ impl JobProgress {
             }
         }
     }
+
+    fn new(id: String, jobs: Arc<Mutex<HashMap<String, JobStatus>>>) -> Self {
+        JobProgress {
+            id,
+            jobs,
+            stages: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Applies `f` to the calling thread's stage (or the newest), then writes the job's figures.
+    fn with_stage(&self, f: impl FnOnce(&mut Vec<StageProgress>, Option<usize>)) {
+        let Ok(mut stages) = self.stages.lock() else {
+            return;
+        };
+        let me = std::thread::current().id();
+        let at = stages
+            .iter()
+            .position(|s| s.thread == me)
+            .or_else(|| stages.len().checked_sub(1));
+        f(&mut stages, at);
+        let fractions: Vec<f32> = stages
+            .iter()
+            .filter(|s| s.total > 0)
+            .map(|s| (s.done as f32 / s.total as f32).min(1.0))
+            .collect();
+        let message = stages
+            .iter()
+            .map(StageProgress::describe)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let progress =
+            (!fractions.is_empty()).then(|| fractions.iter().sum::<f32>() / fractions.len() as f32);
+        self.update(|job| {
+            job.state = JobState::Running;
+            if let Some(p) = progress {
+                job.progress = p;
+            }
+            if !message.is_empty() {
+                job.message = Some(message);
+            }
+        });
+    }
 }
 
 impl Progress for JobProgress {
     fn start(&self, stage: &str, total: Option<u64>) {
-        self.total.store(total.unwrap_or(0), Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
-        let stage = stage.to_string();
-        self.update(|j| {
-            j.state = JobState::Running;
-            j.message = Some(stage);
+        let fresh = StageProgress {
+            thread: std::thread::current().id(),
+            total: total.unwrap_or(0),
+            done: 0,
+            stage: stage.to_string(),
+            message: None,
+        };
+        self.with_stage(|stages, _| {
+            stages.retain(|s| s.thread != fresh.thread);
+            stages.push(fresh);
         });
     }
 
     fn advance(&self, n: u64) {
-        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        let total = self.total.load(Ordering::Relaxed);
-        if total > 0 {
-            self.update(|j| j.progress = (done as f32 / total as f32).min(1.0));
-        }
+        self.with_stage(|stages, at| {
+            if let Some(s) = at.and_then(|i| stages.get_mut(i)) {
+                s.done += n;
+            }
+        });
     }
 
     fn message(&self, msg: &str) {
-        let msg = msg.to_string();
-        self.update(|j| j.message = Some(msg));
+        self.with_stage(|stages, at| {
+            if let Some(s) = at.and_then(|i| stages.get_mut(i)) {
+                s.message = Some(msg.to_string());
+            }
+        });
+    }
+
+    fn finish(&self) {
+        let me = std::thread::current().id();
+        self.with_stage(|stages, _| stages.retain(|s| s.thread != me));
     }
 }
 
@@ -443,12 +522,7 @@ impl Backend for EngineBackend {
         }
         opts.keep_active = request.activate == Some(false);
         let activates = !opts.keep_active;
-        let progress = JobProgress {
-            id: id.clone(),
-            jobs: self.jobs.clone(),
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-        };
+        let progress = JobProgress::new(id.clone(), self.jobs.clone());
         let catalog = self.catalog.clone();
         std::thread::Builder::new()
             .name(id.clone())
@@ -538,4 +612,54 @@ pub fn uploads_dir_for(db: &Path) -> PathBuf {
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".images");
     db.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_table() -> Arc<Mutex<HashMap<String, JobStatus>>> {
+        let job = JobStatus {
+            id: "train-1".into(),
+            kind: "train".into(),
+            state: JobState::Queued,
+            progress: 0.0,
+            message: None,
+            result: None,
+        };
+        Arc::new(Mutex::new(HashMap::from([("train-1".to_string(), job)])))
+    }
+
+    fn status(jobs: &Arc<Mutex<HashMap<String, JobStatus>>>) -> (f32, Option<String>) {
+        let jobs = jobs.lock().unwrap();
+        let job = &jobs["train-1"];
+        (job.progress, job.message.clone())
+    }
+
+    #[test]
+    fn stages_on_two_threads_are_tracked_apart() {
+        let jobs = job_table();
+        let progress = JobProgress::new("train-1".into(), jobs.clone());
+        progress.start("train fused", Some(10));
+        progress.advance(5);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                progress.start("align fused", Some(4));
+                progress.advance(4);
+                progress.message("epoch 4");
+                let (fraction, message) = status(&jobs);
+                // Mean of 5/10 and 4/4; both stages named.
+                assert!((fraction - 0.75).abs() < 1e-6, "{fraction}");
+                assert_eq!(
+                    message.as_deref(),
+                    Some("train fused | align fused: epoch 4")
+                );
+                progress.finish();
+            });
+        });
+        progress.advance(1);
+        let (fraction, message) = status(&jobs);
+        assert!((fraction - 0.6).abs() < 1e-6, "{fraction}");
+        assert_eq!(message.as_deref(), Some("train fused"));
+    }
 }

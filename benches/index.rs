@@ -5,7 +5,16 @@
 //! cargo bench --bench index -- [--n 100000] [--queries 1000] [--dim 384] [--m 16]
 //!     [--ef-construction 100] [--ef 16,24,32,48,64,96,128] [--threads 1,2] [--build-threads 2]
 //!     [--python /work/venvs/hnsw/bin/python] [--out target/bench-index] [--no-reference]
+//!     [--index-dump DIR] [--rounds 1]
 //! ```
+//!
+//! `--rounds R` measures every ef R times (both engines) and keeps each figure's best: on a
+//! shared machine other load only ever lowers a figure.
+//!
+//! `--index-dump DIR` loads Trio's index from a dump in DIR instead of building it (the build
+//! row is then skipped), or builds it and dumps it there when DIR holds none: for comparing
+//! search changes without paying for a build each run. hnswlib then likewise saves its index
+//! there (`hnswlib.bin`) and reloads it.
 //!
 //! Data: `--clusters` (100) random unit centres, points = centre + Gaussian noise of norm 1
 //! (seed 42); queries are fresh points of the same distribution; ground truth is the exact top-10
@@ -42,6 +51,8 @@ struct Config {
     python: String,
     out: PathBuf,
     reference: bool,
+    index_dump: Option<PathBuf>,
+    rounds: usize,
 }
 
 fn list(s: &str) -> Vec<usize> {
@@ -63,6 +74,8 @@ impl Config {
             python: "/work/venvs/hnsw/bin/python".into(),
             out: PathBuf::from("target/bench-index"),
             reference: true,
+            index_dump: None,
+            rounds: 1,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -83,6 +96,8 @@ impl Config {
                 "--build-threads" => c.build_threads = list(&value),
                 "--python" => c.python = value,
                 "--out" => c.out = PathBuf::from(value),
+                "--index-dump" => c.index_dump = Some(PathBuf::from(value)),
+                "--rounds" => c.rounds = value.parse().unwrap_or(c.rounds).max(1),
                 "--no-reference" => {
                     c.reference = false;
                     used = false;
@@ -218,7 +233,19 @@ fn main() {
     };
     let rss_before = peak_rss_mib();
     let mut index = None;
-    for &threads in &cfg.build_threads {
+    if let Some(dir) = &cfg.index_dump {
+        if HnswIndex::read_manifest(dir).is_ok_and(|m| m.points == cfg.n as u64) {
+            let t = Instant::now();
+            index = Some(HnswIndex::load(dir, cfg.dim, params.clone(), 0).expect("load dump"));
+            println!(
+                "trio index loaded from {}: {:.1} s (no build measured)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let loaded = index.is_some();
+    for &threads in cfg.build_threads.iter().filter(|_| !loaded) {
         drop(index.take());
         let t = Instant::now();
         let cpu = cpu_time::ProcessTime::now();
@@ -233,6 +260,11 @@ fn main() {
         index = Some(built);
     }
     let index = index.expect("at least one build");
+    if let Some(dir) = &cfg.index_dump {
+        if HnswIndex::read_manifest(dir).map_or(true, |m| m.points != cfg.n as u64) {
+            index.dump(dir, 0).expect("dump the index");
+        }
+    }
     drop(points);
     println!(
         "trio peak RSS: {:.0} MiB (before build {:.0} MiB); searchable snapshot {:.0} MiB",
@@ -253,34 +285,51 @@ fn main() {
     );
     let mut trio_rows = Vec::new();
     for &ef in &cfg.efs {
-        // One query at a time on this thread: latency and single-thread throughput.
-        let mut lat = Vec::with_capacity(queries.len());
-        let mut found = Vec::with_capacity(queries.len());
-        let cpu = cpu_time::ThreadTime::now();
-        for q in &queries {
-            let t = Instant::now();
-            let hits = index.search_with_ef(q, K, ef, None).expect("search");
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-            found.push(hits.iter().map(|h| h.key).collect::<Vec<_>>());
-        }
-        let cpu_qps = queries.len() as f64 / cpu.elapsed().as_secs_f64();
-        let single_qps = queries.len() as f64 / (lat.iter().sum::<f64>() / 1e6);
-        lat.sort_by(f64::total_cmp);
-        let r = recall(&truth, &found);
-        let mut qps = Vec::new();
-        for &threads in &cfg.threads {
-            if threads == 1 {
-                qps.push(single_qps);
-                continue;
+        // Under load (a shared machine) every figure only ever reads low: keep each one's best
+        // over the rounds, latencies from the round with the best CPU-time q/s.
+        let mut best: Option<(Vec<f64>, f64, Vec<f64>)> = None;
+        let mut r = 0.0;
+        for _ in 0..cfg.rounds {
+            // One query at a time on this thread: latency and single-thread throughput.
+            let mut lat = Vec::with_capacity(queries.len());
+            let mut found = Vec::with_capacity(queries.len());
+            let cpu = cpu_time::ThreadTime::now();
+            for q in &queries {
+                let t = Instant::now();
+                let hits = index.search_with_ef(q, K, ef, None).expect("search");
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+                found.push(hits.iter().map(|h| h.key).collect::<Vec<_>>());
             }
-            let t = Instant::now();
-            pool(threads).install(|| {
-                queries.par_iter().for_each(|q| {
-                    index.search_with_ef(q, K, ef, None).expect("search");
-                })
+            let cpu_qps = queries.len() as f64 / cpu.elapsed().as_secs_f64();
+            let single_qps = queries.len() as f64 / (lat.iter().sum::<f64>() / 1e6);
+            lat.sort_by(f64::total_cmp);
+            r = recall(&truth, &found);
+            let mut qps = Vec::new();
+            for &threads in &cfg.threads {
+                if threads == 1 {
+                    qps.push(single_qps);
+                    continue;
+                }
+                let t = Instant::now();
+                pool(threads).install(|| {
+                    queries.par_iter().for_each(|q| {
+                        index.search_with_ef(q, K, ef, None).expect("search");
+                    })
+                });
+                qps.push(queries.len() as f64 / t.elapsed().as_secs_f64());
+            }
+            best = Some(match best {
+                None => (lat, cpu_qps, qps),
+                Some((best_lat, best_cpu, best_qps)) => (
+                    if cpu_qps > best_cpu { lat } else { best_lat },
+                    cpu_qps.max(best_cpu),
+                    qps.iter().zip(&best_qps).map(|(a, b)| a.max(*b)).collect(),
+                ),
             });
-            qps.push(queries.len() as f64 / t.elapsed().as_secs_f64());
         }
+        let Some((lat, cpu_qps, qps)) = best else {
+            continue;
+        };
         println!(
             "| trio | {ef} | {r:.4} | {:.0} | {:.0} | {cpu_qps:.0} | {} |",
             percentile(&lat, 0.5),
@@ -314,6 +363,12 @@ fn main() {
             "--build-threads",
             &cfg.build_threads.last().copied().unwrap_or(1).to_string(),
         ])
+        .args(["--rounds", &cfg.rounds.to_string()])
+        .args(
+            cfg.index_dump
+                .iter()
+                .flat_map(|dir| ["--index-cache".into(), dir.join("hnswlib.bin")]),
+        )
         .output();
     let output = match output {
         Ok(o) if o.status.success() => o,

@@ -550,7 +550,7 @@ impl HnswIndex {
             &points,
             &self.params,
             self.dot,
-            Some(view.frozen.level0_slots()),
+            Some(&view.frozen.level0_slots()),
         );
         Ok(View {
             frozen: Arc::new(frozen),
@@ -579,7 +579,7 @@ impl HnswIndex {
 
     /// The frozen graph's level-0 lists (see `Frozen::level0_slots`).
     pub(crate) fn level0_slots(&self) -> Vec<u32> {
-        self.view().frozen.level0_slots().to_vec()
+        self.view().frozen.level0_slots()
     }
 }
 

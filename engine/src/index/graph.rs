@@ -275,6 +275,10 @@ impl Frozen {
 
     /// Approximate nearest neighbours of the padded unit `query`: up to `ef` allowed points,
     /// nearest first, with exact distances.
+    ///
+    /// The whole beam is re-ranked, not just its best `k` by code: at 100k clustered points
+    /// re-ranking only the best 20 gave the same recall@10 and no measurable speed-up, and the
+    /// margin protects data whose codes rank less faithfully.
     pub(crate) fn search(
         &self,
         query: &[f32],
@@ -311,22 +315,22 @@ impl Frozen {
         // Beam search at level 0 on the codes.
         let ef = ef.max(1);
         let all = allow.all();
-        scratch.begin(self.len(), self.quantizer.code_len() / 64);
+        let code_len = self.quantizer.code_len();
+        scratch.begin(self.len(), 2 * code_len / 64);
         let Scratch {
             visited,
-            epoch,
             candidates,
             top,
             fresh,
             weights,
         } = scratch;
-        self.quantizer.weights(query, line_weights_mut(weights));
-        let weights: &[i8] = line_weights_mut(weights);
+        let (hi, lo) = line_weights_mut(weights).split_at_mut(code_len);
+        self.quantizer.weights(query, hi, lo);
+        let (hi, lo): (&[i8], &[i8]) = (hi, lo);
         let codes = self.codes;
-        let approx = |id: u32| key(-codes.dot(self.code(id), weights), id);
-        let epoch = *epoch;
+        let approx = |id: u32| key(-codes.dot(self.code(id), hi, lo), id);
         let code_lines = self.record_lines - self.link_lines;
-        visited[cur as usize] = epoch;
+        visited[cur as usize / 64] |= 1 << (cur % 64);
         let first = approx(cur);
         candidates.push(Reverse(first));
         if all || allow.allows(cur) {
@@ -341,9 +345,9 @@ impl Frozen {
                 if nb == NO_LINK {
                     break;
                 }
-                let mark = &mut visited[nb as usize];
-                if *mark != epoch {
-                    *mark = epoch;
+                let (word, bit) = (&mut visited[nb as usize / 64], 1u64 << (nb % 64));
+                if *word & bit == 0 {
+                    *word |= bit;
                     fresh.push(nb);
                 }
             }
@@ -428,15 +432,15 @@ pub(crate) fn push_bounded(top: &mut BinaryHeap<Scored>, s: Scored, k: usize) {
 
 /// Per-thread search buffers, reused across queries so a search allocates only its result.
 pub(crate) struct Scratch {
-    /// `visited[id] == epoch` marks a point seen by the current search; bumping the epoch clears
-    /// the whole set in O(1).
-    visited: Vec<u16>,
-    epoch: u16,
+    /// Points seen by the current search, one bit each: small enough to stay in the L1 cache
+    /// (12.5 KiB per 100k points), so a check rarely misses, and cleared per search.
+    visited: Vec<u64>,
     /// The beam's frontier (nearest first) and its best `ef` (farthest on top), as `key`s.
     candidates: BinaryHeap<Reverse<u64>>,
     top: BinaryHeap<u64>,
     fresh: Vec<u32>,
-    /// The query's `i8` weights (see `quant`), in whole lines like the codes.
+    /// The query's weights (see `quant`), their `hi` then their `lo` halves, each in whole
+    /// lines like the codes.
     weights: Vec<Line>,
 }
 
@@ -444,7 +448,6 @@ impl Scratch {
     pub(crate) fn new() -> Self {
         Scratch {
             visited: Vec::new(),
-            epoch: 0,
             candidates: BinaryHeap::new(),
             top: BinaryHeap::new(),
             fresh: Vec::new(),
@@ -452,18 +455,12 @@ impl Scratch {
         }
     }
 
-    fn begin(&mut self, n: usize, code_lines: usize) {
-        if self.visited.len() < n {
-            self.visited.resize(n, 0);
-        }
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.visited.fill(0);
-            self.epoch = 1;
-        }
+    fn begin(&mut self, n: usize, weight_lines: usize) {
+        self.visited.clear();
+        self.visited.resize(n.div_ceil(64), 0);
         self.candidates.clear();
         self.top.clear();
-        self.weights.resize(code_lines, ZERO_LINE);
+        self.weights.resize(weight_lines, ZERO_LINE);
     }
 }
 

@@ -63,10 +63,12 @@ unsafe fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-/// An integer dot-product kernel: `u8` codes against `i8` weights, summed exactly in `i32`.
+/// An integer dot-product kernel: `u8` codes against 15-bit weights given as two `i8` halves,
+/// `w = 128 hi + lo` with `lo` in `0..=127`, so that VNNI's `u8 × i8` instruction serves both
+/// halves. Sums are exact modulo 2^32, hence exact whenever the true sum fits an `i32`.
 #[derive(Clone, Copy)]
 pub(crate) struct CodeDot {
-    kernel: unsafe fn(&[u8], &[i8]) -> i32,
+    kernel: unsafe fn(&[u8], &[i8], &[i8]) -> i32,
 }
 
 impl CodeDot {
@@ -80,14 +82,14 @@ impl CodeDot {
         })
     }
 
-    /// `Σ a[i] b[i]`. Slices of different lengths are compared over the shorter one. Exact (no
-    /// saturation) for slices up to 2^16 values.
+    /// `Σ a[i] (128 hi[i] + lo[i])`, wrapping on overflow. Slices of different lengths are
+    /// compared over the shortest one.
     #[inline]
-    pub(crate) fn dot(&self, a: &[u8], b: &[i8]) -> i32 {
-        let n = a.len().min(b.len());
+    pub(crate) fn dot(&self, a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
+        let n = a.len().min(hi.len()).min(lo.len());
         // SAFETY: `code_kernels` only lists kernels whose instruction set the running CPU
-        // reported, and every kernel reads within the `n` elements both slices have.
-        unsafe { (self.kernel)(&a[..n], &b[..n]) }
+        // reported, and every kernel reads within the `n` elements all slices have.
+        unsafe { (self.kernel)(&a[..n], &hi[..n], &lo[..n]) }
     }
 }
 
@@ -120,8 +122,13 @@ fn code_kernels() -> Vec<CodeDot> {
 }
 
 /// Portable fallback; the compiler widens and vectorises the products.
-unsafe fn code_dot_portable(a: &[u8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+unsafe fn code_dot_portable(a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
+    let (mut h, mut l) = (0i32, 0i32);
+    for ((&x, &y), &z) in a.iter().zip(hi).zip(lo) {
+        h = h.wrapping_add(x as i32 * y as i32);
+        l = l.wrapping_add(x as i32 * z as i32);
+    }
+    h.wrapping_mul(128).wrapping_add(l)
 }
 
 /// Unit-length copy of `v`; `None` for a zero or non-finite vector, which has no direction.
@@ -233,105 +240,102 @@ mod x86 {
     }
 
     /// `vpdpbusd` multiplies 64 `u8 × i8` pairs and adds them, four at a time, into 16 `i32`
-    /// lanes in one instruction; a masked load handles the tail.
+    /// lanes in one instruction: one code load serves both weight halves; a masked load
+    /// handles the tail.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn code_dot_avx512vnni(a: &[u8], b: &[i8]) -> i32 {
+    pub(super) unsafe fn code_dot_avx512vnni(a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
         let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s0 = _mm512_setzero_si512();
-        let mut s1 = _mm512_setzero_si512();
+        let (pa, ph, pl) = (a.as_ptr(), hi.as_ptr(), lo.as_ptr());
+        let mut h0 = _mm512_setzero_si512();
+        let mut l0 = _mm512_setzero_si512();
+        let mut h1 = _mm512_setzero_si512();
+        let mut l1 = _mm512_setzero_si512();
         let mut i = 0;
-        // SAFETY (all loads): offsets stay below `n`, the length of both slices.
+        // SAFETY (all loads): offsets stay below `n`, the length of all three slices.
         unsafe {
             while i + 128 <= n {
-                s0 = _mm512_dpbusd_epi32(
-                    s0,
-                    _mm512_loadu_si512(pa.add(i).cast()),
-                    _mm512_loadu_si512(pb.add(i).cast()),
-                );
-                s1 = _mm512_dpbusd_epi32(
-                    s1,
-                    _mm512_loadu_si512(pa.add(i + 64).cast()),
-                    _mm512_loadu_si512(pb.add(i + 64).cast()),
-                );
+                let c0 = _mm512_loadu_si512(pa.add(i).cast());
+                let c1 = _mm512_loadu_si512(pa.add(i + 64).cast());
+                h0 = _mm512_dpbusd_epi32(h0, c0, _mm512_loadu_si512(ph.add(i).cast()));
+                l0 = _mm512_dpbusd_epi32(l0, c0, _mm512_loadu_si512(pl.add(i).cast()));
+                h1 = _mm512_dpbusd_epi32(h1, c1, _mm512_loadu_si512(ph.add(i + 64).cast()));
+                l1 = _mm512_dpbusd_epi32(l1, c1, _mm512_loadu_si512(pl.add(i + 64).cast()));
                 i += 128;
             }
-            if i + 64 <= n {
-                s0 = _mm512_dpbusd_epi32(
-                    s0,
-                    _mm512_loadu_si512(pa.add(i).cast()),
-                    _mm512_loadu_si512(pb.add(i).cast()),
-                );
+            while i < n {
+                let mask: __mmask64 = if n - i >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << (n - i)) - 1
+                };
+                let c = _mm512_maskz_loadu_epi8(mask, pa.add(i).cast());
+                h0 = _mm512_dpbusd_epi32(h0, c, _mm512_maskz_loadu_epi8(mask, ph.add(i).cast()));
+                l0 = _mm512_dpbusd_epi32(l0, c, _mm512_maskz_loadu_epi8(mask, pl.add(i).cast()));
                 i += 64;
             }
-            if i < n {
-                let mask: __mmask64 = (1u64 << (n - i)) - 1;
-                s1 = _mm512_dpbusd_epi32(
-                    s1,
-                    _mm512_maskz_loadu_epi8(mask, pa.add(i).cast()),
-                    _mm512_maskz_loadu_epi8(mask, pb.add(i).cast()),
-                );
-            }
         }
-        _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1))
+        let h = _mm512_add_epi32(h0, h1);
+        let l = _mm512_add_epi32(l0, l1);
+        _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(h, 7), l))
     }
 
     /// The 256-bit VEX form of `vpdpbusd` (Alder Lake and later cores without AVX-512).
     #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn code_dot_avxvnni(a: &[u8], b: &[i8]) -> i32 {
+    pub(super) unsafe fn code_dot_avxvnni(a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
         let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s0 = _mm256_setzero_si256();
-        let mut s1 = _mm256_setzero_si256();
+        let (pa, ph, pl) = (a.as_ptr(), hi.as_ptr(), lo.as_ptr());
+        let mut h0 = _mm256_setzero_si256();
+        let mut l0 = _mm256_setzero_si256();
+        let mut h1 = _mm256_setzero_si256();
+        let mut l1 = _mm256_setzero_si256();
         let mut i = 0;
-        // SAFETY (all loads): offsets stay below `n`, the length of both slices.
+        // SAFETY (all loads): offsets stay below `n`, the length of all three slices.
         unsafe {
             while i + 64 <= n {
-                s0 = _mm256_dpbusd_avx_epi32(
-                    s0,
-                    _mm256_loadu_si256(pa.add(i).cast()),
-                    _mm256_loadu_si256(pb.add(i).cast()),
-                );
-                s1 = _mm256_dpbusd_avx_epi32(
-                    s1,
-                    _mm256_loadu_si256(pa.add(i + 32).cast()),
-                    _mm256_loadu_si256(pb.add(i + 32).cast()),
-                );
+                let c0 = _mm256_loadu_si256(pa.add(i).cast());
+                let c1 = _mm256_loadu_si256(pa.add(i + 32).cast());
+                h0 = _mm256_dpbusd_avx_epi32(h0, c0, _mm256_loadu_si256(ph.add(i).cast()));
+                l0 = _mm256_dpbusd_avx_epi32(l0, c0, _mm256_loadu_si256(pl.add(i).cast()));
+                h1 = _mm256_dpbusd_avx_epi32(h1, c1, _mm256_loadu_si256(ph.add(i + 32).cast()));
+                l1 = _mm256_dpbusd_avx_epi32(l1, c1, _mm256_loadu_si256(pl.add(i + 32).cast()));
                 i += 64;
             }
         }
-        let mut sum = reduce_epi32_avx2(_mm256_add_epi32(s0, s1));
+        let h = _mm256_add_epi32(h0, h1);
+        let l = _mm256_add_epi32(l0, l1);
+        let mut sum = reduce_epi32_avx2(_mm256_add_epi32(_mm256_slli_epi32(h, 7), l));
         while i < n {
-            sum += a[i] as i32 * b[i] as i32;
+            let w = 128 * hi[i] as i32 + lo[i] as i32;
+            sum = sum.wrapping_add(a[i] as i32 * w);
             i += 1;
         }
         sum
     }
 
-    /// Without VNNI: widen both to `i16` and let `vpmaddwd` multiply and add pairs into `i32`
+    /// Without VNNI: widen to `i16` and let `vpmaddwd` multiply and add pairs into `i32`
     /// (`vpmaddubsw` would be one step shorter but saturates at `2 × 255 × 127`).
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn code_dot_avx2(a: &[u8], b: &[i8]) -> i32 {
+    pub(super) unsafe fn code_dot_avx2(a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
         let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s0 = _mm256_setzero_si256();
-        let mut s1 = _mm256_setzero_si256();
+        let (pa, ph, pl) = (a.as_ptr(), hi.as_ptr(), lo.as_ptr());
+        let mut h = _mm256_setzero_si256();
+        let mut l = _mm256_setzero_si256();
         let mut i = 0;
-        // SAFETY (all loads): offsets stay below `n`, the length of both slices.
+        // SAFETY (all loads): offsets stay below `n`, the length of all three slices.
         unsafe {
-            while i + 32 <= n {
-                let a0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pa.add(i).cast()));
-                let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i).cast()));
-                let a1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(pa.add(i + 16).cast()));
-                let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i + 16).cast()));
-                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(a0, b0));
-                s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(a1, b1));
-                i += 32;
+            while i + 16 <= n {
+                let c = _mm256_cvtepu8_epi16(_mm_loadu_si128(pa.add(i).cast()));
+                let wh = _mm256_cvtepi8_epi16(_mm_loadu_si128(ph.add(i).cast()));
+                let wl = _mm256_cvtepi8_epi16(_mm_loadu_si128(pl.add(i).cast()));
+                h = _mm256_add_epi32(h, _mm256_madd_epi16(c, wh));
+                l = _mm256_add_epi32(l, _mm256_madd_epi16(c, wl));
+                i += 16;
             }
         }
-        let mut sum = reduce_epi32_avx2(_mm256_add_epi32(s0, s1));
+        let mut sum = reduce_epi32_avx2(_mm256_add_epi32(_mm256_slli_epi32(h, 7), l));
         while i < n {
-            sum += a[i] as i32 * b[i] as i32;
+            let w = 128 * hi[i] as i32 + lo[i] as i32;
+            sum = sum.wrapping_add(a[i] as i32 * w);
             i += 1;
         }
         sum
@@ -403,27 +407,32 @@ mod tests {
     }
 
     #[test]
-    fn every_code_kernel_matches_the_portable_one_on_all_lengths_and_extremes() {
+    fn every_code_kernel_matches_the_exact_sum_on_all_lengths_and_extremes() {
         let kernels = code_kernels();
-        let portable = CodeDot {
-            kernel: code_dot_portable,
-        };
         for n in 0..300 {
-            // Mixed values, then the extremes that would overflow a saturating 16-bit path.
+            // Mixed values, then the extremes (the sums of which still fit an `i32` here).
             let a: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
-            let b: Vec<i8> = (0..n)
-                .map(|i| ((i * 53 % 255) as i32 - 127) as i8)
+            let hi: Vec<i8> = (0..n)
+                .map(|i| ((i * 53 % 256) as i32 - 128) as i8)
                 .collect();
-            let hi = vec![255u8; n];
-            let lo = vec![-128i8; n];
-            let top = vec![127i8; n];
-            let exact = |a: &[u8], b: &[i8]| -> i64 {
-                a.iter().zip(b).map(|(&x, &y)| x as i64 * y as i64).sum()
+            let lo: Vec<i8> = (0..n).map(|i| (i * 29 % 128) as i8).collect();
+            let full = vec![255u8; n];
+            let (most, least, top) = (vec![127i8; n], vec![-128i8; n], vec![127i8; n]);
+            let zero = vec![0i8; n];
+            let exact = |a: &[u8], hi: &[i8], lo: &[i8]| -> i64 {
+                (0..a.len())
+                    .map(|i| a[i] as i64 * (128 * hi[i] as i64 + lo[i] as i64))
+                    .sum()
             };
-            for (x, y) in [(&a, &b), (&hi, &lo), (&hi, &top)] {
-                assert_eq!(portable.dot(x, y) as i64, exact(x, y), "portable, n={n}");
+            for (x, h, l) in [(&a, &hi, &lo), (&full, &most, &top), (&full, &least, &zero)] {
+                let want = exact(x, h, l);
+                assert!(
+                    i32::try_from(want).is_ok(),
+                    "n={n}: the test's sums fit i32"
+                );
+                assert!(!kernels.is_empty());
                 for (k, kernel) in kernels.iter().enumerate() {
-                    assert_eq!(kernel.dot(x, y), portable.dot(x, y), "kernel {k}, n={n}");
+                    assert_eq!(kernel.dot(x, h, l) as i64, want, "kernel {k}, n={n}");
                 }
             }
         }

@@ -59,7 +59,7 @@ pub(crate) trait Allow {
 /// One cache line of bytes: the unit of the level-0 records.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct Line([u8; 64]);
+struct Line([u8; 64]);
 
 const ZERO_LINE: Line = Line([0; 64]);
 

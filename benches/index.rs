@@ -160,6 +160,32 @@ fn recall(truth: &[Vec<u64>], found: &[Vec<u64>]) -> f64 {
     hits as f64 / (truth.len() * K) as f64
 }
 
+/// One round of one ef: sorted latencies (µs), single-thread q/s by CPU time, q/s per thread
+/// count (wall), and q/s per CPU-second per multi-thread count.
+struct Measured {
+    lat: Vec<f64>,
+    cpu_qps: f64,
+    qps: Vec<f64>,
+    per_cpu: Vec<f64>,
+}
+
+impl Measured {
+    /// Each figure's best of two rounds; latencies from the round with the better CPU-time q/s.
+    fn best_with(self, other: Measured) -> Measured {
+        let max = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x.max(*y)).collect();
+        Measured {
+            qps: max(&self.qps, &other.qps),
+            per_cpu: max(&self.per_cpu, &other.per_cpu),
+            cpu_qps: self.cpu_qps.max(other.cpu_qps),
+            lat: if other.cpu_qps > self.cpu_qps {
+                other.lat
+            } else {
+                self.lat
+            },
+        }
+    }
+}
+
 fn main() {
     let cfg = Config::from_args();
     println!(
@@ -301,7 +327,7 @@ fn main() {
     for &ef in &cfg.efs {
         // Under load (a shared machine) every figure only ever reads low: keep each one's best
         // over the rounds, latencies from the round with the best CPU-time q/s.
-        let mut best: Option<(Vec<f64>, f64, Vec<f64>, Vec<f64>)> = None;
+        let mut best: Option<Measured> = None;
         let mut r = 0.0;
         for _ in 0..cfg.rounds {
             // One query at a time on this thread: latency and single-thread throughput.
@@ -335,18 +361,24 @@ fn main() {
                 qps.push(queries.len() as f64 / t.elapsed().as_secs_f64());
                 per_cpu.push(queries.len() as f64 / cpu.elapsed().as_secs_f64());
             }
-            let max = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x.max(*y)).collect();
+            let round = Measured {
+                lat,
+                cpu_qps,
+                qps,
+                per_cpu,
+            };
             best = Some(match best {
-                None => (lat, cpu_qps, qps, per_cpu),
-                Some((best_lat, best_cpu, best_qps, best_per_cpu)) => (
-                    if cpu_qps > best_cpu { lat } else { best_lat },
-                    cpu_qps.max(best_cpu),
-                    max(&qps, &best_qps),
-                    max(&per_cpu, &best_per_cpu),
-                ),
+                None => round,
+                Some(b) => b.best_with(round),
             });
         }
-        let Some((lat, cpu_qps, qps, per_cpu)) = best else {
+        let Some(Measured {
+            lat,
+            cpu_qps,
+            qps,
+            per_cpu,
+        }) = best
+        else {
             continue;
         };
         println!(

@@ -8,9 +8,9 @@
 //! does: the point's neighbour ids, then its one-byte-per-value code (see `quant`), so expanding
 //! a point and scoring its neighbours reads a few whole cache lines each. The walk ranks by the
 //! codes' integer dot product; its final beam is re-ranked with exact `f32` dot products on the
-//! vectors, which sit in a cache-aligned arena (see `vectors`). The visited set is an
-//! epoch-stamped array reused per thread, and the beam's heaps hold packed `u64` keys. A frozen
-//! graph never changes, so any number of threads search it without locks.
+//! vectors, which sit in a cache-aligned arena (see `vectors`). The visited set is a bitset
+//! reused per thread, and the beam's heaps hold packed `u64` keys. A frozen graph never
+//! changes, so any number of threads search it without locks.
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};

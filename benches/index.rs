@@ -14,7 +14,9 @@
 //! `--index-dump DIR` loads Trio's index from a dump in DIR instead of building it (the build
 //! row is then skipped), or builds it and dumps it there when DIR holds none: for comparing
 //! search changes without paying for a build each run. hnswlib then likewise saves its index
-//! there (`hnswlib.bin`) and reloads it.
+//! there (`hnswlib-<n>-<m>-<ef_construction>.bin`) and reloads it. A dump made with another
+//! `--n`, `--dim`, `--m` or `--ef-construction` is rebuilt, not reused; one made from other data
+//! (`--clusters`) is not detected: use a fresh DIR.
 //!
 //! Data: `--clusters` (100) random unit centres, points = centre + Gaussian noise of norm 1
 //! (seed 42); queries are fresh points of the same distribution; ground truth is the exact top-10
@@ -258,9 +260,16 @@ fn main() {
         ..HnswParams::default()
     };
     let rss_before = peak_rss_mib();
+    let same_index = |m: &trio_engine::index::DumpManifest| {
+        m.points == cfg.n as u64
+            && m.dim == cfg.dim
+            && m.m == cfg.m
+            && m.ef_construction == cfg.ef_construction
+    };
+    let hnswlib_cache = format!("hnswlib-{}-{}-{}.bin", cfg.n, cfg.m, cfg.ef_construction);
     let mut index = None;
     if let Some(dir) = &cfg.index_dump {
-        if HnswIndex::read_manifest(dir).is_ok_and(|m| m.points == cfg.n as u64) {
+        if HnswIndex::read_manifest(dir).is_ok_and(|m| same_index(&m)) {
             let t = Instant::now();
             index = Some(HnswIndex::load(dir, cfg.dim, params.clone(), 0).expect("load dump"));
             println!(
@@ -287,7 +296,7 @@ fn main() {
     }
     let index = index.expect("at least one build");
     if let Some(dir) = &cfg.index_dump {
-        if HnswIndex::read_manifest(dir).map_or(true, |m| m.points != cfg.n as u64) {
+        if !HnswIndex::read_manifest(dir).is_ok_and(|m| same_index(&m)) {
             index.dump(dir, 0).expect("dump the index");
         }
     }
@@ -416,7 +425,7 @@ fn main() {
         .args(
             cfg.index_dump
                 .iter()
-                .flat_map(|dir| ["--index-cache".into(), dir.join("hnswlib.bin")]),
+                .flat_map(|dir| ["--index-cache".into(), dir.join(&hnswlib_cache)]),
         )
         .output();
     let output = match output {

@@ -550,7 +550,7 @@ impl HnswIndex {
             &points,
             &self.params,
             self.dot,
-            Some(view.frozen.level0_slots()),
+            Some(&view.frozen.level0_slots()),
         );
         Ok(View {
             frozen: Arc::new(frozen),
@@ -579,7 +579,7 @@ impl HnswIndex {
 
     /// The frozen graph's level-0 lists (see `Frozen::level0_slots`).
     pub(crate) fn level0_slots(&self) -> Vec<u32> {
-        self.view().frozen.level0_slots().to_vec()
+        self.view().frozen.level0_slots()
     }
 }
 
@@ -691,7 +691,7 @@ fn freeze_graph(
 /// points, each count at most `m0`, every id below `n`.
 fn check_slots(slots: &[u32], m0: usize, n: usize) -> std::result::Result<(), String> {
     let stride = m0 + 1;
-    if slots.len() % stride != 0 || slots.len() / stride > n {
+    if !slots.len().is_multiple_of(stride) || slots.len() / stride > n {
         return Err(format!(
             "{} level-0 slots are not whole lists of {stride} for at most {n} points",
             slots.len()

@@ -2,8 +2,9 @@
 //!
 //! - [`VectorIndex`]: what the engine searches through; cosine similarity over any vectors.
 //! - [`HnswIndex`]: approximate search for large collections. hnsw_rs builds the graph; searches
-//!   run over a frozen, compact copy of it (`graph`) with SIMD dot products (`simd`) on
-//!   cache-aligned vectors (`vectors`). It persists to a folder with a checked manifest
+//!   run over a frozen, compact copy of it (`graph`): the walk on one-byte codes (`quant`), the
+//!   final beam re-ranked on cache-aligned `f32` vectors (`vectors`), both with SIMD dot
+//!   products (`simd`). It persists to a folder with a checked manifest
 //!   (`persist`).
 //! - [`FlatIndex`]: exact scan, for small collections and as the recall reference.
 //!
@@ -13,6 +14,7 @@ mod flat;
 mod graph;
 mod hnsw;
 mod persist;
+mod quant;
 mod refine;
 pub(crate) mod simd;
 mod vectors;

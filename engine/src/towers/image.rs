@@ -614,4 +614,120 @@ mod tests {
         assert_eq!(top[0].label, "espresso");
         assert_eq!(top[1].label, "tabby");
     }
+
+    /// One small picture in every format the loader reads: the seeds the fuzzer mutates.
+    fn seeds() -> Vec<Vec<u8>> {
+        let picture = DynamicImage::ImageRgba8(RgbaImage::from_fn(23, 17, |x, y| {
+            Rgba([(x * 11) as u8, (y * 15) as u8, ((x ^ y) * 7) as u8, 200])
+        }));
+        let formats = [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::WebP,
+        ];
+        formats
+            .iter()
+            .map(|&format| {
+                // JPEG has no alpha channel.
+                let picture = if format == ImageFormat::Jpeg {
+                    DynamicImage::ImageRgb8(picture.to_rgb8())
+                } else {
+                    picture.clone()
+                };
+                let mut bytes = Vec::new();
+                picture
+                    .write_to(&mut Cursor::new(&mut bytes), format)
+                    .unwrap();
+                bytes
+            })
+            .collect()
+    }
+
+    /// A damaged file: bytes overwritten, a cut, and bytes inserted, at positions drawn by the
+    /// fuzzer (taken modulo the file's length).
+    #[derive(Debug, Clone)]
+    struct Damage {
+        seed: usize,
+        writes: Vec<(usize, u8)>,
+        cut: Option<usize>,
+        insert: Option<(usize, Vec<u8>)>,
+    }
+
+    impl Damage {
+        fn apply(&self, seeds: &[Vec<u8>]) -> Vec<u8> {
+            let mut bytes = seeds[self.seed % seeds.len()].clone();
+            for &(at, value) in &self.writes {
+                let n = bytes.len();
+                bytes[at % n] = value;
+            }
+            if let Some((at, extra)) = &self.insert {
+                let at = at % (bytes.len() + 1);
+                bytes.splice(at..at, extra.iter().copied());
+            }
+            if let Some(cut) = self.cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            bytes
+        }
+    }
+
+    fn damage() -> impl proptest::strategy::Strategy<Value = Damage> {
+        use proptest::prelude::*;
+        (
+            any::<usize>(),
+            proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            proptest::option::of(any::<usize>()),
+            proptest::option::of((
+                any::<usize>(),
+                proptest::collection::vec(any::<u8>(), 1..64),
+            )),
+        )
+            .prop_map(|(seed, writes, cut, insert)| Damage {
+                seed,
+                writes,
+                cut,
+                insert,
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(384))]
+
+        /// The image loader fuzzed: a damaged or arbitrary file never panics; it prepares to the
+        /// network size within the pixel cap, or is an image error that names the file.
+        #[test]
+        fn damaged_files_never_panic_and_errors_name_the_file(
+            damage in damage(),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+            use_noise in proptest::prelude::any::<bool>(),
+        ) {
+            // A cap well above the seeds' 23 x 17 but far below what a damaged header can claim.
+            let pre = Preprocessor::new(32, 4096);
+            let bytes = if use_noise { noise } else { damage.apply(&seeds()) };
+            match pre.prepare_bytes(&bytes, "fuzzed.img") {
+                Ok(prepared) => {
+                    proptest::prop_assert_eq!(prepared.pixels().len(), 3 * 32 * 32);
+                    proptest::prop_assert!(prepared.pixels().iter().all(|v| v.is_finite()));
+                }
+                Err(Error::Image { image, .. }) => proptest::prop_assert_eq!(image, "fuzzed.img"),
+                Err(other) => proptest::prop_assert!(false, "not an image error: {other:?}"),
+            }
+            if let Ok(decoded) = pre.decode_bytes(&bytes, "fuzzed.img") {
+                proptest::prop_assert!(u64::from(decoded.width()) * u64::from(decoded.height()) <= 4096);
+            }
+        }
+    }
+
+    #[test]
+    fn every_seed_format_decodes_undamaged() {
+        let pre = Preprocessor::new(32, 4096);
+        for (i, bytes) in seeds().iter().enumerate() {
+            let decoded = pre
+                .decode_bytes(bytes, "seed")
+                .unwrap_or_else(|e| panic!("seed {i}: {e}"));
+            assert_eq!((decoded.width(), decoded.height()), (23, 17), "seed {i}");
+        }
+    }
 }

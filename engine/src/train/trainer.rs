@@ -147,10 +147,43 @@ enum Done {
     Fit(FitOutcome),
     /// The fused model's joint heads, aligned in this many seconds.
     Aligned(f64),
+    /// The fused model's classifier, then its joint heads aligned in this many seconds.
+    FitThenAligned(FitOutcome, f64),
     /// An image-only or text-only model.
     Model(Box<TrainedModel>),
     /// The logistic-regression baseline.
     Row(ReportRow),
+}
+
+/// The fused model's results gathered from its jobs (see [`Trainer::fused_jobs`]).
+#[derive(Default)]
+struct FusedParts {
+    fit: Option<FitOutcome>,
+    align_seconds: f64,
+}
+
+impl FusedParts {
+    /// Keeps `done` if it belongs to the fused model; hands anything else back.
+    fn take(&mut self, done: Done) -> Option<Done> {
+        match done {
+            Done::Fit(fit) => self.fit = Some(fit),
+            Done::Aligned(seconds) => self.align_seconds = seconds,
+            Done::FitThenAligned(fit, seconds) => {
+                self.fit = Some(fit);
+                self.align_seconds = seconds;
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// The classifier's outcome and the alignment's seconds.
+    fn finish(self) -> Result<(FitOutcome, f64)> {
+        let fit = self.fit.ok_or_else(|| {
+            Error::InvalidArgument("the fused model's classifier job returned nothing".into())
+        })?;
+        Ok((fit, self.align_seconds))
+    }
 }
 
 /// Runs `jobs` on up to rayon's thread count of threads, each thread taking the next job in
@@ -297,29 +330,14 @@ impl Trainer {
         let print = fingerprint(examples);
         let all = Self::full_inputs(&table);
         let fused_run = self.prepare_fused(&table, &split, FUSED, &all)?;
-        let apart = self.aligns_apart(&fused_run);
         let two_modalities = all.image && !all.text_fields.is_empty();
         let image_only_inputs = all.without(&Input::AllText);
         let text_only_inputs = all.without(&Input::Image);
         // The study's models train independently of each other, so they run as jobs on as many
         // threads as rayon may use, longest first (measured on the full demo: the fused
         // model's alignment, its classifier, text-only, image-only, logistic regression).
-        let (t, sp, pr, run) = (&table, &split, &print, &fused_run);
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        if apart {
-            jobs.push(Box::new(move || {
-                Ok(Done::Aligned(self.align(run, t, sp, progress)?))
-            }));
-            jobs.push(Box::new(move || {
-                Ok(Done::Fit(self.classify(run, t, sp, progress)?))
-            }));
-        } else {
-            jobs.push(Box::new(move || {
-                let fit = self.classify(run, t, sp, progress)?;
-                self.align(run, t, sp, progress)?;
-                Ok(Done::Fit(fit))
-            }));
-        }
+        let (t, sp, pr) = (&table, &split, &print);
+        let mut jobs = self.fused_jobs(&fused_run, t, sp, progress);
         if two_modalities {
             for (variant, inputs) in [
                 (TEXT_ONLY, &text_only_inputs),
@@ -334,19 +352,18 @@ impl Trainer {
         jobs.push(Box::new(move || {
             Ok(Done::Row(self.fit_logistic_regression(t, sp, progress)?))
         }));
-        let (mut fused_fit, mut align_seconds) = (None, 0.0);
+        let mut parts = FusedParts::default();
         let (mut image_only, mut text_only, mut logistic) = (None, None, None);
         for done in run_jobs(jobs)? {
-            match done {
-                Done::Aligned(seconds) => align_seconds = seconds,
-                Done::Fit(fit) => fused_fit = Some(fit),
-                Done::Model(m) if m.variant == IMAGE_ONLY => image_only = Some(*m),
-                Done::Model(m) => text_only = Some(*m),
-                Done::Row(row) => logistic = Some(row),
+            match parts.take(done) {
+                Some(Done::Model(m)) if m.variant == IMAGE_ONLY => image_only = Some(*m),
+                Some(Done::Model(m)) => text_only = Some(*m),
+                Some(Done::Row(row)) => logistic = Some(row),
+                _ => {}
             }
         }
         let missing = |what: &str| Error::InvalidArgument(format!("the study lost its {what}"));
-        let fused_fit = fused_fit.ok_or_else(|| missing("fused classifier"))?;
+        let (fused_fit, align_seconds) = parts.finish()?;
         let fused =
             self.finish_fused(fused_run, &table, &split, fused_fit, align_seconds, &print)?;
         let mut rows = vec![logistic.ok_or_else(|| missing("logistic regression"))?];
@@ -467,18 +484,35 @@ impl Trainer {
         progress: &dyn Progress,
     ) -> Result<TrainedModel> {
         let run = self.prepare_fused(table, split, variant, inputs)?;
-        let (fit, align_seconds) = if self.aligns_apart(&run) {
-            std::thread::scope(|s| -> Result<_> {
-                let align = s.spawn(|| self.align(&run, table, split, progress));
-                let fit = self.classify(&run, table, split, progress);
-                let align_seconds = join(align)?;
-                Ok((fit?, align_seconds))
-            })?
-        } else {
-            let fit = self.classify(&run, table, split, progress)?;
-            (fit, self.align(&run, table, split, progress)?)
-        };
+        let mut parts = FusedParts::default();
+        for done in run_jobs(self.fused_jobs(&run, table, split, progress))? {
+            parts.take(done);
+        }
+        let (fit, align_seconds) = parts.finish()?;
         self.finish_fused(run, table, split, fit, align_seconds, print)
+    }
+
+    /// The jobs that train `run`: its classifier and its alignment as two jobs when they can
+    /// run at once (see [`Trainer::aligns_apart`]), else one job doing one after the other.
+    fn fused_jobs<'a>(
+        &'a self,
+        run: &'a FusedRun,
+        table: &'a FeatureTable,
+        split: &'a Split,
+        progress: &'a dyn Progress,
+    ) -> Vec<Job<'a>> {
+        if self.aligns_apart(run) {
+            vec![
+                Box::new(move || Ok(Done::Aligned(self.align(run, table, split, progress)?))),
+                Box::new(move || Ok(Done::Fit(self.classify(run, table, split, progress)?))),
+            ]
+        } else {
+            vec![Box::new(move || {
+                let fit = self.classify(run, table, split, progress)?;
+                let seconds = self.align(run, table, split, progress)?;
+                Ok(Done::FitThenAligned(fit, seconds))
+            })]
+        }
     }
 
     /// A fused-family model with seeded weights, and the training rows that have one of its

@@ -2,7 +2,8 @@
 
 use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
 use trio_engine::train::{
-    cross_val_probabilities, run_protocol, Input, ProtocolConfig, TrainConfig, Trainer,
+    cross_val_probabilities, run_protocol, run_protocol_seeds, Input, ProtocolConfig, TrainConfig,
+    Trainer,
 };
 use trio_engine::{DeviceChoice, NoProgress};
 
@@ -145,5 +146,66 @@ fn demo_protocol_keeps_test_groups_unseen() -> anyhow::Result<()> {
         .map(|r| r.test.top1)
         .unwrap_or(0.0);
     assert!(fused >= 0.6, "fused top-1 on clean unseen groups {fused}");
+    Ok(())
+}
+
+#[test]
+fn protocol_seeds_judge_targets_on_the_mean() -> anyhow::Result<()> {
+    let examples = catalogue(&SyntheticSpec {
+        groups_per_class: 6,
+        ..small()
+    });
+    let cfg = ProtocolConfig {
+        train: TrainConfig {
+            epochs: 8,
+            align_epochs: 0,
+            ..fast()
+        },
+        ..ProtocolConfig::default()
+    };
+    let device = DeviceChoice::Cpu.resolve()?;
+    let series = run_protocol_seeds(&examples, &cfg, &[4, 9], &device, &NoProgress)?;
+    eprintln!("{}\n{}", series.to_markdown(), series.targets_markdown());
+    assert_eq!(series.seeds, [4, 9]);
+    assert_eq!(series.runs.len(), 2);
+    // Each run is the single protocol with its own seed: different splits, same shape.
+    let single = run_protocol(
+        &examples,
+        &ProtocolConfig {
+            train: TrainConfig {
+                seed: 9,
+                ..cfg.train.clone()
+            },
+            ..cfg.clone()
+        },
+        &device,
+        &NoProgress,
+    )?;
+    for (a, b) in series.runs[1].report.rows.iter().zip(&single.report.rows) {
+        assert_eq!((&a.variant, &a.test, &a.val), (&b.variant, &b.test, &b.val));
+    }
+    assert_eq!(series.runs[0].report.seed, 4);
+    // One target per single-run target, judged on the mean of the two runs' differences.
+    let first = series.runs[0].targets();
+    assert_eq!(series.targets.len(), first.len());
+    let top1 = |run: usize, v: &str| 100.0 * series.runs[run].report.row(v).unwrap().test.top1;
+    let margin = (top1(0, "fused") + top1(1, "fused")) / 2.0
+        - (top1(0, "logistic regression") + top1(1, "logistic regression")) / 2.0;
+    let lr_target = series.targets.last().unwrap();
+    assert!(lr_target.target.contains("logistic regression"));
+    assert_eq!(
+        lr_target.met,
+        margin > 0.0,
+        "{lr_target:?} vs mean margin {margin}"
+    );
+    assert!(
+        lr_target.measured.contains("2 seeds"),
+        "{}",
+        lr_target.measured
+    );
+    // The table has a row per seed plus the mean and its standard error.
+    let table = series.to_markdown();
+    assert_eq!(table.lines().count(), 2 + 2 + 2, "{table}");
+    assert!(run_protocol_seeds(&examples, &cfg, &[], &device, &NoProgress).is_err());
     Ok(())
 }

@@ -15,7 +15,8 @@ use crate::progress::Progress;
 use crate::towers::image::PreparedImage;
 use crate::towers::service::EmbeddingService;
 use crate::train::{
-    evaluate_model, run_protocol, Evaluation, Example, ProtocolConfig, ProtocolReport,
+    evaluate_model, run_protocol, run_protocol_seeds, Evaluation, Example, ProtocolConfig,
+    ProtocolReport, ProtocolSeries,
 };
 
 /// Settings of [`Catalog::evaluate_manifest`].
@@ -132,6 +133,23 @@ impl Catalog {
             ..protocol.clone()
         };
         run_protocol(&examples, &cfg, &self.device, progress)
+    }
+
+    /// [`Catalog::evaluate_protocol`] once per seed, with the targets judged on the means
+    /// ([`crate::train::protocol::ProtocolSeries`]).
+    pub fn evaluate_protocol_seeds(
+        &self,
+        opts: &TrainOptions,
+        protocol: &ProtocolConfig,
+        seeds: &[u64],
+        progress: &dyn Progress,
+    ) -> Result<ProtocolSeries> {
+        let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
+        let cfg = ProtocolConfig {
+            train: opts.config.clone(),
+            ..protocol.clone()
+        };
+        run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress)
     }
 }
 

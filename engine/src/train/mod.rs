@@ -44,7 +44,10 @@ pub use crossval::{cross_val_probabilities, OutOfFold, OutOfFoldRow};
 pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
 pub use metrics::SplitMetrics;
 pub use model_file::{ModelMetrics, TrainedModel};
-pub use protocol::{demo_protocol, run_protocol, ProtocolConfig, ProtocolReport, TargetCheck};
+pub use protocol::{
+    demo_protocol, run_protocol, run_protocol_seeds, ProtocolConfig, ProtocolReport,
+    ProtocolSeries, TargetCheck,
+};
 pub use robustness::{RobustnessRow, RobustnessTable};
 pub use split::Split;
 pub use trainer::{Report, ReportRow, Study, Trainer};

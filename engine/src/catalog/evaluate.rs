@@ -127,11 +127,7 @@ impl Catalog {
         protocol: &ProtocolConfig,
         progress: &dyn Progress,
     ) -> Result<ProtocolReport> {
-        let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
-        let cfg = ProtocolConfig {
-            train: opts.config.clone(),
-            ..protocol.clone()
-        };
+        let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
         run_protocol(&examples, &cfg, &self.device, progress)
     }
 
@@ -144,12 +140,22 @@ impl Catalog {
         seeds: &[u64],
         progress: &dyn Progress,
     ) -> Result<ProtocolSeries> {
+        let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
+        run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress)
+    }
+
+    /// The labelled examples and the protocol settings with `opts`' training configuration.
+    fn protocol_inputs(
+        &self,
+        opts: &TrainOptions,
+        protocol: &ProtocolConfig,
+    ) -> Result<(Vec<Example>, ProtocolConfig)> {
         let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
         let cfg = ProtocolConfig {
             train: opts.config.clone(),
             ..protocol.clone()
         };
-        run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress)
+        Ok((examples, cfg))
     }
 }
 

@@ -331,12 +331,18 @@ impl ProtocolSeries {
                 let diffs: Vec<f64> = sides.iter().map(|m| m.fused - m.other).collect();
                 let (diff, se) = mean_and_standard_error(&diffs);
                 let met_runs = sides.iter().filter(|m| m.met(m.fused - m.other)).count();
+                // The best single modality is each run's own; name it only when all agree.
+                let other_name = if sides.iter().all(|m| m.other_name == measure.other_name) {
+                    measure.other_name.as_str()
+                } else {
+                    "the best single modality"
+                };
                 targets.push(TargetCheck {
                     target: measure.target.clone(),
                     measured: format!(
                         "fused {:.1} vs {} {:.1}: {diff:+.1} ± {se:.1} points (mean ± s.e. of {} seeds; met in {met_runs})",
                         mean_and_standard_error(&fused).0,
-                        measure.other_name,
+                        other_name,
                         mean_and_standard_error(&other).0,
                         sides.len()
                     ),

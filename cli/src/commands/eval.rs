@@ -66,6 +66,9 @@ pub struct EvalArgs {
     /// Protocol: training hyper-parameters as JSON (see `trio train --config`).
     #[arg(long, value_name = "FILE", requires = "protocol")]
     config: Option<PathBuf>,
+    /// Protocol: fine-tune the image tower's top on each run's degraded training split.
+    #[command(flatten)]
+    finetune: super::train::FinetuneArgs,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -181,6 +184,7 @@ fn eval_protocol(
     if let Some(e) = args.epochs {
         config.epochs = e;
     }
+    args.finetune.apply(&mut config);
     let opts = TrainOptions {
         config,
         group_field: args.group_field.clone(),
@@ -209,6 +213,11 @@ fn eval_protocol(
                 r.test_items,
                 o.seconds
             );
+            for run in &o.series.runs {
+                if let Some(t) = &run.image_tuning {
+                    println!("seed {}: {}", run.report.seed, t.summary());
+                }
+            }
             println!("test top-1 per seed:\n{}", o.series.to_markdown());
             print!("{}", o.series.targets_markdown());
         });

@@ -34,6 +34,8 @@ pub struct TrainArgs {
     #[arg(long)]
     keep_active: bool,
     #[command(flatten)]
+    finetune: FinetuneArgs,
+    #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     towers: TowerArgs,
@@ -50,6 +52,7 @@ impl TrainArgs {
         if let Some(e) = self.epochs {
             config.epochs = e;
         }
+        self.finetune.apply(&mut config);
         Ok(TrainOptions {
             config,
             group_field: self.group_field.clone(),
@@ -77,12 +80,46 @@ pub fn run(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             o.report.test_items,
             o.report.seconds
         );
+        if let Some(t) = &o.image_tuning {
+            println!("{}", t.summary());
+        }
         print!("{}", o.report.to_markdown());
         println!(
             "{} fused vectors stored; v{} is {state}",
             o.fused_vectors, o.version
         );
     })
+}
+
+/// Fine-tuning the image tower's top (the study fine-tuned the top half of its CNN).
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Fine-tune the top of the image tower on the labels before training the fused model.
+    /// Meant for a GPU (`--device cuda`); on a CPU, `--finetune-blocks 1` keeps it to minutes.
+    #[arg(long)]
+    finetune_image: bool,
+    /// Image-tower blocks to fine-tune, counted from the top (default: half of them).
+    #[arg(long, requires = "finetune_image")]
+    finetune_blocks: Option<usize>,
+    /// Most fine-tuning epochs (early stopping on validation usually ends sooner).
+    #[arg(long, requires = "finetune_image")]
+    finetune_epochs: Option<usize>,
+}
+
+impl FinetuneArgs {
+    /// Turns fine-tuning on in `config` (keeping settings from `--config`) when asked.
+    pub fn apply(&self, config: &mut TrainConfig) {
+        if !self.finetune_image {
+            return;
+        }
+        let tuning = config.finetune_image.get_or_insert_with(Default::default);
+        if let Some(b) = self.finetune_blocks {
+            tuning.blocks = Some(b);
+        }
+        if let Some(e) = self.finetune_epochs {
+            tuning.epochs = e;
+        }
+    }
 }
 
 /// The training settings in `path` (JSON, absent keys at their defaults), or the defaults.

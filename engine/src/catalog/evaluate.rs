@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::model::json_text;
+use super::model::ActiveModel;
 use super::{Catalog, TrainOptions};
 use crate::error::{Error, Result};
 use crate::ingest::manifest::{ManifestRow, RowError};
@@ -15,8 +16,9 @@ use crate::progress::Progress;
 use crate::towers::image::PreparedImage;
 use crate::towers::service::EmbeddingService;
 use crate::train::{
-    evaluate_model, run_protocol, run_protocol_seeds, Evaluation, Example, ProtocolConfig,
-    ProtocolReport, ProtocolSeries,
+    evaluate_model, run_protocol, run_protocol_seeds, run_protocol_seeds_tuned, run_protocol_tuned,
+    Evaluation, Example, FinetuneConfig, ImageActivations, ProtocolConfig, ProtocolReport,
+    ProtocolSeries,
 };
 
 /// Settings of [`Catalog::evaluate_manifest`].
@@ -95,7 +97,7 @@ impl Catalog {
                 }
             }
             let n = chunk.len() as u64;
-            let (embedded, failed) = embed_rows(&service, chunk, &label_field)?;
+            let (embedded, failed) = embed_rows(&service, &active, chunk, &label_field)?;
             for e in &failed {
                 progress.warn(&e.to_string());
             }
@@ -128,7 +130,14 @@ impl Catalog {
         progress: &dyn Progress,
     ) -> Result<ProtocolReport> {
         let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
-        run_protocol(&examples, &cfg, &self.device, progress)
+        match &cfg.train.finetune_image {
+            Some(tuning) => {
+                let acts = self.protocol_activations(&examples, tuning, progress)?;
+                let tuner = self.protocol_tuner(&acts, tuning);
+                run_protocol_tuned(&examples, &cfg, &self.device, progress, Some(&tuner))
+            }
+            None => run_protocol(&examples, &cfg, &self.device, progress),
+        }
     }
 
     /// [`Catalog::evaluate_protocol`] once per seed, with the targets judged on the means
@@ -141,7 +150,32 @@ impl Catalog {
         progress: &dyn Progress,
     ) -> Result<ProtocolSeries> {
         let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
-        run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress)
+        match &cfg.train.finetune_image {
+            Some(tuning) => {
+                let acts = self.protocol_activations(&examples, tuning, progress)?;
+                let tuner = self.protocol_tuner(&acts, tuning);
+                run_protocol_seeds_tuned(
+                    &examples,
+                    &cfg,
+                    seeds,
+                    &self.device,
+                    progress,
+                    Some(&tuner),
+                )
+            }
+            None => run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress),
+        }
+    }
+
+    /// The frozen bottom's activations for the protocol's fine-tuning, computed once.
+    fn protocol_activations(
+        &self,
+        examples: &[Example],
+        tuning: &FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<ImageActivations> {
+        let first = tuning.first_block(self.service()?.image.model().block_count())?;
+        self.image_activations(examples, first, progress)
     }
 
     /// The labelled examples and the protocol settings with `opts`' training configuration.
@@ -163,6 +197,7 @@ impl Catalog {
 /// image cannot be read or decoded come back as errors.
 fn embed_rows(
     service: &EmbeddingService,
+    active: &ActiveModel,
     chunk: Vec<ManifestRow>,
     label_field: &str,
 ) -> Result<(Vec<Example>, Vec<RowError>)> {
@@ -205,8 +240,8 @@ fn embed_rows(
         .collect();
     let mut image_features: Vec<Option<Vec<f32>>> = vec![None; good.len()];
     if !images.is_empty() {
-        let out = service.image.embed(&images)?;
-        for (&i, f) in with_image.iter().zip(out.features) {
+        let out = active.image_features(&service.image, &images)?;
+        for (&i, f) in with_image.iter().zip(out) {
             image_features[i] = Some(f);
         }
     }

@@ -481,6 +481,7 @@ fn index_dir_for(db: &Path) -> PathBuf {
 }
 
 mod evaluate;
+mod image_tuning;
 mod model;
 mod quality;
 mod search;

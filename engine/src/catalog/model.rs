@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{Catalog, Space};
 use crate::error::{Error, Result};
+use crate::models::efficientnet_lite::Top;
 use crate::models::fusion::{FusedModel, FusionInput};
 use crate::progress::Progress;
 use crate::store::ModelBlob;
-use crate::train::{Example, Report, TrainConfig, TrainedModel, Trainer};
+use crate::train::{split, Example, FinetuneReport, Report, TrainConfig, TrainedModel, Trainer};
 
 /// What `train` does beyond the trainer's own settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -34,6 +35,9 @@ pub struct TrainOutcome {
     pub report: Report,
     /// Items that got a fused vector.
     pub fused_vectors: usize,
+    /// How the image tower's top was fine-tuned, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_tuning: Option<FinetuneReport>,
 }
 
 /// The model in use, loaded once per version.
@@ -41,6 +45,8 @@ pub struct ActiveModel {
     pub version: u32,
     pub trained: TrainedModel,
     pub model: FusedModel,
+    /// The fine-tuned image tower top the model reads features from (`--finetune-image`).
+    pub image_top: Option<Top>,
 }
 
 /// Inputs to classify or search with; any subset.
@@ -122,10 +128,32 @@ impl Catalog {
     /// Trains the study's variants (image-only, text-only, fused, logistic regression), stores
     /// the fused model (carrying the image-only and text-only baselines) as a new active version, computes every item's fused vector and drops
     /// the stale fused index.
+    ///
+    /// With `finetune_image` set, the image tower's top is first fine-tuned on the same split's
+    /// training items (epoch chosen on validation), every item's image features are recomputed
+    /// with it for this model, and the model stores the tuned top.
     pub fn train(&self, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
-        let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
+        opts.config.validate()?;
+        let mut examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
         let trainer = Trainer::new(opts.config.clone(), self.device.clone())?;
-        let study = trainer.run_study(&examples, progress)?;
+        let split = split::per_class(&examples, opts.config.holdout, opts.config.seed)?;
+        let image_tower = match &opts.config.finetune_image {
+            Some(cfg) => {
+                let service = self.service()?;
+                let first = cfg.first_block(service.image.model().block_count())?;
+                let acts = self.image_activations(&examples, first, progress)?;
+                Some(self.tune_image_features(
+                    &mut examples,
+                    &acts,
+                    &split,
+                    cfg,
+                    opts.config.seed,
+                    progress,
+                )?)
+            }
+            None => None,
+        };
+        let study = trainer.run_study_on(&examples, split, progress)?;
         // The baselines travel with the fused model so `evaluate_manifest` can score them too.
         let stored = study.fused.clone().with_baselines(
             study
@@ -134,6 +162,8 @@ impl Catalog {
                 .chain(study.text_only)
                 .collect(),
         );
+        let image_tuning = image_tower.as_ref().map(|t| t.report.clone());
+        let stored = stored.with_image_tower(image_tower);
         let blob = ModelBlob {
             config: serde_json::to_value(&study.fused.config)
                 .map_err(|e| json_err("model config", e))?,
@@ -153,6 +183,7 @@ impl Catalog {
             version,
             report: study.report,
             fused_vectors,
+            image_tuning,
         })
     }
 
@@ -201,6 +232,9 @@ impl Catalog {
         if examples.is_empty() {
             return Ok(());
         }
+        if active.image_top.is_some() {
+            self.retune_images(&active, &mut examples)?;
+        }
         let vectors = active.model.fused_vectors(&examples)?;
         let points: Vec<(u64, Vec<f32>)> = examples.iter().map(|e| e.key).zip(vectors).collect();
         self.store
@@ -226,10 +260,12 @@ impl Catalog {
             })?;
         let trained = TrainedModel::from_bytes(&stored.safetensors)?;
         let model = trained.load(&self.device)?;
+        let image_top = super::image_tuning::load_top(trained.image_tower.as_ref(), self)?;
         let active = Arc::new(ActiveModel {
             version,
             trained,
             model,
+            image_top,
         });
         self.set_active(Some(active.clone()))?;
         Ok(Some(active))
@@ -246,8 +282,43 @@ impl Catalog {
         Ok(())
     }
 
-    /// Tower features of free-standing inputs, shaped for the fused model.
+    /// The fine-tuned image features of stored items, for a model that reads them: the stored
+    /// features are the frozen tower's, so each item's image is read again.
+    fn retune_images(&self, active: &ActiveModel, examples: &mut [Example]) -> Result<()> {
+        let service = self.service()?;
+        let preprocessor = service.image.preprocessor();
+        for e in examples.iter_mut().filter(|e| e.image.is_some()) {
+            let item = self.store.get_by_key(e.key)?;
+            let path = item.as_ref().and_then(|i| i.image_path.as_deref());
+            e.image = match path {
+                Some(p) => {
+                    let prepared = preprocessor.prepare_path(std::path::Path::new(p))?;
+                    active
+                        .image_features(&service.image, &[prepared])?
+                        .into_iter()
+                        .next()
+                }
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Tower features of free-standing inputs, shaped for the active model: its fine-tuned
+    /// image features when it has a fine-tuned image tower, else the frozen towers' (as without
+    /// a model).
     pub fn fusion_input(&self, input: &ClassifyInput) -> Result<FusionInput> {
+        let active = self.active_model()?;
+        self.tower_input(input, active.as_deref())
+    }
+
+    /// Tower features of free-standing inputs, the image read the way `model` reads it
+    /// (`None`: the frozen tower).
+    pub(crate) fn tower_input(
+        &self,
+        input: &ClassifyInput,
+        model: Option<&ActiveModel>,
+    ) -> Result<FusionInput> {
         let service = self.service()?;
         let bytes = match (&input.image_bytes, &input.image_path) {
             (Some(b), _) => Some(b.clone()),
@@ -262,7 +333,16 @@ impl Catalog {
         let mut texts = BTreeMap::new();
         texts.insert("title".to_string(), input.title.clone());
         texts.insert("description".to_string(), input.description.clone());
-        let features = service.embed_item(bytes.as_deref().map(|b| (b, name.as_str())), &texts)?;
+        let mut features = service.embed_item(None, &texts)?;
+        if let Some(bytes) = &bytes {
+            let prepared = service.image.preprocessor().prepare_bytes(bytes, &name)?;
+            features.image = match model {
+                Some(m) => m.image_features(&service.image, &[prepared])?,
+                None => service.image.embed(&[prepared])?.features,
+            }
+            .into_iter()
+            .next();
+        }
         if features.image.is_none() && features.text.is_empty() {
             return Err(Error::InvalidArgument(
                 "nothing to classify: give an image, a title or a description".into(),
@@ -283,7 +363,7 @@ impl Catalog {
         claimed: Option<&str>,
     ) -> Result<Classification> {
         let active = self.require_model()?;
-        let query = self.fusion_input(input)?;
+        let query = self.tower_input(input, Some(&active))?;
         let probs = active
             .model
             .predict(std::slice::from_ref(&query))?

@@ -114,7 +114,13 @@ impl Catalog {
                 ..Default::default()
             },
         };
-        let features = self.fusion_input(&input)?;
+        // The image and text spaces hold the frozen towers' features; the fused space reads
+        // them as the active model does.
+        let active = match space {
+            Space::Fused => Some(self.require_model()?),
+            _ => None,
+        };
+        let features = self.tower_input(&input, active.as_deref())?;
         let v = match space {
             Space::Image => features.image.ok_or_else(|| {
                 Error::InvalidArgument("the image space is searched with an image (or --id); use --space fused for text".into())

@@ -19,6 +19,8 @@
 //! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
 //! CPU both use fused kernels (`conv_cpu`); elsewhere they are built from candle tensor ops.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -228,6 +230,10 @@ fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
     x.clamp(0f32, 6f32)
 }
 
+/// Supplies the tensor named by the first argument when a part of the network is copied,
+/// given the current one: a clone, a trainable variable, or a stored fine-tuned weight.
+type TensorMap<'a> = dyn FnMut(String, &Tensor) -> candle_core::Result<Tensor> + 'a;
+
 /// A 1x1 convolution (with folded batch-norm) on NHWC activations: a matrix product over
 /// pixels, then bias, optional residual and optional ReLU6.
 struct Pointwise {
@@ -249,9 +255,18 @@ impl Pointwise {
     ) -> candle_core::Result<Self> {
         let (w, bias) = load_conv_bn(conv, bn, (output, input, 1, 1), cfg.batch_norm_eps)?;
         let weight = w.reshape((output, input))?.t()?.contiguous()?;
-        let cpu = weight
-            .device()
-            .is_cpu()
+        Self::from_folded(weight, bias, relu6, true)
+    }
+
+    /// From a folded `(in, out)` weight and bias; `kernels` builds the fused CPU kernel (off for
+    /// a copy that is being trained, whose weights change under it).
+    fn from_folded(
+        weight: Tensor,
+        bias: Tensor,
+        relu6: bool,
+        kernels: bool,
+    ) -> candle_core::Result<Self> {
+        let cpu = (kernels && weight.device().is_cpu())
             .then(|| conv_cpu::Pointwise::new(&weight, &bias, relu6))
             .transpose()?;
         Ok(Self {
@@ -260,6 +275,12 @@ impl Pointwise {
             relu6,
             cpu,
         })
+    }
+
+    fn rebuild(&self, name: &str, kernels: bool, f: &mut TensorMap) -> candle_core::Result<Self> {
+        let weight = f(format!("{name}.weight"), &self.weight)?;
+        let bias = f(format!("{name}.bias"), &self.bias)?;
+        Self::from_folded(weight, bias, self.relu6, kernels)
     }
 
     fn forward(
@@ -314,9 +335,18 @@ impl Depthwise {
             .t()?
             .reshape((kernel, kernel, channels))?
             .contiguous()?;
-        let cpu = weight
-            .device()
-            .is_cpu()
+        Self::from_folded(weight, bias, stride, true)
+    }
+
+    /// From a folded `(k, k, channels)` weight and bias; `kernels` as for [`Pointwise`].
+    fn from_folded(
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        kernels: bool,
+    ) -> candle_core::Result<Self> {
+        let kernel = weight.dim(0)?;
+        let cpu = (kernels && weight.device().is_cpu())
             .then(|| conv_cpu::Depthwise::new(&weight, &bias, stride))
             .transpose()?;
         Ok(Self {
@@ -326,6 +356,12 @@ impl Depthwise {
             stride,
             cpu,
         })
+    }
+
+    fn rebuild(&self, name: &str, kernels: bool, f: &mut TensorMap) -> candle_core::Result<Self> {
+        let weight = f(format!("{name}.weight"), &self.weight)?;
+        let bias = f(format!("{name}.bias"), &self.bias)?;
+        Self::from_folded(weight, bias, self.stride, kernels)
     }
 
     fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
@@ -424,6 +460,25 @@ impl MbConv {
             depthwise,
             project,
             residual: spec.stride == 1 && spec.input == spec.output,
+            span: tracing::trace_span!("mbconv", index),
+        })
+    }
+
+    /// A copy whose tensors `f` supplies, named `{index}.expand.weight` and so on.
+    fn rebuild(&self, index: usize, kernels: bool, f: &mut TensorMap) -> candle_core::Result<Self> {
+        Ok(Self {
+            expand: self
+                .expand
+                .as_ref()
+                .map(|e| e.rebuild(&format!("{index}.expand"), kernels, f))
+                .transpose()?,
+            depthwise: self
+                .depthwise
+                .rebuild(&format!("{index}.depthwise"), kernels, f)?,
+            project: self
+                .project
+                .rebuild(&format!("{index}.project"), kernels, f)?,
+            residual: self.residual,
             span: tracing::trace_span!("mbconv", index),
         })
     }
@@ -595,17 +650,10 @@ impl EfficientNetLite {
                 self.config.name
             )));
         }
-        let images = images.to_dtype(DType::F32)?;
-        let fast = self.cpu_kernels;
-        let mut x = self.stem.forward(&images, fast)?.contiguous()?;
-        for block in &self.blocks {
-            x = block.forward(&x, fast)?;
-        }
+        let x = self.activations_before(images, self.blocks.len())?;
         let features = {
             let _enter = self.head_span.enter();
-            let x = self.head.forward(&x, None, fast)?;
-            let (b, h, w, c) = x.dims4()?;
-            x.reshape((b, h * w, c))?.mean(1)?
+            pool(&self.head.forward(&x, None, self.cpu_kernels)?)?
         };
         let logits = {
             let _enter = self.classifier_span.enter();
@@ -616,9 +664,167 @@ impl EfficientNetLite {
         Ok((features, logits))
     }
 
+    /// Number of MBConv blocks (16 in Lite0, 21 in Lite1 and Lite2).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The activations entering block `first` (NHWC, after the stem and blocks `..first`) for a
+    /// batch of normalised NCHW images: what a fine-tuned [`Top`] reads.
+    pub fn activations_before(&self, images: &Tensor, first: usize) -> Result<Tensor> {
+        if first > self.blocks.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} has {} blocks; cannot stop before block {first}",
+                self.config.name,
+                self.blocks.len()
+            )));
+        }
+        let images = images.to_dtype(DType::F32)?;
+        let fast = self.cpu_kernels;
+        let mut x = self.stem.forward(&images, fast)?.contiguous()?;
+        for block in &self.blocks[..first] {
+            x = block.forward(&x, fast)?;
+        }
+        Ok(x)
+    }
+
+    /// A copy of the blocks from `first` on and the head, for fine-tuning or for serving a
+    /// fine-tuned copy beside this frozen network.
+    pub fn top(&self, first: usize) -> Result<Top> {
+        if first > self.blocks.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} has {} blocks; its top cannot start at block {first}",
+                self.config.name,
+                self.blocks.len()
+            )));
+        }
+        let mut same = |_: String, t: &Tensor| Ok(t.clone());
+        Top::build(
+            &self.blocks[first..],
+            &self.head,
+            first,
+            self.cpu_kernels,
+            &mut same,
+        )
+        .map_err(Error::from)
+    }
+
     /// Softmax over the last axis, for turning logits into class probabilities.
     pub fn probabilities(logits: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::softmax_last_dim(logits)?)
+    }
+}
+
+/// Global average pooling of NHWC activations: `(batch, channels)`.
+fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    x.reshape((b, h * w, c))?.mean(1)
+}
+
+/// The blocks from `first` on, the head convolution and the pooling: the part of the network
+/// that `--finetune-image` trains (the study fine-tuned the top half of its CNN). It maps the
+/// activations from [`EfficientNetLite::activations_before`] to the 1280-d features.
+///
+/// Batch-norm stays folded into the convolutions, so fine-tuning trains the folded weights and
+/// biases with the normalisation statistics frozen, as is usual for small fine-tuning sets.
+pub struct Top {
+    first: usize,
+    blocks: Vec<MbConv>,
+    head: Pointwise,
+    fast: bool,
+}
+
+impl Top {
+    fn build(
+        blocks: &[MbConv],
+        head: &Pointwise,
+        first: usize,
+        kernels: bool,
+        f: &mut TensorMap,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            first,
+            blocks: blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b.rebuild(first + i, kernels, f))
+                .collect::<candle_core::Result<_>>()?,
+            head: head.rebuild("head", kernels, f)?,
+            fast: kernels && head.weight.device().is_cpu(),
+        })
+    }
+
+    fn rebuild(&self, kernels: bool, f: &mut TensorMap) -> candle_core::Result<Self> {
+        Self::build(&self.blocks, &self.head, self.first, kernels, f)
+    }
+
+    /// The first block this top holds.
+    pub fn first_block(&self) -> usize {
+        self.first
+    }
+
+    /// How many blocks it holds (besides the head convolution).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Pooled features `(batch, 1280)` of activations entering block `first`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.to_dtype(DType::F32)?;
+        for block in &self.blocks {
+            x = block.forward(&x, self.fast)?;
+        }
+        Ok(pool(&self.head.forward(&x, None, self.fast)?)?)
+    }
+
+    /// A copy whose weights are fresh trainable variables (returned in a fixed order), running
+    /// the device-generic operations that backpropagation can follow.
+    pub fn trainable(&self) -> Result<(Top, Vec<candle_core::Var>)> {
+        let mut vars = Vec::new();
+        let mut make = |_: String, t: &Tensor| {
+            let var = candle_core::Var::from_tensor(&t.detach())?;
+            let tensor = var.as_tensor().clone();
+            vars.push(var);
+            Ok(tensor)
+        };
+        let top = self.rebuild(false, &mut make)?;
+        Ok((top, vars))
+    }
+
+    /// A frozen copy of the current weights (of a trained copy, say), with the fast CPU kernels.
+    pub fn frozen(&self) -> Result<Top> {
+        let mut copy = |_: String, t: &Tensor| t.detach().copy();
+        Ok(self.rebuild(true, &mut copy)?)
+    }
+
+    /// The folded weights by name (`{block}.expand.weight`, …, `head.bias`), for storing.
+    pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        let mut collect = |name: String, t: &Tensor| {
+            out.push((name, t.clone()));
+            Ok(t.clone())
+        };
+        self.rebuild(false, &mut collect)?;
+        Ok(out)
+    }
+
+    /// A copy of this top with the weights in `tensors` (as written by [`Top::tensors`]); every
+    /// name must be present with its shape, so a top stored for another network is refused.
+    pub fn with_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<Top> {
+        let mut take = |name: String, current: &Tensor| {
+            let t = tensors.get(&name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("the fine-tuned image tower lacks `{name}`"))
+            })?;
+            if t.dims() != current.dims() {
+                return Err(candle_core::Error::Msg(format!(
+                    "the fine-tuned image tower's `{name}` is {:?}, this network's is {:?}",
+                    t.dims(),
+                    current.dims()
+                )));
+            }
+            t.to_dtype(DType::F32)?.to_device(current.device())
+        };
+        Ok(self.rebuild(true, &mut take)?)
     }
 }
 

@@ -25,7 +25,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::models::efficientnet_lite::{self, EfficientNetLite, FEATURE_DIM};
+use crate::models::efficientnet_lite::{self, EfficientNetLite, Top, FEATURE_DIM};
 use crate::models::imagenet_classes::IMAGENET_CLASSES;
 
 /// Largest image accepted by default, in decoded pixels: a 40-megapixel photo. Anything larger
@@ -420,8 +420,11 @@ impl ImageTower {
         &self.model
     }
 
-    /// Features and class probabilities for each image, computed `max_batch` at a time.
-    pub fn embed(&self, images: &[PreparedImage]) -> Result<ImageEmbeddings> {
+    /// The input batches for `images`, `max_batch` at a time, on the tower's device.
+    fn batches<'a>(
+        &'a self,
+        images: &'a [PreparedImage],
+    ) -> Result<impl Iterator<Item = Result<Tensor>> + 'a> {
         let size = self.preprocessor.image_size();
         if let Some((i, bad)) = images.iter().enumerate().find(|(_, im)| im.size != size) {
             return Err(Error::InvalidArgument(format!(
@@ -429,18 +432,51 @@ impl ImageTower {
                 bad.size
             )));
         }
+        Ok(images
+            .chunks(self.config.max_batch.max(1))
+            .map(move |batch| {
+                let mut data = Vec::with_capacity(batch.len() * 3 * size * size);
+                for image in batch {
+                    data.extend_from_slice(&image.pixels);
+                }
+                Ok(
+                    Tensor::from_vec(data, (batch.len(), 3, size, size), &Device::Cpu)?
+                        .to_device(&self.device)?,
+                )
+            }))
+    }
+
+    /// The frozen network's activations entering block `first` (NHWC), stacked: the input of
+    /// a fine-tuned [`Top`].
+    pub fn activations(&self, images: &[PreparedImage], first: usize) -> Result<Tensor> {
+        let parts = self
+            .batches(images)?
+            .map(|input| self.model.activations_before(&input?, first))
+            .collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Err(Error::InvalidArgument("no images given".into()));
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Features of each image with a fine-tuned top in place of this tower's own.
+    pub fn tuned_features(&self, images: &[PreparedImage], top: &Top) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(images.len());
+        for input in self.batches(images)? {
+            let x = self.model.activations_before(&input?, top.first_block())?;
+            out.extend(top.forward(&x)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Features and class probabilities for each image, computed `max_batch` at a time.
+    pub fn embed(&self, images: &[PreparedImage]) -> Result<ImageEmbeddings> {
         let mut out = ImageEmbeddings {
             features: Vec::with_capacity(images.len()),
             probabilities: Vec::with_capacity(images.len()),
         };
-        for batch in images.chunks(self.config.max_batch.max(1)) {
-            let mut data = Vec::with_capacity(batch.len() * 3 * size * size);
-            for image in batch {
-                data.extend_from_slice(&image.pixels);
-            }
-            let input = Tensor::from_vec(data, (batch.len(), 3, size, size), &Device::Cpu)?
-                .to_device(&self.device)?;
-            let (features, logits) = self.model.forward(&input)?;
+        for input in self.batches(images)? {
+            let (features, logits) = self.model.forward(&input?)?;
             let probabilities = EfficientNetLite::probabilities(&logits)?;
             out.features.extend(features.to_vec2::<f32>()?);
             out.probabilities.extend(probabilities.to_vec2::<f32>()?);

@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::finetune::FinetuneConfig;
 use crate::error::{Error, Result};
 use crate::models::fusion::FusionConfig;
 
@@ -46,6 +47,10 @@ pub struct TrainConfig {
     pub align_class_batches: bool,
     /// What the labels are (e.g. `category`); recorded in models and reports.
     pub label_field: String,
+    /// Fine-tune the top of the image tower on the labels before training the fused model
+    /// (`--finetune-image`; see `train::finetune`). `None`: frozen image features.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune_image: Option<FinetuneConfig>,
     /// The fused model's hyper-parameters. The trainer fills in `num_classes`, the feature widths
     /// (from the data), `use_image` per variant, and `text_fields` when the list is empty (then
     /// every field seen in the data, sorted by name).
@@ -68,6 +73,7 @@ impl Default for TrainConfig {
             align_lr: 1e-3,
             align_class_batches: true,
             label_field: "label".to_string(),
+            finetune_image: None,
             model: FusionConfig {
                 text_fields: Vec::new(),
                 ..FusionConfig::default()
@@ -105,6 +111,9 @@ impl TrainConfig {
         }
         if !(0.0..0.5).contains(&self.holdout) {
             return bad("holdout", "must be in [0, 0.5)");
+        }
+        if let Some(f) = &self.finetune_image {
+            f.validate()?;
         }
         Ok(())
     }

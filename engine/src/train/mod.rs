@@ -12,6 +12,7 @@
 //! - [`evaluate`]: a stored model (and its stored baselines) scored on an external labelled
 //!   set, intact and with each input removed.
 //! - [`robustness`]: the fused model with each input removed versus models trained without it.
+//! - [`finetune`]: fine-tuning the image tower's top on the catalogue's labels.
 //! - [`crossval`]: out-of-fold class probabilities for label-noise detection.
 //! - [`protocol`]: the demo evaluation protocol (unseen groups, injected noise, dropped text).
 //! - [`synthetic`]: a synthetic catalogue generator for tests and benchmarks.
@@ -30,6 +31,7 @@ mod contrastive;
 pub mod crossval;
 mod data;
 pub mod evaluate;
+pub mod finetune;
 mod metrics;
 pub mod model_file;
 mod optim;
@@ -42,11 +44,12 @@ pub mod trainer;
 pub use config::{Input, InputSet, TrainConfig};
 pub use crossval::{cross_val_probabilities, OutOfFold, OutOfFoldRow};
 pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
+pub use finetune::{finetune_top, FinetuneConfig, FinetuneReport, Finetuned, ImageActivations};
 pub use metrics::SplitMetrics;
-pub use model_file::{ModelMetrics, TrainedModel};
+pub use model_file::{ModelMetrics, TrainedModel, TunedImageTower};
 pub use protocol::{
-    demo_protocol, run_protocol, run_protocol_seeds, ProtocolConfig, ProtocolReport,
-    ProtocolSeries, TargetCheck,
+    demo_protocol, run_protocol, run_protocol_seeds, run_protocol_seeds_tuned, run_protocol_tuned,
+    ImageTuner, ProtocolConfig, ProtocolReport, ProtocolSeries, TargetCheck,
 };
 pub use robustness::{RobustnessRow, RobustnessTable};
 pub use split::Split;

@@ -17,8 +17,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde::{Deserialize, Serialize};
 
 use super::config::{InputSet, TrainConfig};
+use super::finetune::FinetuneReport;
 use super::metrics::SplitMetrics;
 use crate::error::{Error, Result};
+use crate::models::efficientnet_lite::{EfficientNetLite, Top};
 use crate::models::fusion::{FusedModel, FusionConfig, DTYPE};
 
 const FORMAT_KEY: &str = "trio.format";
@@ -26,6 +28,8 @@ const FORMAT: &str = "trio-fused-model/1";
 const HEADER_KEY: &str = "trio.header";
 /// Tensor-name prefix of baseline `i`: `baselines.<i>.`.
 const BASELINE_PREFIX: &str = "baselines.";
+/// Tensor-name prefix of a fine-tuned image tower's top.
+const IMAGE_TOWER_PREFIX: &str = "image_tower.";
 
 /// How a model did, on the split it was trained with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,50 @@ struct Header {
     /// Headers of the baselines stored beside the model, in order; absent in older files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     baselines: Vec<Header>,
+    /// Present when the image tower's top was fine-tuned for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image_tower: Option<ImageTowerHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ImageTowerHeader {
+    network: String,
+    report: FinetuneReport,
+}
+
+/// The top of the image tower fine-tuned for a model (`--finetune-image`). The model reads
+/// image features computed with it, so queries must use it too; it fits only the network it
+/// was cut from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunedImageTower {
+    /// The network's name, e.g. `efficientnet-lite0`.
+    pub network: String,
+    pub report: FinetuneReport,
+    /// The top's folded weights as safetensors (names from [`Top::tensors`]).
+    weights: Vec<u8>,
+}
+
+impl TunedImageTower {
+    pub fn new(network: &str, report: FinetuneReport, top: &Top) -> Result<Self> {
+        Ok(Self {
+            network: network.to_string(),
+            report,
+            weights: tensors_to_safetensors(top.tensors()?)?,
+        })
+    }
+
+    /// The fine-tuned top, built on `base` (the frozen tower the catalogue embeds with).
+    pub fn load(&self, base: &EfficientNetLite) -> Result<Top> {
+        if base.config().name != self.network {
+            return Err(format_error(format!(
+                "the model's image tower was fine-tuned from {}, the catalogue embeds with {}",
+                self.network,
+                base.config().name
+            )));
+        }
+        let tensors = safetensors_to_tensors(&self.weights, base.device())?;
+        base.top(self.report.first_block)?.with_tensors(&tensors)
+    }
 }
 
 /// A trained fused model (any variant: fused, image-only, text-only, fused without an input).
@@ -70,6 +118,9 @@ pub struct TrainedModel {
     /// baselines), stored with it so they can be scored on new data. Empty for the baselines
     /// themselves and for models stored before baselines were kept.
     pub baselines: Vec<TrainedModel>,
+    /// The fine-tuned image tower top whose features this model reads; `None`: the frozen
+    /// tower's features.
+    pub image_tower: Option<TunedImageTower>,
     /// The weights as a safetensors file.
     weights: Vec<u8>,
 }
@@ -106,13 +157,21 @@ pub(crate) fn varmap_to_safetensors(varmap: &VarMap) -> Result<Vec<u8>> {
     let vars = varmap.data().lock().map_err(|_| {
         Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
     })?;
+    tensors_to_safetensors(
+        vars.iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect(),
+    )
+}
+
+/// Serialises named tensors (sorted by name) as f32 safetensors.
+fn tensors_to_safetensors(named: Vec<(String, Tensor)>) -> Result<Vec<u8>> {
     let mut tensors: BTreeMap<String, F32Tensor> = BTreeMap::new();
-    for (name, var) in vars.iter() {
-        let t = var.as_tensor();
+    for (name, t) in named {
         let values: Vec<f32> = t.flatten_all()?.to_dtype(DTYPE)?.to_vec1()?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.insert(
-            name.clone(),
+            name,
             F32Tensor {
                 shape: t.dims().to_vec(),
                 bytes,
@@ -162,8 +221,15 @@ impl TrainedModel {
             metrics,
             fingerprint,
             baselines: Vec::new(),
+            image_tower: None,
             weights,
         }
+    }
+
+    /// The same model reading features of a fine-tuned image tower top.
+    pub fn with_image_tower(mut self, tower: Option<TunedImageTower>) -> Self {
+        self.image_tower = tower;
+        self
     }
 
     /// The same model carrying `baselines` (which must not carry baselines themselves).
@@ -192,6 +258,10 @@ impl TrainedModel {
             metrics: self.metrics.clone(),
             fingerprint: self.fingerprint.clone(),
             baselines: self.baselines.iter().map(TrainedModel::header).collect(),
+            image_tower: self.image_tower.as_ref().map(|t| ImageTowerHeader {
+                network: t.network.clone(),
+                report: t.report.clone(),
+            }),
         }
     }
 
@@ -223,7 +293,20 @@ impl TrainedModel {
             .map(|b| SafeTensors::deserialize(&b.weights))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| format_error(format!("baseline weights: {e}")))?;
+        let tower = self
+            .image_tower
+            .as_ref()
+            .map(|t| SafeTensors::deserialize(&t.weights))
+            .transpose()
+            .map_err(|e| format_error(format!("image tower weights: {e}")))?;
         let mut tensors: Vec<(String, TensorView<'_>)> = own.tensors();
+        if let Some(st) = &tower {
+            tensors.extend(
+                st.tensors()
+                    .into_iter()
+                    .map(|(name, view)| (format!("{IMAGE_TOWER_PREFIX}{name}"), view)),
+            );
+        }
         for (i, st) in baselines.iter().enumerate() {
             tensors.extend(
                 st.tensors()
@@ -284,9 +367,14 @@ impl TrainedModel {
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| format_error(format!("weights: {e}")))?;
         let mut own = Vec::new();
+        let mut tower = Vec::new();
         let mut parts: Vec<Vec<(String, TensorView<'_>)>> =
             vec![Vec::new(); header.baselines.len()];
         for (name, view) in st.tensors() {
+            if let Some(inner) = name.strip_prefix(IMAGE_TOWER_PREFIX) {
+                tower.push((inner.to_string(), view));
+                continue;
+            }
             let Some(rest) = name.strip_prefix(BASELINE_PREFIX) else {
                 own.push((name, view));
                 continue;
@@ -309,11 +397,29 @@ impl TrainedModel {
                 .map_err(|e| format_error(format!("cannot copy weights: {e}")))
         };
         let weights = pack(own)?;
+        let image_tower = match (&header.image_tower, tower.is_empty()) {
+            (Some(h), false) => Some(TunedImageTower {
+                network: h.network.clone(),
+                report: h.report.clone(),
+                weights: pack(tower)?,
+            }),
+            (None, true) => None,
+            (Some(_), true) => {
+                return Err(format_error(
+                    "the header names a fine-tuned image tower but its weights are missing",
+                ))
+            }
+            (None, false) => {
+                return Err(format_error(
+                    "image tower weights are present but the header does not describe them",
+                ))
+            }
+        };
         let mut baselines = Vec::with_capacity(parts.len());
         for (h, part) in header.baselines.iter().zip(parts) {
             baselines.push(Self::from_header(h.clone(), pack(part)?, Vec::new()));
         }
-        Ok(Self::from_header(header, weights, baselines))
+        Ok(Self::from_header(header, weights, baselines).with_image_tower(image_tower))
     }
 
     fn from_header(header: Header, weights: Vec<u8>, baselines: Vec<TrainedModel>) -> Self {
@@ -325,6 +431,7 @@ impl TrainedModel {
             metrics: header.metrics,
             fingerprint: header.fingerprint,
             baselines,
+            image_tower: None,
             weights,
         }
     }

@@ -77,7 +77,8 @@ impl HostAdamW {
         self.step(&grads)
     }
 
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
+    /// One step from gradients already computed (several optimisers can share one backward).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let p = self.params;
         let (b1, b2) = (p.beta1 as f32, p.beta2 as f32);

@@ -20,8 +20,10 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::config::{Input, TrainConfig};
+use super::finetune::FinetuneReport;
 use super::robustness::RobustnessTable;
 use super::split::per_class;
+use super::split::Split;
 use super::trainer::{Report, Trainer, FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
 use super::Example;
 use crate::error::{Error, Result};
@@ -65,6 +67,9 @@ pub struct ProtocolReport {
     pub dropped_text: BTreeMap<String, usize>,
     /// Test groups that also occur in training; 0 unless examples have no `group`.
     pub test_groups_in_training: usize,
+    /// How the image tower was fine-tuned on the degraded catalogue, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_tuning: Option<FinetuneReport>,
 }
 
 /// One of the fused model's targets on the demo protocol, checked against the measurements.
@@ -182,8 +187,13 @@ impl ProtocolReport {
     }
 
     pub fn to_markdown(&self) -> String {
+        let tuning = self
+            .image_tuning
+            .as_ref()
+            .map(|t| format!("{}\n", t.summary()))
+            .unwrap_or_default();
         format!(
-            "{}\n{} catalogue labels flipped; text dropped: {:?}; test groups seen in training: {}\n\n{}",
+            "{tuning}{}\n{} catalogue labels flipped; text dropped: {:?}; test groups seen in training: {}\n\n{}",
             self.report.to_markdown(),
             self.noisy_labels,
             self.dropped_text,
@@ -214,12 +224,31 @@ pub fn demo_protocol(examples: &[Example], seed: u64) -> Result<ProtocolReport> 
     run_protocol(examples, &cfg, &Device::Cpu, &NoProgress)
 }
 
+/// Replaces the image features of the degraded examples in place, learning only from the
+/// split's training and validation rows (which carry the protocol's noisy labels): how
+/// `--finetune-image` joins the protocol. The caller owns the images; the protocol only
+/// decides what may be learnt from.
+pub type ImageTuner<'a> =
+    dyn Fn(&mut [Example], &Split, u64, &dyn Progress) -> Result<FinetuneReport> + Sync + 'a;
+
 /// Runs the protocol described in the module documentation.
 pub fn run_protocol(
     examples: &[Example],
     cfg: &ProtocolConfig,
     device: &Device,
     progress: &dyn Progress,
+) -> Result<ProtocolReport> {
+    run_protocol_tuned(examples, cfg, device, progress, None)
+}
+
+/// [`run_protocol`], with the image features first replaced by `tuner`'s on the degraded
+/// catalogue (when given).
+pub fn run_protocol_tuned(
+    examples: &[Example],
+    cfg: &ProtocolConfig,
+    device: &Device,
+    progress: &dyn Progress,
+    tuner: Option<&ImageTuner>,
 ) -> Result<ProtocolReport> {
     for (field, rate) in &cfg.drop_text {
         if !(0.0..=1.0).contains(rate) {
@@ -288,6 +317,9 @@ pub fn run_protocol(
         .collect();
     let test_groups_in_training = test_groups.intersection(&train_groups).count();
 
+    let image_tuning = tuner
+        .map(|tune| tune(&mut degraded, &split, seed, progress))
+        .transpose()?;
     let trainer = Trainer::new(cfg.train.clone(), device.clone())?;
     let study = trainer.run_study_on(&degraded, split, progress)?;
     let robustness = trainer.robustness(&degraded, &study, progress)?;
@@ -298,6 +330,7 @@ pub fn run_protocol(
         noisy_labels,
         dropped_text,
         test_groups_in_training,
+        image_tuning,
     })
 }
 
@@ -430,6 +463,18 @@ pub fn run_protocol_seeds(
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<ProtocolSeries> {
+    run_protocol_seeds_tuned(examples, cfg, seeds, device, progress, None)
+}
+
+/// [`run_protocol_seeds`] with an image tuner, as in [`run_protocol_tuned`].
+pub fn run_protocol_seeds_tuned(
+    examples: &[Example],
+    cfg: &ProtocolConfig,
+    seeds: &[u64],
+    device: &Device,
+    progress: &dyn Progress,
+    tuner: Option<&ImageTuner>,
+) -> Result<ProtocolSeries> {
     if seeds.is_empty() {
         return Err(Error::InvalidTrainConfig {
             field: "seeds",
@@ -440,7 +485,9 @@ pub fn run_protocol_seeds(
     for &seed in seeds {
         let mut run_cfg = cfg.clone();
         run_cfg.train.seed = seed;
-        runs.push(run_protocol(examples, &run_cfg, device, progress)?);
+        runs.push(run_protocol_tuned(
+            examples, &run_cfg, device, progress, tuner,
+        )?);
     }
     Ok(ProtocolSeries::new(seeds.to_vec(), runs))
 }

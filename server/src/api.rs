@@ -326,6 +326,10 @@ pub struct TrainRequest {
     pub validation_fraction: Option<f32>,
     /// Make the new model the active one when training succeeds.
     pub activate: Option<bool>,
+    /// Fine-tune the top of the image tower on the labels first (meant for a GPU).
+    pub finetune_image: Option<bool>,
+    /// With `finetune_image`: image-tower blocks to fine-tune, from the top (default: half).
+    pub finetune_blocks: Option<usize>,
 }
 
 /// Answer to `POST /v1/train`: poll `GET /v1/jobs/{job_id}`.

@@ -520,6 +520,12 @@ impl Backend for EngineBackend {
         if let Some(v) = request.validation_fraction {
             opts.config.holdout = 2.0 * v as f64;
         }
+        if request.finetune_image == Some(true) {
+            opts.config.finetune_image = Some(trio_engine::train::FinetuneConfig {
+                blocks: request.finetune_blocks,
+                ..Default::default()
+            });
+        }
         opts.keep_active = request.activate == Some(false);
         let activates = !opts.keep_active;
         let progress = JobProgress::new(id.clone(), self.jobs.clone());

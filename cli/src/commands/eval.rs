@@ -85,6 +85,11 @@ impl EvalArgs {
 pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let catalog = Catalog::open(&args.db.db, args.towers.settings(global)?, global.device()?)?;
     let bars = Bars::new(!global.show_progress());
+    if args.manifest.is_some() && args.finetune.requested() {
+        anyhow::bail!(
+            "--finetune-image trains; it applies to --protocol (a manifest is scored with the active model, fine-tuned or not)"
+        );
+    }
     match (&args.manifest, args.protocol) {
         (Some(path), _) => eval_manifest(&catalog, path, &args, &bars, global.json),
         (None, Some(Protocol::Demo)) => eval_protocol(&catalog, &args, &bars, global.json),

@@ -107,6 +107,11 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
+    /// Whether `--finetune-image` was given.
+    pub fn requested(&self) -> bool {
+        self.finetune_image
+    }
+
     /// Turns fine-tuning on in `config` (keeping settings from `--config`) when asked.
     pub fn apply(&self, config: &mut TrainConfig) {
         if !self.finetune_image {

@@ -43,6 +43,12 @@ pub(crate) async fn train(
             ));
         }
     }
+    if request.finetune_blocks.is_some() && request.finetune_image != Some(true) {
+        return Err(ApiError::invalid_argument(
+            "finetune_blocks",
+            "applies only with finetune_image: true",
+        ));
+    }
     let job_id = state
         .blocking("starting training", move |backend| {
             backend.start_train(request)

@@ -379,3 +379,57 @@ fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
 /// (chance is about 3 / 149 per image, ~0.07 for a group of three).
 const ALIGNED_R10_FLOOR: f64 = 0.40;
 const ALIGNMENT_GAIN_FLOOR: f64 = 0.25;
+
+/// The fused model tries each image projection width (`image_proj_candidates` beside
+/// `model.image_proj_dim`) on the same split and keeps the best on validation; the others are
+/// recorded in its metrics. The kept model is the one a run configured with that width alone
+/// trains, so the search changes which width, never how a width trains. Run with each width
+/// configured first, so that the kept one is once the first candidate (whose joint heads were
+/// aligned) and once a later one (which takes them over).
+#[test]
+fn the_image_width_is_chosen_on_validation() -> anyhow::Result<()> {
+    use trio_engine::models::fusion::FusionConfig;
+
+    let examples = catalogue(&spec());
+    let device = DeviceChoice::Cpu.resolve()?;
+    let study = |cfg: TrainConfig| -> anyhow::Result<Study> {
+        Ok(Trainer::new(cfg, device.clone())?.run_study(&examples, &NoProgress)?)
+    };
+    let with_width = |first: usize, others: Vec<usize>| TrainConfig {
+        image_proj_candidates: others,
+        model: FusionConfig {
+            image_proj_dim: first,
+            ..config().model
+        },
+        ..config()
+    };
+    let mut kept = Vec::new();
+    for (first, other) in [(128, 32), (32, 128)] {
+        let searched = study(with_width(first, vec![other, first]))?;
+        let trials = &searched.fused.metrics.width_trials;
+        let widths: Vec<usize> = trials.iter().map(|t| t.image_proj_dim).collect();
+        // The configured width first; a repeated one is tried once.
+        assert_eq!(widths, [first, other]);
+        let best = trials.iter().fold(
+            &trials[0],
+            |b, t| if t.val_top1 > b.val_top1 { t } else { b },
+        );
+        eprintln!("{trials:?}");
+        assert_eq!(searched.fused.config.image_proj_dim, best.image_proj_dim);
+        assert_eq!(searched.fused.metrics.val.top1, best.val_top1);
+
+        let alone = study(with_width(best.image_proj_dim, Vec::new()))?;
+        assert!(alone.fused.metrics.width_trials.is_empty());
+        assert_eq!(alone.fused.metrics.val, searched.fused.metrics.val);
+        assert_eq!(alone.fused.metrics.test, searched.fused.metrics.test);
+        // Single-modality models have no width to choose between.
+        for m in searched.image_only.iter().chain(&searched.text_only) {
+            assert!(m.metrics.width_trials.is_empty(), "{}", m.variant);
+        }
+        kept.push(best.image_proj_dim);
+    }
+    // The same two widths on the same split: the same one wins whichever is listed first
+    // (unless they tie exactly, when the configured one stays).
+    assert_eq!(kept[0], kept[1]);
+    Ok(())
+}

@@ -47,6 +47,11 @@ pub struct TrainConfig {
     pub align_class_batches: bool,
     /// What the labels are (e.g. `category`); recorded in models and reports.
     pub label_field: String,
+    /// Image projection widths tried beside `model.image_proj_dim` for models that read the
+    /// image and text; each trains on the same split and the best validation top-1 is kept
+    /// (ties: `model.image_proj_dim`). A narrow image branch suits catalogues whose images
+    /// generalise poorly next to their text, a wide one the others; empty: no search.
+    pub image_proj_candidates: Vec<usize>,
     /// Fine-tune the top of the image tower on the labels before training the fused model
     /// (`--finetune-image`; see `train::finetune`). `None`: frozen image features.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +78,7 @@ impl Default for TrainConfig {
             align_lr: 1e-3,
             align_class_batches: true,
             label_field: "label".to_string(),
+            image_proj_candidates: vec![32],
             finetune_image: None,
             model: FusionConfig {
                 text_fields: Vec::new(),
@@ -111,6 +117,9 @@ impl TrainConfig {
         }
         if !(0.0..0.5).contains(&self.holdout) {
             return bad("holdout", "must be in [0, 0.5)");
+        }
+        if self.image_proj_candidates.contains(&0) {
+            return bad("image_proj_candidates", "widths must be at least 1");
         }
         if let Some(f) = &self.finetune_image {
             f.validate()?;

@@ -45,6 +45,12 @@ pub fn cross_val_probabilities(
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<OutOfFold> {
+    // One image width per fold (`image_proj_candidates` left out): a fold's head only scores
+    // its held-out items, and a second width would double the run.
+    let cfg = &TrainConfig {
+        image_proj_candidates: Vec::new(),
+        ..cfg.clone()
+    };
     let trainer = Trainer::new(cfg.clone(), device.clone())?;
     let table = trainer.table(examples)?;
     let folds = group_folds(examples, k_folds, cfg.seed)?;

@@ -46,7 +46,7 @@ pub use crossval::{cross_val_probabilities, OutOfFold, OutOfFoldRow};
 pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
 pub use finetune::{finetune_top, FinetuneConfig, FinetuneReport, Finetuned, ImageActivations};
 pub use metrics::SplitMetrics;
-pub use model_file::{ModelMetrics, TrainedModel, TunedImageTower};
+pub use model_file::{ModelMetrics, TrainedModel, TunedImageTower, WidthTrial};
 pub use protocol::{
     demo_protocol, run_protocol, run_protocol_seeds, run_protocol_seeds_tuned, run_protocol_tuned,
     ImageTuner, ProtocolConfig, ProtocolReport, ProtocolSeries, TargetCheck,

@@ -42,6 +42,17 @@ pub struct ModelMetrics {
     pub best_epoch: usize,
     /// Wall-clock training time.
     pub seconds: f64,
+    /// The image projection widths tried and their validation top-1, when more than one was
+    /// (the model keeps the best).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub width_trials: Vec<WidthTrial>,
+}
+
+/// One image projection width tried for a model, and how it validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WidthTrial {
+    pub image_proj_dim: usize,
+    pub val_top1: f64,
 }
 
 /// Everything but the weights; serialised as JSON into the safetensors metadata.

@@ -26,7 +26,7 @@ use super::baseline::LogisticRegression;
 use super::config::{Input, InputSet, TrainConfig};
 use super::data::FeatureTable;
 use super::metrics::SplitMetrics;
-use super::model_file::{varmap_to_safetensors, ModelMetrics, TrainedModel};
+use super::model_file::{varmap_to_safetensors, ModelMetrics, TrainedModel, WidthTrial};
 use super::optim::{AdamWParams, HostAdamW};
 use super::split::{self, Split};
 use super::{fingerprint, Example};
@@ -118,6 +118,8 @@ struct FitOutcome {
     best_epoch: usize,
     val: SplitMetrics,
     seconds: f64,
+    /// The image projection widths tried, when more than one was.
+    width_trials: Vec<WidthTrial>,
 }
 
 /// A fused-family model being trained: its configuration, seeded weights and training rows.
@@ -149,6 +151,9 @@ enum Done {
     Aligned(f64),
     /// The fused model's classifier, then its joint heads aligned in this many seconds.
     FitThenAligned(FitOutcome, f64),
+    /// The classifier of candidate `i` (another image projection width, see
+    /// [`Trainer::prepare_candidates`]).
+    Candidate(usize, FitOutcome),
     /// An image-only or text-only model.
     Model(Box<TrainedModel>),
     /// The logistic-regression baseline.
@@ -160,6 +165,8 @@ enum Done {
 struct FusedParts {
     fit: Option<FitOutcome>,
     align_seconds: f64,
+    /// Classifiers of the other candidates, by candidate index.
+    candidates: Vec<(usize, FitOutcome)>,
 }
 
 impl FusedParts {
@@ -172,17 +179,28 @@ impl FusedParts {
                 self.fit = Some(fit);
                 self.align_seconds = seconds;
             }
+            Done::Candidate(i, fit) => self.candidates.push((i, fit)),
             other => return Some(other),
         }
         None
     }
 
-    /// The classifier's outcome and the alignment's seconds.
-    fn finish(self) -> Result<(FitOutcome, f64)> {
+    /// Every candidate's classifier outcome in candidate order (the first is the one its
+    /// jobs also aligned), and the alignment's seconds.
+    fn finish(mut self, candidates: usize) -> Result<(Vec<FitOutcome>, f64)> {
         let fit = self.fit.ok_or_else(|| {
             Error::InvalidArgument("the fused model's classifier job returned nothing".into())
         })?;
-        Ok((fit, self.align_seconds))
+        self.candidates.sort_by_key(|(i, _)| *i);
+        let mut fits = vec![fit];
+        fits.extend(self.candidates.into_iter().map(|(_, f)| f));
+        if fits.len() != candidates {
+            return Err(Error::InvalidArgument(format!(
+                "{} of {candidates} candidate classifiers returned",
+                fits.len()
+            )));
+        }
+        Ok((fits, self.align_seconds))
     }
 }
 
@@ -329,7 +347,7 @@ impl Trainer {
         let split = self.usable(&table, split, progress)?;
         let print = fingerprint(examples);
         let all = Self::full_inputs(&table);
-        let fused_run = self.prepare_fused(&table, &split, FUSED, &all)?;
+        let fused_runs = self.prepare_candidates(&table, &split, FUSED, &all)?;
         let two_modalities = all.image && !all.text_fields.is_empty();
         let image_only_inputs = all.without(&Input::AllText);
         let text_only_inputs = all.without(&Input::Image);
@@ -337,7 +355,7 @@ impl Trainer {
         // threads as rayon may use, longest first (measured on the full demo: the fused
         // model's alignment, its classifier, text-only, image-only, logistic regression).
         let (t, sp, pr) = (&table, &split, &print);
-        let mut jobs = self.fused_jobs(&fused_run, t, sp, progress);
+        let mut jobs = self.candidate_jobs(&fused_runs, t, sp, progress);
         if two_modalities {
             for (variant, inputs) in [
                 (TEXT_ONLY, &text_only_inputs),
@@ -363,9 +381,10 @@ impl Trainer {
             }
         }
         let missing = |what: &str| Error::InvalidArgument(format!("the study lost its {what}"));
-        let (fused_fit, align_seconds) = parts.finish()?;
-        let fused =
-            self.finish_fused(fused_run, &table, &split, fused_fit, align_seconds, &print)?;
+        let (fits, align_seconds) = parts.finish(fused_runs.len())?;
+        let (run, fit, align_seconds) =
+            self.choose(fused_runs, fits, align_seconds, &table, &split, progress)?;
+        let fused = self.finish_fused(run, &table, &split, fit, align_seconds, &print)?;
         let mut rows = vec![logistic.ok_or_else(|| missing("logistic regression"))?];
         rows.extend(image_only.iter().chain(&text_only).map(row_of));
         rows.push(row_of(&fused));
@@ -483,13 +502,123 @@ impl Trainer {
         print: &str,
         progress: &dyn Progress,
     ) -> Result<TrainedModel> {
-        let run = self.prepare_fused(table, split, variant, inputs)?;
+        let runs = self.prepare_candidates(table, split, variant, inputs)?;
         let mut parts = FusedParts::default();
-        for done in run_jobs(self.fused_jobs(&run, table, split, progress))? {
+        for done in run_jobs(self.candidate_jobs(&runs, table, split, progress))? {
             parts.take(done);
         }
-        let (fit, align_seconds) = parts.finish()?;
+        let (fits, align_seconds) = parts.finish(runs.len())?;
+        let (run, fit, align_seconds) =
+            self.choose(runs, fits, align_seconds, table, split, progress)?;
         self.finish_fused(run, table, split, fit, align_seconds, print)
+    }
+
+    /// The image projection widths to try for a model reading `inputs`: the configured one
+    /// first, then [`TrainConfig::image_proj_candidates`] when the model reads the image and
+    /// text. How wide the image branch should be depends on how far a catalogue's images
+    /// generalise next to its text, which only its validation split can tell.
+    fn image_widths(&self, inputs: &InputSet) -> Vec<usize> {
+        let mut widths = vec![self.cfg.model.image_proj_dim];
+        if inputs.image && !inputs.text_fields.is_empty() {
+            for &w in &self.cfg.image_proj_candidates {
+                if !widths.contains(&w) {
+                    widths.push(w);
+                }
+            }
+        }
+        widths
+    }
+
+    /// One seeded run per image projection width (see [`Trainer::image_widths`]).
+    fn prepare_candidates(
+        &self,
+        table: &FeatureTable,
+        split: &Split,
+        variant: &str,
+        inputs: &InputSet,
+    ) -> Result<Vec<FusedRun>> {
+        self.image_widths(inputs)
+            .into_iter()
+            .map(|w| self.prepare_fused(table, split, variant, inputs, w))
+            .collect()
+    }
+
+    /// The first candidate's jobs (classifier and alignment), then one classifier job per
+    /// other candidate.
+    fn candidate_jobs<'a>(
+        &'a self,
+        runs: &'a [FusedRun],
+        table: &'a FeatureTable,
+        split: &'a Split,
+        progress: &'a dyn Progress,
+    ) -> Vec<Job<'a>> {
+        let Some(first) = runs.first() else {
+            return Vec::new();
+        };
+        let mut jobs = self.fused_jobs(first, table, split, progress);
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            jobs.push(Box::new(move || {
+                Ok(Done::Candidate(
+                    i,
+                    self.classify(run, table, split, progress)?,
+                ))
+            }));
+        }
+        jobs
+    }
+
+    /// Keeps the candidate with the best validation top-1 (ties: the earlier, so the
+    /// configured width) and records every candidate's score in its metrics. The first
+    /// candidate's joint heads were aligned; a later winner gets them (copied when they read
+    /// frozen features and so fit any width, else aligned anew).
+    fn choose(
+        &self,
+        runs: Vec<FusedRun>,
+        fits: Vec<FitOutcome>,
+        mut align_seconds: f64,
+        table: &FeatureTable,
+        split: &Split,
+        progress: &dyn Progress,
+    ) -> Result<(FusedRun, FitOutcome, f64)> {
+        let trials: Vec<WidthTrial> = runs
+            .iter()
+            .zip(&fits)
+            .map(|(r, f)| WidthTrial {
+                image_proj_dim: r.cfg.image_proj_dim,
+                val_top1: f.val.top1,
+            })
+            .collect();
+        let mut best = 0;
+        for (i, f) in fits.iter().enumerate() {
+            if f.val.top1 > fits[best].val.top1 {
+                best = i;
+            }
+        }
+        let mut runs = runs.into_iter();
+        let first = runs
+            .next()
+            .ok_or_else(|| Error::InvalidArgument("no candidate model to choose from".into()))?;
+        let winner = if best == 0 {
+            first
+        } else {
+            let winner = runs
+                .nth(best - 1)
+                .ok_or_else(|| Error::InvalidArgument(format!("candidate {best} is missing")))?;
+            if self.aligns_apart(&first) {
+                copy_joint_vars(&first, &winner)?;
+            } else {
+                align_seconds += self.align(&winner, table, split, progress)?;
+            }
+            winner
+        };
+        let mut fit = fits
+            .into_iter()
+            .nth(best)
+            .ok_or_else(|| Error::InvalidArgument(format!("candidate {best} has no classifier")))?;
+        if trials.len() > 1 {
+            fit.width_trials = trials;
+        }
+        Ok((winner, fit, align_seconds))
     }
 
     /// The jobs that train `run`: its classifier and its alignment as two jobs when they can
@@ -523,6 +652,7 @@ impl Trainer {
         split: &Split,
         variant: &str,
         inputs: &InputSet,
+        image_proj_dim: usize,
     ) -> Result<FusedRun> {
         if inputs.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -530,7 +660,10 @@ impl Trainer {
             )));
         }
         let started = Instant::now();
-        let cfg = self.model_config(table, inputs);
+        let cfg = FusionConfig {
+            image_proj_dim,
+            ..self.model_config(table, inputs)
+        };
         let varmap = VarMap::new();
         let model = FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &self.device), &cfg)?;
         reinit_seeded(&varmap, self.cfg.seed)?;
@@ -673,6 +806,7 @@ impl Trainer {
                 + fit.seconds
                 + align_seconds
                 + started.elapsed().as_secs_f64(),
+            width_trials: fit.width_trials,
         };
         Ok(TrainedModel::new(
             run.variant,
@@ -826,6 +960,7 @@ impl Trainer {
             best_epoch,
             val,
             seconds: started.elapsed().as_secs_f64(),
+            width_trials: Vec::new(),
         })
     }
 }
@@ -899,6 +1034,24 @@ fn sorted_vars(varmap: &VarMap, keep: impl Fn(&str) -> bool) -> Result<Vec<Var>>
     let mut named: Vec<(&String, &Var)> = data.iter().filter(|(k, _)| keep(k)).collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
+}
+
+/// Gives `to` the joint-head weights of `from` (same variant, heads on frozen features, so
+/// the same shapes whatever the image projection's width).
+fn copy_joint_vars(from: &FusedRun, to: &FusedRun) -> Result<()> {
+    let poisoned =
+        || Error::InvalidArgument("the model's variable map was poisoned by a panic".into());
+    let source = from.varmap.data().lock().map_err(|_| poisoned())?;
+    let target = to.varmap.data().lock().map_err(|_| poisoned())?;
+    for (name, var) in source.iter().filter(|(n, _)| from.cfg.is_joint_var(n)) {
+        let dest = target.get(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "joint head `{name}` is missing from the chosen model"
+            ))
+        })?;
+        dest.set(var.as_tensor())?;
+    }
+    Ok(())
 }
 
 /// Overwrites every variable with values from a generator seeded by `seed`: weights and biases

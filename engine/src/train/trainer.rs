@@ -54,6 +54,9 @@ pub struct ReportRow {
     pub epochs_run: usize,
     pub best_epoch: usize,
     pub seconds: f64,
+    /// The image projection widths tried, when more than one was (the best validation kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub width_trials: Vec<WidthTrial>,
 }
 
 /// The study's table: every variant scored on the same validation and test items. An item
@@ -95,6 +98,18 @@ impl Report {
                 100.0 * r.val.top5,
                 r.epochs_run,
                 r.seconds
+            ));
+        }
+        for r in self.rows.iter().filter(|r| !r.width_trials.is_empty()) {
+            let tried: Vec<String> = r
+                .width_trials
+                .iter()
+                .map(|t| format!("{} → val {:.1}", t.image_proj_dim, 100.0 * t.val_top1))
+                .collect();
+            s.push_str(&format!(
+                "\n{}: image projection width chosen on validation among {}\n",
+                r.variant,
+                tried.join(", ")
             ));
         }
         s
@@ -873,6 +888,7 @@ impl Trainer {
             epochs_run: fit.epochs_run,
             best_epoch: fit.best_epoch,
             seconds: started.elapsed().as_secs_f64(),
+            width_trials: Vec::new(),
         })
     }
 
@@ -974,6 +990,7 @@ fn row_of(m: &TrainedModel) -> ReportRow {
         epochs_run: m.metrics.epochs_run,
         best_epoch: m.metrics.best_epoch,
         seconds: m.metrics.seconds,
+        width_trials: m.metrics.width_trials.clone(),
     }
 }
 

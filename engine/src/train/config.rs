@@ -91,41 +91,60 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Rejects settings that cannot train.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: &str| {
-            Err(Error::InvalidTrainConfig {
-                field,
-                reason: reason.to_string(),
-            })
-        };
-        if self.epochs == 0 {
-            return bad("epochs", "must be at least 1");
-        }
-        if self.batch_size < 2 {
-            return bad("batch_size", "must be at least 2");
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr", "must be a positive number");
-        }
+        check_loop(
+            ["epochs", "batch_size", "lr"],
+            self.epochs,
+            self.batch_size,
+            self.lr,
+        )?;
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad("weight_decay", "must be a non-negative number");
+            return invalid("weight_decay", "must be a non-negative number");
         }
         if self.align_batch_size < 2 {
-            return bad("align_batch_size", "must be at least 2");
+            return invalid("align_batch_size", "must be at least 2");
         }
         if !(self.align_lr > 0.0 && self.align_lr.is_finite()) {
-            return bad("align_lr", "must be a positive number");
+            return invalid("align_lr", "must be a positive number");
         }
         if !(0.0..0.5).contains(&self.holdout) {
-            return bad("holdout", "must be in [0, 0.5)");
+            return invalid("holdout", "must be in [0, 0.5)");
         }
         if self.image_proj_candidates.contains(&0) {
-            return bad("image_proj_candidates", "widths must be at least 1");
+            return invalid("image_proj_candidates", "widths must be at least 1");
         }
         if let Some(f) = &self.finetune_image {
             f.validate()?;
         }
         Ok(())
     }
+}
+
+/// The error for a setting that cannot train.
+pub(super) fn invalid(field: &'static str, reason: &str) -> Result<()> {
+    Err(Error::InvalidTrainConfig {
+        field,
+        reason: reason.to_string(),
+    })
+}
+
+/// A training loop's basics, named by `fields` (epochs, batch size, learning rate): at least
+/// one epoch, batches of at least two, a positive learning rate.
+pub(super) fn check_loop(
+    fields: [&'static str; 3],
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+) -> Result<()> {
+    if epochs == 0 {
+        return invalid(fields[0], "must be at least 1");
+    }
+    if batch < 2 {
+        return invalid(fields[1], "must be at least 2");
+    }
+    if !(lr > 0.0 && lr.is_finite()) {
+        return invalid(fields[2], "must be a positive number");
+    }
+    Ok(())
 }
 
 /// One input of the model, as removed in robustness evaluations.

@@ -25,6 +25,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::config::{check_loop, invalid};
 use super::optim::{AdamWParams, HostAdamW};
 use crate::error::{Error, Result};
 use crate::models::efficientnet_lite::{Top, FEATURE_DIM};
@@ -73,28 +74,21 @@ impl Default for FinetuneConfig {
 impl FinetuneConfig {
     /// Rejects settings that cannot train.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &'static str, reason: &str| {
-            Err(Error::InvalidTrainConfig {
-                field,
-                reason: reason.to_string(),
-            })
-        };
-        if self.epochs == 0 {
-            return bad("finetune_image.epochs", "must be at least 1");
-        }
-        if self.batch_size < 2 {
-            return bad("finetune_image.batch_size", "must be at least 2");
-        }
-        for (field, lr) in [
-            ("finetune_image.lr", self.lr),
-            ("finetune_image.head_lr", self.head_lr),
-        ] {
-            if !(lr > 0.0 && lr.is_finite()) {
-                return bad(field, "must be a positive number");
-            }
+        check_loop(
+            [
+                "finetune_image.epochs",
+                "finetune_image.batch_size",
+                "finetune_image.lr",
+            ],
+            self.epochs,
+            self.batch_size,
+            self.lr,
+        )?;
+        if !(self.head_lr > 0.0 && self.head_lr.is_finite()) {
+            return invalid("finetune_image.head_lr", "must be a positive number");
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("finetune_image.dropout", "must be in [0, 1)");
+            return invalid("finetune_image.dropout", "must be in [0, 1)");
         }
         Ok(())
     }

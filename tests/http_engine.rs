@@ -290,7 +290,8 @@ async fn concurrent_deletes_of_one_id_succeed_exactly_once() {
 }
 
 /// `POST /v1/train` with `"activate": false` stores a new model and leaves the one in use
-/// active (a candidate to compare before switching); the job says so.
+/// active (a candidate to compare before switching); the job says so. The run also fine-tunes
+/// the image tower's top block (`finetune_image`), which the stored model then carries.
 #[actix_web::test]
 async fn training_without_activating_keeps_the_model_in_use() {
     let catalogue = catalogue();
@@ -300,7 +301,7 @@ async fn training_without_activating_keeps_the_model_in_use() {
     let app = app!(catalogue.backend(), keyed());
     let request = post_json(
         "/v1/train",
-        json!({"epochs": 3, "seed": 1, "activate": false}),
+        json!({"epochs": 3, "seed": 1, "activate": false, "finetune_image": true, "finetune_blocks": 1}),
     );
     let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
     assert_eq!(status, 202, "{body}");
@@ -324,6 +325,18 @@ async fn training_without_activating_keeps_the_model_in_use() {
         "{last}"
     );
     assert_eq!(store.active_version().unwrap(), active_before);
-    assert_eq!(store.list_models().unwrap().len(), stored_before + 1);
+    let models = store.list_models().unwrap();
+    assert_eq!(models.len(), stored_before + 1);
+    let newest = models.iter().map(|m| m.version).max().unwrap();
+    let stored = store.get_model(newest).unwrap().unwrap();
+    let trained = trio_engine::train::TrainedModel::from_bytes(&stored.safetensors).unwrap();
+    let tower = trained.image_tower.expect("a fine-tuned image tower");
+    assert_eq!(tower.report.blocks, 1);
+
+    // `finetune_blocks` means nothing without `finetune_image`.
+    let request = post_json("/v1/train", json!({"finetune_blocks": 2}));
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("finetune_blocks"), "{body}");
     assert_healthy!(app);
 }

@@ -448,3 +448,104 @@ pub fn finetune_top(
         top,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::efficientnet_lite::{Config, EfficientNetLite};
+    use crate::progress::NoProgress;
+    use candle_nn::VarBuilder;
+
+    /// Random activations entering the last block of Lite0 (7x7x192), two classes.
+    fn setup(n: usize) -> (Top, ImageActivations, Vec<Option<u32>>) {
+        let device = Device::Cpu;
+        let net = EfficientNetLite::load(VarBuilder::zeros(DType::F32, &device), &Config::lite0())
+            .unwrap();
+        let top = net.top(15).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let values: Vec<f32> = (0..n * 7 * 7 * 192)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        let data = Tensor::from_vec(values, (n, 7, 7, 192), &device).unwrap();
+        let acts = ImageActivations::new((0..n).map(Some).collect(), data).unwrap();
+        let labels = (0..n).map(|i| Some((i % 2) as u32)).collect();
+        (top, acts, labels)
+    }
+
+    /// When no fine-tuning epoch validates better than the probe on the untouched top, the
+    /// untouched top comes back: fine-tuning never hands over worse features.
+    #[test]
+    fn an_epoch_that_does_not_validate_better_is_not_kept() {
+        let (top, acts, labels) = setup(24);
+        let (train, val): (Vec<usize>, Vec<usize>) = (0..24).partition(|i| i % 3 != 0);
+        let cfg = FinetuneConfig {
+            blocks: Some(1),
+            epochs: 2,
+            patience: 0,
+            batch_size: 8,
+            // Steps too small to move any weight: every epoch validates exactly as epoch 0.
+            lr: 1e-30,
+            head_lr: 1e-30,
+            probe_epochs: 1,
+            ..FinetuneConfig::default()
+        };
+        let out =
+            finetune_top(&top, &acts, &labels, 2, &train, &val, &cfg, 1, &NoProgress).unwrap();
+        assert_eq!(out.report.val_top1.len(), 3);
+        assert_eq!(out.report.best_epoch, 0, "{:?}", out.report);
+        assert_eq!(out.report.train_loss.len(), 2);
+        assert_eq!(
+            acts.features(&out.top).unwrap(),
+            acts.features(&top).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_settings_and_empty_splits_are_refused() {
+        let (top, acts, labels) = setup(6);
+        let train: Vec<usize> = (0..6).collect();
+        for bad in [
+            FinetuneConfig {
+                epochs: 0,
+                ..FinetuneConfig::default()
+            },
+            FinetuneConfig {
+                batch_size: 1,
+                ..FinetuneConfig::default()
+            },
+            FinetuneConfig {
+                head_lr: 0.0,
+                ..FinetuneConfig::default()
+            },
+            FinetuneConfig {
+                dropout: 1.0,
+                ..FinetuneConfig::default()
+            },
+        ] {
+            assert!(
+                finetune_top(&top, &acts, &labels, 2, &train, &[], &bad, 0, &NoProgress).is_err()
+            );
+        }
+        let cfg = FinetuneConfig::default();
+        let unlabelled = vec![None; 6];
+        assert!(finetune_top(
+            &top,
+            &acts,
+            &unlabelled,
+            2,
+            &train,
+            &[],
+            &cfg,
+            0,
+            &NoProgress
+        )
+        .is_err());
+        assert_eq!(cfg.first_block(16).unwrap(), 8);
+        assert!(FinetuneConfig {
+            blocks: Some(17),
+            ..cfg
+        }
+        .first_block(16)
+        .is_err());
+    }
+}

@@ -680,6 +680,166 @@ mod avx512 {
     }
 }
 
+/// A depthwise "SAME" convolution without bias or activation, with its gradient: what a copy of
+/// the image tower being fine-tuned runs on the CPU. Built from tensor operations instead, each
+/// of the `k * k` taps is a pass over the activations forward and several back (candle's
+/// gradient of a slice is a zero-filled copy), which dominated fine-tuning.
+pub(crate) struct DepthwiseGrad {
+    pub(crate) stride: usize,
+}
+
+/// Shapes of one depthwise convolution: input `(b, h, w, c)`, kernel `k`, stride `s`.
+#[derive(Clone, Copy)]
+struct DwShape {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    oh: usize,
+    ow: usize,
+    top: usize,
+    left: usize,
+}
+
+impl DwShape {
+    fn new(x: &[usize], weight: &[usize], s: usize) -> Result<Self> {
+        let (&[b, h, w, c], &[k, k2, wc]) = (x, weight) else {
+            bail!("depthwise: input {x:?} and weight {weight:?} are not (b, h, w, c) and (k, k, c)")
+        };
+        if k != k2 || wc != c {
+            bail!("depthwise: weight {weight:?} does not fit input {x:?}")
+        }
+        let (oh, top, _) = same_padding(h, k, s);
+        let (ow, left, _) = same_padding(w, k, s);
+        Ok(Self {
+            b,
+            h,
+            w,
+            c,
+            k,
+            s,
+            oh,
+            ow,
+            top,
+            left,
+        })
+    }
+
+    /// Input row and column under output pixel `(oy, ox)` and tap `(ky, kx)`, if inside.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.s + ky).checked_sub(self.top)?;
+        let ix = (ox * self.s + kx).checked_sub(self.left)?;
+        (iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+}
+
+fn dw_forward(x: &[f32], weight: &[f32], d: DwShape) -> Vec<f32> {
+    let c = d.c;
+    let mut out = vec![0f32; d.b * d.oh * d.ow * c];
+    out.par_chunks_mut(d.ow * c)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (image, oy) = (r / d.oh, r % d.oh);
+            let x = &x[image * d.h * d.w * c..(image + 1) * d.h * d.w * c];
+            for ox in 0..d.ow {
+                let dst = &mut row[ox * c..(ox + 1) * c];
+                for ky in 0..d.k {
+                    for kx in 0..d.k {
+                        let Some((iy, ix)) = d.source(oy, ox, ky, kx) else {
+                            continue;
+                        };
+                        let src = &x[(iy * d.w + ix) * c..(iy * d.w + ix + 1) * c];
+                        let tap = &weight[(ky * d.k + kx) * c..(ky * d.k + kx + 1) * c];
+                        for ((o, v), t) in dst.iter_mut().zip(src).zip(tap) {
+                            *o += v * t;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Gradients of the input and the weight, one image per task (each image's input gradient is
+/// its own; the weight gradients are summed after).
+fn dw_backward(x: &[f32], weight: &[f32], grad: &[f32], d: DwShape) -> (Vec<f32>, Vec<f32>) {
+    let c = d.c;
+    let (in_size, out_size, taps) = (d.h * d.w * c, d.oh * d.ow * c, d.k * d.k * c);
+    let mut gx = vec![0f32; d.b * in_size];
+    let gw_parts: Vec<Vec<f32>> = gx
+        .par_chunks_mut(in_size.max(1))
+        .enumerate()
+        .map(|(image, gx)| {
+            let x = &x[image * in_size..(image + 1) * in_size];
+            let g = &grad[image * out_size..(image + 1) * out_size];
+            let mut gw = vec![0f32; taps];
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    let go = &g[(oy * d.ow + ox) * c..(oy * d.ow + ox + 1) * c];
+                    for ky in 0..d.k {
+                        for kx in 0..d.k {
+                            let Some((iy, ix)) = d.source(oy, ox, ky, kx) else {
+                                continue;
+                            };
+                            let at = (iy * d.w + ix) * c;
+                            let t = (ky * d.k + kx) * c;
+                            for j in 0..c {
+                                gx[at + j] += go[j] * weight[t + j];
+                                gw[t + j] += go[j] * x[at + j];
+                            }
+                        }
+                    }
+                }
+            }
+            gw
+        })
+        .collect();
+    let mut gw = vec![0f32; taps];
+    for part in gw_parts {
+        for (a, b) in gw.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    (gx, gw)
+}
+
+impl CustomOp2 for DepthwiseGrad {
+    fn name(&self) -> &'static str {
+        "nhwc-depthwise-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = DwShape::new(l1.dims(), l2.dims(), self.stride)?;
+        let x = contiguous_f32(s1, l1, "depthwise")?;
+        let w = contiguous_f32(s2, l2, "depthwise")?;
+        let out = dw_forward(x, w, d);
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.oh, d.ow, d.c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = DwShape::new(x.dims(), weight.dims(), self.stride)?;
+        let (gx, gw) = dw_backward(&host_vec(x)?, &host_vec(weight)?, &host_vec(grad)?, d);
+        Ok((
+            Some(Tensor::from_vec(gx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(gw, weight.shape(), weight.device())?),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

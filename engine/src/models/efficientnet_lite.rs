@@ -318,6 +318,8 @@ struct Depthwise {
     kernel: usize,
     stride: usize,
     cpu: Option<conv_cpu::Depthwise>,
+    /// Run the CPU kernel that has a gradient (a copy being fine-tuned on the CPU).
+    trainable_cpu: bool,
 }
 
 impl Depthwise {
@@ -355,6 +357,7 @@ impl Depthwise {
             kernel,
             stride,
             cpu,
+            trainable_cpu: false,
         })
     }
 
@@ -367,6 +370,15 @@ impl Depthwise {
     fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         if let (Some(cpu), true) = (&self.cpu, fast) {
             return cpu.forward(x);
+        }
+        if self.trainable_cpu {
+            let y = x.contiguous()?.apply_op2(
+                &self.weight,
+                conv_cpu::DepthwiseGrad {
+                    stride: self.stride,
+                },
+            )?;
+            return relu6(&y.broadcast_add(&self.bias)?);
         }
         // Device-generic: pad, then sum k*k shifted (and for stride 2, subsampled) windows
         // scaled by their per-channel weight.
@@ -787,7 +799,10 @@ impl Top {
             vars.push(var);
             Ok(tensor)
         };
-        let top = self.rebuild(false, &mut make)?;
+        let mut top = self.rebuild(false, &mut make)?;
+        for block in &mut top.blocks {
+            block.depthwise.trainable_cpu = block.depthwise.weight.device().is_cpu();
+        }
         Ok((top, vars))
     }
 
@@ -853,6 +868,63 @@ mod tests {
         widths.dedup();
         assert_eq!(widths, [16, 24, 48, 88, 120, 208, 352]);
         assert_eq!(l2[5].input * l2[5].expand_ratio, 288);
+    }
+
+    /// The fine-tuning copy's depthwise kernel against the device-generic tensor operations:
+    /// same output, same gradients for input, weight and bias.
+    #[test]
+    fn the_trainable_depthwise_kernel_matches_tensor_ops_and_their_gradients() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut random = |shape: &[usize]| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        for (k, s, h, w) in [(3, 1, 7, 7), (5, 2, 8, 6), (3, 2, 7, 7), (5, 1, 6, 9)] {
+            let c = 24;
+            let (weight, bias) = (random(&[k, k, c]), random(&[c]));
+            let x = candle_core::Var::from_tensor(&random(&[2, h, w, c])).unwrap();
+            let mut grads = Vec::new();
+            let mut outputs = Vec::new();
+            for trainable_cpu in [false, true] {
+                let wv = candle_core::Var::from_tensor(&weight).unwrap();
+                let bv = candle_core::Var::from_tensor(&bias).unwrap();
+                let mut layer = Depthwise::from_folded(
+                    wv.as_tensor().clone(),
+                    bv.as_tensor().clone(),
+                    s,
+                    false,
+                )
+                .unwrap();
+                layer.trainable_cpu = trainable_cpu;
+                let y = layer.forward(x.as_tensor(), false).unwrap();
+                let r = Tensor::ones(y.shape(), DType::F32, &Device::Cpu)
+                    .unwrap()
+                    .affine(0.5, 0.25)
+                    .unwrap();
+                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                outputs.push(y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                grads.push([x.as_tensor(), wv.as_tensor(), bv.as_tensor()].map(|t| {
+                    g.get(t)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                }));
+            }
+            let close = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() < 1e-4)
+            };
+            assert!(close(&outputs[0], &outputs[1]), "output, k {k} s {s}");
+            for (i, name) in ["input", "weight", "bias"].iter().enumerate() {
+                assert!(
+                    close(&grads[0][i], &grads[1][i]),
+                    "{name} gradient, k {k} s {s}"
+                );
+            }
+        }
     }
 
     #[test]

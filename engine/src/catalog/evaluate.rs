@@ -16,9 +16,8 @@ use crate::progress::Progress;
 use crate::towers::image::PreparedImage;
 use crate::towers::service::EmbeddingService;
 use crate::train::{
-    evaluate_model, run_protocol, run_protocol_seeds, run_protocol_seeds_tuned, run_protocol_tuned,
-    Evaluation, Example, FinetuneConfig, ImageActivations, ProtocolConfig, ProtocolReport,
-    ProtocolSeries,
+    evaluate_model, run_protocol_seeds, run_protocol_seeds_tuned, Evaluation, Example,
+    FinetuneConfig, ImageActivations, ProtocolConfig, ProtocolReport, ProtocolSeries,
 };
 
 /// Settings of [`Catalog::evaluate_manifest`].
@@ -129,19 +128,17 @@ impl Catalog {
         protocol: &ProtocolConfig,
         progress: &dyn Progress,
     ) -> Result<ProtocolReport> {
-        let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
-        match &cfg.train.finetune_image {
-            Some(tuning) => {
-                let acts = self.protocol_activations(&examples, tuning, progress)?;
-                let tuner = self.protocol_tuner(&acts, tuning);
-                run_protocol_tuned(&examples, &cfg, &self.device, progress, Some(&tuner))
-            }
-            None => run_protocol(&examples, &cfg, &self.device, progress),
-        }
+        let mut series =
+            self.evaluate_protocol_seeds(opts, protocol, &[opts.config.seed], progress)?;
+        series
+            .runs
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument("the protocol ran no seed".into()))
     }
 
     /// [`Catalog::evaluate_protocol`] once per seed, with the targets judged on the means
-    /// ([`crate::train::protocol::ProtocolSeries`]).
+    /// ([`crate::train::protocol::ProtocolSeries`]). With `finetune_image`, the image tower's
+    /// frozen bottom runs once for all seeds and each run fine-tunes its top on its own split.
     pub fn evaluate_protocol_seeds(
         &self,
         opts: &TrainOptions,

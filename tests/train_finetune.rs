@@ -10,22 +10,15 @@
 
 use std::collections::HashMap;
 
-use trio_engine::catalog::{Catalog, ClassifyInput, Space, TrainOptions};
-use trio_engine::fetch::{Home, LiteVariant};
-use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
+use common::demo::{self, emoji_key, home};
+use trio_engine::catalog::{ClassifyInput, Space, TrainOptions};
+use trio_engine::fetch::LiteVariant;
 use trio_engine::ingest::manifest::ManifestRow;
-use trio_engine::ingest::pipeline::IngestOptions;
 use trio_engine::towers::image::{ImageTower, ImageTowerConfig};
-use trio_engine::towers::service::TowerSettings;
 use trio_engine::train::{FinetuneConfig, TrainConfig, TrainedModel};
 use trio_engine::{DeviceChoice, NoProgress};
 
-fn home() -> Home {
-    let Some(home) = std::env::var_os("TRIO_HOME") else {
-        panic!("TRIO_HOME is not set: run `trio fetch` and point TRIO_HOME at its home");
-    };
-    Home::new(home)
-}
+mod common;
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -84,14 +77,6 @@ fn the_top_reproduces_the_network_and_round_trips() -> anyhow::Result<()> {
 const CLASSES: [&str; 4] = ["animal-mammal", "transport-ground", "clothing", "heart"];
 const EMOJI_PER_CLASS: usize = 12;
 
-fn emoji_key(row: &ManifestRow) -> String {
-    row.metadata
-        .get("emoji_key")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The first emoji of each class (both vendors), and one more emoji's rows kept back to be
 /// ingested after training.
 fn slice(rows: Vec<ManifestRow>) -> (Vec<ManifestRow>, Vec<ManifestRow>) {
@@ -126,23 +111,9 @@ fn input_of(row: &ManifestRow) -> ClassifyInput {
 
 #[test]
 fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Result<()> {
-    let home = home();
-    let rows = demo::load_with(
-        &home.emoji_dir(),
-        &[Vendor::Google, Vendor::Twitter],
-        &DemoOptions { skin_tones: false },
-    )?;
-    let (catalogue, later) = slice(rows);
+    let (catalogue, later) = slice(demo::rows());
     assert!(!later.is_empty());
-    let towers = TowerSettings::from_home(&home, LiteVariant::Lite0);
-    let catalog = Catalog::in_memory(Some(towers), DeviceChoice::Cpu.resolve()?)?;
-    let ingested = catalog.ingest(
-        catalogue.iter().cloned().map(Ok),
-        &IngestOptions::default(),
-        &NoProgress,
-        &mut |_| {},
-    )?;
-    assert_eq!(ingested.failed, 0, "{:?}", ingested.errors);
+    let catalog = demo::catalog_of(&catalogue);
 
     let tuning = FinetuneConfig {
         blocks: Some(1),
@@ -218,13 +189,7 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
     }
 
     // Items ingested after training get fused vectors through the same tuned top.
-    let added = catalog.ingest(
-        later.iter().cloned().map(Ok),
-        &IngestOptions::default(),
-        &NoProgress,
-        &mut |_| {},
-    )?;
-    assert_eq!(added.failed, 0, "{:?}", added.errors);
+    demo::ingest(&catalog, &later);
     for row in &later {
         let d = check(row)?;
         assert!(d < 1e-3, "{:?} (ingested later): differs by {d}", row.id);

@@ -7,15 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use common::demo::{self, emoji_key};
 use serde_json::json;
-use trio_engine::catalog::{Catalog, EvalOptions, TrainOptions};
-use trio_engine::fetch::{Home, LiteVariant};
-use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
+use trio_engine::catalog::{EvalOptions, TrainOptions};
 use trio_engine::ingest::manifest::{self, ManifestOptions, ManifestRow};
-use trio_engine::ingest::pipeline::IngestOptions;
-use trio_engine::towers::service::TowerSettings;
 use trio_engine::train::{Input, TrainConfig};
-use trio_engine::{DeviceChoice, NoProgress};
+use trio_engine::NoProgress;
+
+mod common;
 
 const CLASSES: [&str; 6] = [
     "animal-mammal",
@@ -27,21 +26,6 @@ const CLASSES: [&str; 6] = [
 ];
 const TRAIN_EMOJI: usize = 15;
 const TEST_EMOJI: usize = 5;
-
-fn home() -> Home {
-    let Some(home) = std::env::var_os("TRIO_HOME") else {
-        panic!("TRIO_HOME is not set: run `trio fetch` and point TRIO_HOME at its home");
-    };
-    Home::new(home)
-}
-
-fn emoji_key(row: &ManifestRow) -> String {
-    row.metadata
-        .get("emoji_key")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// Catalogue rows and test rows per class, split by emoji (both vendors of one emoji on the same
 /// side), plus two rows of a class the model never sees.
@@ -89,23 +73,8 @@ fn line(r: &ManifestRow) -> serde_json::Value {
 
 #[test]
 fn evaluates_a_labelled_manifest_without_storing_it() -> anyhow::Result<()> {
-    let home = home();
-    let rows = demo::load_with(
-        &home.emoji_dir(),
-        &[Vendor::Google, Vendor::Twitter],
-        &DemoOptions { skin_tones: false },
-    )?;
-    let (train, test, unknown) = slices(rows);
-
-    let towers = TowerSettings::from_home(&home, LiteVariant::Lite0);
-    let catalog = Catalog::in_memory(Some(towers), DeviceChoice::Cpu.resolve()?)?;
-    let ingested = catalog.ingest(
-        train.iter().cloned().map(Ok),
-        &IngestOptions::default(),
-        &NoProgress,
-        &mut |_| {},
-    )?;
-    assert_eq!(ingested.failed, 0, "{:?}", ingested.errors);
+    let (train, test, unknown) = slices(demo::rows());
+    let catalog = demo::catalog_of(&train);
     let opts = TrainOptions {
         config: TrainConfig {
             seed: 7,
@@ -211,10 +180,7 @@ fn evaluates_a_labelled_manifest_without_storing_it() -> anyhow::Result<()> {
     assert!(top1("fused", Some(Input::AllText)) >= 0.7);
 
     // No model yet: a clear error, not an empty table.
-    let empty = Catalog::in_memory(
-        Some(TowerSettings::from_home(&home, LiteVariant::Lite0)),
-        DeviceChoice::Cpu.resolve()?,
-    )?;
+    let empty = demo::catalog_of(&[]);
     let reader = manifest::open(&path, &ManifestOptions::default())?;
     assert!(empty
         .evaluate_manifest(reader, &EvalOptions::default(), &NoProgress)

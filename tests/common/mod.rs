@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod clustered;
+pub mod demo;
 pub mod items;

@@ -149,10 +149,8 @@ def main():
             "late fusion frozen": acc(lp_f + lp_t),
             "late fusion tuned": acc(lp_u + lp_t),
         }
-        print(seed, {k: round(float(v), 1) for k, v in row.items()}, flush=True)
-        for k, v in row.items():
-            results.setdefault(k, []).append(v)
-    print({k: round(float(np.mean(v)), 1) for k, v in results.items()})
+        fr.record(results, seed, row)
+    fr.print_means(results)
 
 
 if __name__ == "__main__":

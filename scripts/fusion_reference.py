@@ -107,6 +107,17 @@ def train(x, y, part, classes, epochs=25, seed=0):
     return best[1]
 
 
+def record(results, seed, row):
+    """Prints one seed's test top-1 per classifier and keeps them for the means."""
+    print(seed, {k: round(float(v), 1) for k, v in row.items()}, flush=True)
+    for k, v in row.items():
+        results.setdefault(k, []).append(v)
+
+
+def print_means(results):
+    print({k: round(float(np.mean(v)), 1) for k, v in results.items()})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("items", help="`trio items list --json` output")
@@ -132,10 +143,8 @@ def main():
             "late fusion": acc(lp_image + lp_text),
             "early fusion": acc(lp_early),
         }
-        print(seed, {k: round(float(v), 1) for k, v in row.items()}, flush=True)
-        for k, v in row.items():
-            results.setdefault(k, []).append(v)
-    print({k: round(float(np.mean(v)), 1) for k, v in results.items()})
+        record(results, seed, row)
+    print_means(results)
 
 
 if __name__ == "__main__":

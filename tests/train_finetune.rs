@@ -82,13 +82,7 @@ const EMOJI_PER_CLASS: usize = 12;
 fn slice(rows: Vec<ManifestRow>) -> (Vec<ManifestRow>, Vec<ManifestRow>) {
     let (mut catalogue, mut later) = (Vec::new(), Vec::new());
     for class in CLASSES {
-        let mut keys: Vec<String> = Vec::new();
-        for r in rows.iter().filter(|r| r.label.as_deref() == Some(class)) {
-            let k = emoji_key(r);
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
+        let keys = demo::emoji_of(&rows, class);
         for r in rows.iter().filter(|r| r.label.as_deref() == Some(class)) {
             match keys.iter().position(|k| *k == emoji_key(r)) {
                 Some(i) if i < EMOJI_PER_CLASS => catalogue.push(r.clone()),

@@ -32,13 +32,7 @@ const TEST_EMOJI: usize = 5;
 fn slices(rows: Vec<ManifestRow>) -> (Vec<ManifestRow>, Vec<ManifestRow>, Vec<ManifestRow>) {
     let (mut train, mut test, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
     for class in CLASSES {
-        let mut keys: Vec<String> = Vec::new();
-        for r in rows.iter().filter(|r| r.label.as_deref() == Some(class)) {
-            let k = emoji_key(r);
-            if !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
+        let keys = demo::emoji_of(&rows, class);
         assert!(
             keys.len() >= TRAIN_EMOJI + TEST_EMOJI,
             "{class}: {} emoji",

@@ -35,6 +35,18 @@ pub fn emoji_key(row: &ManifestRow) -> String {
         .to_string()
 }
 
+/// The distinct emoji of `label` in demo order.
+pub fn emoji_of(rows: &[ManifestRow], label: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for r in rows.iter().filter(|r| r.label.as_deref() == Some(label)) {
+        let k = emoji_key(r);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 /// A catalogue in memory over the real Lite0 and MiniLM towers holding `rows`, every one
 /// ingested.
 pub fn catalog_of(rows: &[ManifestRow]) -> Catalog {

@@ -133,7 +133,6 @@ impl Catalog {
     /// training items (epoch chosen on validation), every item's image features are recomputed
     /// with it for this model, and the model stores the tuned top.
     pub fn train(&self, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
-        opts.config.validate()?;
         let mut examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
         let trainer = Trainer::new(opts.config.clone(), self.device.clone())?;
         let split = split::per_class(&examples, opts.config.holdout, opts.config.seed)?;

@@ -164,11 +164,11 @@ impl ImageActivations {
     pub fn features(&self, top: &Top) -> Result<Vec<Option<Vec<f32>>>> {
         let with: Vec<usize> = (0..self.rows.len()).filter(|&i| self.has(i)).collect();
         let mut out = vec![None; self.rows.len()];
-        for chunk in with.chunks(64) {
-            let f = top.forward(&self.batch(chunk)?)?.to_vec2::<f32>()?;
-            for (&i, v) in chunk.iter().zip(f) {
-                out[i] = Some(v);
-            }
+        if with.is_empty() {
+            return Ok(out);
+        }
+        for (&i, v) in with.iter().zip(pooled(top, self, &with)?.to_vec2::<f32>()?) {
+            out[i] = Some(v);
         }
         Ok(out)
     }

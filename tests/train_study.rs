@@ -10,12 +10,12 @@ use trio_engine::train::{Example, Study, TrainConfig, TrainedModel, Trainer};
 use trio_engine::{DeviceChoice, NoProgress};
 
 /// How far (top-1, as a fraction) the fused model with the image withheld may trail the
-/// text-only model on this synthetic split. Measured with these seeds: 33.9% against 49.1%
-/// (−15.2 points); the model before the branch heads gave 31% against 53% (−22 points, the
-/// partial-input figures in `save_load_roundtrip_and_partial_inputs`), which this floor
-/// rejects. Far from the demo protocol's 2-point target: on this catalogue the image carries
-/// the classes and the text is weak, so the fused model's text path still trails.
-const WITHOUT_IMAGE_SLACK: f64 = 0.18;
+/// text-only model on this synthetic split. Measured with these seeds: 49.7% against 49.1%
+/// since the text-only model votes in the fused model's prediction (`baseline_experts`);
+/// 33.9% (−15.2 points) before, and 31% against 53% before the branch heads. On this
+/// catalogue the image carries the classes and the text is weak, so the fused network's own
+/// text path trails; the text expert carries items without an image.
+const WITHOUT_IMAGE_SLACK: f64 = 0.03;
 
 fn spec() -> SyntheticSpec {
     SyntheticSpec {
@@ -62,6 +62,7 @@ fn fused_beats_single_modalities_deterministically() -> anyhow::Result<()> {
     // dropout (chosen on the demo protocol, where text generalises better than images) this
     // image-dominated catalogue measured fused 64.8, image-only 62.4, text-only 49.1: the
     // fused model's lead over the image shrank from the former 3-point floor to 2.4 points.
+    // With the baselines voting (and the width chosen on validation) it measured 71.5.
     assert!(
         top1(FUSED) > top1(IMAGE_ONLY) + 0.01,
         "fused should beat image-only"
@@ -130,7 +131,17 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     let examples = catalogue(&spec());
     let study = run(&examples)?;
     let device = DeviceChoice::Cpu.resolve()?;
-    let model = study.fused.load(&device)?;
+    // The fused network pooled with the image-only and text-only baselines it carries.
+    assert!(study.fused.baseline_experts);
+    let variants: Vec<&str> = study
+        .fused
+        .baselines
+        .iter()
+        .map(|b| b.variant.as_str())
+        .collect();
+    assert_eq!(variants, [IMAGE_ONLY, TEXT_ONLY]);
+    let model = study.fused.classifier(&device)?;
+    assert_eq!(model.expert_count(), 2);
     let test: Vec<&Example> = study.split.test.iter().map(|&i| &examples[i]).collect();
     let full: Vec<FusionInput> = test
         .iter()
@@ -144,7 +155,8 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     assert_eq!(restored.config, study.fused.config);
     assert_eq!(restored.metrics, study.fused.metrics);
     assert_eq!(restored.fingerprint, study.fused.fingerprint);
-    let after = restored.load(&device)?.predict(&full)?;
+    assert!(restored.baseline_experts);
+    let after = restored.classifier(&device)?.predict(&full)?;
     assert_eq!(before, after, "predictions changed across save/load");
     assert!(
         TrainedModel::from_bytes(&restored.to_bytes()?)? == restored,
@@ -153,9 +165,10 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     assert!(TrainedModel::from_bytes(&bytes[..bytes.len() / 2]).is_err());
     assert!(TrainedModel::from_bytes(b"not a model").is_err());
 
-    // Partial inputs: every kind of input classifies, well above chance (1/20). Text alone is
-    // the weak case: measured with this seed, the fused model gets 35% on text-only inputs
-    // (31% before the branch heads) where the text-only model gets 49% (the study row above).
+    // Partial inputs: every kind of input classifies, well above chance (1/20). Measured with
+    // this seed: image only 70.5%, text only 50.6% (35% before the baselines voted, 31% before
+    // the branch heads; the text-only model gets 49%, the study row above), title only 38.0%,
+    // image + description 70.2%.
     let label_index = |e: &Example| {
         study
             .fused
@@ -190,9 +203,9 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
         let acc = correct as f64 / kept.len() as f64;
         eprintln!("{what}: top-1 {acc:.3} on {} items", kept.len());
         let floor = match (image, fields.len()) {
-            (true, _) => 0.5,
-            (false, 2) => 0.25,
-            (false, _) => 0.15,
+            (true, _) => 0.6,
+            (false, 2) => 0.4,
+            (false, _) => 0.3,
         };
         assert!(acc >= floor, "{what}: top-1 {acc}");
         assert!(probs
@@ -223,6 +236,9 @@ fn fused_without_image_stays_near_text_only() -> anyhow::Result<()> {
         .row(TEXT_ONLY)
         .map(|r| r.test.top1)
         .unwrap_or(f64::NAN);
+    // The study's fused row is the pooled prediction that a stored model makes.
+    let intact = trainer.evaluate(&study.fused, &examples, &study.split.test, None)?;
+    assert_eq!(Some(intact), study.report.row(FUSED).map(|r| r.test));
     eprintln!(
         "fused without image: top-1 {:.3}; text-only model: {text_only:.3}",
         hidden.top1
@@ -395,8 +411,11 @@ fn the_image_width_is_chosen_on_validation() -> anyhow::Result<()> {
     let study = |cfg: TrainConfig| -> anyhow::Result<Study> {
         Ok(Trainer::new(cfg, device.clone())?.run_study(&examples, &NoProgress)?)
     };
+    // The width is chosen on the fused network's own validation score; without experts that
+    // is also the model's, so the two can be compared.
     let with_width = |first: usize, others: Vec<usize>| TrainConfig {
         image_proj_candidates: others,
+        baseline_experts: false,
         model: FusionConfig {
             image_proj_dim: first,
             ..config().model
@@ -420,6 +439,7 @@ fn the_image_width_is_chosen_on_validation() -> anyhow::Result<()> {
 
         let alone = study(with_width(best.image_proj_dim, Vec::new()))?;
         assert!(alone.fused.metrics.width_trials.is_empty());
+        assert!(!alone.fused.baseline_experts);
         assert_eq!(alone.fused.metrics.val, searched.fused.metrics.val);
         assert_eq!(alone.fused.metrics.test, searched.fused.metrics.test);
         // Single-modality models have no width to choose between.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Catalog, Space};
 use crate::error::{Error, Result};
 use crate::models::efficientnet_lite::Top;
+use crate::models::experts::PooledClassifier;
 use crate::models::fusion::{FusedModel, FusionInput};
 use crate::progress::Progress;
 use crate::store::ModelBlob;
@@ -44,7 +45,11 @@ pub struct TrainOutcome {
 pub struct ActiveModel {
     pub version: u32,
     pub trained: TrainedModel,
+    /// The fused network: the concatenation layer and search vectors.
     pub model: FusedModel,
+    /// What classifies: the fused network, with the baselines voting when the model pools
+    /// them.
+    pub classifier: PooledClassifier,
     /// The fine-tuned image tower top the model reads features from (`--finetune-image`).
     pub image_top: Option<Top>,
 }
@@ -258,12 +263,14 @@ impl Catalog {
                 reason: format!("active model version {version} is missing from the store"),
             })?;
         let trained = TrainedModel::from_bytes(&stored.safetensors)?;
-        let model = trained.load(&self.device)?;
+        let classifier = trained.classifier(&self.device)?;
+        let model = classifier.fused().clone();
         let image_top = super::image_tuning::load_top(trained.image_tower.as_ref(), self)?;
         let active = Arc::new(ActiveModel {
             version,
             trained,
             model,
+            classifier,
             image_top,
         });
         self.set_active(Some(active.clone()))?;
@@ -364,7 +371,7 @@ impl Catalog {
         let active = self.require_model()?;
         let query = self.tower_input(input, Some(&active))?;
         let probs = active
-            .model
+            .classifier
             .predict(std::slice::from_ref(&query))?
             .into_iter()
             .next()

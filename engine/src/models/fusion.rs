@@ -969,6 +969,31 @@ pub fn batch_from_inputs<I: ModalityInputs>(
     items: &[I],
     device: &Device,
 ) -> Result<FusionBatch> {
+    let (batch, any) = batch_with_presence(cfg, items, device)?;
+    if let Some(i) = any.iter().position(|a| !a) {
+        return Err(Error::NoInputs {
+            item: items[i].describe(),
+        });
+    }
+    Ok(batch)
+}
+
+/// [`batch_from_inputs`] that lets rows lack every input `cfg` reads (their presence columns
+/// are all zero): how a single-modality expert reads items it has nothing to say about.
+pub fn partial_batch_from_inputs<I: ModalityInputs>(
+    cfg: &FusionConfig,
+    items: &[I],
+    device: &Device,
+) -> Result<FusionBatch> {
+    Ok(batch_with_presence(cfg, items, device)?.0)
+}
+
+/// The batch, and per row whether it holds any input `cfg` reads.
+fn batch_with_presence<I: ModalityInputs>(
+    cfg: &FusionConfig,
+    items: &[I],
+    device: &Device,
+) -> Result<(FusionBatch, Vec<bool>)> {
     let rows = items.len();
     let column = |dim: usize,
                   field: &str,
@@ -1016,12 +1041,7 @@ pub fn batch_from_inputs<I: ModalityInputs>(
         }
         text.push(to_modality(col, cfg.text_dim)?);
     }
-    if let Some(i) = any.iter().position(|a| !a) {
-        return Err(Error::NoInputs {
-            item: items[i].describe(),
-        });
-    }
-    Ok(FusionBatch { image, text })
+    Ok((FusionBatch { image, text }, any))
 }
 
 /// Symmetric InfoNCE between unit image and unit text vectors of the same rows: row `i` of each

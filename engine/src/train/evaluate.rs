@@ -177,7 +177,7 @@ pub fn evaluate_model(
         with_input.insert(f.clone(), rows.iter().filter(|&&r| has(&input, r)).count());
     }
 
-    let fused = model.load(device)?;
+    let fused = model.classifier(device)?;
     let mut out = vec![EvaluationRow {
         model: model.variant.clone(),
         removed: None,
@@ -200,7 +200,7 @@ pub fn evaluate_model(
         });
     }
     for baseline in &model.baselines {
-        let loaded = baseline.load(device)?;
+        let loaded = baseline.classifier(device)?;
         out.push(EvaluationRow {
             model: baseline.variant.clone(),
             removed: None,

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             .or_default()
             .push((vendor, file.clone()));
         base_seen += 1;
-        if (base_seen - 1) % every != 0 {
+        if !(base_seen - 1).is_multiple_of(every) {
             continue;
         }
         originals += 1;

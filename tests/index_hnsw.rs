@@ -87,7 +87,8 @@ fn filtered_search_returns_k_allowed_results() -> anyhow::Result<()> {
         let (hnsw, flat, mut data) = both(4_000, 11, params)?;
         let queries = data.points(40);
         // From permissive to very selective: every 3rd, every 50th (80 points), 6 points.
-        let filters: [(&str, usize, Box<dyn Fn(u64) -> bool>); 3] = [
+        type Filter = Box<dyn Fn(u64) -> bool>;
+        let filters: [(&str, usize, Filter); 3] = [
             ("third", 10, Box::new(|k| k % 3 == 0)),
             ("fiftieth", 10, Box::new(|k| k % 50 == 0)),
             ("six", 6, Box::new(|k| k < 6)),

@@ -45,17 +45,10 @@ pub enum Error {
         hint: String,
     },
 
-    /// An archive is not the pinned file.
-    #[error(
-        "{file} (for {asset}) is not the pinned file: {found}; expected sha256 {expected_sha256}\n{hint}"
-    )]
-    FetchChecksum {
-        asset: String,
-        file: PathBuf,
-        expected_sha256: String,
-        found: String,
-        hint: String,
-    },
+    /// An archive is not the pinned file (boxed: the rare error should not make every
+    /// `Result` of the engine wider).
+    #[error("{0}")]
+    FetchChecksum(Box<ChecksumMismatch>),
 
     /// A verified archive could not be unpacked as pinned.
     #[error("cannot unpack {file} (for {asset}): {reason}")]
@@ -255,4 +248,17 @@ impl Error {
             source,
         }
     }
+}
+
+/// What [`Error::FetchChecksum`] reports: which archive differs from its pin, and how.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{file} (for {asset}) is not the pinned file: {found}; expected sha256 {expected_sha256}\n{hint}"
+)]
+pub struct ChecksumMismatch {
+    pub asset: String,
+    pub file: PathBuf,
+    pub expected_sha256: String,
+    pub found: String,
+    pub hint: String,
 }

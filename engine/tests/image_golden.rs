@@ -9,6 +9,8 @@
 //! `models/efficientnet-lite{0,1,2}/efficientnet-lite{N}.pth` and `data/photos/*`. They fail,
 //! naming the missing file, when it is absent.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -177,7 +177,9 @@ impl Catalog {
                 "tag" | "tags" => item.tags.iter().any(|t| t == &f.value),
                 field => item.metadata.get(field).is_some_and(|v| match v {
                     serde_json::Value::String(s) => s == &f.value,
-                    other => other.to_string() == f.value,
+                    // A number or boolean matches its JSON text (`year=2020`, `ok=true`);
+                    // comparing the `Value` itself would match strings only.
+                    other => f.value.as_str() == other.to_string().as_str(),
                 }),
             });
             if ok {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 pub use assets::{Asset, Extract, Group, LiteVariant, Source, WheelPlatform, ASSETS};
 
-use crate::error::{Error, Result};
+use crate::error::{ChecksumMismatch, Error, Result};
 use crate::progress::Progress;
 use installed::{InstalledAsset, Record};
 
@@ -393,12 +393,14 @@ fn check_archive(asset: &Asset, path: &Path, progress: &dyn Progress) -> Result<
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
-    let mismatch = |found: String| Error::FetchChecksum {
-        asset: asset.name.to_string(),
-        file: path.to_path_buf(),
-        expected_sha256: asset.sha256.to_string(),
-        found,
-        hint: download::manual_hint(asset),
+    let mismatch = |found: String| {
+        Error::FetchChecksum(Box::new(ChecksumMismatch {
+            asset: asset.name.to_string(),
+            file: path.to_path_buf(),
+            expected_sha256: asset.sha256.to_string(),
+            found,
+            hint: download::manual_hint(asset),
+        }))
     };
     if size != asset.size {
         return Err(mismatch(format!(

@@ -143,7 +143,7 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     y = y * g + 8.333_452e-3;
     y = y * g + 4.166_579_6e-2;
     y = y * g + 1.666_666_5e-1;
-    y = y * g + 5.000_000_1e-1;
+    y = y * g + 0.5; // Cephes: 5.000_000_1e-1, which is 0.5 in f32
     y = y * g * g + g + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -774,7 +774,7 @@ mod avx512 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5, // 5.000_000_1e-1 in Cephes, 0.5 in f32
         ] {
             y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(c));
         }
@@ -950,7 +950,7 @@ fn attend_head(task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
 /// One head's attention with the best kernel for `isa` and the head's width.
 fn attend(isa: Isa, task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && task.head_dim % 16 == 0 {
+    if isa == Isa::Avx512 && task.head_dim.is_multiple_of(16) {
         // SAFETY: `Isa::Avx512` means AVX-512 was detected; the task's spans were checked by
         // `attention` against the buffers.
         return unsafe { avx512::attend_head(task, scratch) };

@@ -182,11 +182,34 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
         );
     }
 
-    // Items ingested after training get fused vectors through the same tuned top.
+    // Items ingested after training get fused vectors through the same tuned top, computed
+    // in the same pass through the tower's bottom as the frozen features the store keeps.
+    let top = active.image_top.as_ref().expect("a tuned top");
+    let (one_pass_frozen, one_pass_tuned) = service
+        .image
+        .embed_with_tuned(std::slice::from_ref(&image), top)?;
+    assert_eq!(
+        one_pass_frozen, frozen,
+        "the frozen half is the tower's own features"
+    );
+    assert!(max_diff(&one_pass_tuned, &tuned) < 1e-5);
     demo::ingest(&catalog, &later);
     for row in &later {
         let d = check(row)?;
         assert!(d < 1e-3, "{:?} (ingested later): differs by {d}", row.id);
+        let id = row.id.as_deref().expect("demo rows have ids");
+        let key = catalog.store().key_of(id)?.expect("stored");
+        let stored = catalog.store().get_features(key)?.and_then(|f| f.image);
+        let path = row.image.as_deref().expect("an image");
+        let own = service
+            .image
+            .embed(&[service.image.preprocessor().prepare_path(path)?])?
+            .features;
+        assert_eq!(
+            stored.as_ref(),
+            own.first(),
+            "{id}: stored features are the frozen tower's"
+        );
     }
 
     // Classification reads the tuned features too, with any subset of inputs.

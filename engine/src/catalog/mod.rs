@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::index::{HnswIndex, HnswParams, VectorIndex};
 use crate::ingest::manifest::{ManifestRow, RowError};
-use crate::ingest::pipeline::{self, IngestOptions, IngestReport};
+use crate::ingest::pipeline::{self, Committed, IngestOptions, IngestReport};
 use crate::progress::Progress;
 use crate::store::{Features, Item, Store};
 use crate::towers::service::{EmbeddingService, TowerSettings};
@@ -234,19 +234,35 @@ impl Catalog {
         let service = self.service()?;
         let _writing = WriteInFlight::start(&self.writes_in_flight);
         self.fuse_missing()?;
+        // The active model's fine-tuned image top, if it has one, runs in the same pass as the
+        // frozen tower; its features are used only while that model is still the active one.
+        let active = self.active_model()?;
+        let tuned = active
+            .as_ref()
+            .and_then(|m| Some((m.version, m.image_top.as_ref()?)));
         // After a failed index update the indexes stay at their older generation (so the next
         // search rebuilds them from the store); the ingest itself goes on, and the error is
         // returned once it is done.
         let mut index_error = None;
-        let mut record = |ids: &[String]| {
+        let mut record = |chunk: &Committed<'_>| {
             if index_error.is_none() {
-                if let Err(e) = self.after_write(ids) {
+                let tuned_images = tuned.map(|(version, _)| (version, &chunk.tuned_images));
+                if let Err(e) = self.after_write(chunk.ids, tuned_images) {
                     index_error = Some(e);
                 }
             }
-            on_commit(ids);
+            on_commit(chunk.ids);
         };
-        let report = pipeline::ingest(rows, &self.store, &service, opts, progress, &mut record)?;
+        let top = tuned.map(|(_, top)| top);
+        let report = pipeline::ingest(
+            rows,
+            &self.store,
+            &service,
+            top,
+            opts,
+            progress,
+            &mut record,
+        )?;
         match index_error {
             Some(e) => Err(e),
             None => Ok(report),
@@ -267,7 +283,7 @@ impl Catalog {
             }
         }
         for keys in missing.chunks(256) {
-            self.fuse_new_items(keys)?;
+            self.fuse_new_items(keys, &HashMap::new())?;
         }
         Ok(())
     }
@@ -307,14 +323,26 @@ impl Catalog {
     }
 
     /// Brings in-memory indexes up to date with items just written through this catalogue.
-    pub(crate) fn after_write(&self, ids: &[String]) -> Result<()> {
+    /// `tuned_images`: image features by id from the fine-tuned top of model version `.0`
+    /// (see [`pipeline::Committed`]).
+    pub(crate) fn after_write(
+        &self,
+        ids: &[String],
+        tuned_images: Option<(u32, &HashMap<&str, Vec<f32>>)>,
+    ) -> Result<()> {
         let mut keys = Vec::with_capacity(ids.len());
+        let mut tuned = HashMap::new();
         for id in ids {
             if let Some(key) = self.store.key_of(id)? {
                 keys.push(key);
+                if let Some((version, features)) = tuned_images {
+                    if let Some(f) = features.get(id.as_str()) {
+                        tuned.insert(key, (version, f.clone()));
+                    }
+                }
             }
         }
-        self.fuse_new_items(&keys)?;
+        self.fuse_new_items(&keys, &tuned)?;
         let generation = self.store.generation()?;
         let mut indexes = self.write_indexes()?;
         for (space, built) in indexes.iter_mut() {

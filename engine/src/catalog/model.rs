@@ -1,7 +1,7 @@
 //! Training the fused model on the catalogue, and using the active model: classification,
 //! tag suggestion, label verification.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -216,8 +216,14 @@ impl Catalog {
     }
 
     /// Fused vectors for items ingested after training (the catalogue grows; the head is
-    /// reused until the next `train`).
-    pub(crate) fn fuse_new_items(&self, keys: &[u64]) -> Result<()> {
+    /// reused until the next `train`). `tuned` holds image features already computed with a
+    /// model's fine-tuned top, by key, with that model's version; they are used when it is
+    /// still the active model.
+    pub(crate) fn fuse_new_items(
+        &self,
+        keys: &[u64],
+        tuned: &HashMap<u64, (u32, Vec<f32>)>,
+    ) -> Result<()> {
         let Some(active) = self.active_model()? else {
             return Ok(());
         };
@@ -237,7 +243,7 @@ impl Catalog {
             return Ok(());
         }
         if active.image_top.is_some() {
-            self.retune_images(&active, &mut examples)?;
+            self.retune_images(&active, &mut examples, tuned)?;
         }
         let vectors = active.model.fused_vectors(&examples)?;
         let points: Vec<(u64, Vec<f32>)> = examples.iter().map(|e| e.key).zip(vectors).collect();
@@ -288,12 +294,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// The fine-tuned image features of stored items, for a model that reads them: the stored
-    /// features are the frozen tower's, so each item's image is read again.
-    fn retune_images(&self, active: &ActiveModel, examples: &mut [Example]) -> Result<()> {
+    /// The fine-tuned image features of stored items, for a model that reads them: taken from
+    /// `tuned` when ingest computed them for this model, else the image is read again (the
+    /// stored features are the frozen tower's).
+    fn retune_images(
+        &self,
+        active: &ActiveModel,
+        examples: &mut [Example],
+        tuned: &HashMap<u64, (u32, Vec<f32>)>,
+    ) -> Result<()> {
         let service = self.service()?;
         let preprocessor = service.image.preprocessor();
         for e in examples.iter_mut().filter(|e| e.image.is_some()) {
+            if let Some((version, features)) = tuned.get(&e.key) {
+                if *version == active.version {
+                    e.image = Some(features.clone());
+                    continue;
+                }
+            }
             let item = self.store.get_by_key(e.key)?;
             let path = item.as_ref().and_then(|i| i.image_path.as_deref());
             e.image = match path {

@@ -6,7 +6,7 @@
 //! skips them (same id and content hash) before any inference, which is how an interrupted ingest
 //! resumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::ingest::manifest::{ManifestRow, RowError};
+use crate::models::efficientnet_lite::Top;
 use crate::progress::Progress;
 use crate::query::phash;
 use crate::store::{Features, NewItem, PutMode, Store};
@@ -84,15 +85,26 @@ struct Pending {
     image: Option<PreparedImage>,
 }
 
-/// Ingests rows into the store. `on_commit` hears the ids of each committed chunk (the CLI
-/// prints them for crash tests; the server counts them).
+/// One committed chunk, as `on_commit` hears it.
+pub struct Committed<'a> {
+    pub ids: &'a [String],
+    /// Image features from the fine-tuned top `ingest` was given, by id: the model that owns
+    /// the top reads them, while the store keeps the frozen tower's. Empty without a top.
+    pub tuned_images: HashMap<&'a str, Vec<f32>>,
+}
+
+/// Ingests rows into the store. `on_commit` hears each committed chunk (the CLI prints its ids
+/// for crash tests; the server counts them). With `tuned_top` (the active model's fine-tuned
+/// image top), each image also gets that top's features from the same pass through the
+/// tower's bottom, so fusing new items never runs the image network twice.
 pub fn ingest(
     rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
     store: &Store,
     towers: &EmbeddingService,
+    tuned_top: Option<&Top>,
     opts: &IngestOptions,
     progress: &dyn Progress,
-    on_commit: &mut dyn FnMut(&[String]),
+    on_commit: &mut dyn FnMut(&Committed<'_>),
 ) -> Result<IngestReport> {
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument(
@@ -134,6 +146,7 @@ pub fn ingest(
             chunk,
             store,
             towers,
+            tuned_top,
             &preprocessor,
             opts,
             &mut report,
@@ -151,11 +164,12 @@ fn ingest_chunk(
     chunk: Vec<ManifestRow>,
     store: &Store,
     towers: &EmbeddingService,
+    tuned_top: Option<&Top>,
     preprocessor: &Preprocessor,
     opts: &IngestOptions,
     report: &mut IngestReport,
     progress: &dyn Progress,
-    on_commit: &mut dyn FnMut(&[String]),
+    on_commit: &mut dyn FnMut(&Committed<'_>),
 ) -> Result<()> {
     // Stage 1: read, hash, decode (parallel). Rows whose stored copy is identical are dropped
     // here, before any inference: that is what makes a re-run cheap and an interrupted run resume.
@@ -195,10 +209,20 @@ fn ingest_chunk(
         .filter_map(|&i| pending[i].image.take())
         .collect();
     let mut image_features: Vec<Option<Vec<f32>>> = vec![None; pending.len()];
+    let mut tuned_features: Vec<Option<Vec<f32>>> = vec![None; pending.len()];
     if !images.is_empty() {
-        let out = towers.image.embed(&images)?;
-        for (&i, f) in with_image.iter().zip(out.features) {
+        let (frozen, tuned) = match tuned_top {
+            Some(top) => {
+                let (frozen, tuned) = towers.image.embed_with_tuned(&images, top)?;
+                (frozen, Some(tuned))
+            }
+            None => (towers.image.embed(&images)?.features, None),
+        };
+        for (&i, f) in with_image.iter().zip(frozen) {
             image_features[i] = Some(f);
+        }
+        for (&i, f) in with_image.iter().zip(tuned.into_iter().flatten()) {
+            tuned_features[i] = Some(f);
         }
     }
     report.times.image_tower_s += t.elapsed().as_secs_f64();
@@ -231,7 +255,15 @@ fn ingest_chunk(
     report.skipped += put.skipped;
     report.times.commit_s += t.elapsed().as_secs_f64();
     let ids: Vec<String> = batch.into_iter().map(|(item, _)| item.id).collect();
-    on_commit(&ids);
+    let tuned_images = ids
+        .iter()
+        .zip(tuned_features)
+        .filter_map(|(id, f)| Some((id.as_str(), f?)))
+        .collect();
+    on_commit(&Committed {
+        ids: &ids,
+        tuned_images,
+    });
     Ok(())
 }
 

@@ -469,6 +469,28 @@ impl ImageTower {
         Ok(out)
     }
 
+    /// The frozen features and those of `tuned` (a fine-tuned top of this network) for each
+    /// image, from one pass through the shared bottom: what ingest stores, and what the model
+    /// that owns `tuned` reads. The frozen half runs this network's own top on the same
+    /// activations, the same operations as [`ImageTower::embed`].
+    pub fn embed_with_tuned(
+        &self,
+        images: &[PreparedImage],
+        tuned: &Top,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let own_top = self.model.top(tuned.first_block())?;
+        let mut frozen = Vec::with_capacity(images.len());
+        let mut tuned_features = Vec::with_capacity(images.len());
+        for input in self.batches(images)? {
+            let x = self
+                .model
+                .activations_before(&input?, tuned.first_block())?;
+            frozen.extend(own_top.forward(&x)?.to_vec2::<f32>()?);
+            tuned_features.extend(tuned.forward(&x)?.to_vec2::<f32>()?);
+        }
+        Ok((frozen, tuned_features))
+    }
+
     /// Features and class probabilities for each image, computed `max_batch` at a time.
     pub fn embed(&self, images: &[PreparedImage]) -> Result<ImageEmbeddings> {
         let mut out = ImageEmbeddings {

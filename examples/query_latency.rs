@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let e = service.text.embed(&[q.as_str()])?;
         let input = text_query_input(&fields, &e[0]);
-        let v = active.model.fused_vectors(std::slice::from_ref(&input))?;
+        let v = active.model().fused_vectors(std::slice::from_ref(&input))?;
         tower.push(t.elapsed());
         idx.push(search(&v[0], None)?);
     }
@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
             image: Some(features),
             text: Default::default(),
         };
-        let v = active.model.fused_vectors(std::slice::from_ref(&input))?;
+        let v = active.model().fused_vectors(std::slice::from_ref(&input))?;
         tower.push(t.elapsed());
         idx.push(search(&v[0], None)?);
     }

@@ -170,7 +170,7 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
             .vector_of(Space::Fused, key, version)?
             .expect("a fused vector");
         let query = catalog.fusion_input(&input_of(row))?;
-        let fresh = active.model.fused_vectors(std::slice::from_ref(&query))?;
+        let fresh = active.model().fused_vectors(std::slice::from_ref(&query))?;
         Ok(max_diff(&[stored], &fresh))
     };
     for row in catalogue.iter().step_by(17) {
@@ -185,14 +185,14 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
     // Items ingested after training get fused vectors through the same tuned top, computed
     // in the same pass through the tower's bottom as the frozen features the store keeps.
     let top = active.image_top.as_ref().expect("a tuned top");
-    let (one_pass_frozen, one_pass_tuned) = service
+    let one_pass = service
         .image
         .embed_with_tuned(std::slice::from_ref(&image), top)?;
     assert_eq!(
-        one_pass_frozen, frozen,
+        one_pass.frozen, frozen,
         "the frozen half is the tower's own features"
     );
-    assert!(max_diff(&one_pass_tuned, &tuned) < 1e-5);
+    assert!(max_diff(&one_pass.tuned, &tuned) < 1e-5);
     demo::ingest(&catalog, &later);
     for row in &later {
         let d = check(row)?;

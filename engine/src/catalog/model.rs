@@ -45,13 +45,18 @@ pub struct TrainOutcome {
 pub struct ActiveModel {
     pub version: u32,
     pub trained: TrainedModel,
-    /// The fused network: the concatenation layer and search vectors.
-    pub model: FusedModel,
     /// What classifies: the fused network, with the baselines voting when the model pools
     /// them.
     pub classifier: PooledClassifier,
     /// The fine-tuned image tower top the model reads features from (`--finetune-image`).
     pub image_top: Option<Top>,
+}
+
+impl ActiveModel {
+    /// The fused network: its concatenation layer and search vectors.
+    pub fn model(&self) -> &FusedModel {
+        self.classifier.fused()
+    }
 }
 
 /// Inputs to classify or search with; any subset.
@@ -245,7 +250,7 @@ impl Catalog {
         if active.image_top.is_some() {
             self.retune_images(&active, &mut examples, tuned)?;
         }
-        let vectors = active.model.fused_vectors(&examples)?;
+        let vectors = active.model().fused_vectors(&examples)?;
         let points: Vec<(u64, Vec<f32>)> = examples.iter().map(|e| e.key).zip(vectors).collect();
         self.store
             .put_fused_skipping_deleted(active.version, &points)
@@ -270,12 +275,10 @@ impl Catalog {
             })?;
         let trained = TrainedModel::from_bytes(&stored.safetensors)?;
         let classifier = trained.classifier(&self.device)?;
-        let model = classifier.fused().clone();
         let image_top = super::image_tuning::load_top(trained.image_tower.as_ref(), self)?;
         let active = Arc::new(ActiveModel {
             version,
             trained,
-            model,
             classifier,
             image_top,
         });
@@ -434,7 +437,7 @@ impl Catalog {
             .unwrap_or(0);
         let model_choice = active.trained.labels.get(best).cloned().unwrap_or_default();
         let vector = active
-            .model
+            .model()
             .fused_vectors(std::slice::from_ref(query))?
             .into_iter()
             .next()

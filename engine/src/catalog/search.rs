@@ -142,7 +142,7 @@ impl Catalog {
                     _ => features.text,
                 };
                 let input = FusionInput { image: features.image, text };
-                active.model.fused_vectors(std::slice::from_ref(&input))?.into_iter().next().unwrap_or_default()
+                active.model().fused_vectors(std::slice::from_ref(&input))?.into_iter().next().unwrap_or_default()
             }
         };
         Ok((v, None))

@@ -213,8 +213,8 @@ fn ingest_chunk(
     if !images.is_empty() {
         let (frozen, tuned) = match tuned_top {
             Some(top) => {
-                let (frozen, tuned) = towers.image.embed_with_tuned(&images, top)?;
-                (frozen, Some(tuned))
+                let both = towers.image.embed_with_tuned(&images, top)?;
+                (both.frozen, Some(both.tuned))
             }
             None => (towers.image.embed(&images)?.features, None),
         };

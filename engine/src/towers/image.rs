@@ -477,7 +477,7 @@ impl ImageTower {
         &self,
         images: &[PreparedImage],
         tuned: &Top,
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    ) -> Result<TunedEmbeddings> {
         let own_top = self.model.top(tuned.first_block())?;
         let mut frozen = Vec::with_capacity(images.len());
         let mut tuned_features = Vec::with_capacity(images.len());
@@ -488,7 +488,10 @@ impl ImageTower {
             frozen.extend(own_top.forward(&x)?.to_vec2::<f32>()?);
             tuned_features.extend(tuned.forward(&x)?.to_vec2::<f32>()?);
         }
-        Ok((frozen, tuned_features))
+        Ok(TunedEmbeddings {
+            frozen,
+            tuned: tuned_features,
+        })
     }
 
     /// Features and class probabilities for each image, computed `max_batch` at a time.
@@ -505,6 +508,14 @@ impl ImageTower {
         }
         Ok(out)
     }
+}
+
+/// One image batch through the frozen tower and a fine-tuned top, one row per image.
+pub struct TunedEmbeddings {
+    /// The frozen tower's features (what the store keeps).
+    pub frozen: Vec<Vec<f32>>,
+    /// The fine-tuned top's features (what its model reads).
+    pub tuned: Vec<Vec<f32>>,
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@
 //! aligned after the classifier, `train::align`). The gallery is every item's image-only fused
 //! vector; the queries are the test emoji's names through the text tower (`trio search
 //! --text`'s path). A query hits when any render of its emoji (either vendor, any skin tone) is
-//! among the k nearest; the strict figure counts only the base (no skin tone) renders.
+//! among the k nearest; the strict figure counts only the base (no skin tone) renders. The
+//! class figure counts any image of the query emoji's class (its subcategory), which tells a
+//! model that finds the right kind of emoji from one that finds nothing; the per-category
+//! table breaks the default's figures down by the query emoji's category.
 //!
 //! Choosing settings: `--queries val` asks with the validation emoji's names instead (never
 //! the test ones), and `--default-only` with the alignment flags (`--temperature`,
@@ -147,7 +150,11 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|&r| examples[r].image.clone())
         .collect();
     let mut renders: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    let mut class_members: HashMap<String, Vec<usize>> = HashMap::new();
     for (g, &r) in gallery_rows.iter().enumerate() {
+        if let Some(label) = &examples[r].label {
+            class_members.entry(label.clone()).or_default().push(g);
+        }
         if let Some(k) = meta(examples[r].key, "emoji_key") {
             let entry = renders.entry(k).or_default();
             entry.0.push(g);
@@ -156,19 +163,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    // emoji key -> (name, class, category)
+    let mut names: BTreeMap<String, (String, String, String)> = BTreeMap::new();
     for &r in query_rows {
         let key = examples[r].key;
         if meta(key, "skin_tone").is_some() {
             continue;
         }
-        if let (Some(k), Some(item)) = (meta(key, "emoji_key"), items.get(&key)) {
+        if let (Some(k), Some(item), Some(label)) =
+            (meta(key, "emoji_key"), items.get(&key), &examples[r].label)
+        {
             if !item.title.trim().is_empty() {
-                names.insert(k, item.title.clone());
+                let category = meta(key, "category").unwrap_or_else(|| "-".into());
+                names.insert(k, (item.title.clone(), label.clone(), category));
             }
         }
     }
-    let names: Vec<(String, String)> = names
+    let names: Vec<(String, (String, String, String))> = names
         .into_iter()
         .filter(|(k, _)| renders.get(k).is_some_and(|r| !r.1.is_empty()))
         .collect();
@@ -183,24 +194,30 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut embeddings = Vec::with_capacity(names.len());
     for chunk in names.chunks(64) {
-        let texts: Vec<&str> = chunk.iter().map(|(_, n)| n.as_str()).collect();
+        let texts: Vec<&str> = chunk.iter().map(|(_, (n, ..))| n.as_str()).collect();
         embeddings.extend(service.text.embed(&texts)?);
     }
     let text_seconds = started.elapsed().as_secs_f64();
-    let queries = |strict: bool| -> Vec<TextQuery> {
+    let queries = |hit: Hit| -> Vec<TextQuery> {
         names
             .iter()
             .zip(&embeddings)
-            .map(|((k, _), e)| TextQuery {
+            .map(|((k, (_, label, _)), e)| TextQuery {
                 embedding: e.clone(),
-                relevant: renders
-                    .get(k)
-                    .map(|r| if strict { r.1.clone() } else { r.0.clone() })
-                    .unwrap_or_default(),
+                relevant: match hit {
+                    Hit::AnyRender => renders.get(k).map(|r| r.0.clone()),
+                    Hit::BaseRender => renders.get(k).map(|r| r.1.clone()),
+                    Hit::Class => class_members.get(label).cloned(),
+                }
+                .unwrap_or_default(),
             })
             .collect()
     };
-    let (any_render, base_render) = (queries(false), queries(true));
+    let (any_render, base_render, same_class) = (
+        queries(Hit::AnyRender),
+        queries(Hit::BaseRender),
+        queries(Hit::Class),
+    );
     eprintln!(
         "{} items ({} in the gallery), {} {} emoji queries (text tower {:.1} s)",
         examples.len(),
@@ -257,28 +274,31 @@ fn main() -> anyhow::Result<()> {
         let gallery = image_only_vectors(&model, &gallery_features)?;
         let all = text_to_image_recall(&model, &gallery, &any_render, &[1, 10])?;
         let strict = text_to_image_recall(&model, &gallery, &base_render, &[1, 10])?;
+        let class = text_to_image_recall(&model, &gallery, &same_class, &[1, 10])?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!(
-            "{name}: R@1 {:.3} R@10 {:.3} (base render: {:.3} / {:.3}); test top-1 {:.3}; {seconds:.0} s",
+            "{name}: R@1 {:.3} R@10 {:.3} (base render: {:.3} / {:.3}; class R@1 {:.3}); test top-1 {:.3}; {seconds:.0} s",
             all.at(1).unwrap_or(0.0),
             all.at(10).unwrap_or(0.0),
             strict.at(1).unwrap_or(0.0),
             strict.at(10).unwrap_or(0.0),
+            class.at(1).unwrap_or(0.0),
             trained.metrics.test.top1,
         );
         variants.push(Variant {
             name,
             any_render: all,
             base_render: strict,
+            class,
             test_top1: trained.metrics.test.top1,
         });
     }
 
-    println!("| model | recall@1 | recall@10 | MRR | median rank | base render R@1 / R@10 | classifier test top-1 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| model | recall@1 | recall@10 | MRR | median rank | base render R@1 / R@10 | class R@1 / R@10 | classifier test top-1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for v in &variants {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {} | {:.3} / {:.3} | {:.3} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} |",
             v.name,
             v.any_render.at(1).unwrap_or(0.0),
             v.any_render.at(10).unwrap_or(0.0),
@@ -286,7 +306,27 @@ fn main() -> anyhow::Result<()> {
             v.any_render.median_rank,
             v.base_render.at(1).unwrap_or(0.0),
             v.base_render.at(10).unwrap_or(0.0),
+            v.class.at(1).unwrap_or(0.0),
+            v.class.at(10).unwrap_or(0.0),
             v.test_top1,
+        );
+    }
+    let per_category = variants
+        .last()
+        .map(|v| per_category(&names, &v.any_render.ranks, &v.class.ranks))
+        .unwrap_or_default();
+    println!();
+    println!(
+        "Per category ({}): the emoji's recall@10, its class's recall@1 and @10",
+        variants.last().map_or("", |v| v.name)
+    );
+    println!();
+    println!("| category | queries | emoji R@10 | class R@1 | class R@10 |");
+    println!("|---|---:|---:|---:|---:|");
+    for c in &per_category {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} |",
+            c.category, c.queries, c.emoji_recall_at_10, c.class_recall_at_1, c.class_recall_at_10
         );
     }
     println!(
@@ -302,10 +342,11 @@ fn main() -> anyhow::Result<()> {
             .map(|v| {
                 serde_json::json!({
                     "model": v.name, "any_render": v.any_render,
-                    "base_render": v.base_render, "test_top1": v.test_top1,
+                    "base_render": v.base_render, "class": v.class, "test_top1": v.test_top1,
                 })
             })
             .collect();
+        let out = serde_json::json!({"variants": out, "per_category": per_category});
         std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -316,5 +357,54 @@ struct Variant {
     name: &'static str,
     any_render: CrossModalRecall,
     base_render: CrossModalRecall,
+    /// Hit: any image of the query emoji's class.
+    class: CrossModalRecall,
     test_top1: f64,
+}
+
+/// What counts as a hit for a name query.
+#[derive(Clone, Copy)]
+enum Hit {
+    AnyRender,
+    BaseRender,
+    Class,
+}
+
+#[derive(serde::Serialize)]
+struct CategoryRow {
+    category: String,
+    queries: usize,
+    emoji_recall_at_10: f64,
+    class_recall_at_1: f64,
+    class_recall_at_10: f64,
+}
+
+/// The default's figures per query category, most queries first.
+fn per_category(
+    names: &[(String, (String, String, String))],
+    emoji_ranks: &[usize],
+    class_ranks: &[usize],
+) -> Vec<CategoryRow> {
+    let mut by_category: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    for (((_, (.., category)), &emoji), &of_class) in
+        names.iter().zip(emoji_ranks).zip(class_ranks)
+    {
+        let row = by_category.entry(category).or_default();
+        row[0] += 1;
+        row[1] += usize::from(emoji <= 10);
+        row[2] += usize::from(of_class <= 1);
+        row[3] += usize::from(of_class <= 10);
+    }
+    let mut rows: Vec<CategoryRow> = by_category
+        .into_iter()
+        .map(|(category, [n, emoji, class1, class10])| CategoryRow {
+            category: category.to_string(),
+            queries: n,
+            emoji_recall_at_10: emoji as f64 / n as f64,
+            class_recall_at_1: class1 as f64 / n as f64,
+            class_recall_at_10: class10 as f64 / n as f64,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.queries.cmp(&a.queries).then(a.category.cmp(&b.category)));
+    rows
 }

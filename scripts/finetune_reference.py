@@ -8,8 +8,16 @@ convolutions, 1e-3 for the classifier), the epoch chosen on validation. Prints t
 of one-hidden-layer classifiers on the frozen and on the tuned features, alone and late-fused
 with text.
 
+`--objective align` asks instead whether fine-tuning helps cross-modal search: the same top
+blocks are tuned by symmetric InfoNCE between an image head on the pooled features and a text
+head on the emoji names (renders of one emoji are positives, temperature 0.1, Trio's
+`train::align` objective), beside the same heads on the frozen features. Each epoch prints
+name->image recall@1/@10 and the median rank for the validation and the test emoji's names
+over every image (a hit: any render of the named emoji); the epoch is chosen on validation.
+
     trio items --db demo.trio list --limit 100000 --json > items.json
     TRIO_HOME=... python scripts/finetune_reference.py items.json --first 15 --epochs 6
+    TRIO_HOME=... python scripts/finetune_reference.py items.json --objective align --first 11
 
 Needs torch, pillow, numpy, sentence-transformers and `efficientnet_lite_pytorch` (--no-deps).
 """
@@ -38,6 +46,8 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--cache", default="/tmp/trio-finetune-reference")
+    ap.add_argument("--objective", choices=["classify", "align"], default="classify")
+    ap.add_argument("--frozen-epochs", type=int, default=30, help="align: epochs of the frozen heads")
     args = ap.parse_args()
     torch.set_num_threads(2)
     os.makedirs(args.cache, exist_ok=True)
@@ -80,7 +90,7 @@ def main():
     if os.path.exists(txt_path):
         txt = np.load(txt_path)
     else:
-        txt = fr.text_features(items)
+        txt = fr.text_features(items, 0.0)
         np.save(txt_path, txt)
     mid = torch.tensor(mid)
 
@@ -134,6 +144,10 @@ def main():
                 best = (val, f)
         return best[1].numpy(), frozen.numpy()
 
+    if args.objective == "align":
+        part, _ = fr.split(groups, lab, len(labels), 0)
+        align(Top, x_in, torch.tensor(txt[:, :384]), items, groups, part, args)
+        return
     results = {}
     for seed in range(args.seeds):
         part, noisy = fr.split(groups, lab, len(labels), seed)
@@ -151,6 +165,77 @@ def main():
         }
         fr.record(results, seed, row)
     fr.print_means(results)
+
+
+def align(top_class, x_in, names, items, groups, part, args):
+    """Cross-modal recall of InfoNCE heads on the frozen top, then with the top tuned too."""
+    F = nn.functional
+    emoji = np.asarray(groups)  # the demo's emoji_key: every vendor and skin tone of one emoji
+
+    def queries(p):  # one name per emoji of the split
+        seen, rows = set(), []
+        for i in np.where(part == p)[0]:
+            if emoji[i] not in seen and items[i]["title"]:
+                seen.add(emoji[i])
+                rows.append(i)
+        return rows
+
+    def recall(image, text, rows):
+        scores = text[rows] @ image.T
+        ranks = np.array(
+            [1 + (s > s[emoji == emoji[r]].max()).sum() for s, r in zip(scores, rows)]
+        )
+        return f"R@1 {(ranks <= 1).mean():.3f} R@10 {(ranks <= 10).mean():.3f} median {int(np.median(ranks))}"
+
+    val, test = queries(1), queries(2)
+    print(f"{len(val)} validation and {len(test)} test names, {len(x_in)} images", flush=True)
+    train_rows = np.where(part == 0)[0]
+    for tune, epochs in ((False, args.frozen_epochs), (True, args.epochs)):
+        torch.manual_seed(0)
+        top = copy.deepcopy(top_class()).eval()  # batch-norm statistics stay frozen
+        image_head, text_head = nn.Linear(1280, 128), nn.Linear(384, 128)
+        groups_ = [{"params": [*image_head.parameters(), *text_head.parameters()], "lr": 1e-3}]
+        if tune:
+            groups_.append({"params": top.parameters(), "lr": args.lr})
+        opt = torch.optim.AdamW(groups_, weight_decay=1e-4)
+        with torch.no_grad():
+            frozen = torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
+
+        def heads(features, text):
+            return (
+                F.normalize(image_head(F.normalize(features, dim=1)), dim=1),
+                F.normalize(text_head(text), dim=1),
+            )
+
+        best = (-1.0, "")
+        for ep in range(epochs):
+            t = time.time()
+            perm = np.random.default_rng(ep).permutation(train_rows)
+            for s in range(0, len(perm), 256):
+                b = perm[s : s + 256]
+                a, c = heads(top(x_in[b]) if tune else frozen[b], names[b])
+                same = torch.tensor(emoji[b][:, None] == emoji[b][None, :]).float()
+                same /= same.sum(1, keepdim=True)
+                logits = a @ c.T / 0.1
+                loss = -(same * logits.log_softmax(1)).sum(1).mean()
+                loss = loss - (same * logits.log_softmax(0).T).sum(1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                features = (
+                    torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
+                    if tune
+                    else frozen
+                )
+                image, text = (v.numpy() for v in heads(features, names))
+            v_line, t_line = recall(image, text, val), recall(image, text, test)
+            what = "tuned" if tune else "frozen"
+            print(f"  {what} epoch {ep}: val {v_line} | test {t_line} ({time.time() - t:.0f}s)", flush=True)
+            v10 = float(v_line.split()[3])
+            if v10 > best[0]:
+                best = (v10, f"{what}: epoch {ep}, val {v_line} | test {t_line}")
+        print("chosen on validation:", best[1], flush=True)
 
 
 if __name__ == "__main__":

@@ -380,6 +380,10 @@ fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
             r.at(10).unwrap_or(0.0),
             r.mean_reciprocal_rank
         );
+        // The per-query ranks are what the figures summarise.
+        assert_eq!(r.ranks.len(), r.queries);
+        let within_10 = r.ranks.iter().filter(|&&rank| rank <= 10).count();
+        assert_eq!(r.at(10), Some(within_10 as f64 / r.queries as f64));
         recall_at_10.push(r.at(10).unwrap_or(0.0));
     }
     let (aligned, unaligned) = (recall_at_10[0], recall_at_10[1]);

@@ -46,6 +46,10 @@ pub struct CrossModalRecall {
     pub mean_reciprocal_rank: f64,
     /// Median rank (1-based) of the first relevant image.
     pub median_rank: usize,
+    /// Each query's rank of its first relevant image, in query order, so a caller can break
+    /// the figure down (by class, by vendor) without ranking again.
+    #[serde(default)]
+    pub ranks: Vec<usize>,
 }
 
 impl CrossModalRecall {
@@ -123,6 +127,7 @@ pub fn text_to_image_recall(
         recall,
         mean_reciprocal_rank,
         median_rank: sorted[sorted.len() / 2],
+        ranks,
     })
 }
 

@@ -386,8 +386,7 @@ fn per_category(
     class_ranks: &[usize],
 ) -> Vec<CategoryRow> {
     let mut by_category: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
-    for (((_, (.., category)), &emoji), &of_class) in
-        names.iter().zip(emoji_ranks).zip(class_ranks)
+    for (((_, (.., category)), &emoji), &of_class) in names.iter().zip(emoji_ranks).zip(class_ranks)
     {
         let row = by_category.entry(category).or_default();
         row[0] += 1;

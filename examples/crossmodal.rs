@@ -163,8 +163,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    // emoji key -> (name, class, category)
-    let mut names: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    // One name query per emoji, keyed by emoji so vendors and skin tones ask once.
+    let mut names: BTreeMap<String, NameQuery> = BTreeMap::new();
     for &r in query_rows {
         let key = examples[r].key;
         if meta(key, "skin_tone").is_some() {
@@ -174,14 +174,19 @@ fn main() -> anyhow::Result<()> {
             (meta(key, "emoji_key"), items.get(&key), &examples[r].label)
         {
             if !item.title.trim().is_empty() {
-                let category = meta(key, "category").unwrap_or_else(|| "-".into());
-                names.insert(k, (item.title.clone(), label.clone(), category));
+                let query = NameQuery {
+                    emoji: k.clone(),
+                    name: item.title.clone(),
+                    class: label.clone(),
+                    category: meta(key, "category").unwrap_or_else(|| "-".into()),
+                };
+                names.insert(k, query);
             }
         }
     }
-    let names: Vec<(String, (String, String, String))> = names
-        .into_iter()
-        .filter(|(k, _)| renders.get(k).is_some_and(|r| !r.1.is_empty()))
+    let names: Vec<NameQuery> = names
+        .into_values()
+        .filter(|q| renders.get(&q.emoji).is_some_and(|r| !r.1.is_empty()))
         .collect();
     if names.is_empty() {
         bail!(
@@ -194,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut embeddings = Vec::with_capacity(names.len());
     for chunk in names.chunks(64) {
-        let texts: Vec<&str> = chunk.iter().map(|(_, (n, ..))| n.as_str()).collect();
+        let texts: Vec<&str> = chunk.iter().map(|q| q.name.as_str()).collect();
         embeddings.extend(service.text.embed(&texts)?);
     }
     let text_seconds = started.elapsed().as_secs_f64();
@@ -202,12 +207,12 @@ fn main() -> anyhow::Result<()> {
         names
             .iter()
             .zip(&embeddings)
-            .map(|((k, (_, label, _)), e)| TextQuery {
+            .map(|(q, e)| TextQuery {
                 embedding: e.clone(),
                 relevant: match hit {
-                    Hit::AnyRender => renders.get(k).map(|r| r.0.clone()),
-                    Hit::BaseRender => renders.get(k).map(|r| r.1.clone()),
-                    Hit::Class => class_members.get(label).cloned(),
+                    Hit::AnyRender => renders.get(&q.emoji).map(|r| r.0.clone()),
+                    Hit::BaseRender => renders.get(&q.emoji).map(|r| r.1.clone()),
+                    Hit::Class => class_members.get(&q.class).cloned(),
                 }
                 .unwrap_or_default(),
             })
@@ -362,6 +367,16 @@ struct Variant {
     test_top1: f64,
 }
 
+/// One emoji's name, asked as a text query.
+struct NameQuery {
+    /// The demo's `emoji_key`: every vendor and skin tone of the emoji.
+    emoji: String,
+    name: String,
+    /// The emoji's label (its subcategory).
+    class: String,
+    category: String,
+}
+
 /// What counts as a hit for a name query.
 #[derive(Clone, Copy)]
 enum Hit {
@@ -381,14 +396,13 @@ struct CategoryRow {
 
 /// The default's figures per query category, most queries first.
 fn per_category(
-    names: &[(String, (String, String, String))],
+    names: &[NameQuery],
     emoji_ranks: &[usize],
     class_ranks: &[usize],
 ) -> Vec<CategoryRow> {
     let mut by_category: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
-    for (((_, (.., category)), &emoji), &of_class) in names.iter().zip(emoji_ranks).zip(class_ranks)
-    {
-        let row = by_category.entry(category).or_default();
+    for ((query, &emoji), &of_class) in names.iter().zip(emoji_ranks).zip(class_ranks) {
+        let row = by_category.entry(&query.category).or_default();
         row[0] += 1;
         row[1] += usize::from(emoji <= 10);
         row[2] += usize::from(of_class <= 1);

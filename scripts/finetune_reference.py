@@ -120,10 +120,7 @@ def main():
         )
         yt, tr = torch.tensor(noisy), np.where(part == 0)[0]
 
-        def feats():
-            with torch.no_grad():
-                return torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
-
+        feats = lambda: pooled(top, x_in)
         frozen = feats()
         best = (-1.0, frozen)
         for ep in range(args.epochs):
@@ -167,6 +164,12 @@ def main():
     fr.print_means(results)
 
 
+def pooled(top, x_in):
+    """The top's pooled features of every image, in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
+
+
 def align(top_class, x_in, names, items, groups, part, args):
     """Cross-modal recall of InfoNCE heads on the frozen top, then with the top tuned too."""
     F = nn.functional
@@ -181,11 +184,14 @@ def align(top_class, x_in, names, items, groups, part, args):
         return rows
 
     def recall(image, text, rows):
+        """(recall@1, recall@10, median rank) of the names at `rows` over every image."""
         scores = text[rows] @ image.T
         ranks = np.array(
             [1 + (s > s[emoji == emoji[r]].max()).sum() for s, r in zip(scores, rows)]
         )
-        return f"R@1 {(ranks <= 1).mean():.3f} R@10 {(ranks <= 10).mean():.3f} median {int(np.median(ranks))}"
+        return (ranks <= 1).mean(), (ranks <= 10).mean(), int(np.median(ranks))
+
+    show = lambda r: f"R@1 {r[0]:.3f} R@10 {r[1]:.3f} median {r[2]}"
 
     val, test = queries(1), queries(2)
     print(f"{len(val)} validation and {len(test)} test names, {len(x_in)} images", flush=True)
@@ -198,8 +204,7 @@ def align(top_class, x_in, names, items, groups, part, args):
         if tune:
             groups_.append({"params": top.parameters(), "lr": args.lr})
         opt = torch.optim.AdamW(groups_, weight_decay=1e-4)
-        with torch.no_grad():
-            frozen = torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
+        frozen = pooled(top, x_in)
 
         def heads(features, text):
             return (
@@ -222,19 +227,15 @@ def align(top_class, x_in, names, items, groups, part, args):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            features = pooled(top, x_in) if tune else frozen
             with torch.no_grad():
-                features = (
-                    torch.cat([top(x_in[s : s + 256]) for s in range(0, len(x_in), 256)])
-                    if tune
-                    else frozen
-                )
                 image, text = (v.numpy() for v in heads(features, names))
-            v_line, t_line = recall(image, text, val), recall(image, text, test)
+            v, te = recall(image, text, val), recall(image, text, test)
             what = "tuned" if tune else "frozen"
-            print(f"  {what} epoch {ep}: val {v_line} | test {t_line} ({time.time() - t:.0f}s)", flush=True)
-            v10 = float(v_line.split()[3])
-            if v10 > best[0]:
-                best = (v10, f"{what}: epoch {ep}, val {v_line} | test {t_line}")
+            line = f"val {show(v)} | test {show(te)}"
+            print(f"  {what} epoch {ep}: {line} ({time.time() - t:.0f}s)", flush=True)
+            if v[1] > best[0]:
+                best = (v[1], f"{what}: epoch {ep}, {line}")
         print("chosen on validation:", best[1], flush=True)
 
 

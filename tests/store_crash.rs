@@ -14,14 +14,14 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 mod common;
 
-use common::items::{has_description, has_image, trio_home, write_manifest};
+use common::items::{has_description, has_image, trio_binary, trio_home, write_manifest};
 use rand::{Rng, SeedableRng};
 use trio_engine::catalog::{Catalog, Space};
 use trio_engine::index::VectorIndex;
@@ -30,23 +30,6 @@ use trio_engine::progress::NoProgress;
 const ROWS: usize = 48;
 const KILLS: usize = 20;
 const SEED: u64 = 20_261_126;
-
-/// The `trio` binary of this build: tests live in `target/<profile>/deps/`.
-fn trio_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable sits in target/<profile>/deps");
-    let bin = dir.join(format!("trio{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build --workspace --all-targets` \
-         (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
 
 fn spawn_ingest(bin: &Path, db: &Path, manifest: &Path) -> Child {
     Command::new(bin)

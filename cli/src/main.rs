@@ -68,6 +68,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        die_quietly_on_closed_pipe();
+    }
     let trains = match &cli.command {
         Command::Train(_) | Command::Noise(_) => true,
         Command::Eval(a) => a.trains(),
@@ -104,10 +107,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`trio items list | head -1`) is an error
+/// every `println!` turns into a panic. A command-line tool should end the way Unix tools do
+/// there: quietly, by the signal. The server keeps the signal ignored: a client that hangs up
+/// must cost it one connection, not the process.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called at start-up before any other thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Errors go to stderr with their causes; under `--json` as one JSON object on stdout too, so a
-/// calling program always gets something it can parse.
+/// calling program always gets something it can parse. A cause whose text the message already
+/// carries (an I/O error wrapped with its path) is not repeated.
 fn report_error(e: &anyhow::Error, json: bool) {
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let mut chain: Vec<String> = Vec::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !chain.last().is_some_and(|last| last.contains(&cause)) {
+            chain.push(cause);
+        }
+    }
     if json {
         println!(
             "{}",

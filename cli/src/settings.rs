@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use trio_engine::fetch::{Home, LiteVariant};
-use trio_engine::towers::image::ImageTower;
+use trio_engine::towers::image::{ImageTower, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS};
 use trio_engine::towers::service::TowerSettings;
 use trio_engine::towers::text::TextTower;
 use trio_engine::Device;
@@ -59,8 +59,11 @@ pub struct TowerArgs {
     #[arg(long = "text-model")]
     pub text_model: Option<PathBuf>,
     /// Largest image accepted, in decoded pixels (decompression-bomb guard).
-    #[arg(long = "max-pixels", default_value_t = 40_000_000)]
+    #[arg(long = "max-pixels", default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Largest image file read, in bytes (checked before the file is read).
+    #[arg(long = "max-file-bytes", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    pub max_file_bytes: u64,
 }
 
 impl TowerArgs {
@@ -74,6 +77,7 @@ impl TowerArgs {
             s.text_model_dir = p.clone();
         }
         s.max_pixels = self.max_pixels;
+        s.max_file_bytes = self.max_file_bytes;
         Ok(s)
     }
 
@@ -106,10 +110,11 @@ impl TowerArgs {
     }
 }
 
-/// The catalogue database.
+/// The catalogue database. Global, so commands with subcommands (`trio items list`) take it
+/// after the subcommand too.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// The catalogue database file.
-    #[arg(long, default_value = "catalog.trio", env = "TRIO_DB")]
+    #[arg(long, global = true, default_value = "catalog.trio", env = "TRIO_DB")]
     pub db: PathBuf,
 }

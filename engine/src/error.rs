@@ -124,8 +124,11 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    /// A stored record could not be decoded.
-    #[error("corrupt record in table `{table}` at {key}: {reason}")]
+    /// A stored record could not be decoded: the database file is damaged.
+    #[error(
+        "the database is damaged: table `{table}`, record {key}: {reason}; {}",
+        recovery(table)
+    )]
     CorruptRecord {
         table: &'static str,
         key: String,
@@ -238,6 +241,20 @@ pub enum Error {
 
     #[error("cannot draw the map into {path}: {reason}")]
     MapRender { path: PathBuf, reason: String },
+}
+
+/// What a user can do about a damaged record, by the table it is in.
+fn recovery(table: &str) -> &'static str {
+    match table {
+        "features" | "items" | "ids" => {
+            "`trio items check` lists the damaged items: delete them (`trio items delete ID`) and \
+             ingest them again (a re-run of the manifest adds only what is missing)"
+        }
+        "fused" => {
+            "`trio items check` lists the damaged items; `trio train` recomputes every fused vector"
+        }
+        _ => "restore the database from a backup, or ingest the catalogue into a new database",
+    }
 }
 
 impl Error {

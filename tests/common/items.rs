@@ -11,6 +11,23 @@ pub fn trio_home() -> PathBuf {
     ))
 }
 
+/// The `trio` binary of this build: tests live in `target/<profile>/deps/`.
+pub fn trio_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable sits in target/<profile>/deps");
+    let bin = dir.join(format!("trio{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build --workspace --all-targets` \
+         (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
 /// Whether row `i` of [`write_manifest`] has an image (every fourth has none).
 pub fn has_image(i: usize) -> bool {
     !i.is_multiple_of(4)

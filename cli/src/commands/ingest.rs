@@ -1,7 +1,7 @@
 //! `trio ingest`: a manifest (JSONL/CSV) or the demo catalogue into the database.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -63,6 +63,16 @@ pub const EXIT_NOTHING_INGESTED: i32 = 2;
 pub const EXIT_SOME_FAILED: i32 = 3;
 
 pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
+    // The errors file is opened before any row is read: a path that cannot be written must
+    // fail the run before it commits anything, not after.
+    let errors_file = args
+        .errors
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create the errors file {}", path.display()))
+        })
+        .transpose()?;
     let device = global.device()?;
     let bars = Bars::new(!global.show_progress());
     let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, device)?;
@@ -111,8 +121,8 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     };
     let report = catalog.ingest(rows, &opts, &bars, &mut on_commit)?;
     trio_engine::Progress::finish(&bars);
-    if let Some(path) = &args.errors {
-        write_errors(path, &report)?;
+    if let (Some(path), Some(file)) = (&args.errors, errors_file) {
+        write_errors(path, file, &report)?;
     }
     let code = exit_code(&report, args.strict);
     output::emit(global.json, &report, |r| {
@@ -147,14 +157,13 @@ fn exit_code(report: &IngestReport, strict: bool) -> i32 {
     }
 }
 
-fn write_errors(path: &PathBuf, report: &IngestReport) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-    );
+fn write_errors(path: &Path, file: std::fs::File, report: &IngestReport) -> anyhow::Result<()> {
+    let writing = || format!("writing the errors file {}", path.display());
+    let mut f = std::io::BufWriter::new(file);
     for e in &report.errors {
-        serde_json::to_writer(&mut f, e)?;
-        writeln!(f)?;
+        serde_json::to_writer(&mut f, e).with_context(writing)?;
+        writeln!(f).with_context(writing)?;
     }
-    f.flush()?;
+    f.flush().with_context(writing)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use trio_engine::catalog::Catalog;
 use trio_engine::store::Item;
 
 use crate::output;
+use crate::progress::Bars;
 use crate::settings::{DbArgs, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -22,6 +23,9 @@ enum ItemsCommand {
     Get { id: String },
     /// Delete items (their vectors leave every index).
     Delete { ids: Vec<String> },
+    /// Check every item: its image file still there and readable, its stored vectors whole.
+    /// Exits 1 when any item has a problem.
+    Check,
     /// List items in the order they were added.
     List {
         #[arg(long, default_value_t = 0)]
@@ -76,6 +80,17 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
                 }
             })?;
             Ok(code)
+        }
+        ItemsCommand::Check => {
+            let bars = Bars::new(!global.show_progress());
+            let report = catalog.check_items(&bars)?;
+            output::emit(global.json, &report, |r| {
+                for p in &r.problems {
+                    println!("{}: {}", p.id, p.detail);
+                }
+                println!("{} items checked, {} problems", r.items, r.problems.len());
+            })?;
+            Ok(if report.problems.is_empty() { 0 } else { 1 })
         }
         ItemsCommand::List { offset, limit } => {
             let out = Listing {

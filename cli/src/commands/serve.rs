@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// Require the key for reads too.
     #[arg(long)]
     read_auth: bool,
+    /// Create the database if it does not exist (without it, a missing database is an error:
+    /// a mistyped path must not serve an empty catalogue).
+    #[arg(long)]
+    create: bool,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -28,8 +32,19 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let catalog =
-        Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, global.device()?)?;
+    let towers = args.towers.settings(global)?;
+    let catalog = if args.create {
+        Catalog::open_or_create(&args.db.db, towers, global.device()?)?
+    } else {
+        Catalog::open(&args.db.db, towers, global.device()?).map_err(|e| match e {
+            trio_engine::Error::StoreMissing { path } => anyhow::anyhow!(
+                "database {} does not exist (check the path, or pass --create to start an empty \
+                 catalogue)",
+                path.display()
+            ),
+            e => e.into(),
+        })?
+    };
     // Load the towers before answering, so the first request does not pay for it.
     catalog.service()?;
     let backend = EngineBackend::new(Arc::new(catalog), uploads_dir_for(&args.db.db));

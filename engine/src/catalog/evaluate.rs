@@ -209,8 +209,9 @@ fn embed_rows(
             };
             let image = match &row.image {
                 Some(path) => {
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| fail(format!("cannot read image {}: {e}", path.display())))?;
+                    let bytes = preprocessor
+                        .read_file(path)
+                        .map_err(|problem| fail(format!("image {}: {problem}", path.display())))?;
                     Some(
                         preprocessor
                             .prepare_bytes(&bytes, &path.display().to_string())

@@ -508,12 +508,14 @@ fn index_dir_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+mod check;
 mod evaluate;
 mod image_tuning;
 mod model;
 mod quality;
 mod search;
 
+pub use check::{CheckReport, ItemFault, ItemProblem};
 pub use evaluate::{EvalOptions, ManifestEvaluation};
 pub use model::{
     ActiveModel, ClaimCheck, Classification, ClassifyInput, Evidence, LabelScore, TrainOptions,

@@ -349,7 +349,12 @@ impl Catalog {
         let service = self.service()?;
         let bytes = match (&input.image_bytes, &input.image_path) {
             (Some(b), _) => Some(b.clone()),
-            (None, Some(p)) => Some(std::fs::read(p).map_err(|e| Error::io(p, e))?),
+            (None, Some(p)) => Some(service.image.preprocessor().read_file(p).map_err(
+                |problem| Error::Image {
+                    image: p.display().to_string(),
+                    problem,
+                },
+            )?),
             (None, None) => None,
         };
         let name = input

@@ -19,7 +19,7 @@ use crate::ingest::manifest::{ManifestRow, RowError};
 use crate::models::efficientnet_lite::Top;
 use crate::progress::Progress;
 use crate::query::phash;
-use crate::store::{Features, NewItem, PutMode, Store};
+use crate::store::{check_id, short_id, Features, NewItem, PutMode, Store};
 use crate::towers::image::{PreparedImage, Preprocessor};
 use crate::towers::service::EmbeddingService;
 
@@ -81,6 +81,10 @@ impl IngestReport {
 
 /// A row that survived reading and hashing, waiting for the towers.
 struct Pending {
+    /// The manifest row, for errors the store raises at commit.
+    row: usize,
+    /// The id as the manifest gave it (none when derived from the content).
+    given_id: Option<String>,
     item: NewItem,
     image: Option<PreparedImage>,
 }
@@ -155,6 +159,9 @@ pub fn ingest(
         )?;
         progress.advance(chunk_len);
     }
+    // Rows fail in two places (reading the manifest, then the chunk's stages): report them in
+    // row order.
+    report.errors.sort_by_key(|e| e.row);
     report.times.total_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -171,12 +178,13 @@ fn ingest_chunk(
     progress: &dyn Progress,
     on_commit: &mut dyn FnMut(&Committed<'_>),
 ) -> Result<()> {
-    // Stage 1: read, hash, decode (parallel). Rows whose stored copy is identical are dropped
-    // here, before any inference: that is what makes a re-run cheap and an interrupted run resume.
+    // Stage 1: read, hash, decode (parallel). Rows whose stored copy is kept are dropped here,
+    // before their image is decoded (and, for a known id in skip mode, before it is even read):
+    // that is what makes a re-run cheap and an interrupted run resume.
     let t = Instant::now();
-    let prepared: Vec<std::result::Result<Pending, RowError>> = chunk
+    let prepared: Vec<std::result::Result<Prepared, RowError>> = chunk
         .into_par_iter()
-        .map(|row| prepare_row(row, preprocessor))
+        .map(|row| prepare_row(row, preprocessor, store, opts.mode))
         .collect();
     let mut pending: Vec<Pending> = Vec::with_capacity(prepared.len());
     for p in prepared {
@@ -186,11 +194,8 @@ fn ingest_chunk(
                 report.failed += 1;
                 report.errors.push(e);
             }
-            Ok(p) => match store.get(&p.item.id)? {
-                Some(stored) if stored.content_hash == p.item.content_hash => report.skipped += 1,
-                Some(_) if opts.mode == PutMode::Skip => report.skipped += 1,
-                _ => pending.push(p),
-            },
+            Ok(Prepared::Stored) => report.skipped += 1,
+            Ok(Prepared::New(p)) => pending.push(p),
         }
     }
     report.times.read_decode_s += t.elapsed().as_secs_f64();
@@ -243,16 +248,60 @@ fn ingest_chunk(
 
     // Stage 3: one transaction for the chunk.
     let t = Instant::now();
-    let batch: Vec<(NewItem, Features)> = pending
+    let rows: Vec<(usize, Option<String>)> = pending
+        .iter()
+        .map(|p| (p.row, p.given_id.clone()))
+        .collect();
+    let mut batch: Vec<(NewItem, Features)> = pending
         .into_iter()
         .zip(image_features)
         .zip(text_features)
         .map(|((p, image), text)| (p.item, Features { image, text }))
         .collect();
-    let put = store.put_items(&batch, opts.mode)?;
-    report.inserted += put.inserted;
-    report.updated += put.updated;
-    report.skipped += put.skipped;
+    let mut tuned_features = tuned_features;
+    match store.put_items(&batch, opts.mode) {
+        Ok(put) => report.add_put(&put),
+        // The store refused the chunk: commit row by row, so the row at fault fails alone.
+        Err(e) if is_item_error(&e) && batch.len() > 1 => {
+            let mut kept = Vec::with_capacity(batch.len());
+            let mut kept_tuned = Vec::with_capacity(batch.len());
+            for ((entry, (row, id)), tuned) in batch.into_iter().zip(rows).zip(tuned_features) {
+                match store.put_items(std::slice::from_ref(&entry), opts.mode) {
+                    Ok(put) => {
+                        report.add_put(&put);
+                        kept.push(entry);
+                        kept_tuned.push(tuned);
+                    }
+                    Err(e) if is_item_error(&e) => {
+                        let e = RowError {
+                            row,
+                            id,
+                            reason: e.to_string(),
+                        };
+                        progress.warn(&e.to_string());
+                        report.failed += 1;
+                        report.errors.push(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            batch = kept;
+            tuned_features = kept_tuned;
+        }
+        Err(e) if is_item_error(&e) => {
+            let (row, id) = rows.into_iter().next().unwrap_or_default();
+            let e = RowError {
+                row,
+                id,
+                reason: e.to_string(),
+            };
+            progress.warn(&e.to_string());
+            report.failed += 1;
+            report.errors.push(e);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
     report.times.commit_s += t.elapsed().as_secs_f64();
     let ids: Vec<String> = batch.into_iter().map(|(item, _)| item.id).collect();
     let tuned_images = ids
@@ -267,6 +316,23 @@ fn ingest_chunk(
     Ok(())
 }
 
+/// Errors the store raises about one item's content (its id, its vectors), as opposed to the
+/// database failing: those stay the row's problem.
+fn is_item_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::BadItemId { .. } | Error::BadVector { .. } | Error::FeatureDim { .. }
+    )
+}
+
+impl IngestReport {
+    fn add_put(&mut self, put: &crate::store::PutReport) {
+        self.inserted += put.inserted;
+        self.updated += put.updated;
+        self.skipped += put.skipped;
+    }
+}
+
 fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
     match field {
         "title" => Some(item.title.as_str()),
@@ -276,24 +342,55 @@ fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
     .filter(|s| !s.trim().is_empty())
 }
 
-/// Reads the row's image (if any), hashes the content, decodes and prepares the pixels.
+/// What reading a row gave: an item for the towers, or the stored copy that stays.
+enum Prepared {
+    New(Pending),
+    Stored,
+}
+
+/// Reads the row's image (if any), hashes the content, decodes and prepares the pixels. A row
+/// whose stored copy stays is recognised as early as its id allows: a given id already stored
+/// in skip mode before the image is read, any other unchanged row before it is decoded.
 fn prepare_row(
     row: ManifestRow,
     preprocessor: &Preprocessor,
-) -> std::result::Result<Pending, RowError> {
+    store: &Store,
+    mode: PutMode,
+) -> std::result::Result<Prepared, RowError> {
     let fail = |reason: String| RowError {
         row: row.row,
-        id: row.id.clone(),
+        id: row.id.as_deref().map(short_id),
         reason,
     };
+    let is_stored = |id: &str, hash: Option<&str>| -> std::result::Result<bool, RowError> {
+        let stored = store.get(id).map_err(|e| fail(e.to_string()))?;
+        Ok(match stored {
+            Some(item) => mode == PutMode::Skip || Some(item.content_hash.as_str()) == hash,
+            None => false,
+        })
+    };
+    if let Some(id) = &row.id {
+        check_id(id).map_err(|e| fail(e.to_string()))?;
+        if mode == PutMode::Skip && is_stored(id, None)? {
+            return Ok(Prepared::Stored);
+        }
+    }
     let bytes = match &row.image {
         Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| fail(format!("cannot read image {}: {e}", path.display())))?,
+            preprocessor
+                .read_file(path)
+                .map_err(|problem| fail(format!("image {}: {problem}", path.display())))?,
         ),
         None => None,
     };
     let content_hash = content_hash(&row, bytes.as_deref());
+    let id = row
+        .id
+        .clone()
+        .unwrap_or_else(|| content_hash[..16].to_string());
+    if is_stored(&id, Some(&content_hash))? {
+        return Ok(Prepared::Stored);
+    }
     let (image, image_phash) = match (&bytes, &row.image) {
         (Some(bytes), Some(path)) => {
             let decoded = preprocessor
@@ -306,10 +403,6 @@ fn prepare_row(
         }
         _ => (None, None),
     };
-    let id = row
-        .id
-        .clone()
-        .unwrap_or_else(|| content_hash[..16].to_string());
     let item = NewItem {
         id,
         title: row.title.unwrap_or_default(),
@@ -321,7 +414,12 @@ fn prepare_row(
         image_phash,
         metadata: row.metadata,
     };
-    Ok(Pending { item, image })
+    Ok(Prepared::New(Pending {
+        row: row.row,
+        given_id: row.id.as_deref().map(short_id),
+        item,
+        image,
+    }))
 }
 
 fn path_string(p: &Path) -> String {

@@ -26,17 +26,20 @@ pub(crate) fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
     out
 }
 
-/// `None` when the byte count is not a whole number of `f32`s.
-pub(crate) fn bytes_to_f32s(bytes: &[u8]) -> Option<Vec<f32>> {
+/// A stored vector's values. Every vector was checked finite before it was stored, so a byte
+/// count that is not a whole number of `f32`s, or a NaN or infinity, means the file was damaged.
+pub(crate) fn bytes_to_f32s(bytes: &[u8]) -> Result<Vec<f32>, &'static str> {
     if !bytes.len().is_multiple_of(4) {
-        return None;
+        return Err("truncated vector");
     }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err("a stored vector holds a NaN or infinite value");
+    }
+    Ok(values)
 }
 
 /// Encodes features. The caller has validated them (field names of 1..=255 bytes, at most 255
@@ -85,7 +88,7 @@ pub(crate) fn decode_features(bytes: &[u8]) -> Result<Features, String> {
             .to_string();
         let len = u32::from_le_bytes(r.array()?) as usize;
         let raw = r.take(len.checked_mul(4).ok_or("vector length overflows")?)?;
-        let vector = bytes_to_f32s(raw).ok_or("truncated vector")?;
+        let vector = bytes_to_f32s(raw)?;
         match kind {
             KIND_IMAGE => features.image = Some(vector),
             KIND_TEXT => {
@@ -165,7 +168,9 @@ mod tests {
     #[test]
     fn f32_bytes_are_little_endian() {
         assert_eq!(f32s_to_bytes(&[1.0]), vec![0, 0, 0x80, 0x3f]);
-        assert_eq!(bytes_to_f32s(&[0, 0, 0x80, 0x3f]), Some(vec![1.0]));
-        assert_eq!(bytes_to_f32s(&[0, 0, 0x80]), None);
+        assert_eq!(bytes_to_f32s(&[0, 0, 0x80, 0x3f]), Ok(vec![1.0]));
+        assert!(bytes_to_f32s(&[0, 0, 0x80]).is_err());
+        // A flipped exponent byte turns 1.0 into NaN: damage, not a value.
+        assert!(bytes_to_f32s(&[0, 0, 0xc0, 0x7f]).is_err());
     }
 }

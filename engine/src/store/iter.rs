@@ -67,10 +67,10 @@ impl Iterator for FusedIter {
                     let (_, key) = k.value();
                     codec::bytes_to_f32s(v.value())
                         .map(|vector| (key, vector))
-                        .ok_or_else(|| Error::CorruptRecord {
+                        .map_err(|reason| Error::CorruptRecord {
                             table: "fused",
                             key: format!("({version}, {key})"),
-                            reason: "truncated vector".into(),
+                            reason: reason.into(),
                         })
                 }),
         )

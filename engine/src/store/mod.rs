@@ -80,7 +80,7 @@ mod meta_key {
 }
 
 /// Longest user id accepted (bytes); ids are keys of the `ids` table.
-const MAX_ID_BYTES: usize = 1024;
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// Maps any redb error into [`Error::Storage`] with the table and what was being done.
 trait AtTable<T> {
@@ -561,7 +561,7 @@ impl Store {
         };
         codec::bytes_to_f32s(bytes.value())
             .map(Some)
-            .ok_or_else(|| corrupt("fused", format!("({version}, {key})"), "truncated vector"))
+            .map_err(|reason| corrupt("fused", format!("({version}, {key})"), reason))
     }
 
     /// Streams `(key, fused vector)` of model `version` in key order from one snapshot.
@@ -791,18 +791,32 @@ fn verify(db: &impl ReadableDatabase, path: &Path) -> Result<()> {
     }
 }
 
-fn check_id(id: &str) -> Result<()> {
+/// Whether the store can take `id` as an item id: callers check before any work on the item.
+pub fn check_id(id: &str) -> Result<()> {
     let reason = if id.is_empty() {
-        "it is empty"
+        "it is empty".to_string()
     } else if id.len() > MAX_ID_BYTES {
-        "it is longer than 1024 bytes"
+        format!(
+            "it has {} bytes, over the limit of {MAX_ID_BYTES} bytes",
+            id.len()
+        )
     } else {
         return Ok(());
     };
     Err(Error::BadItemId {
-        id: id.chars().take(64).collect(),
-        reason: reason.into(),
+        id: short_id(id),
+        reason,
     })
+}
+
+/// An id cut to a length an error message can carry.
+pub fn short_id(id: &str) -> String {
+    const SHOWN: usize = 64;
+    if id.chars().count() <= SHOWN {
+        id.to_string()
+    } else {
+        format!("{}…", id.chars().take(SHOWN).collect::<String>())
+    }
 }
 
 fn check_features(

@@ -32,6 +32,12 @@ use crate::models::imagenet_classes::IMAGENET_CLASSES;
 /// is refused before decoding, so a small file claiming huge dimensions (a decompression bomb)
 /// costs nothing.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+/// Largest image file read by default, in bytes. Checked on the file's size before any byte is
+/// read, so `/dev/zero` or a huge sparse file costs nothing; 64 MiB holds a 40-megapixel photo
+/// in any compressed format Trio decodes.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes read before the rest of a file: enough for every supported format's signature.
+const HEADER_BYTES: usize = 64;
 /// Images per forward pass by default; larger inputs to `embed` are split.
 pub const DEFAULT_MAX_BATCH: usize = 32;
 /// TensorFlow's EfficientNet evaluation crop: the central square covering `size / (size + 32)`
@@ -61,6 +67,13 @@ pub enum ImageProblem {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     /// Zero width or height.
     NoPixels,
+    /// The path names a FIFO, a device, a folder or a socket: reading it could block forever
+    /// or never end, so it is refused before it is opened.
+    NotARegularFile { kind: &'static str },
+    /// The file is larger than the configured byte limit; refused before it is read.
+    FileTooLarge { bytes: u64, limit: u64 },
+    /// The file could not be read (missing, no permission, I/O error).
+    Unreadable { detail: String },
 }
 
 impl fmt::Display for ImageProblem {
@@ -82,6 +95,14 @@ impl fmt::Display for ImageProblem {
                 *width as u64 * *height as u64
             ),
             ImageProblem::NoPixels => write!(f, "the image has no pixels"),
+            ImageProblem::NotARegularFile { kind } => {
+                write!(f, "not a regular file (it is {kind})")
+            }
+            ImageProblem::FileTooLarge { bytes, limit } => write!(
+                f,
+                "the file has {bytes} bytes, over the limit of {limit} (--max-file-bytes)"
+            ),
+            ImageProblem::Unreadable { detail } => write!(f, "cannot read the file: {detail}"),
         }
     }
 }
@@ -92,6 +113,9 @@ pub struct ImageTowerConfig {
     pub model: efficientnet_lite::Config,
     /// Largest image accepted, in decoded pixels (width x height).
     pub max_pixels: u64,
+    /// Largest image file read, in bytes.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
     /// Images per forward pass.
     pub max_batch: usize,
 }
@@ -101,6 +125,7 @@ impl ImageTowerConfig {
         Self {
             model,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
         }
     }
@@ -122,10 +147,19 @@ impl ImageTowerConfig {
         self
     }
 
+    pub fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+        self.max_file_bytes = max_file_bytes;
+        self
+    }
+
     pub fn with_max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);
         self
     }
+}
+
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
 }
 
 impl Default for ImageTowerConfig {
@@ -170,6 +204,7 @@ impl PreparedImage {
 pub struct Preprocessor {
     image_size: u32,
     max_pixels: u64,
+    max_file_bytes: u64,
 }
 
 impl Preprocessor {
@@ -178,7 +213,58 @@ impl Preprocessor {
         Self {
             image_size,
             max_pixels,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
+    }
+
+    pub fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+        self.max_file_bytes = max_file_bytes;
+        self
+    }
+
+    /// Reads an image file's bytes, refusing before any read what could hang or flood memory:
+    /// anything but a regular file (a FIFO blocks on open), a file over the byte limit, and a
+    /// file whose first bytes are no image signature (only the header is read then).
+    pub fn read_file(&self, path: &Path) -> std::result::Result<Vec<u8>, ImageProblem> {
+        use std::io::Read;
+        let unreadable = |e: std::io::Error| ImageProblem::Unreadable {
+            detail: io_reason(&e),
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        check_regular(&meta)?;
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        // The path may have been swapped between the two calls: check what was opened.
+        let meta = file.metadata().map_err(unreadable)?;
+        check_regular(&meta)?;
+        if meta.len() > self.max_file_bytes {
+            return Err(ImageProblem::FileTooLarge {
+                bytes: meta.len(),
+                limit: self.max_file_bytes,
+            });
+        }
+        let mut bytes = Vec::with_capacity(HEADER_BYTES);
+        (&mut file)
+            .take(HEADER_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.is_empty() {
+            return Err(ImageProblem::Empty);
+        }
+        if image::guess_format(&bytes).is_err() {
+            return Err(ImageProblem::NotAnImage);
+        }
+        // A file growing while it is read is still cut at the limit.
+        bytes.reserve(meta.len() as usize);
+        file.take(self.max_file_bytes + 1 - bytes.len() as u64)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > self.max_file_bytes {
+            return Err(ImageProblem::FileTooLarge {
+                bytes: bytes.len() as u64,
+                limit: self.max_file_bytes,
+            });
+        }
+        Ok(bytes)
     }
 
     /// The side of the square images this produces.
@@ -188,8 +274,12 @@ impl Preprocessor {
 
     /// Reads and prepares an image file.
     pub fn prepare_path(&self, path: &Path) -> Result<PreparedImage> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.prepare_bytes(&bytes, &path.display().to_string())
+        let name = path.display().to_string();
+        let bytes = self.read_file(path).map_err(|problem| Error::Image {
+            image: name.clone(),
+            problem,
+        })?;
+        self.prepare_bytes(&bytes, &name)
     }
 
     /// Decodes and prepares encoded image bytes; `name` identifies the image in errors.
@@ -345,6 +435,49 @@ pub struct ClassScore {
     pub probability: f32,
 }
 
+fn check_regular(meta: &std::fs::Metadata) -> std::result::Result<(), ImageProblem> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        "a folder"
+    } else {
+        file_kind(&ft)
+    };
+    Err(ImageProblem::NotARegularFile { kind })
+}
+
+#[cfg(unix)]
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_kind(_: &std::fs::FileType) -> &'static str {
+    "not a file"
+}
+
+/// An I/O error's reason without the "(os error N)" suffix that repeats the same words.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// The `k` most probable ImageNet classes, most probable first.
 pub fn top_k(probabilities: &[f32], k: usize) -> Vec<ClassScore> {
     let mut order: Vec<usize> = (0..probabilities.len()).collect();
@@ -389,7 +522,8 @@ impl ImageTower {
     pub fn from_model(model: EfficientNetLite, config: &ImageTowerConfig) -> Self {
         let mut config = config.clone();
         config.model = model.config().clone();
-        let preprocessor = Preprocessor::new(config.model.image_size, config.max_pixels);
+        let preprocessor = Preprocessor::new(config.model.image_size, config.max_pixels)
+            .with_max_file_bytes(config.max_file_bytes);
         Self {
             device: model.device().clone(),
             model,

@@ -12,7 +12,9 @@ use crate::error::Result;
 use crate::fetch::{Home, LiteVariant};
 use crate::models::efficientnet_lite;
 use crate::store::Features;
-use crate::towers::image::{ImageTower, ImageTowerConfig, DEFAULT_MAX_PIXELS};
+use crate::towers::image::{
+    ImageTower, ImageTowerConfig, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
+};
 use crate::towers::text::TextTower;
 
 /// Where the two towers' weights are, and the image tower's settings. Built from the fetched
@@ -26,6 +28,13 @@ pub struct TowerSettings {
     pub text_model_dir: PathBuf,
     /// Largest image accepted, in decoded pixels.
     pub max_pixels: u64,
+    /// Largest image file read, in bytes.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
 }
 
 impl TowerSettings {
@@ -36,6 +45,7 @@ impl TowerSettings {
             image_variant: variant,
             text_model_dir: home.text_model_dir(),
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 
@@ -46,7 +56,9 @@ impl TowerSettings {
             LiteVariant::Lite1 => efficientnet_lite::Config::lite1(),
             LiteVariant::Lite2 => efficientnet_lite::Config::lite2(),
         };
-        ImageTowerConfig::new(model).with_max_pixels(self.max_pixels)
+        ImageTowerConfig::new(model)
+            .with_max_pixels(self.max_pixels)
+            .with_max_file_bytes(self.max_file_bytes)
     }
 }
 

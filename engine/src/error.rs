@@ -167,6 +167,11 @@ pub enum Error {
     #[error("manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
 
+    /// A feature file (Parquet) cannot be used as a whole: unreadable, not Trio's schema, or
+    /// computed by other towers than the catalogue's.
+    #[error("feature file {path}: {reason}")]
+    FeatureFile { path: PathBuf, reason: String },
+
     /// The emoji demo catalogue's files are missing or not in the expected shape.
     #[error("demo catalogue {path}: {reason}")]
     DemoCatalogue { path: PathBuf, reason: String },

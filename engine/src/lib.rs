@@ -10,12 +10,14 @@
 //! - [`store`]: the redb catalogue, the source of truth for items, features and models.
 //! - [`index`]: vector indexes (HNSW) derived from the store.
 //! - [`ingest`]: manifests in, items out: parsing, the demo catalogue, the batched pipeline.
+//! - [`exchange`]: feature files (Parquet) written by `trio embed` and loaded in bulk.
 //! - [`train`]: training and evaluating the fused model and its baselines.
 //! - [`query`]: search, duplicates and label-noise detection.
 
 pub mod catalog;
 pub mod device;
 pub mod error;
+pub mod exchange;
 pub mod fetch;
 pub mod index;
 pub mod ingest;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use trio_engine::catalog::Catalog;
+use trio_engine::catalog::{Catalog, DEFAULT_LOAD_BATCH};
+use trio_engine::exchange::feature_files;
 use trio_engine::ingest::demo::{self, Vendor};
 use trio_engine::ingest::manifest::{self, ManifestOptions};
 use trio_engine::ingest::pipeline::{IngestOptions, IngestReport};
@@ -19,8 +20,12 @@ use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
 pub struct IngestArgs {
     /// The manifest: JSONL or CSV with id, image, title, description, tags, label, and any
     /// other fields (kept as metadata).
-    #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+    #[arg(required_unless_present_any = ["demo", "features"], conflicts_with_all = ["demo", "features"])]
     manifest: Option<PathBuf>,
+    /// Load precomputed features instead (Parquet files, or folders of them, from `trio embed`
+    /// or `trio items export`): no tower runs; the indexes are built once at the end.
+    #[arg(long, num_args = 1.., conflicts_with = "demo")]
+    features: Vec<PathBuf>,
     /// Ingest the demo catalogue (emoji from the google and twitter renders; `trio fetch` first).
     #[arg(long)]
     demo: bool,
@@ -39,9 +44,9 @@ pub struct IngestArgs {
     /// Write every failed row (row number, id, reason) to this file as JSONL.
     #[arg(long)]
     errors: Option<PathBuf>,
-    /// Rows per tower batch and per commit.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Rows per commit (and per tower batch); default 64, or 1024 with --features.
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Ingest only the first N rows.
     #[arg(long)]
     limit: Option<usize>,
@@ -76,6 +81,16 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     let device = global.device()?;
     let bars = Bars::new(!global.show_progress());
     let catalog = Catalog::open_or_create(&args.db.db, args.towers.settings(global)?, device)?;
+    if !args.features.is_empty() {
+        let files = feature_files(&args.features)?;
+        let report = catalog.ingest_features(
+            &files,
+            args.batch_size.unwrap_or(DEFAULT_LOAD_BATCH),
+            &bars,
+            &mut |ids| report_commits(args.report_commits, ids),
+        )?;
+        return finish(&args, errors_file, report, global);
+    }
     let rows: Box<dyn Iterator<Item = _>> = if args.demo {
         let home = global.home()?;
         let opts = demo::DemoOptions {
@@ -107,20 +122,33 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         } else {
             PutMode::Skip
         },
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(64),
         limit: args.limit,
     };
-    let report_commits = args.report_commits;
-    let mut on_commit = |ids: &[String]| {
-        if report_commits {
-            let mut err = std::io::stderr().lock();
-            for id in ids {
-                let _ = writeln!(err, "committed {id}");
-            }
-        }
-    };
-    let report = catalog.ingest(rows, &opts, &bars, &mut on_commit)?;
+    let report = catalog.ingest(rows, &opts, &bars, &mut |ids| {
+        report_commits(args.report_commits, ids)
+    })?;
     trio_engine::Progress::finish(&bars);
+    finish(&args, errors_file, report, global)
+}
+
+/// `committed <id>` lines on stderr, for tooling that tracks what is durable.
+fn report_commits(enabled: bool, ids: &[String]) {
+    if enabled {
+        let mut err = std::io::stderr().lock();
+        for id in ids {
+            let _ = writeln!(err, "committed {id}");
+        }
+    }
+}
+
+/// Writes the errors file and the report; the exit code says whether rows failed.
+fn finish(
+    args: &IngestArgs,
+    errors_file: Option<std::fs::File>,
+    report: IngestReport,
+    global: &GlobalArgs,
+) -> anyhow::Result<i32> {
     if let (Some(path), Some(file)) = (&args.errors, errors_file) {
         write_errors(path, file, &report)?;
     }

@@ -1,13 +1,16 @@
-//! `trio items get|delete|list`: look at and remove stored items.
+//! `trio items get|delete|list|check|export`: look at, check, export and remove stored items.
+
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use trio_engine::catalog::Catalog;
+use trio_engine::exchange::Precision;
 use trio_engine::store::Item;
 
 use crate::output;
 use crate::progress::Bars;
-use crate::settings::{DbArgs, GlobalArgs};
+use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
 
 #[derive(Debug, Args)]
 pub struct ItemsArgs {
@@ -26,6 +29,21 @@ enum ItemsCommand {
     /// Check every item: its image file still there and readable, its stored vectors whole.
     /// Exits 1 when any item has a problem.
     Check,
+    /// Write every item with its features as Parquet feature files (the schema `trio embed`
+    /// writes and `trio ingest --features` reads).
+    Export {
+        /// Folder for `part-00000.parquet`, `part-00001.parquet`, …
+        #[arg(long)]
+        out: PathBuf,
+        /// Vector precision: f32, or f16 for half the size.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
+        /// Rows per file.
+        #[arg(long, default_value_t = 100_000)]
+        rows_per_file: usize,
+        #[command(flatten)]
+        towers: TowerArgs,
+    },
     /// List items in the order they were added.
     List {
         #[arg(long, default_value_t = 0)]
@@ -49,9 +67,30 @@ struct Listing {
 }
 
 pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
-    let catalog = Catalog::open_existing(&args.db.db)?;
+    let open = || Catalog::open_existing(&args.db.db);
     match args.cmd {
-        ItemsCommand::Get { id } => match catalog.get(&id)? {
+        ItemsCommand::Export {
+            out,
+            precision,
+            rows_per_file,
+            towers,
+        } => {
+            // The files record the towers that computed the features: the catalogue's.
+            let catalog = Catalog::open(&args.db.db, towers.settings(global)?, global.device()?)?;
+            let bars = Bars::new(!global.show_progress());
+            let report = catalog.export_features(&out, precision, rows_per_file, &bars)?;
+            output::emit(global.json, &report, |r| {
+                println!(
+                    "exported {} items into {} file(s) under {} in {:.1}s",
+                    r.items,
+                    r.files.len(),
+                    out.display(),
+                    r.seconds
+                );
+            })?;
+            Ok(0)
+        }
+        ItemsCommand::Get { id } => match open()?.get(&id)? {
             Some(item) => {
                 output::emit(global.json, &item, print_item)?;
                 Ok(0)
@@ -61,6 +100,7 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             }
         },
         ItemsCommand::Delete { ids } => {
+            let catalog = open()?;
             let mut out = Deleted {
                 deleted: Vec::new(),
                 not_found: Vec::new(),
@@ -82,6 +122,7 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             Ok(code)
         }
         ItemsCommand::Check => {
+            let catalog = open()?;
             let bars = Bars::new(!global.show_progress());
             let report = catalog.check_items(&bars)?;
             output::emit(global.json, &report, |r| {
@@ -93,6 +134,7 @@ pub fn run(args: ItemsArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             Ok(if report.problems.is_empty() { 0 } else { 1 })
         }
         ItemsCommand::List { offset, limit } => {
+            let catalog = open()?;
             let out = Listing {
                 total: catalog.count()?,
                 offset,

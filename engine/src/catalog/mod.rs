@@ -116,6 +116,8 @@ pub struct Catalog {
     /// has (consistent, just without the items being written) instead of taking the store's new
     /// generation for staleness and rebuilding the whole index from the store.
     writes_in_flight: AtomicUsize,
+    /// The towers' fingerprint, hashed from their files on first use.
+    fingerprint: OnceLock<crate::towers::service::TowerFingerprint>,
 }
 
 /// Counts a write as in flight until dropped.
@@ -190,6 +192,7 @@ impl Catalog {
             active: RwLock::new(None),
             hnsw: HnswParams::default(),
             writes_in_flight: AtomicUsize::new(0),
+            fingerprint: OnceLock::new(),
         }
     }
 
@@ -508,6 +511,7 @@ fn index_dir_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+mod bulk;
 mod check;
 mod evaluate;
 mod image_tuning;
@@ -515,6 +519,7 @@ mod model;
 mod quality;
 mod search;
 
+pub use bulk::{ExportReport, DEFAULT_LOAD_BATCH};
 pub use check::{CheckReport, ItemFault, ItemProblem};
 pub use evaluate::{EvalOptions, ManifestEvaluation};
 pub use model::{

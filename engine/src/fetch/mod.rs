@@ -16,6 +16,8 @@ mod extract;
 mod installed;
 mod verify;
 
+pub(crate) use verify::sha256_file;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 

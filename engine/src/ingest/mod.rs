@@ -1,5 +1,7 @@
-//! Manifests in, items out: parsing rows, the demo catalogue, and the batched ingest pipeline.
+//! Manifests in, items out: parsing rows, the demo catalogue, the batched ingest pipeline, and
+//! deterministic shards of a manifest.
 
 pub mod demo;
 pub mod manifest;
 pub mod pipeline;
+pub mod shard;

@@ -54,6 +54,9 @@ pub struct StageTimes {
     pub image_tower_s: f64,
     pub text_tower_s: f64,
     pub commit_s: f64,
+    /// Building the indexes at the end of a bulk load (`trio ingest --features`).
+    #[serde(default)]
+    pub index_s: f64,
     pub total_s: f64,
 }
 
@@ -110,6 +113,66 @@ pub fn ingest(
     progress: &dyn Progress,
     on_commit: &mut dyn FnMut(&Committed<'_>),
 ) -> Result<IngestReport> {
+    let preprocessor = towers.image.preprocessor();
+    let stored = Some((store, opts.mode));
+    for_each_chunk(rows, opts, progress, |chunk, report| {
+        let embedded = embed_chunk(
+            chunk,
+            stored,
+            towers,
+            tuned_top,
+            &preprocessor,
+            report,
+            progress,
+        )?;
+        commit_chunk(embedded, store, opts.mode, report, progress, on_commit)
+    })
+}
+
+/// Runs rows through both towers without a store: `on_chunk` gets each chunk's items with
+/// their features (what `trio embed` writes to a feature file). In the report, `inserted`
+/// counts the rows embedded.
+pub fn embed(
+    rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
+    towers: &EmbeddingService,
+    opts: &IngestOptions,
+    progress: &dyn Progress,
+    on_chunk: &mut dyn FnMut(Vec<EmbeddedRow>) -> Result<()>,
+) -> Result<IngestReport> {
+    let preprocessor = towers.image.preprocessor();
+    for_each_chunk(rows, opts, progress, |chunk, report| {
+        let embedded = embed_chunk(chunk, None, towers, None, &preprocessor, report, progress)?;
+        report.inserted += embedded.len();
+        on_chunk(
+            embedded
+                .into_iter()
+                .map(|e| EmbeddedRow {
+                    row: e.row,
+                    item: e.item,
+                    features: e.features,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// One row through the towers: the item as the store would keep it, and its features.
+#[derive(Debug, Clone)]
+pub struct EmbeddedRow {
+    /// The manifest row it came from.
+    pub row: usize,
+    pub item: NewItem,
+    pub features: Features,
+}
+
+/// Reads rows into chunks of `opts.batch_size`, reporting the reader's row errors, and hands
+/// each chunk to `run`. Errors end up in row order.
+fn for_each_chunk(
+    rows: impl Iterator<Item = std::result::Result<ManifestRow, RowError>>,
+    opts: &IngestOptions,
+    progress: &dyn Progress,
+    mut run: impl FnMut(Vec<ManifestRow>, &mut IngestReport) -> Result<()>,
+) -> Result<IngestReport> {
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument(
             "batch size must be at least 1".into(),
@@ -117,7 +180,6 @@ pub fn ingest(
     }
     let started = Instant::now();
     let mut report = IngestReport::default();
-    let preprocessor = towers.image.preprocessor();
     let mut rows = rows.take(opts.limit.unwrap_or(usize::MAX));
     loop {
         let mut chunk = Vec::with_capacity(opts.batch_size);
@@ -146,17 +208,7 @@ pub fn ingest(
             break;
         }
         let chunk_len = chunk.len() as u64;
-        ingest_chunk(
-            chunk,
-            store,
-            towers,
-            tuned_top,
-            &preprocessor,
-            opts,
-            &mut report,
-            progress,
-            on_commit,
-        )?;
+        run(chunk, &mut report)?;
         progress.advance(chunk_len);
     }
     // Rows fail in two places (reading the manifest, then the chunk's stages): report them in
@@ -166,25 +218,35 @@ pub fn ingest(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ingest_chunk(
+/// An item with its features, waiting for its commit.
+pub(crate) struct Embedded {
+    /// The row it came from (manifest or feature file), for errors.
+    pub(crate) row: usize,
+    /// The id as the row gave it (none when derived from the content).
+    pub(crate) given_id: Option<String>,
+    pub(crate) item: NewItem,
+    pub(crate) features: Features,
+    /// Image features from the fine-tuned top, if one was given.
+    pub(crate) tuned: Option<Vec<f32>>,
+}
+
+/// Stages 1 and 2 of a chunk: read, hash and decode (parallel), then both towers batched.
+/// With `stored` (a store and the put mode), rows whose stored copy stays are dropped in stage
+/// 1, before their image is decoded (for a known id in skip mode, before it is even read):
+/// that is what makes a re-run cheap and an interrupted run resume.
+fn embed_chunk(
     chunk: Vec<ManifestRow>,
-    store: &Store,
+    stored: Option<(&Store, PutMode)>,
     towers: &EmbeddingService,
     tuned_top: Option<&Top>,
     preprocessor: &Preprocessor,
-    opts: &IngestOptions,
     report: &mut IngestReport,
     progress: &dyn Progress,
-    on_commit: &mut dyn FnMut(&Committed<'_>),
-) -> Result<()> {
-    // Stage 1: read, hash, decode (parallel). Rows whose stored copy is kept are dropped here,
-    // before their image is decoded (and, for a known id in skip mode, before it is even read):
-    // that is what makes a re-run cheap and an interrupted run resume.
+) -> Result<Vec<Embedded>> {
     let t = Instant::now();
     let prepared: Vec<std::result::Result<Prepared, RowError>> = chunk
         .into_par_iter()
-        .map(|row| prepare_row(row, preprocessor, store, opts.mode))
+        .map(|row| prepare_row(row, preprocessor, stored))
         .collect();
     let mut pending: Vec<Pending> = Vec::with_capacity(prepared.len());
     for p in prepared {
@@ -200,10 +262,9 @@ fn ingest_chunk(
     }
     report.times.read_decode_s += t.elapsed().as_secs_f64();
     if pending.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
 
-    // Stage 2: towers, batched over the chunk.
     let t = Instant::now();
     let with_image: Vec<usize> = (0..pending.len())
         .filter(|&i| pending[i].image.is_some())
@@ -245,69 +306,76 @@ fn ingest_chunk(
         }
     }
     report.times.text_tower_s += t.elapsed().as_secs_f64();
-
-    // Stage 3: one transaction for the chunk.
-    let t = Instant::now();
-    let rows: Vec<(usize, Option<String>)> = pending
-        .iter()
-        .map(|p| (p.row, p.given_id.clone()))
-        .collect();
-    let mut batch: Vec<(NewItem, Features)> = pending
+    Ok(pending
         .into_iter()
         .zip(image_features)
         .zip(text_features)
-        .map(|((p, image), text)| (p.item, Features { image, text }))
+        .zip(tuned_features)
+        .map(|(((p, image), text), tuned)| Embedded {
+            row: p.row,
+            given_id: p.given_id,
+            item: p.item,
+            features: Features { image, text },
+            tuned,
+        })
+        .collect())
+}
+
+/// Stage 3: one transaction for the chunk. If the store refuses the chunk for one item's sake,
+/// the chunk is committed row by row, so the row at fault fails alone.
+pub(crate) fn commit_chunk(
+    embedded: Vec<Embedded>,
+    store: &Store,
+    mode: PutMode,
+    report: &mut IngestReport,
+    progress: &dyn Progress,
+    on_commit: &mut dyn FnMut(&Committed<'_>),
+) -> Result<()> {
+    if embedded.is_empty() {
+        return Ok(());
+    }
+    let t = Instant::now();
+    let mut committed: Vec<Embedded> = Vec::with_capacity(embedded.len());
+    let batch: Vec<(NewItem, Features)> = embedded
+        .iter()
+        .map(|e| (e.item.clone(), e.features.clone()))
         .collect();
-    let mut tuned_features = tuned_features;
-    match store.put_items(&batch, opts.mode) {
-        Ok(put) => report.add_put(&put),
-        // The store refused the chunk: commit row by row, so the row at fault fails alone.
-        Err(e) if is_item_error(&e) && batch.len() > 1 => {
-            let mut kept = Vec::with_capacity(batch.len());
-            let mut kept_tuned = Vec::with_capacity(batch.len());
-            for ((entry, (row, id)), tuned) in batch.into_iter().zip(rows).zip(tuned_features) {
-                match store.put_items(std::slice::from_ref(&entry), opts.mode) {
-                    Ok(put) => {
-                        report.add_put(&put);
-                        kept.push(entry);
-                        kept_tuned.push(tuned);
-                    }
-                    Err(e) if is_item_error(&e) => {
-                        let e = RowError {
-                            row,
-                            id,
-                            reason: e.to_string(),
-                        };
-                        progress.warn(&e.to_string());
-                        report.failed += 1;
-                        report.errors.push(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            batch = kept;
-            tuned_features = kept_tuned;
+    match store.put_items(&batch, mode) {
+        Ok(put) => {
+            report.add_put(&put);
+            committed = embedded;
         }
         Err(e) if is_item_error(&e) => {
-            let (row, id) = rows.into_iter().next().unwrap_or_default();
-            let e = RowError {
-                row,
-                id,
-                reason: e.to_string(),
-            };
-            progress.warn(&e.to_string());
-            report.failed += 1;
-            report.errors.push(e);
-            return Ok(());
+            drop(batch);
+            for e in embedded {
+                let one = [(e.item.clone(), e.features.clone())];
+                match store.put_items(&one, mode) {
+                    Ok(put) => {
+                        report.add_put(&put);
+                        committed.push(e);
+                    }
+                    Err(err) if is_item_error(&err) => {
+                        let err = RowError {
+                            row: e.row,
+                            id: e.given_id,
+                            reason: err.to_string(),
+                        };
+                        progress.warn(&err.to_string());
+                        report.failed += 1;
+                        report.errors.push(err);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
         }
         Err(e) => return Err(e),
     }
     report.times.commit_s += t.elapsed().as_secs_f64();
-    let ids: Vec<String> = batch.into_iter().map(|(item, _)| item.id).collect();
+    let ids: Vec<String> = committed.iter().map(|e| e.item.id.clone()).collect();
     let tuned_images = ids
         .iter()
-        .zip(tuned_features)
-        .filter_map(|(id, f)| Some((id.as_str(), f?)))
+        .zip(committed)
+        .filter_map(|(id, e)| Some((id.as_str(), e.tuned?)))
         .collect();
     on_commit(&Committed {
         ids: &ids,
@@ -354,8 +422,7 @@ enum Prepared {
 fn prepare_row(
     row: ManifestRow,
     preprocessor: &Preprocessor,
-    store: &Store,
-    mode: PutMode,
+    stored: Option<(&Store, PutMode)>,
 ) -> std::result::Result<Prepared, RowError> {
     let fail = |reason: String| RowError {
         row: row.row,
@@ -363,15 +430,19 @@ fn prepare_row(
         reason,
     };
     let is_stored = |id: &str, hash: Option<&str>| -> std::result::Result<bool, RowError> {
-        let stored = store.get(id).map_err(|e| fail(e.to_string()))?;
-        Ok(match stored {
+        let Some((store, mode)) = stored else {
+            return Ok(false);
+        };
+        let item = store.get(id).map_err(|e| fail(e.to_string()))?;
+        Ok(match item {
             Some(item) => mode == PutMode::Skip || Some(item.content_hash.as_str()) == hash,
             None => false,
         })
     };
+    let skip_mode = matches!(stored, Some((_, PutMode::Skip)));
     if let Some(id) = &row.id {
         check_id(id).map_err(|e| fail(e.to_string()))?;
-        if mode == PutMode::Skip && is_stored(id, None)? {
+        if skip_mode && is_stored(id, None)? {
             return Ok(Prepared::Stored);
         }
     }

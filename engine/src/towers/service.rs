@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fetch::{Home, LiteVariant};
 use crate::models::efficientnet_lite;
 use crate::store::Features;
@@ -59,6 +59,108 @@ impl TowerSettings {
         ImageTowerConfig::new(model)
             .with_max_pixels(self.max_pixels)
             .with_max_file_bytes(self.max_file_bytes)
+    }
+}
+
+/// Bumped whenever preprocessing changes what a tower computes from the same input and weights
+/// (the image crop or normalisation, text truncation or pooling): features made before and
+/// after are not comparable.
+pub const PREPROCESSING_VERSION: u32 = 1;
+
+/// What made a set of features: the towers' weights, read byte for byte, and the preprocessing.
+/// Features computed elsewhere (`trio embed` on another machine) can join a catalogue only if
+/// its towers have the same fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TowerFingerprint {
+    /// The image model, e.g. `efficientnet-lite0`.
+    pub image_model: String,
+    pub image_weights_sha256: String,
+    pub image_dim: usize,
+    /// The text model's folder name, e.g. `all-MiniLM-L6-v2`.
+    pub text_model: String,
+    /// sha256 over the text model's config, tokenizer and weights files.
+    pub text_weights_sha256: String,
+    pub text_dim: usize,
+    pub preprocessing: u32,
+}
+
+impl TowerFingerprint {
+    /// Whether features with fingerprint `other` can sit beside features with this one. Names
+    /// are for people: the same weights under another folder name compute the same features.
+    pub fn compatible(&self, other: &TowerFingerprint) -> std::result::Result<(), String> {
+        let checks = [
+            (
+                "image weights",
+                self.image_weights_sha256 != other.image_weights_sha256,
+            ),
+            (
+                "text weights",
+                self.text_weights_sha256 != other.text_weights_sha256,
+            ),
+            ("image dimension", self.image_dim != other.image_dim),
+            ("text dimension", self.text_dim != other.text_dim),
+            (
+                "preprocessing version",
+                self.preprocessing != other.preprocessing,
+            ),
+        ];
+        match checks.iter().find(|(_, differs)| *differs) {
+            None => Ok(()),
+            Some((what, _)) => Err(format!(
+                "the {what} differ: made by {} + {} (preprocessing {}), this catalogue uses {} + {} \
+                 (preprocessing {})",
+                other.image_model,
+                other.text_model,
+                other.preprocessing,
+                self.image_model,
+                self.text_model,
+                self.preprocessing
+            )),
+        }
+    }
+}
+
+impl TowerSettings {
+    /// The fingerprint of these towers, from their files (hashes some 100 MB; no model is
+    /// loaded). The text dimension is read from the model's `config.json`.
+    pub fn fingerprint(&self) -> Result<TowerFingerprint> {
+        use crate::fetch::sha256_file;
+        use crate::progress::NoProgress;
+        let image_weights_sha256 = sha256_file(&self.image_weights, &NoProgress)?;
+        use sha2::Digest;
+        let mut text = sha2::Sha256::new();
+        for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+            let digest = sha256_file(&self.text_model_dir.join(name), &NoProgress)?;
+            text.update(name.as_bytes());
+            text.update(digest.as_bytes());
+        }
+        let config_path = self.text_model_dir.join("config.json");
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?,
+        )
+        .map_err(|source| Error::Json {
+            context: config_path.display().to_string(),
+            source,
+        })?;
+        let text_dim = config["hidden_size"]
+            .as_u64()
+            .ok_or_else(|| Error::ModelConfig {
+                model: self.text_model_dir.display().to_string(),
+                reason: "config.json has no hidden_size".into(),
+            })? as usize;
+        Ok(TowerFingerprint {
+            image_model: self.image_variant.asset_name().to_string(),
+            image_weights_sha256,
+            image_dim: crate::models::efficientnet_lite::FEATURE_DIM,
+            text_model: self
+                .text_model_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text_weights_sha256: hex::encode(text.finalize()),
+            text_dim,
+            preprocessing: PREPROCESSING_VERSION,
+        })
     }
 }
 

@@ -80,7 +80,7 @@ mod meta_key {
 }
 
 /// Longest user id accepted (bytes); ids are keys of the `ids` table.
-const MAX_ID_BYTES: usize = 1024;
+pub const MAX_ID_BYTES: usize = 1024;
 
 /// Maps any redb error into [`Error::Storage`] with the table and what was being done.
 trait AtTable<T> {

@@ -151,7 +151,8 @@ pub(crate) struct Computation {
 impl Computation {
     pub fn finish(mut self, result: Result<Value, ApiError>) {
         self.finished = true;
-        let outcome = result.map(|value| Arc::new(Report::new(value, Some(self.key.state.clone()))));
+        let outcome =
+            result.map(|value| Arc::new(Report::new(value, Some(self.key.state.clone()))));
         if let Ok(mut entries) = self.reports.entries.lock() {
             match &outcome {
                 Ok(report) => {

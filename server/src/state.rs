@@ -183,8 +183,7 @@ impl AppState {
                 rx
             }
         };
-        match actix_web::rt::time::timeout(self.config.request_timeout, reports::wait(rx)).await
-        {
+        match actix_web::rt::time::timeout(self.config.request_timeout, reports::wait(rx)).await {
             Err(_) => Err(ApiError::timeout(kind, self.config.request_timeout)),
             Ok(result) => result,
         }

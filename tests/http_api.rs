@@ -932,3 +932,173 @@ async fn the_page_and_its_assets_are_served() {
         assert!(content_type.starts_with(kind), "{path}: {content_type}");
     }
 }
+
+#[actix_web::test]
+async fn ids_longer_than_the_store_accepts_are_a_400_naming_the_limit() {
+    let app = app!(FakeBackend::new(), keyed());
+    let long = "x".repeat(1025);
+    let request = post_json("/v1/items", json!({"id": long, "title": "long id"}));
+    assert_error!(app, request.to_request(), 400, "invalid_argument", "1024");
+    // Multibyte characters count in bytes: 513 two-byte characters are 1026 bytes.
+    let request = post_json("/v1/items", json!({"id": "é".repeat(513), "title": "t"}));
+    assert_error!(app, request.to_request(), 400, "invalid_argument", "1024");
+    let request = post_json("/v1/items", json!({"id": "x".repeat(1024), "title": "t"}));
+    assert_eq!(
+        test::call_service(&app, request.to_request())
+            .await
+            .status(),
+        201
+    );
+}
+
+/// Concurrent identical report requests compute once; later ones get the stored report with its
+/// age until a write moves the catalogue on.
+#[actix_web::test]
+async fn reports_are_computed_once_per_catalogue_state() {
+    use std::sync::atomic::Ordering;
+    let backend = FakeBackend::new();
+    let _open = support::OpenOnDrop(backend.clone());
+    let app = app!(backend.clone(), keyed());
+    for (id, title) in [("a", "Red car"), ("b", "red car")] {
+        let request = post_json(
+            "/v1/items",
+            json!({"id": id, "title": title, "label": "car"}),
+        );
+        assert_eq!(
+            test::call_service(&app, request.to_request())
+                .await
+                .status(),
+            201
+        );
+    }
+    backend.hold_reports.store(true, Ordering::SeqCst);
+    let requests = (0..8).map(|_| {
+        let request = TestRequest::get()
+            .uri("/v1/duplicates?space=text")
+            .to_request();
+        test::call_service(&app, request)
+    });
+    let opener = async {
+        backend.gate.arrival().await;
+        backend.gate.open();
+    };
+    let (responses, ()) =
+        futures_util::future::join(futures_util::future::join_all(requests), opener).await;
+    for response in responses {
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["groups"][0]["ids"], json!(["a", "b"]), "{body}");
+        assert_eq!(body["generation"], 2, "{body}");
+        assert_eq!(body["model_version"], "v1", "{body}");
+        assert!(
+            body["computed_at"].as_str().unwrap().ends_with('Z'),
+            "{body}"
+        );
+        assert!(body["age_s"].as_f64().unwrap() >= 0.0, "{body}");
+    }
+    assert_eq!(backend.report_calls.load(Ordering::SeqCst), 1);
+
+    // The same options by POST: served from the store, with its age.
+    let request = TestRequest::post()
+        .uri("/v1/duplicates")
+        .set_json(json!({"space": "text"}))
+        .to_request();
+    let response = test::call_service(&app, request).await;
+    assert!(response.headers().contains_key(header::AGE));
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, body["generation"].clone()), (200, json!(2)));
+    assert_eq!(backend.report_calls.load(Ordering::SeqCst), 1);
+
+    // Other options are another report; a write makes the next request compute afresh.
+    let request = TestRequest::get().uri("/v1/noise").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 200);
+    assert_eq!(backend.report_calls.load(Ordering::SeqCst), 2);
+    let request = post_json("/v1/items", json!({"id": "c", "title": "RED CAR"}));
+    assert_eq!(
+        test::call_service(&app, request.to_request())
+            .await
+            .status(),
+        201
+    );
+    let request = TestRequest::get()
+        .uri("/v1/duplicates?space=text")
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["groups"][0]["ids"], json!(["a", "b", "c"]), "{body}");
+    assert_eq!(body["generation"], 3, "{body}");
+    assert_eq!(backend.report_calls.load(Ordering::SeqCst), 3);
+}
+
+#[actix_web::test]
+async fn reports_need_the_key_when_reads_do() {
+    let app = app!(
+        FakeBackend::new(),
+        ServerConfig {
+            read_auth: true,
+            ..keyed()
+        }
+    );
+    for request in [
+        TestRequest::get().uri("/v1/noise"),
+        TestRequest::get().uri("/v1/duplicates"),
+        TestRequest::post()
+            .uri("/v1/duplicates")
+            .set_json(json!({})),
+    ] {
+        assert_error!(app, request.to_request(), 401, "unauthorized", "");
+    }
+    for request in [
+        TestRequest::get().uri("/v1/noise"),
+        TestRequest::get().uri("/v1/duplicates"),
+        TestRequest::post()
+            .uri("/v1/duplicates")
+            .set_json(json!({})),
+    ] {
+        let response = test::call_service(&app, request.insert_header(bearer()).to_request()).await;
+        assert_eq!(response.status(), 200);
+    }
+}
+
+#[actix_web::test]
+async fn training_settings_out_of_range_are_refused_before_a_job_starts() {
+    let backend = FakeBackend::new();
+    let app = app!(backend.clone(), keyed());
+    for (body, field) in [
+        (json!({"batch_size": 0}), "batch_size"),
+        (json!({"batch_size": 1}), "batch_size"),
+        (json!({"epochs": 0}), "epochs"),
+        (json!({"learning_rate": 0.0}), "learning_rate"),
+        (json!({"learning_rate": -1e-3}), "learning_rate"),
+        (json!({"validation_fraction": -0.1}), "validation_fraction"),
+        (json!({"validation_fraction": 0.25}), "validation_fraction"),
+        (
+            json!({"finetune_image": true, "finetune_blocks": 0}),
+            "finetune_blocks",
+        ),
+        (json!({"finetune_blocks": 2}), "finetune_blocks"),
+    ] {
+        let request = post_json("/v1/train", body.clone());
+        let message = assert_error!(app, request.to_request(), 400, "invalid_argument", field);
+        assert!(!message.is_empty(), "{body}");
+    }
+    // Nothing started: the first valid request is the first job.
+    let request = post_json(
+        "/v1/train",
+        json!({"batch_size": 2, "epochs": 1, "validation_fraction": 0.2}),
+    );
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!((status, body["job_id"].clone()), (202, json!("job-1")));
+}
+
+#[actix_web::test]
+async fn shed_counters_are_exported_from_start_up() {
+    let app = app!(FakeBackend::new(), keyed());
+    let request = TestRequest::get().uri("/metrics").to_request();
+    let response = test::call_service(&app, request).await;
+    let text = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
+    for queue in ["blocking", "classify", "search"] {
+        let line = format!("trio_requests_shed_total{{queue=\"{queue}\"}} 0");
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+}

@@ -340,3 +340,246 @@ async fn training_without_activating_keeps_the_model_in_use() {
     assert!(body.to_string().contains("finetune_blocks"), "{body}");
     assert_healthy!(app);
 }
+
+/// A PNG no other test uses: `seed` picks its pixels, so its upload file is this test's own.
+fn unique_png(seed: u64) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(24, 24, |x, y| {
+        let v = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(u64::from(x * 31 + y * 17));
+        image::Rgb([(v >> 8) as u8, (v >> 24) as u8, (v >> 40) as u8])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+/// Where the backend keeps the upload of `bytes`.
+fn upload_path(bytes: &[u8], ext: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    catalogue().dir.path().join("uploads").join(format!(
+        "{}.{ext}",
+        hex::encode(sha2::Sha256::digest(bytes))
+    ))
+}
+
+/// Bytes that start like an image but do not decode: the first half of a real PNG, and a GIF
+/// header with a 16x16 screen followed by noise.
+fn undecodable() -> [(&'static str, Vec<u8>); 2] {
+    let png = std::fs::read(catalogue().rows.unseen[2].image.as_ref().unwrap()).unwrap();
+    let half = png[..png.len() / 2].to_vec();
+    let mut gif = b"GIF89a\x10\x00\x10\x00".to_vec();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        gif.push(state as u8);
+    }
+    [("half png", half), ("gif noise", gif)]
+}
+
+#[actix_web::test]
+async fn undecodable_images_are_415_on_every_route() {
+    let app = app!(catalogue().backend(), keyed());
+    for (what, bytes) in undecodable() {
+        let request = post_json(
+            "/v1/items",
+            json!({"id": "undecodable", "title": what, "image": b64(&bytes)}),
+        );
+        assert_error!(app, request.to_request(), 415, "not_an_image", "");
+        for (path, body) in [
+            ("/v1/classify", json!({ "image": b64(&bytes) })),
+            ("/v1/search", json!({ "image": b64(&bytes) })),
+            (
+                "/v1/search",
+                json!({ "image": b64(&bytes), "space": "image" }),
+            ),
+        ] {
+            let request = post_json(path, body.clone());
+            let response = test::call_service(&app, request.to_request()).await;
+            let (status, reply) = json_of(response).await;
+            assert_eq!(
+                (status, reply["error"]["code"].as_str()),
+                (415, Some("not_an_image")),
+                "{what} to {path}: {reply}"
+            );
+        }
+        // Nothing stored, and no file written for it.
+        assert!(!upload_path(&bytes, "png").exists() && !upload_path(&bytes, "gif").exists());
+    }
+    let request = TestRequest::get().uri("/v1/items/undecodable").to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 404);
+    assert_healthy!(app);
+}
+
+/// Twenty concurrent adds of one id: one 201, nineteen 409, and the stored item is the one the
+/// 201 acknowledged.
+#[actix_web::test]
+async fn concurrent_adds_of_one_id_store_exactly_the_acknowledged_one() {
+    let app = app!(catalogue().backend(), keyed());
+    for round in 0..3u64 {
+        let id = format!("race-{round}");
+        let image = unique_png(1000 + round);
+        let adds = (0..20).map(|writer| {
+            let mut body = json!({"id": id, "title": format!("writer {writer} of round {round}")});
+            // One round with the same image for every writer: the shared file must stay.
+            if round == 2 {
+                body["image"] = b64(&image).into();
+            }
+            test::call_service(&app, post_json("/v1/items", body).to_request())
+        });
+        let mut created = Vec::new();
+        let mut conflicts = 0;
+        for response in futures_util::future::join_all(adds).await {
+            let (status, body) = json_of(response).await;
+            match status {
+                201 => created.push(body),
+                409 => {
+                    assert_eq!(body["error"]["code"], "conflict", "{body}");
+                    conflicts += 1;
+                }
+                other => panic!("status {other}: {body}"),
+            }
+        }
+        assert_eq!((created.len(), conflicts), (1, 19), "{created:?}");
+        let request = TestRequest::get()
+            .uri(&format!("/v1/items/{id}"))
+            .to_request();
+        let (status, stored) = json_of(test::call_service(&app, request).await).await;
+        assert_eq!(status, 200);
+        assert_eq!(stored["title"], created[0]["title"], "{stored}");
+        if round == 2 {
+            assert!(upload_path(&image, "png").is_file());
+            let request = TestRequest::get()
+                .uri(&format!("/v1/items/{id}/image"))
+                .to_request();
+            let response = test::call_service(&app, request).await;
+            assert_eq!(response.status(), 200);
+            assert_eq!(test::read_body(response).await.to_vec(), image);
+        }
+    }
+}
+
+/// An upload refused for any reason leaves no file; a file a stored item uses is never removed.
+#[actix_web::test]
+async fn refused_uploads_leave_no_files() {
+    let app = app!(catalogue().backend(), keyed());
+    let kept = unique_png(2000);
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "upload-kept", "title": "kept", "image": b64(&kept)}),
+    );
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(upload_path(&kept, "png").is_file());
+
+    // An id that exists, with a new image: 409 and no file.
+    let orphan = unique_png(2001);
+    for _ in 0..5 {
+        let request = post_json(
+            "/v1/items",
+            json!({"id": "upload-kept", "title": "again", "image": b64(&orphan)}),
+        );
+        assert_error!(app, request.to_request(), 409, "conflict", "upload-kept");
+    }
+    assert!(!upload_path(&orphan, "png").exists());
+    // The same image as the stored item, refused: its file stays.
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "upload-kept", "title": "same image", "image": b64(&kept)}),
+    );
+    assert_error!(app, request.to_request(), 409, "conflict", "upload-kept");
+    assert!(upload_path(&kept, "png").is_file());
+    // Refused by the id check, with a decodable image: no file either.
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "upload-bad-id ", "title": "t", "image": b64(&orphan)}),
+    );
+    assert_error!(app, request.to_request(), 400, "invalid_argument", "id");
+    assert!(!upload_path(&orphan, "png").exists());
+}
+
+/// The item's image file removed behind the server's back: a 404 that says so.
+#[actix_web::test]
+async fn a_missing_image_file_is_404_image_missing() {
+    let app = app!(catalogue().backend(), keyed());
+    let image = unique_png(3000);
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "image-gone", "title": "soon without image", "image": b64(&image)}),
+    );
+    assert_eq!(
+        test::call_service(&app, request.to_request())
+            .await
+            .status(),
+        201
+    );
+    std::fs::remove_file(upload_path(&image, "png")).unwrap();
+    let request = TestRequest::get()
+        .uri("/v1/items/image-gone/image")
+        .to_request();
+    let message = assert_error!(app, request, 404, "image_missing", "image-gone");
+    assert!(
+        !message.contains(".images") && !message.contains('/'),
+        "{message}"
+    );
+    assert_healthy!(app);
+}
+
+/// No error message names a file on the server: not the uploads folder, not the catalogue's.
+#[actix_web::test]
+async fn error_messages_name_no_server_path() {
+    let app = app!(catalogue().backend(), keyed());
+    let dir = catalogue().dir.path().display().to_string();
+    let [(_, half), (_, gif)] = undecodable();
+    let image = unique_png(4000);
+    let mut requests = vec![
+        post_json(
+            "/v1/items",
+            json!({"id": "leak-1", "title": "t", "image": b64(&half)}),
+        ),
+        post_json("/v1/items", json!({"id": "leak-2", "image": b64(&gif)})),
+        multipart_item(&[
+            ("id", None, None, b"leak-3"),
+            ("image", Some("x.png"), Some("image/png"), &half),
+        ]),
+        post_json("/v1/classify", json!({ "image": b64(&half) })),
+        post_json(
+            "/v1/search",
+            json!({ "image": b64(&gif), "space": "image" }),
+        ),
+        post_json(
+            "/v1/items",
+            json!({"id": "leak-4", "title": "t", "image": b64(&image)}),
+        ),
+    ];
+    requests.push(post_json(
+        "/v1/items",
+        json!({"id": "leak-4", "title": "t", "image": b64(&image)}),
+    ));
+    let mut errors = 0;
+    for request in requests {
+        let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+        if status >= 400 {
+            errors += 1;
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                !message.contains(&dir)
+                    && !message.contains(".images")
+                    && !message.contains("/tmp"),
+                "status {status}: {message}"
+            );
+        }
+    }
+    assert_eq!(errors, 6);
+    std::fs::remove_file(upload_path(&image, "png")).unwrap();
+    let request = TestRequest::get()
+        .uri("/v1/items/leak-4/image")
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.to_string().contains(&dir), "{body}");
+}

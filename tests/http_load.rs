@@ -269,3 +269,85 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
     assert!(response.contains(r#""code":"not_found""#), "{response}");
 }
+
+/// Sends `head` and then `body` one byte at a time, a byte every 50 ms, until the server
+/// answers or closes; returns what it answered. Bounded: 30 s of reading at most.
+fn trickle(address: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut unsent = body.iter();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let mut buffer = [0u8; 4096];
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !response.is_empty() {
+                    continue;
+                }
+                if let Some(byte) = unsent.next() {
+                    // The server may already have closed; the answer is what matters.
+                    let _ = stream.write_all(&[*byte]);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[actix_web::test]
+async fn slow_bodies_and_headers_are_answered_408() {
+    let backend = FakeBackend::new();
+    let state = AppState::new(
+        backend,
+        ServerConfig {
+            workers: 1,
+            header_timeout: Duration::from_millis(500),
+            body_timeout: Duration::from_millis(500),
+            ..config(BatchConfig::default(), 4)
+        },
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = trio_server::serve(state, listener).unwrap();
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+
+    // A declared 100-byte body sent a byte at a time takes 5 s; the server stops waiting.
+    let head = format!(
+        "POST /v1/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let slow_body = std::thread::spawn(move || trickle(address, &head, &[b' '; 100]));
+    // Headers that never end.
+    let slow_head = std::thread::spawn(move || {
+        trickle(
+            address,
+            "POST /v1/items HTTP/1.1\r\nHost: localhost\r\n",
+            &[b'x'; 100],
+        )
+    });
+    let (body, head) = actix_web::rt::task::spawn_blocking(move || {
+        (slow_body.join().unwrap(), slow_head.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(body.contains(r#""code":"body_timeout""#), "{body}");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+
+    handle.stop(true).await;
+    serving.await.unwrap().unwrap();
+}

@@ -223,6 +223,10 @@ pub enum Error {
 
     #[error("not a decodable image: {reason}")]
     NotAnImage { reason: String },
+
+    /// The item names an image file that is no longer on disk (removed outside Trio).
+    #[error("the image file of item '{id}' is missing")]
+    ImageMissing { id: String },
     #[error("{what}: item {index}: {reason}")]
     InvalidItem {
         what: String,

@@ -21,6 +21,15 @@ pub struct ImageLimits {
     pub max_pixels: u64,
 }
 
+/// The catalogue state a report describes: it is stale once either part moves on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReportState {
+    /// The store's write generation: grows with every change to items or their vectors.
+    pub generation: u64,
+    /// The active model version, if any.
+    pub model: Option<String>,
+}
+
 /// What the HTTP service needs from the engine.
 ///
 /// Errors are [`trio_engine::Error`]; the server maps each variant to a status code in one place
@@ -76,6 +85,13 @@ pub trait Backend: Send + Sync + 'static {
             .into_iter()
             .map(|search| self.search(search, limits))
             .collect())
+    }
+
+    /// The state [`Backend::duplicates`] and [`Backend::noise`] read, so the server can serve a
+    /// stored report until it changes. `None` (the default) means the backend cannot tell, and
+    /// every request computes its report.
+    fn report_state(&self) -> Result<Option<ReportState>> {
+        Ok(None)
     }
 
     /// Near-duplicate groups, as a JSON report.

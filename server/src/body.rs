@@ -12,6 +12,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use trio_engine::store::MAX_ID_BYTES;
 
 use crate::api::{ClassifyRequest, NewItem};
 use crate::config::Limits;
@@ -37,7 +38,19 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for JsonBody<T> {
     }
 }
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+/// Runs a body read within the configured body timeout (408 when it runs out).
+async fn within_body_timeout<T>(
+    req: &HttpRequest,
+    read: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let after = AppState::of(req)?.config.body_timeout;
+    actix_web::rt::time::timeout(after, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(after)))
+}
+
+/// Reads the whole body within the body timeout, refusing it as soon as it is known to exceed
+/// `limit`.
 pub async fn read_body(
     req: &HttpRequest,
     payload: &mut Payload,
@@ -46,6 +59,10 @@ pub async fn read_body(
     if declared_length(req.headers()).is_some_and(|len| len > limit) {
         return Err(ApiError::body_too_large(limit));
     }
+    within_body_timeout(req, read_all(payload, limit)).await
+}
+
+async fn read_all(payload: &mut Payload, limit: usize) -> Result<BytesMut, ApiError> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::invalid_body(format!("reading the body: {e}")))?;
@@ -225,6 +242,10 @@ async fn read_form(req: &HttpRequest, payload: Payload, limit: usize) -> Result<
     if declared_length(req.headers()).is_some_and(|len| len > limit) {
         return Err(ApiError::body_too_large(limit));
     }
+    within_body_timeout(req, read_parts(req, payload, limit)).await
+}
+
+async fn read_parts(req: &HttpRequest, payload: Payload, limit: usize) -> Result<Form, ApiError> {
     let mut multipart = Multipart::new(req.headers(), payload);
     let mut form = Form {
         image: None,
@@ -330,9 +351,16 @@ pub fn check_map(
     Ok(())
 }
 
-/// Ids appear in URL paths, so they must be non-empty and free of `/`.
+/// Ids appear in URL paths, so they must be non-empty and free of `/`; they are keys of the
+/// store, which refuses ids longer than [`MAX_ID_BYTES`].
 pub fn check_id(field: &str, id: &str, limits: &Limits) -> Result<(), ApiError> {
     check_text(field, id, limits)?;
+    if id.len() > MAX_ID_BYTES {
+        return Err(ApiError::invalid_argument(
+            field,
+            format!("is longer than the limit of {MAX_ID_BYTES} bytes"),
+        ));
+    }
     if id.is_empty() || id.contains('/') || id.trim() != id {
         return Err(ApiError::invalid_argument(
             field,

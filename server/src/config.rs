@@ -33,6 +33,12 @@ pub struct ServerConfig {
     pub workers: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests get to finish.
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers; the connection is then closed
+    /// with 408.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, from the first read of it; then the
+    /// request is answered 408 and the connection closed, so a slow sender cannot hold it.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +53,8 @@ impl Default for ServerConfig {
             batch: BatchConfig::default(),
             workers: 0,
             shutdown_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -103,8 +111,14 @@ impl ServerConfig {
         if self.max_in_flight == 0 {
             return err("max_in_flight", "must be at least 1");
         }
-        if self.request_timeout.is_zero() {
-            return err("request_timeout", "must be longer than zero");
+        for (field, value) in [
+            ("request_timeout", self.request_timeout),
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if value.is_zero() {
+                return err(field, "must be longer than zero");
+            }
         }
         let l = &self.limits;
         for (field, value) in [

@@ -15,8 +15,9 @@ use trio_engine::catalog::{
     self, Catalog, ClassifyInput, Filter, NoiseOptions, SearchRequest, TrainOptions,
 };
 use trio_engine::ingest::manifest::ManifestRow;
-use trio_engine::ingest::pipeline::IngestOptions;
+use trio_engine::ingest::pipeline::{content_hash, IngestOptions};
 use trio_engine::query::duplicates::DuplicateOptions;
+use trio_engine::towers::image::Preprocessor;
 use trio_engine::{Error, Progress, Result};
 
 use crate::api::{
@@ -24,12 +25,12 @@ use crate::api::{
     ItemView, JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
     SearchHit, SearchResults, Stats, TrainRequest,
 };
-use crate::backend::{Backend, ImageLimits};
+use crate::backend::{Backend, ImageLimits, ReportState};
 
 /// A [`Backend`] over a catalogue opened with its towers.
 pub struct EngineBackend {
     catalog: Arc<Catalog>,
-    uploads: PathBuf,
+    uploads: Uploads,
     jobs: Arc<Mutex<HashMap<String, JobStatus>>>,
     next_job: AtomicU64,
 }
@@ -39,25 +40,22 @@ impl EngineBackend {
     pub fn new(catalog: Arc<Catalog>, uploads: PathBuf) -> Self {
         Self {
             catalog,
-            uploads,
+            uploads: Uploads {
+                dir: uploads,
+                in_flight: Mutex::new(HashMap::new()),
+            },
             jobs: Arc::new(Mutex::new(HashMap::new())),
             next_job: AtomicU64::new(1),
         }
     }
 
-    fn save_upload(&self, bytes: &[u8]) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.uploads).map_err(|e| Error::io(&self.uploads, e))?;
-        let ext = image_ext(bytes).ok_or_else(|| Error::NotAnImage {
-            reason: "not a PNG, JPEG, GIF, WebP or BMP file".into(),
-        })?;
-        let name = format!("{}.{ext}", hex::encode(Sha256::digest(bytes)));
-        let path = self.uploads.join(name);
-        if !path.exists() {
-            let tmp = path.with_extension("partial");
-            std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    /// Whether the stored item `id` names the image file `path`; when unsure, yes.
+    fn names_file(&self, id: &str, path: &Path) -> bool {
+        match self.catalog.get(id) {
+            Ok(Some(item)) => item.image_path.is_some_and(|p| Path::new(&p) == path),
+            Ok(None) => false,
+            Err(_) => true,
         }
-        Ok(path)
     }
 
     fn jobs(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobStatus>>> {
@@ -65,6 +63,98 @@ impl EngineBackend {
             .lock()
             .map_err(|_| Error::Internal("job table lock poisoned".into()))
     }
+}
+
+/// Uploaded image files, named by the SHA-256 of their bytes, so items with the same image share
+/// one file. A file is written only once its item passed every check, and a file this server
+/// wrote is removed again when no call that used it stored an item: a refused or failed upload
+/// leaves nothing behind, and a file a stored item names is never removed.
+struct Uploads {
+    dir: PathBuf,
+    /// Files that calls in flight are using.
+    in_flight: Mutex<HashMap<PathBuf, Claims>>,
+}
+
+/// The calls in flight on one upload file.
+struct Claims {
+    users: usize,
+    /// The file did not exist before these calls: one of them wrote it.
+    written: bool,
+    /// One of these calls stored an item that names the file.
+    kept: bool,
+}
+
+impl Uploads {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<PathBuf, Claims>>> {
+        self.in_flight
+            .lock()
+            .map_err(|_| Error::Internal("upload table lock poisoned".into()))
+    }
+
+    /// Makes sure the file for `bytes` exists and claims it until the returned guard drops.
+    fn claim(&self, bytes: &[u8], ext: &str) -> Result<UploadClaim<'_>> {
+        let path = self
+            .dir
+            .join(format!("{}.{ext}", hex::encode(Sha256::digest(bytes))));
+        let mut in_flight = self.lock()?;
+        let fresh = !in_flight.contains_key(&path) && !path.exists();
+        if fresh {
+            std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            let tmp = path.with_extension("partial");
+            let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                // Best effort: the error below is what the caller needs to hear.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io(&path, e));
+            }
+        }
+        let claims = in_flight.entry(path.clone()).or_insert(Claims {
+            users: 0,
+            written: fresh,
+            kept: false,
+        });
+        claims.users += 1;
+        Ok(UploadClaim {
+            uploads: self,
+            path,
+            stored: false,
+        })
+    }
+}
+
+/// One call's claim on an upload file; set `stored` once an item naming the file is committed.
+struct UploadClaim<'a> {
+    uploads: &'a Uploads,
+    path: PathBuf,
+    stored: bool,
+}
+
+impl Drop for UploadClaim<'_> {
+    fn drop(&mut self) {
+        let Ok(mut in_flight) = self.uploads.lock() else {
+            return;
+        };
+        let Some(claims) = in_flight.get_mut(&self.path) else {
+            return;
+        };
+        claims.users -= 1;
+        claims.kept |= self.stored;
+        if claims.users > 0 {
+            return;
+        }
+        let remove = claims.written && !claims.kept;
+        in_flight.remove(&self.path);
+        if remove {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove an unused upload");
+            }
+        }
+    }
+}
+
+/// The engine names an image by its path in row errors; clients must not see server paths.
+fn without_path(reason: &str, path: &Path) -> String {
+    reason.replace(&path.display().to_string(), "the uploaded image")
 }
 
 fn image_ext(bytes: &[u8]) -> Option<&'static str> {
@@ -114,6 +204,15 @@ fn space(s: api::Space) -> catalog::Space {
         api::Space::Image => catalog::Space::Image,
         api::Space::Text => catalog::Space::Text,
     }
+}
+
+/// Decodes the whole image, as ingest will: a header that reads well can hide a truncated or
+/// corrupt body, and the item must be refused before its file is written.
+fn check_decodes(bytes: &[u8], limits: &ImageLimits) -> Result<()> {
+    check_pixels(bytes, limits)?;
+    Preprocessor::new(1, limits.max_pixels)
+        .decode_bytes(bytes, "uploaded image")
+        .map(drop)
 }
 
 fn check_pixels(bytes: &[u8], limits: &ImageLimits) -> Result<()> {
@@ -262,26 +361,20 @@ impl Progress for JobProgress {
 
 impl Backend for EngineBackend {
     fn add_item(&self, item: NewItem, limits: &ImageLimits) -> Result<ItemView> {
-        let image = match &item.image {
+        // Every check runs before the image is written: the decode, then the id.
+        let ext = match &item.image {
             Some(bytes) => {
-                check_pixels(bytes, limits)?;
-                Some(self.save_upload(bytes)?)
+                check_decodes(bytes, limits)?;
+                Some(image_ext(bytes).ok_or_else(|| Error::NotAnImage {
+                    reason: "not a PNG, JPEG, GIF, WebP or BMP file".into(),
+                })?)
             }
             None => None,
         };
-        if let Some(id) = &item.id {
-            if self.catalog.get(id)?.is_some() {
-                return Err(Error::Conflict {
-                    what: "item".into(),
-                    id: id.clone(),
-                    reason: "an item with this id exists".into(),
-                });
-            }
-        }
-        let row = ManifestRow {
+        let mut row = ManifestRow {
             row: 1,
             id: item.id.clone(),
-            image,
+            image: None,
             title: item.title.clone().filter(|t| !t.trim().is_empty()),
             description: item.description.clone().filter(|t| !t.trim().is_empty()),
             tags: item.tags.clone(),
@@ -293,32 +386,62 @@ impl Backend for EngineBackend {
                 .collect(),
             warnings: Vec::new(),
         };
-        if row.image.is_none() && row.title.is_none() && row.description.is_none() {
+        if item.image.is_none() && row.title.is_none() && row.description.is_none() {
             return Err(Error::InvalidArgument(
                 "an item needs an image, a title or a description".into(),
             ));
         }
-        let mut ids = Vec::new();
-        let report = self.catalog.ingest(
+        // The id ingest would derive, fixed here so that a conflict can name it.
+        let id = match &item.id {
+            Some(id) => id.clone(),
+            None => content_hash(&row, item.image.as_deref())[..16].to_string(),
+        };
+        row.id = Some(id.clone());
+        let conflict = || Error::Conflict {
+            what: "item".into(),
+            id: id.clone(),
+            reason: "an item with this id exists".into(),
+        };
+        // Cheap early answer; the store's transaction below is what decides a race.
+        if self.catalog.get(&id)?.is_some() {
+            return Err(conflict());
+        }
+        let mut claim = match (&item.image, ext) {
+            (Some(bytes), Some(ext)) => Some(self.uploads.claim(bytes, ext)?),
+            _ => None,
+        };
+        row.image = claim.as_ref().map(|c| c.path.clone());
+        let ingested = self.catalog.ingest(
             std::iter::once(Ok(row)),
             &IngestOptions::default(),
             &trio_engine::NoProgress,
-            &mut |c| ids.extend_from_slice(c),
-        )?;
-        if let Some(e) = report.errors.first() {
-            return Err(if item.image.is_some() {
-                Error::NotAnImage {
-                    reason: e.reason.clone(),
+            &mut |_| {},
+        );
+        let report = match ingested {
+            Ok(report) => report,
+            Err(e) => {
+                // A failure after the commit (an index update) leaves the item stored.
+                if let Some(c) = claim.as_mut() {
+                    c.stored = self.names_file(&id, &c.path);
                 }
-            } else {
-                Error::InvalidArgument(e.reason.clone())
-            });
+                return Err(e);
+            }
+        };
+        if let Some(e) = report.errors.first() {
+            let reason = match &claim {
+                Some(c) => without_path(&e.reason, &c.path),
+                None => e.reason.clone(),
+            };
+            return Err(Error::InvalidArgument(reason));
         }
-        let id = ids
-            .into_iter()
-            .next()
-            .or(item.id)
-            .ok_or_else(|| Error::Internal("ingest stored no item".into()))?;
+        // Skip mode stores an id only if the store does not hold it yet, in the same write
+        // transaction as the insert: of concurrent adds of one id exactly one inserts.
+        if report.inserted == 0 {
+            return Err(conflict());
+        }
+        if let Some(c) = claim.as_mut() {
+            c.stored = true;
+        }
         self.get_item(&id)
     }
 
@@ -332,7 +455,10 @@ impl Backend for EngineBackend {
             what: "image of item".into(),
             id: id.to_string(),
         })?;
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ImageMissing { id: id.to_string() },
+            _ => Error::io(&path, e),
+        })?;
         let content_type = match image::guess_format(&bytes) {
             Ok(f) => f.to_mime_type().to_string(),
             Err(_) => "application/octet-stream".to_string(),
@@ -366,8 +492,9 @@ impl Backend for EngineBackend {
     }
 
     fn classify(&self, request: ClassifyRequest, limits: &ImageLimits) -> Result<Classification> {
+        // An image that does not decode is the client's error, whatever state the model is in.
         if let Some(bytes) = &request.image {
-            check_pixels(bytes, limits)?;
+            check_decodes(bytes, limits)?;
         }
         let input = ClassifyInput {
             image_path: None,
@@ -415,7 +542,7 @@ impl Backend for EngineBackend {
         let query = match search.query {
             Query::Text(t) => catalog::Query::Text(t),
             Query::Image(b) => {
-                check_pixels(&b, limits)?;
+                check_decodes(&b, limits)?;
                 catalog::Query::ImageBytes(b)
             }
             Query::Item(id) => catalog::Query::Id(id),
@@ -444,6 +571,14 @@ impl Backend for EngineBackend {
                 })
                 .collect(),
         })
+    }
+
+    fn report_state(&self) -> Result<Option<ReportState>> {
+        let store = self.catalog.store();
+        Ok(Some(ReportState {
+            generation: store.generation()?,
+            model: store.active_version()?.map(|v| v.to_string()),
+        }))
     }
 
     fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value> {
@@ -481,29 +616,6 @@ impl Backend for EngineBackend {
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {
-        if self
-            .jobs()?
-            .values()
-            .any(|j| matches!(j.state, JobState::Queued | JobState::Running))
-        {
-            return Err(Error::Conflict {
-                what: "training job".into(),
-                id: "train".into(),
-                reason: "a training job is already running".into(),
-            });
-        }
-        let id = format!("train-{}", self.next_job.fetch_add(1, Ordering::Relaxed));
-        self.jobs()?.insert(
-            id.clone(),
-            JobStatus {
-                id: id.clone(),
-                kind: "train".into(),
-                state: JobState::Queued,
-                progress: 0.0,
-                message: None,
-                result: None,
-            },
-        );
         let mut opts = TrainOptions::default();
         if let Some(e) = request.epochs {
             opts.config.epochs = e as usize;
@@ -527,6 +639,33 @@ impl Backend for EngineBackend {
             });
         }
         opts.keep_active = request.activate == Some(false);
+        // Refused here, not by a job that fails later.
+        opts.config.validate()?;
+        // The check and the registration under one lock: two requests cannot both start.
+        let mut jobs = self.jobs()?;
+        if jobs
+            .values()
+            .any(|j| matches!(j.state, JobState::Queued | JobState::Running))
+        {
+            return Err(Error::Conflict {
+                what: "training job".into(),
+                id: "train".into(),
+                reason: "a training job is already running".into(),
+            });
+        }
+        let id = format!("train-{}", self.next_job.fetch_add(1, Ordering::Relaxed));
+        jobs.insert(
+            id.clone(),
+            JobStatus {
+                id: id.clone(),
+                kind: "train".into(),
+                state: JobState::Queued,
+                progress: 0.0,
+                message: None,
+                result: None,
+            },
+        );
+        drop(jobs);
         let activates = !opts.keep_active;
         let progress = JobProgress::new(id.clone(), self.jobs.clone());
         let catalog = self.catalog.clone();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use trio_engine::towers::image::ImageProblem;
 use trio_engine::Error as EngineError;
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -110,6 +111,19 @@ impl ApiError {
         )
     }
 
+    // -- 408 --
+
+    pub fn body_timeout(after: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                after.as_millis()
+            ),
+        )
+    }
+
     // -- 413 / 415 --
 
     pub fn body_too_large(limit: usize) -> Self {
@@ -202,6 +216,10 @@ impl ResponseError for ApiError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            StatusCode::REQUEST_TIMEOUT => {
+                response.force_close();
+            }
             _ => {}
         }
         response.json(self.body())
@@ -214,9 +232,28 @@ impl From<&EngineError> for ApiError {
     fn from(e: &EngineError) -> Self {
         use StatusCode as S;
         let (status, code) = match e {
-            EngineError::InvalidArgument(_) => (S::BAD_REQUEST, "invalid_argument"),
+            // The engine names the image by its file path; a client needs only the problem.
+            EngineError::Image { problem, .. } => {
+                return match problem {
+                    ImageProblem::TooManyPixels { .. } => ApiError::new(
+                        S::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("image is too large: {problem}"),
+                    ),
+                    _ => ApiError::new(
+                        S::UNSUPPORTED_MEDIA_TYPE,
+                        "not_an_image",
+                        format!("not a decodable image: {problem}"),
+                    ),
+                };
+            }
+            EngineError::InvalidArgument(_)
+            | EngineError::BadItemId { .. }
+            | EngineError::InvalidTrainConfig { .. } => (S::BAD_REQUEST, "invalid_argument"),
+            EngineError::ImageMissing { .. } => (S::NOT_FOUND, "image_missing"),
             EngineError::NotFound { .. } => (S::NOT_FOUND, "not_found"),
             EngineError::Conflict { .. } => (S::CONFLICT, "conflict"),
+            EngineError::NoModel { .. } => (S::CONFLICT, "no_model"),
             EngineError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
             EngineError::NotAnImage { .. } => (S::UNSUPPORTED_MEDIA_TYPE, "not_an_image"),
             EngineError::UnknownLabel { .. } => (S::UNPROCESSABLE_ENTITY, "unknown_label"),
@@ -328,5 +365,50 @@ mod tests {
                 assert_eq!(api.message, engine.to_string());
             }
         }
+    }
+
+    #[test]
+    fn ids_over_the_store_limit_are_a_400_naming_it() {
+        let e = EngineError::BadItemId {
+            id: "x".repeat(64),
+            reason: "it is longer than 1024 bytes".into(),
+        };
+        let api = ApiError::from(&e);
+        assert_eq!((api.status.as_u16(), api.code), (400, "invalid_argument"));
+        assert!(api.message.contains("1024"), "{}", api.message);
+    }
+
+    #[test]
+    fn image_errors_are_415_or_413_without_the_file_path() {
+        let secret = "/srv/trio/catalog.trio.images/0123abcd.png";
+        let corrupt = EngineError::Image {
+            image: secret.into(),
+            problem: ImageProblem::Truncated {
+                detail: "unexpected end of file".into(),
+            },
+        };
+        let api = ApiError::from(&corrupt);
+        assert_eq!((api.status.as_u16(), api.code), (415, "not_an_image"));
+        assert!(!api.message.contains(secret), "{}", api.message);
+        assert!(api.message.contains("truncated"), "{}", api.message);
+
+        let huge = EngineError::Image {
+            image: secret.into(),
+            problem: ImageProblem::TooManyPixels {
+                width: 10,
+                height: 10,
+                limit: 50,
+            },
+        };
+        let api = ApiError::from(&huge);
+        assert_eq!((api.status.as_u16(), api.code), (413, "too_large"));
+        assert!(!api.message.contains(secret), "{}", api.message);
+    }
+
+    #[test]
+    fn a_missing_image_file_is_a_404_of_its_own() {
+        let api = ApiError::from(&EngineError::ImageMissing { id: "a1".into() });
+        assert_eq!((api.status.as_u16(), api.code), (404, "image_missing"));
+        assert!(api.message.contains("a1"), "{}", api.message);
     }
 }

@@ -21,11 +21,12 @@ pub mod engine_backend;
 pub mod error;
 mod metrics;
 mod openapi;
+mod reports;
 mod routes;
 mod server;
 mod state;
 
-pub use backend::{Backend, ImageLimits};
+pub use backend::{Backend, ImageLimits, ReportState};
 pub use batcher::{BatchConfig, BatchError, Batcher};
 pub use config::{ApiKey, ConfigError, Limits, ServerConfig, API_KEY_ENV};
 pub use engine_backend::{uploads_dir_for, EngineBackend};

@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use crate::api::Stats;
+use crate::state::{BLOCKING_QUEUE, CLASSIFY_QUEUE, SEARCH_QUEUE};
 
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +68,15 @@ impl Metrics {
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(items.clone()))?;
         registry.register(Box::new(index_size.clone()))?;
+        // A labelled series appears only once touched; Prometheus expects the known ones at
+        // zero from start-up, so that `rate()` and alerts see the first increase.
+        for queue in [BLOCKING_QUEUE, CLASSIFY_QUEUE, SEARCH_QUEUE] {
+            shed.with_label_values(&[queue]);
+            queue_depth.with_label_values(&[queue]);
+        }
+        for batcher in [CLASSIFY_QUEUE, SEARCH_QUEUE] {
+            batch_size.with_label_values(&[batcher]);
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -119,5 +129,26 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_series_are_exported_at_zero_from_start_up() {
+        let text = Metrics::new().unwrap().render().unwrap();
+        for queue in [BLOCKING_QUEUE, CLASSIFY_QUEUE, SEARCH_QUEUE] {
+            let shed = format!("trio_requests_shed_total{{queue=\"{queue}\"}} 0");
+            assert!(text.contains(&shed), "{shed} missing from:\n{text}");
+            let depth = format!("trio_queue_depth{{queue=\"{queue}\"}} 0");
+            assert!(text.contains(&depth), "{depth} missing from:\n{text}");
+        }
+        for batcher in [CLASSIFY_QUEUE, SEARCH_QUEUE] {
+            let count = format!("trio_batch_size_count{{batcher=\"{batcher}\"}} 0");
+            assert!(text.contains(&count), "{count} missing from:\n{text}");
+        }
     }
 }

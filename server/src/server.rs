@@ -21,6 +21,7 @@ pub fn serve(state: web::Data<AppState>, listener: TcpListener) -> io::Result<Se
         let state = state.clone();
         move || App::new().configure(|cfg| configure(cfg, &state))
     })
+    .client_request_timeout(config.header_timeout)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .disable_signals();
     if config.workers > 0 {

@@ -15,6 +15,7 @@ use crate::batcher::Batcher;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::reports::{self, Report, ReportKey, Reports};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub struct AppState {
     work: Arc<Semaphore>,
     classify: Batcher<ClassifyRequest, Classification, EngineError>,
     search: Batcher<Search, SearchResults, EngineError>,
+    reports: Arc<Reports>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
             metrics,
             classify,
             search,
+            reports: Arc::new(Reports::default()),
         }))
     }
 
@@ -136,6 +139,53 @@ impl AppState {
             Err(_) => Err(ApiError::timeout(what, self.config.request_timeout)),
             Ok(Err(panicked)) => Err(ApiError::internal(what, panicked)),
             Ok(Ok(result)) => result.map_err(ApiError::from),
+        }
+    }
+
+    /// A catalogue report (`kind` with `params`, canonical JSON of its options): the stored one
+    /// when the catalogue has not changed since it was computed, else computed once however
+    /// many requests ask at the same time (see [`crate::reports`]).
+    pub(crate) async fn report<F>(
+        &self,
+        kind: &'static str,
+        params: String,
+        compute: F,
+    ) -> Result<Arc<Report>, ApiError>
+    where
+        F: FnOnce(&dyn Backend) -> trio_engine::Result<serde_json::Value> + Send + 'static,
+    {
+        let Some(state) = self
+            .blocking("reading the catalogue state", |backend| {
+                backend.report_state()
+            })
+            .await?
+        else {
+            return self
+                .blocking("computing a report", compute)
+                .await
+                .map(reports::uncached);
+        };
+        let key = ReportKey {
+            kind,
+            params,
+            state,
+        };
+        let rx = match self.reports.join(key)? {
+            reports::Joined::Done(report) => return Ok(report),
+            reports::Joined::Wait(rx) => rx,
+            reports::Joined::Compute(job, rx) => {
+                // Dropping `job` unfinished wakes any waiter with an error.
+                let Ok(slot) = self.work.clone().try_acquire_owned() else {
+                    self.metrics.count_shed(BLOCKING_QUEUE);
+                    return Err(ApiError::overloaded("the backend work queue"));
+                };
+                reports::spawn(self.backend.clone(), slot, job, compute);
+                rx
+            }
+        };
+        match actix_web::rt::time::timeout(self.config.request_timeout, reports::wait(rx)).await {
+            Err(_) => Err(ApiError::timeout(kind, self.config.request_timeout)),
+            Ok(result) => result,
         }
     }
 

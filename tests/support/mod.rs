@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use actix_web::body::MessageBody;
@@ -19,7 +19,7 @@ use trio_server::api::{
     JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
     SearchHit, SearchResults, Stats, TrainRequest,
 };
-use trio_server::{ApiKey, Backend, ImageLimits, ServerConfig};
+use trio_server::{ApiKey, Backend, ImageLimits, ReportState, ServerConfig};
 
 /// The API key the HTTP tests configure for writes.
 pub const KEY: &str = "test-key-0123";
@@ -122,6 +122,12 @@ pub struct FakeBackend {
     pub gate: Gate,
     /// Size of every batch the batchers sent, by kind.
     pub batches: Mutex<Vec<(&'static str, usize)>>,
+    /// Grows with every add and delete, like the store's write generation.
+    generation: AtomicU64,
+    /// How many duplicates and noise reports were computed.
+    pub report_calls: AtomicUsize,
+    /// Makes report computations wait at the gate.
+    pub hold_reports: AtomicBool,
 }
 
 impl FakeBackend {
@@ -155,6 +161,13 @@ impl FakeBackend {
             Some(HOLD) => self.gate.wait(),
             Some(PANIC) => panic!("the fake backend was asked to panic"),
             _ => {}
+        }
+    }
+
+    fn report_started(&self) {
+        self.report_calls.fetch_add(1, Ordering::SeqCst);
+        if self.hold_reports.load(Ordering::SeqCst) {
+            self.gate.wait();
         }
     }
 
@@ -311,6 +324,7 @@ impl Backend for FakeBackend {
                 image,
             },
         );
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(view)
     }
 
@@ -352,8 +366,9 @@ impl Backend for FakeBackend {
             .lock()
             .unwrap()
             .remove(id)
-            .map(|_| ())
-            .ok_or_else(|| Self::not_found(id))
+            .ok_or_else(|| Self::not_found(id))?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn classify(&self, request: ClassifyRequest, limits: &ImageLimits) -> Result<Classification> {
@@ -492,7 +507,15 @@ impl Backend for FakeBackend {
             .collect())
     }
 
+    fn report_state(&self) -> Result<Option<ReportState>> {
+        Ok(Some(ReportState {
+            generation: self.generation.load(Ordering::SeqCst),
+            model: self.stats()?.active_model,
+        }))
+    }
+
     fn duplicates(&self, query: DuplicatesQuery) -> Result<Value> {
+        self.report_started();
         let items = self.items.lock().unwrap();
         let mut by_title: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for stored in items.values() {
@@ -517,6 +540,7 @@ impl Backend for FakeBackend {
     }
 
     fn noise(&self, query: NoiseQuery) -> Result<Value> {
+        self.report_started();
         let items = self.items.lock().unwrap();
         let suspects: Vec<Value> = items
             .values()

@@ -92,7 +92,7 @@ pub(crate) async fn get_item(
     params(("id" = String, Path, description = "Item id")),
     responses(
         (status = 200, description = "The image file", content_type = "image/*", body = [u8]),
-        (status = 404, description = "No such item, or it has no image", body = ErrorBody),
+        (status = 404, description = "No such item, it has no image (`not_found`), or its image file is gone (`image_missing`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn item_image(

@@ -27,11 +27,28 @@ pub(crate) async fn train(
     body: JsonBody<TrainRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.0;
-    if let Some(fraction) = request.validation_fraction {
-        if !(0.0..1.0).contains(&fraction) {
+    validate_train(&request)?;
+    let job_id = state
+        .blocking("starting training", move |backend| {
+            backend.start_train(request)
+        })
+        .await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/v1/jobs/{job_id}")))
+        .json(JobAccepted { job_id }))
+}
+
+/// Refuses a setting that cannot train before a job starts, naming the request's field.
+fn validate_train(request: &TrainRequest) -> Result<(), ApiError> {
+    if request.epochs == Some(0) {
+        return Err(ApiError::invalid_argument("epochs", "must be at least 1"));
+    }
+    // The engine's batches hold at least two items (batch statistics need two).
+    if let Some(size) = request.batch_size {
+        if size < 2 {
             return Err(ApiError::invalid_argument(
-                "validation_fraction",
-                "must be at least 0 and below 1",
+                "batch_size",
+                "must be at least 2",
             ));
         }
     }
@@ -43,21 +60,34 @@ pub(crate) async fn train(
             ));
         }
     }
-    if request.finetune_blocks.is_some() && request.finetune_image != Some(true) {
-        return Err(ApiError::invalid_argument(
-            "finetune_blocks",
-            "applies only with finetune_image: true",
-        ));
+    // The engine holds out twice this fraction (validation plus test), below one half.
+    if let Some(fraction) = request.validation_fraction {
+        if !(0.0..MAX_VALIDATION_FRACTION).contains(&fraction) {
+            return Err(ApiError::invalid_argument(
+                "validation_fraction",
+                format!("must be at least 0 and below {MAX_VALIDATION_FRACTION}"),
+            ));
+        }
     }
-    let job_id = state
-        .blocking("starting training", move |backend| {
-            backend.start_train(request)
-        })
-        .await?;
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/v1/jobs/{job_id}")))
-        .json(JobAccepted { job_id }))
+    if let Some(blocks) = request.finetune_blocks {
+        if request.finetune_image != Some(true) {
+            return Err(ApiError::invalid_argument(
+                "finetune_blocks",
+                "applies only with finetune_image: true",
+            ));
+        }
+        if blocks == 0 {
+            return Err(ApiError::invalid_argument(
+                "finetune_blocks",
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
 }
+
+/// Largest `validation_fraction` accepted (exclusive).
+const MAX_VALIDATION_FRACTION: f32 = 0.25;
 
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "models",

@@ -1,5 +1,6 @@
 //! Questions about the catalogue: classify, search, near-duplicates, label noise.
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::api::{
@@ -9,6 +10,7 @@ use crate::api::{
 use crate::body::{self, check_id, check_map, check_optional_text, JsonBody};
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::reports::Report;
 use crate::state::AppState;
 
 /// Classify an image and/or text: JSON with a base64 `image`, or a multipart form with an
@@ -24,6 +26,7 @@ use crate::state::AppState;
         (status = 200, body = Classification),
         (status = 400, description = "Bad body, or nothing to classify", body = ErrorBody),
         (status = 413, description = "Body, text or image too large", body = ErrorBody),
+        (status = 409, description = "No model is trained yet", body = ErrorBody),
         (status = 415, description = "The image does not decode", body = ErrorBody),
         (status = 422, description = "The claimed label is unknown to the model", body = ErrorBody),
         (status = 503, description = "Overloaded or not ready", body = ErrorBody),
@@ -139,7 +142,7 @@ fn validate_search(request: SearchRequest, limits: &Limits) -> Result<Search, Ap
     get, path = "/v1/duplicates", tag = "query",
     params(DuplicatesQuery),
     responses(
-        (status = 200, description = "Duplicate report", body = Object),
+        (status = 200, description = "Duplicate report (stored per catalogue state), with `generation`, `model_version`, `computed_at` and `age_s`", body = Object),
         (status = 400, description = "Bad query string", body = ErrorBody),
     )
 )]
@@ -155,7 +158,7 @@ pub(crate) async fn duplicates_get(
     post, path = "/v1/duplicates", tag = "query",
     request_body = DuplicatesQuery,
     responses(
-        (status = 200, description = "Duplicate report", body = Object),
+        (status = 200, description = "Duplicate report (stored per catalogue state), with `generation`, `model_version`, `computed_at` and `age_s`", body = Object),
         (status = 400, description = "Bad body", body = ErrorBody),
     )
 )]
@@ -178,12 +181,25 @@ async fn duplicates(
     if let Some(limit) = query.limit {
         check_count("limit", limit, state.config.limits.max_page_limit)?;
     }
+    let params = canonical(&query)?;
     let report = state
-        .blocking("finding duplicates", move |backend| {
+        .report("the duplicates report", params, move |backend| {
             backend.duplicates(query)
         })
         .await?;
-    Ok(HttpResponse::Ok().json(report))
+    Ok(report_response(&report))
+}
+
+/// The cache key of a report's options: their JSON, in the struct's fixed field order.
+fn canonical(query: &impl serde::Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(query).map_err(|e| ApiError::internal("encoding report options", e))
+}
+
+/// A report with its freshness fields, and its age in the `Age` header.
+fn report_response(report: &Report) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::AGE, (report.age_s() as u64).to_string()))
+        .json(report.to_json())
 }
 
 /// Items whose stored label the model doubts.
@@ -191,7 +207,7 @@ async fn duplicates(
     get, path = "/v1/noise", tag = "query",
     params(NoiseQuery),
     responses(
-        (status = 200, description = "Label-noise report", body = Object),
+        (status = 200, description = "Label-noise report (stored per catalogue state), with `generation`, `model_version`, `computed_at` and `age_s`", body = Object),
         (status = 400, description = "Bad query string", body = ErrorBody),
     )
 )]
@@ -211,8 +227,11 @@ pub(crate) async fn noise(
             ));
         }
     }
+    let params = canonical(&query)?;
     let report = state
-        .blocking("finding label noise", move |backend| backend.noise(query))
+        .report("the label-noise report", params, move |backend| {
+            backend.noise(query)
+        })
         .await?;
-    Ok(HttpResponse::Ok().json(report))
+    Ok(report_response(&report))
 }

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,29 +24,13 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::items::trio_home;
+use common::items::{trio_binary, trio_home};
 
 const KEY: &str = "crash-test-key";
 const CLIENTS: usize = 16;
 const PER_CLIENT: usize = 12;
 /// Acknowledged adds before the kill.
 const KILL_AFTER: usize = 40;
-
-/// The `trio` binary of this build: tests live in `target/<profile>/deps/`.
-fn trio_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(format!("trio{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build -p trio-cli`",
-        bin.display()
-    );
-    bin
-}
 
 /// A free port on the loopback interface.
 fn free_address() -> SocketAddr {
@@ -59,6 +43,7 @@ fn free_address() -> SocketAddr {
 fn spawn_server(db: &Path, key_file: &Path, address: SocketAddr) -> Child {
     Command::new(trio_binary())
         .arg("serve")
+        .arg("--create")
         .arg("--db")
         .arg(db)
         .arg("--addr")

@@ -33,7 +33,7 @@ def shard_stem(index, count):
 
 
 @ray.remote
-def embed_shard(trio, manifest, out, index, count, device, extra):
+def embed_shard(trio, manifest, out, index, count, device, threads, extra):
     """Runs `trio embed` for one shard; raises (so Ray retries) when trio fails or is killed."""
     features = os.path.join(out, shard_stem(index, count) + ".parquet")
     if os.path.exists(features):
@@ -43,8 +43,11 @@ def embed_shard(trio, manifest, out, index, count, device, extra):
         trio = os.path.abspath(trio)
     cmd = [trio, "embed", "--manifest", manifest, "--out", out,
            "--shard", f"{index}/{count}", "--device", device, "--json", "--quiet", *extra]
+    # The process uses the CPUs Ray reserved for the task, no more: decode and the CPU kernels
+    # (rayon) and candle's matrix products each take this many threads.
+    env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "CANDLE_NUM_THREADS": str(threads)}
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(
             f"shard {index}/{count} on {ray.util.get_node_ip_address()}: trio embed exited "
@@ -86,6 +89,8 @@ def main():
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda with one GPU per task when the cluster has GPUs, else cpu")
     p.add_argument("--retries", type=int, default=3, help="retries per task (Ray max_retries)")
+    p.add_argument("--cpus-per-task", type=int, default=1,
+                   help="CPUs Ray reserves for each task; trio runs that many threads")
     p.add_argument("--trio-home", default=os.environ.get("TRIO_HOME"),
                    help="TRIO_HOME on the workers (models)")
     p.add_argument("--batch-size", type=int, help="rows per tower batch")
@@ -114,7 +119,8 @@ def main():
     device = args.device
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
-    resources = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": 1}
+    cpus = max(1, args.cpus_per_task)
+    resources = {"num_gpus": 1, "num_cpus": cpus} if device == "cuda" else {"num_cpus": cpus}
     extra = []
     if args.batch_size:
         extra += ["--batch-size", str(args.batch_size)]
@@ -125,7 +131,7 @@ def main():
 
     task = embed_shard.options(max_retries=args.retries, retry_exceptions=True, **resources)
     started = time.time()
-    futures = [task.remote(trio, manifest, out, i, args.shards, device, extra)
+    futures = [task.remote(trio, manifest, out, i, args.shards, device, cpus, extra)
                for i in range(args.shards)]
     shards = ray.get(futures)
     embed_s = time.time() - started

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Runs one scenario of the Ray scale-out test on a real two-node Ray cluster that lives and dies
-# with this script. Call it as
+# Runs one scenario of the Ray scale-out test on a real two-node Ray cluster (scale/cluster.sh)
+# that lives and dies with this script:
 #
 #   unshare --net --pid --fork --mount-proc bash tests/scale/ray_cluster.sh SCENARIO PYTHON TRIO \
 #       MANIFEST OUT DB TRIO_HOME
 #
-# In its own network namespace only loopback exists, so no traffic can leave the machine (every
-# node is on 127.0.0.1); in its own PID namespace `ray stop` sees only this cluster, and every
-# process of it dies with the script, whatever happens. Scenarios:
+# Scenarios:
 #   plain      the job over 4 shards
 #   kill-task  SIGKILL one `trio embed` mid-shard; Ray retries the task
 #   kill-node  SIGKILL the whole worker node while it runs a shard; Ray retries elsewhere
@@ -15,38 +13,14 @@ set -euo pipefail
 scenario=$1 python=$2 trio=$3 manifest=$4 out=$5 db=$6 trio_home=$7
 here="$(cd "$(dirname "$0")" && pwd)"
 job="$here/../../scale/ray_embed.py"
-ray="$(dirname "$python")/ray"
-port=6380
-export RAY_USAGE_STATS_ENABLED=0
-# Dead nodes are noticed in seconds rather than the default half minute.
-export RAY_health_check_period_ms=1000 RAY_health_check_failure_threshold=3
-ip link set lo up
-
-worker_pid=""
-stop() {
-    "$ray" stop --force >/dev/null 2>&1 || true
-    if [ -n "$worker_pid" ]; then kill -9 -- "-$worker_pid" 2>/dev/null || true; fi
-}
-trap stop EXIT
-
-common=(--node-ip-address 127.0.0.1 --num-cpus 1 --object-store-memory 100000000
-        --disable-usage-stats)
-"$ray" start --head --port "$port" --include-dashboard false "${common[@]}" >/dev/null
-# The worker node runs in the foreground of its own process group, so it can be killed whole.
-setsid "$ray" start --address "127.0.0.1:$port" --block "${common[@]}" >/dev/null 2>&1 &
-worker_pid=$!
-"$python" - "$port" <<'PY'
-import sys, time, ray
-ray.init(address=f"127.0.0.1:{sys.argv[1]}", log_to_driver=False)
-deadline = time.time() + 120
-while sum(n["Alive"] for n in ray.nodes()) < 2:
-    if time.time() > deadline:
-        sys.exit("the worker node did not join within 120 s")
-    time.sleep(0.5)
-PY
+export RAY_PYTHON=$python
+# shellcheck source=../../scale/cluster.sh
+source "$here/../../scale/cluster.sh"
+cluster_start 2
+worker_pid=${WORKER_PIDS[0]}
 
 run_job() {
-    "$python" "$job" --address "127.0.0.1:$port" --manifest "$manifest" --out "$out" \
+    "$python" "$job" --manifest "$manifest" --out "$out" \
         --db "$db" --shards 4 --trio "$trio" --trio-home "$trio_home" --device cpu \
         --batch-size 8 --retries 3
 }
@@ -102,7 +76,6 @@ kill-node)
     victims=$(node_processes)
     kill -9 $victims 2>/dev/null || true
     echo "killed the worker node: $(echo $victims | wc -w) processes" >&2
-    worker_pid=""
     wait "$job_pid"
     cat "$out.job.json"
     ;;

@@ -13,7 +13,9 @@ use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let out = args.next().context("usage: demo_manifest OUT.jsonl [--limit N]")?;
+    let out = args
+        .next()
+        .context("usage: demo_manifest OUT.jsonl [--limit N]")?;
     let limit = match (args.next().as_deref(), args.next()) {
         (Some("--limit"), Some(n)) => n.parse().context("--limit takes a number")?,
         _ => usize::MAX,
@@ -27,7 +29,10 @@ fn main() -> anyhow::Result<()> {
     for row in rows.into_iter().take(limit) {
         let mut obj = row.metadata.clone();
         obj.insert("id".into(), row.id.into());
-        obj.insert("image".into(), row.image.map(|p| p.display().to_string()).into());
+        obj.insert(
+            "image".into(),
+            row.image.map(|p| p.display().to_string()).into(),
+        );
         obj.insert("title".into(), row.title.into());
         obj.insert("description".into(), row.description.into());
         obj.insert("tags".into(), row.tags.into());

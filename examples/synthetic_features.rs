@@ -36,7 +36,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         Precision::F32
     };
-    let towers = TowerSettings::from_home(&Home::resolve(None)?, LiteVariant::Lite0).fingerprint()?;
+    let towers =
+        TowerSettings::from_home(&Home::resolve(None)?, LiteVariant::Lite0).fingerprint()?;
     std::fs::create_dir_all(&out)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let centres = |dim: usize, rng: &mut rand::rngs::StdRng| -> Vec<Vec<f32>> {
@@ -44,7 +45,10 @@ fn main() -> anyhow::Result<()> {
             .map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect())
             .collect()
     };
-    let (image_c, text_c) = (centres(towers.image_dim, &mut rng), centres(towers.text_dim, &mut rng));
+    let (image_c, text_c) = (
+        centres(towers.image_dim, &mut rng),
+        centres(towers.text_dim, &mut rng),
+    );
     let near = |c: &[f32], rng: &mut rand::rngs::StdRng| -> Vec<f32> {
         let mut v: Vec<f32> = c.iter().map(|x| x + rng.gen_range(-0.5f32..0.5)).collect();
         unit(&mut v);

@@ -31,20 +31,10 @@ for nodes in 1 2; do
         cluster_start "$3" 1
         start=$(date +%s.%N)
         "$RAY_PYTHON" "$2/scale/ray_embed.py" --manifest "$4" --out "$5/out-$3" \
-            --db "$5/ray-$3.trio" --shards "$6" --trio "$7" --device cpu > "$5/job-$3.json"
+            --db "$5/ray-$3.trio" --shards "$6" --trio "$7" --device cpu > "$5/job-$3.json" \
+            2> "$5/job-$3.log"
         end=$(date +%s.%N)
-        "$RAY_PYTHON" - "$5/job-$3.json" "$3" "$(echo "$end - $start" | bc)" "$8" <<PY
-import json, sys
-job = json.load(open(sys.argv[1]))
-nodes, wall, rows = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-shards = job["shards"]
-load = job["ingest"]["times"]
-per = [s["times"] for s in shards]
-model = sum(s["wall_s"] - t["total_s"] for s, t in zip(shards, per)) / len(shards)
-print(f"ray job, {nodes} node(s) x 1 CPU: {rows} rows in {wall:.1f} s = {rows / wall:.1f} rows/s "
-      f"(embed {job[\"embed_s\"]:.1f} s, load {load[\"total_s\"]:.2f} s of which index "
-      f"{load[\"index_s\"]:.2f} s; per shard: start-up and model load {model:.2f} s, "
-      f"towers {sum(t[\"image_tower_s\"] + t[\"text_tower_s\"] for t in per) / len(per):.2f} s)")
-PY
+        "$RAY_PYTHON" "$2/scale/bench_summary.py" "$5/job-$3.json" "$3" \
+            "$(echo "$end - $start" | bc)" "$8"
     ' bash "$python" "$root" "$nodes" "$work/m.jsonl" "$work" "$shards" "$trio" "$rows"
 done

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use trio_engine::catalog::Catalog;
@@ -25,6 +26,12 @@ pub struct ServeArgs {
     /// a mistyped path must not serve an empty catalogue).
     #[arg(long)]
     create: bool,
+    /// Seconds a client may take to send its request headers (answered 408 after).
+    #[arg(long, default_value_t = 5)]
+    header_timeout: u64,
+    /// Seconds a client may take to send its request body (answered 408 after).
+    #[arg(long, default_value_t = 60)]
+    body_timeout: u64,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -52,6 +59,8 @@ pub fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         bind: args.addr,
         api_key: ApiKey::load(args.api_key_file.as_deref())?,
         read_auth: args.read_auth,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
         ..ServerConfig::default()
     };
     if !global.quiet {

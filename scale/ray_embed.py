@@ -39,8 +39,11 @@ def embed_shard(trio, manifest, out, index, count, device, threads, extra):
     if os.path.exists(features):
         return {"shard": index, "skipped": True}
     if not os.path.isabs(trio) and os.sep in trio:
-        # A binary shipped in the runtime environment sits in the task's working directory.
+        # A binary shipped in the runtime environment sits in the task's working directory;
+        # the package may not keep its executable bit.
         trio = os.path.abspath(trio)
+        if not os.access(trio, os.X_OK):
+            os.chmod(trio, os.stat(trio).st_mode | 0o111)
     cmd = [trio, "embed", "--manifest", manifest, "--out", out,
            "--shard", f"{index}/{count}", "--device", device, "--json", "--quiet", *extra]
     # The process uses the CPUs Ray reserved for the task, no more: decode and the CPU kernels

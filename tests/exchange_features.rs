@@ -108,28 +108,22 @@ fn sharded_embed_and_bulk_load_equal_a_plain_ingest() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let loaded = dir.path().join("loaded.trio");
-    let o = run(&[
-        "ingest",
-        "--features",
-        s(&out),
-        "--db",
-        s(&loaded),
-        "--json",
-    ]);
-    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
-    assert_eq!(report["inserted"], 38);
+    let load = || -> Value {
+        let o = run(&[
+            "ingest",
+            "--features",
+            s(&out),
+            "--db",
+            s(&loaded),
+            "--json",
+        ]);
+        serde_json::from_slice(&o.stdout).expect("JSON report")
+    };
+    assert_eq!(load()["inserted"], 38);
     assert_same_catalogue(&single, &loaded, 1e-5);
 
     // Loading again stores nothing twice.
-    let o = run(&[
-        "ingest",
-        "--features",
-        s(&out),
-        "--db",
-        s(&loaded),
-        "--json",
-    ]);
-    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    let report = load();
     assert_eq!(
         (report["inserted"].as_u64(), report["skipped"].as_u64()),
         (Some(0), Some(38))

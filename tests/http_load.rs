@@ -238,23 +238,34 @@ fn raw_request(address: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
+/// A real server on a free loopback port: its address, its handle and the task serving it.
+fn serve_on_loopback(
+    backend: std::sync::Arc<FakeBackend>,
+    config: ServerConfig,
+) -> (
+    std::net::SocketAddr,
+    actix_web::dev::ServerHandle,
+    actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+) {
+    let state = AppState::new(backend, config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = trio_server::serve(state, listener).unwrap();
+    let handle = server.handle();
+    (address, handle, actix_web::rt::spawn(server))
+}
+
 #[actix_web::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let backend = FakeBackend::new();
     let _open = OpenOnDrop(backend.clone());
-    let state = AppState::new(
+    let (address, handle, serving) = serve_on_loopback(
         backend.clone(),
         ServerConfig {
             workers: 1,
             ..config(BatchConfig::default(), 4)
         },
-    )
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = trio_server::serve(state, listener).unwrap();
-    let handle = server.handle();
-    let serving = actix_web::rt::spawn(server);
+    );
 
     let client = std::thread::spawn(move || raw_request(address, "/v1/items/hold"));
     backend.gate.arrival().await;
@@ -309,7 +320,7 @@ fn trickle(address: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
 #[actix_web::test]
 async fn slow_bodies_and_headers_are_answered_408() {
     let backend = FakeBackend::new();
-    let state = AppState::new(
+    let (address, handle, serving) = serve_on_loopback(
         backend,
         ServerConfig {
             workers: 1,
@@ -317,13 +328,7 @@ async fn slow_bodies_and_headers_are_answered_408() {
             body_timeout: Duration::from_millis(500),
             ..config(BatchConfig::default(), 4)
         },
-    )
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = trio_server::serve(state, listener).unwrap();
-    let handle = server.handle();
-    let serving = actix_web::rt::spawn(server);
+    );
 
     // A declared 100-byte body sent a byte at a time takes 5 s; the server stops waiting.
     let head = format!(

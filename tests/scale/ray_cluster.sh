@@ -6,7 +6,7 @@
 #       MANIFEST OUT DB TRIO_HOME
 #
 # Scenarios:
-#   plain      the job over 4 shards
+#   plain      the job over 4 shards, the trio binary shipped to the workers by Ray
 #   kill-task  SIGKILL one `trio embed` mid-shard; Ray retries the task
 #   kill-node  SIGKILL the whole worker node while it runs a shard; Ray retries elsewhere
 set -euo pipefail
@@ -22,7 +22,7 @@ worker_pid=${WORKER_PIDS[0]}
 run_job() {
     "$python" "$job" --manifest "$manifest" --out "$out" \
         --db "$db" --shards 4 --trio "$trio" --trio-home "$trio_home" --device cpu \
-        --batch-size 8 --retries 3
+        --batch-size 8 --retries 3 "$@"
 }
 
 # Waits for a `trio embed` process that `pick` accepts and prints its pid.
@@ -56,7 +56,9 @@ node_processes() {
 
 case "$scenario" in
 plain)
-    run_job
+    # The binary reaches the workers through Ray's runtime environment, as on a cluster whose
+    # nodes do not have it.
+    run_job --ship-trio
     ;;
 kill-task)
     run_job > "$out.job.json" &

@@ -113,7 +113,11 @@ def main():
     trio = args.trio
     if args.ship_trio:
         ship = tempfile.mkdtemp(prefix="trio-ship-")
-        shutil.copy2(args.trio, os.path.join(ship, "trio"))
+        shipped = os.path.join(ship, "trio")
+        shutil.copy2(args.trio, shipped)
+        # Debug information is most of a build's size and every node downloads the package.
+        if shutil.which("strip"):
+            subprocess.run(["strip", shipped], check=False)
         runtime_env["working_dir"] = ship
         trio = os.path.join(".", "trio")
     ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)

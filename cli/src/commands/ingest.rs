@@ -10,7 +10,7 @@ use trio_engine::exchange::feature_files;
 use trio_engine::ingest::demo::{self, Vendor};
 use trio_engine::ingest::manifest::{self, ManifestOptions};
 use trio_engine::ingest::pipeline::{IngestOptions, IngestReport};
-use trio_engine::store::PutMode;
+use trio_engine::store::{PutMode, Store};
 
 use crate::output;
 use crate::progress::Bars;
@@ -89,6 +89,18 @@ pub fn run(args: IngestArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             &bars,
             &mut |ids| report_commits(args.report_commits, ids),
         )?;
+        drop(catalog);
+        if report.inserted > 0 {
+            // A bulk load's transactions leave freed pages behind: a third of the file at 100k
+            // rows (BENCHMARKS.md, "Scale-out"). Compacting needs the database to itself.
+            let (before, after) = Store::open(&args.db.db)?.compact()?;
+            if global.show_progress() {
+                eprintln!(
+                    "compacted {}: {before} to {after} bytes",
+                    args.db.db.display()
+                );
+            }
+        }
         return finish(&args, errors_file, report, global);
     }
     let rows: Box<dyn Iterator<Item = _>> = if args.demo {

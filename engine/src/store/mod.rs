@@ -442,6 +442,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Rewrites the file without the pages earlier transactions freed, returning the bytes it
+    /// had and has. Needs the store to itself (no reader or writer open).
+    pub fn compact(&mut self) -> Result<(u64, u64)> {
+        let size = |s: &Store| {
+            s.path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len())
+        };
+        let before = size(self);
+        self.db.compact().map_err(|e| Error::Storage {
+            table: "*",
+            context: "compacting the database".into(),
+            source: Box::new(e),
+        })?;
+        Ok((before, size(self)))
+    }
+
     /// Number of items.
     pub fn count(&self) -> Result<u64> {
         let txn = self.read_txn()?;

@@ -434,8 +434,7 @@ fn a_damaged_vector_is_reported_as_a_damaged_database() {
     let catalog = Catalog::open_existing(&db).expect("open");
     let err = catalog
         .index(Space::Image, &NoProgress)
-        .err()
-        .expect("a damaged vector cannot be indexed")
+        .expect_err("a damaged vector cannot be indexed")
         .to_string();
     assert!(
         err.contains("database is damaged") && err.contains("`features`"),

@@ -90,9 +90,8 @@ impl Catalog {
             for reader in readers {
                 let file = reader.path().display().to_string();
                 let mut chunk = Vec::with_capacity(batch_size);
-                let mut row_number = 0;
-                for row in reader {
-                    row_number += 1;
+                for (i, row) in reader.enumerate() {
+                    let row_number = i + 1;
                     report.rows += 1;
                     match row?.and_then(|r| self.new_row(r, row_number, &file)) {
                         Ok(Some(e)) => chunk.push(e),

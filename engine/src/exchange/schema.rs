@@ -279,7 +279,7 @@ impl VectorColumn<'_> {
         if list.is_null(i) {
             return None;
         }
-        let start = list.value_offset_at(i) as usize;
+        let start = list.value_offset_at(i);
         Some(match self {
             VectorColumn::F32(_, v) => v.values()[start..start + dim].to_vec(),
             VectorColumn::F16(_, v) => v.values()[start..start + dim]

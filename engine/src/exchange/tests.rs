@@ -33,7 +33,7 @@ fn row(i: u64, image: bool, description: bool) -> ExchangeRow {
             title: format!("title {i}"),
             description: description.then(|| format!("description {i}")),
             tags: vec!["a".into(), format!("t{i}")],
-            label: (i % 2 == 0).then(|| "even".to_string()),
+            label: i.is_multiple_of(2).then(|| "even".to_string()),
             image_path: image.then(|| format!("/img/{i}.png")),
             content_hash: format!("hash{i}"),
             image_phash: image.then_some(0xdead_beef_0000 + i),

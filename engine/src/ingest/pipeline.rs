@@ -257,7 +257,7 @@ fn embed_chunk(
                 report.errors.push(e);
             }
             Ok(Prepared::Stored) => report.skipped += 1,
-            Ok(Prepared::New(p)) => pending.push(p),
+            Ok(Prepared::New(p)) => pending.push(*p),
         }
     }
     report.times.read_decode_s += t.elapsed().as_secs_f64();
@@ -412,7 +412,7 @@ fn text_field<'a>(item: &'a NewItem, field: &str) -> Option<&'a str> {
 
 /// What reading a row gave: an item for the towers, or the stored copy that stays.
 enum Prepared {
-    New(Pending),
+    New(Box<Pending>),
     Stored,
 }
 
@@ -485,12 +485,12 @@ fn prepare_row(
         image_phash,
         metadata: row.metadata,
     };
-    Ok(Prepared::New(Pending {
+    Ok(Prepared::New(Box::new(Pending {
         row: row.row,
         given_id: row.id.as_deref().map(short_id),
         item,
         image,
-    }))
+    })))
 }
 
 fn path_string(p: &Path) -> String {

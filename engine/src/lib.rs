@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod fetch;
 pub mod index;
 pub mod ingest;
+pub(crate) mod kernels;
 pub mod models;
 pub mod progress;
 pub mod query;

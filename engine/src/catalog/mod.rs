@@ -73,7 +73,7 @@ pub fn text_space_vector(features: &Features) -> Option<Vec<f32>> {
             *s += x;
         }
     }
-    normalise(&mut sum);
+    crate::kernels::vector::normalize(&mut sum);
     Some(sum)
 }
 
@@ -83,13 +83,6 @@ pub fn non_empty(s: String) -> Option<String> {
         None
     } else {
         Some(s)
-    }
-}
-
-pub(crate) fn normalise(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
     }
 }
 

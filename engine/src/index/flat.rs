@@ -5,9 +5,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{PoisonError, RwLock};
 
 use super::graph::{push_bounded, Scored};
-use super::simd::{normalized, Dot};
 use super::{Hit, VectorIndex};
 use crate::error::{Error, Result};
+use crate::kernels::vector::{normalized, Dot};
 
 #[derive(Default)]
 struct Points {

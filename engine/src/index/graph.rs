@@ -19,8 +19,8 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use super::quant::Quantizer;
-use super::simd::{prefetch, CodeDot, Dot};
 use super::vectors::Arena;
+use crate::kernels::vector::{prefetch, CodeDot, Dot};
 
 /// A point and its distance to the query (`-dot`: smaller is nearer).
 #[derive(Clone, Copy, Debug)]

@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use super::graph::{select_diverse, with_scratch, Allow, Frozen, Incoming, NodeLists, Scored};
 use super::refine::relink;
-use super::simd::{normalized, Dot};
 use super::vectors::{Arena, Padded};
 use super::{Hit, VectorIndex};
 use crate::error::{Error, Result};
+use crate::kernels::vector::{normalized, Dot};
 
 /// hnsw_rs's upper bound on levels (its `NB_LAYER_MAX`).
 const MAX_LEVELS: usize = 16;

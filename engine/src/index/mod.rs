@@ -16,7 +16,6 @@ mod hnsw;
 mod persist;
 mod quant;
 mod refine;
-pub(crate) mod simd;
 mod vectors;
 
 use serde::{Deserialize, Serialize};

@@ -133,8 +133,8 @@ impl Quantizer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::simd::{normalized, CodeDot, Dot};
     use super::*;
+    use crate::kernels::vector::{normalized, CodeDot, Dot};
 
     /// Unit vectors with a shared bias per dimension and one wide dimension, as embeddings have.
     fn vectors(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {

@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use super::graph::{select_diverse, with_scratch, Allow, Frozen, Incoming};
-use super::simd::Dot;
+use crate::kernels::vector::Dot;
 
 /// Every point may be returned.
 struct Everyone;

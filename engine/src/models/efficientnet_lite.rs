@@ -17,7 +17,7 @@
 //!
 //! Activations run channels-last (NHWC): pointwise convolutions are then plain matrix
 //! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
-//! CPU both use fused kernels (`conv_cpu`); elsewhere they are built from candle tensor ops.
+//! CPU both use fused kernels (`kernels::conv`); elsewhere they are built from candle tensor ops.
 
 use std::collections::HashMap;
 
@@ -25,8 +25,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::conv_cpu;
 use crate::error::{Error, Result};
+use crate::kernels::conv::{self as conv_cpu, same_padding};
 
 /// Width of the pooled feature vector: the head is not scaled in the Lite variants.
 pub const FEATURE_DIM: usize = 1280;
@@ -194,13 +194,6 @@ struct BlockSpec {
     expand_ratio: usize,
     kernel: usize,
     stride: usize,
-}
-
-/// TensorFlow "SAME" padding along one axis: output size, padding before, padding after.
-pub(crate) fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
-    let output = input.div_ceil(stride);
-    let total = ((output - 1) * stride + kernel).saturating_sub(input);
-    (output, total / 2, total - total / 2)
 }
 
 /// A convolution and the batch-norm after it, folded: `w' = w * s`, `b' = beta - mean * s` with
@@ -846,15 +839,6 @@ impl Top {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_padding_matches_tensorflow() {
-        assert_eq!(same_padding(224, 3, 2), (112, 0, 1));
-        assert_eq!(same_padding(56, 5, 2), (28, 1, 2));
-        assert_eq!(same_padding(14, 5, 1), (14, 2, 2));
-        assert_eq!(same_padding(7, 3, 2), (4, 1, 1));
-        assert_eq!(same_padding(112, 3, 1), (112, 1, 1));
-    }
 
     #[test]
     fn block_layouts_match_the_published_variants() {

@@ -10,15 +10,14 @@
 //! normalises. Tests check that the two agree, and both against sentence-transformers.
 
 mod fused;
-mod kernels;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use self::fused::{FusedEncoder, FusedLayer, Norm as FusedNorm};
-use self::kernels::{Activation, Isa, PackedLinear};
 use crate::error::{Error, Result};
+use crate::kernels::encoder::{Activation, Isa, PackedLinear};
 
 /// A BERT `config.json`. Fields that some checkpoints omit take BERT's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,5 @@ pub mod imagenet_classes;
 /// MiniLM and other BERT-layout sentence encoders (the text tower's network).
 pub mod minilm;
 
-mod conv_cpu;
 /// A linear layer on frozen features that skips the input's gradient.
 pub(crate) mod frozen_input;

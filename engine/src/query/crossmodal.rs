@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::index::simd::Dot;
+use crate::kernels::vector::Dot;
 use crate::models::fusion::{FusedModel, FusionInput};
 
 /// How a text query reaches the fused model: the query's sentence embedding fills every text

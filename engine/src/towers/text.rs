@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
+use crate::kernels::vector::normalize;
 use crate::models::minilm::{Backend, Config, MiniLm};
 
 /// Sequences per forward pass: large enough to keep the GEMMs efficient, small enough to bound
@@ -182,13 +183,6 @@ fn is_missing(text: &str) -> bool {
     text.trim().is_empty()
 }
 
-fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    // sentence-transformers divides by max(norm, 1e-12).
-    let inv = 1.0 / norm.max(1e-12);
-    v.iter_mut().for_each(|x| *x *= inv);
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|source| Error::Json {
@@ -256,15 +250,5 @@ mod tests {
         assert!(is_missing(""));
         assert!(is_missing(" \t\n"));
         assert!(!is_missing(" a "));
-    }
-
-    #[test]
-    fn normalize_gives_unit_length_and_survives_zero() {
-        let mut v = vec![3.0, 4.0];
-        normalize(&mut v);
-        assert_eq!(v, vec![0.6, 0.8]);
-        let mut z = vec![0.0; 3];
-        normalize(&mut z);
-        assert_eq!(z, vec![0.0; 3]);
     }
 }

@@ -5,8 +5,8 @@
 //! sequence and head, so no token ever attends to padding and no mask is needed. This is the
 //! same arithmetic as a padded, masked batch, minus the padding's wasted work.
 
-use super::kernels::{self, Activation, Epilogue, Isa, PackedLinear};
 use crate::error::{Error, Result};
+use crate::kernels::encoder::{self as kernels, Activation, Epilogue, Isa, PackedLinear};
 
 pub(super) struct Norm {
     pub gamma: Vec<f32>,

@@ -131,6 +131,15 @@ unsafe fn code_dot_portable(a: &[u8], hi: &[i8], lo: &[i8]) -> i32 {
     h.wrapping_mul(128).wrapping_add(l)
 }
 
+/// Scales `v` to unit length in place, dividing by `max(norm, 1e-12)` as sentence-transformers
+/// does, so a zero vector stays zero. For vectors Trio computes (text embeddings, averaged text
+/// fields); [`normalized`] is the checked form for vectors from outside.
+pub(crate) fn normalize(v: &mut [f32]) {
+    let norm = Dot::best().dot(v, v).sqrt();
+    let inv = 1.0 / norm.max(1e-12);
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// Unit-length copy of `v`; `None` for a zero or non-finite vector, which has no direction.
 pub(crate) fn normalized(v: &[f32]) -> Option<Vec<f32>> {
     let norm = Dot::best().dot(v, v).sqrt();
@@ -371,6 +380,16 @@ pub(crate) fn prefetch<T>(p: *const T, lines: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_gives_unit_length_and_survives_zero() {
+        let mut v = vec![3.0, 4.0];
+        normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut z = vec![0.0; 3];
+        normalize(&mut z);
+        assert_eq!(z, vec![0.0; 3]);
+    }
 
     #[test]
     fn every_kernel_matches_the_reference_on_all_lengths() {

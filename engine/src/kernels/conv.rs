@@ -18,8 +18,6 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::efficientnet_lite::same_padding;
-
 /// The f32 data of a contiguous CPU tensor.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
@@ -840,10 +838,26 @@ impl CustomOp2 for DepthwiseGrad {
     }
 }
 
+/// TensorFlow "SAME" padding along one axis: output size, padding before, padding after.
+pub(crate) fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (output, total / 2, total - total / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(224, 3, 2), (112, 0, 1));
+        assert_eq!(same_padding(56, 5, 2), (28, 1, 2));
+        assert_eq!(same_padding(14, 5, 1), (14, 2, 2));
+        assert_eq!(same_padding(7, 3, 2), (4, 1, 1));
+        assert_eq!(same_padding(112, 3, 1), (112, 1, 1));
+    }
 
     #[test]
     fn tap_ranges_clip_at_the_borders() {

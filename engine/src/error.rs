@@ -1,6 +1,7 @@
 //! The engine's one error type. Variants carry the context a user needs to act: which item,
 //! which file, which field.
 
+use std::fmt;
 use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -88,7 +89,7 @@ pub enum Error {
     #[error("image {image}: {problem}")]
     Image {
         image: String,
-        problem: crate::towers::image::ImageProblem,
+        problem: ImageProblem,
     },
 
     #[error("text #{index} is empty: an empty or whitespace-only text is a missing field, not a text to embed")]
@@ -287,4 +288,60 @@ pub struct ChecksumMismatch {
     pub expected_sha256: String,
     pub found: String,
     pub hint: String,
+}
+
+/// What is wrong with an image that could not be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageProblem {
+    /// Zero bytes.
+    Empty,
+    /// The bytes are not in a format Trio decodes (PNG, JPEG, GIF, WebP, BMP).
+    NotAnImage,
+    /// The data ends before the image does.
+    Truncated { detail: String },
+    /// The data is damaged or uses an unsupported variant of its format.
+    Corrupt { detail: String },
+    /// Larger than the configured pixel limit; refused before decoding.
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    /// Zero width or height.
+    NoPixels,
+    /// The path names a FIFO, a device, a folder or a socket: reading it could block forever
+    /// or never end, so it is refused before it is opened.
+    NotARegularFile { kind: &'static str },
+    /// The file is larger than the configured byte limit; refused before it is read.
+    FileTooLarge { bytes: u64, limit: u64 },
+    /// The file could not be read (missing, no permission, I/O error).
+    Unreadable { detail: String },
+}
+
+impl fmt::Display for ImageProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageProblem::Empty => write!(f, "the file is empty (0 bytes)"),
+            ImageProblem::NotAnImage => {
+                write!(f, "not an image (expected PNG, JPEG, GIF, WebP or BMP)")
+            }
+            ImageProblem::Truncated { detail } => write!(f, "truncated image data ({detail})"),
+            ImageProblem::Corrupt { detail } => write!(f, "cannot decode ({detail})"),
+            ImageProblem::TooManyPixels {
+                width,
+                height,
+                limit,
+            } => write!(
+                f,
+                "{width}x{height} is {} pixels, over the limit of {limit}",
+                *width as u64 * *height as u64
+            ),
+            ImageProblem::NoPixels => write!(f, "the image has no pixels"),
+            ImageProblem::NotARegularFile { kind } => {
+                write!(f, "not a regular file (it is {kind})")
+            }
+            ImageProblem::FileTooLarge { bytes, limit } => write!(
+                f,
+                "the file has {bytes} bytes, over the limit of {limit} (--max-file-bytes)"
+            ),
+            ImageProblem::Unreadable { detail } => write!(f, "cannot read the file: {detail}"),
+        }
+    }
 }

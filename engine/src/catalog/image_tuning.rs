@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::model::ActiveModel;
+use super::active::ActiveModel;
 use super::Catalog;
 use crate::error::Result;
 use crate::models::efficientnet_lite::Top;

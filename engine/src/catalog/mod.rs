@@ -504,6 +504,7 @@ fn index_dir_for(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
+mod active;
 mod bulk;
 mod check;
 mod evaluate;

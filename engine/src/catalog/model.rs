@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::active::ActiveModel;
 use super::{Catalog, Space};
 use crate::error::{Error, Result};
-use crate::models::efficientnet_lite::Top;
-use crate::models::experts::PooledClassifier;
 use crate::models::fusion::{FusedModel, FusionInput};
 use crate::progress::Progress;
 use crate::store::ModelBlob;
@@ -39,24 +38,6 @@ pub struct TrainOutcome {
     /// How the image tower's top was fine-tuned, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_tuning: Option<FinetuneReport>,
-}
-
-/// The model in use, loaded once per version.
-pub struct ActiveModel {
-    pub version: u32,
-    pub trained: TrainedModel,
-    /// What classifies: the fused network, with the baselines voting when the model pools
-    /// them.
-    pub classifier: PooledClassifier,
-    /// The fine-tuned image tower top the model reads features from (`--finetune-image`).
-    pub image_top: Option<Top>,
-}
-
-impl ActiveModel {
-    /// The fused network: its concatenation layer and search vectors.
-    pub fn model(&self) -> &FusedModel {
-        self.classifier.fused()
-    }
 }
 
 /// Inputs to classify or search with; any subset.

@@ -15,7 +15,6 @@
 //! `image_size` with a Catmull-Rom (bicubic) filter, and map pixel values to `(v - 127) / 128`,
 //! the normalisation the Lite models were trained with. EXIF orientation is applied.
 
-use std::fmt;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -24,6 +23,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::ImageProblem;
 use crate::error::{Error, Result};
 use crate::models::efficientnet_lite::{self, EfficientNetLite, Top, FEATURE_DIM};
 use crate::models::imagenet_classes::IMAGENET_CLASSES;
@@ -50,62 +50,6 @@ const PIXEL_MEAN: f32 = 127.0;
 const PIXEL_SCALE: f32 = 128.0;
 /// Bytes a decoder may allocate per accepted pixel: 16-bit RGBA output plus working space.
 const DECODE_BYTES_PER_PIXEL: u64 = 16;
-
-/// What is wrong with an image that could not be prepared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ImageProblem {
-    /// Zero bytes.
-    Empty,
-    /// The bytes are not in a format Trio decodes (PNG, JPEG, GIF, WebP, BMP).
-    NotAnImage,
-    /// The data ends before the image does.
-    Truncated { detail: String },
-    /// The data is damaged or uses an unsupported variant of its format.
-    Corrupt { detail: String },
-    /// Larger than the configured pixel limit; refused before decoding.
-    TooManyPixels { width: u32, height: u32, limit: u64 },
-    /// Zero width or height.
-    NoPixels,
-    /// The path names a FIFO, a device, a folder or a socket: reading it could block forever
-    /// or never end, so it is refused before it is opened.
-    NotARegularFile { kind: &'static str },
-    /// The file is larger than the configured byte limit; refused before it is read.
-    FileTooLarge { bytes: u64, limit: u64 },
-    /// The file could not be read (missing, no permission, I/O error).
-    Unreadable { detail: String },
-}
-
-impl fmt::Display for ImageProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ImageProblem::Empty => write!(f, "the file is empty (0 bytes)"),
-            ImageProblem::NotAnImage => {
-                write!(f, "not an image (expected PNG, JPEG, GIF, WebP or BMP)")
-            }
-            ImageProblem::Truncated { detail } => write!(f, "truncated image data ({detail})"),
-            ImageProblem::Corrupt { detail } => write!(f, "cannot decode ({detail})"),
-            ImageProblem::TooManyPixels {
-                width,
-                height,
-                limit,
-            } => write!(
-                f,
-                "{width}x{height} is {} pixels, over the limit of {limit}",
-                *width as u64 * *height as u64
-            ),
-            ImageProblem::NoPixels => write!(f, "the image has no pixels"),
-            ImageProblem::NotARegularFile { kind } => {
-                write!(f, "not a regular file (it is {kind})")
-            }
-            ImageProblem::FileTooLarge { bytes, limit } => write!(
-                f,
-                "the file has {bytes} bytes, over the limit of {limit} (--max-file-bytes)"
-            ),
-            ImageProblem::Unreadable { detail } => write!(f, "cannot read the file: {detail}"),
-        }
-    }
-}
 
 /// Settings of the image tower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::finetune::FinetuneConfig;
 use crate::error::{Error, Result};
 use crate::models::fusion::FusionConfig;
 
@@ -240,5 +239,80 @@ impl fmt::Display for InputSet {
         }
         parts.extend(self.text_fields.iter().map(String::as_str));
         f.write_str(&parts.join(" + "))
+    }
+}
+
+/// How to fine-tune the image tower's top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FinetuneConfig {
+    /// MBConv blocks to train, counted from the top (the head convolution always trains).
+    /// `None`: the top half, as in the study. Fewer is much cheaper on a CPU.
+    pub blocks: Option<usize>,
+    /// Most fine-tuning epochs; early stopping usually ends sooner.
+    pub epochs: usize,
+    /// Stop after this many epochs without a better validation top-1.
+    pub patience: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// AdamW learning rate of the pretrained convolutions.
+    pub lr: f64,
+    /// AdamW learning rate of the classifier (probe and fine-tuning).
+    pub head_lr: f64,
+    pub weight_decay: f64,
+    /// Epochs of the linear probe before fine-tuning.
+    pub probe_epochs: usize,
+    /// Dropout on the pooled features before the classifier.
+    pub dropout: f32,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            blocks: None,
+            epochs: 8,
+            patience: 2,
+            batch_size: 32,
+            lr: 1e-4,
+            head_lr: 1e-3,
+            weight_decay: 1e-4,
+            probe_epochs: 10,
+            dropout: 0.2,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        check_loop(
+            [
+                "finetune_image.epochs",
+                "finetune_image.batch_size",
+                "finetune_image.lr",
+            ],
+            self.epochs,
+            self.batch_size,
+            self.lr,
+        )?;
+        if !(self.head_lr > 0.0 && self.head_lr.is_finite()) {
+            return invalid("finetune_image.head_lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return invalid("finetune_image.dropout", "must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// The first block to train in a network of `block_count` blocks.
+    pub fn first_block(&self, block_count: usize) -> Result<usize> {
+        let blocks = self.blocks.unwrap_or(block_count / 2);
+        if blocks > block_count {
+            return Err(Error::InvalidTrainConfig {
+                field: "finetune_image.blocks",
+                reason: format!("the image tower has only {block_count} blocks, not {blocks}"),
+            });
+        }
+        Ok(block_count - blocks)
     }
 }

@@ -41,10 +41,11 @@ pub mod split;
 pub mod synthetic;
 pub mod trainer;
 
+pub use config::FinetuneConfig;
 pub use config::{Input, InputSet, TrainConfig};
 pub use crossval::{cross_val_probabilities, OutOfFold, OutOfFoldRow};
 pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
-pub use finetune::{finetune_top, FinetuneConfig, FinetuneReport, Finetuned, ImageActivations};
+pub use finetune::{finetune_top, FinetuneReport, Finetuned, ImageActivations};
 pub use metrics::SplitMetrics;
 pub use model_file::{ModelMetrics, TrainedModel, TunedImageTower, WidthTrial};
 pub use protocol::{

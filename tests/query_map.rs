@@ -1,26 +1,9 @@
-//! The 2-D map: separated clusters stay separated; the PNG and HTML are written and hold
-//! what they should.
-//!
-//! Set `TRIO_TEST_OUTPUT_DIR` to keep the drawn files for a look.
-
-use std::path::PathBuf;
+//! The 2-D map layout: separated clusters stay separated, and a seed gives one map. Drawing
+//! it is the command line's (`cli/src/render.rs` tests the PNG and HTML).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use trio_engine::query::map::{layout, render_html, render_png};
-
-fn output_dir() -> (PathBuf, Option<tempfile::TempDir>) {
-    match std::env::var_os("TRIO_TEST_OUTPUT_DIR") {
-        Some(dir) => {
-            std::fs::create_dir_all(&dir).expect("create output dir");
-            (PathBuf::from(dir), None)
-        }
-        None => {
-            let tmp = tempfile::tempdir().expect("tempdir");
-            (tmp.path().to_path_buf(), Some(tmp))
-        }
-    }
-}
+use trio_engine::query::map::layout;
 
 /// `per_cluster` points around each of `clusters` random centres in `dim` dimensions.
 fn clustered(
@@ -108,109 +91,4 @@ fn the_same_seed_gives_the_same_map_on_one_thread() {
     assert_eq!(a, b);
     let c = pool.install(|| layout(&vectors, 43)).expect("layout c");
     assert_ne!(a, c);
-}
-
-#[test]
-fn png_map_is_drawn_with_colours_and_legend() {
-    let (vectors, labels) = clustered(9, 20, 25, 24, 0.9);
-    let names: Vec<String> = labels.iter().map(|c| format!("class number {c}")).collect();
-    let points = layout(&vectors, 1).expect("layout");
-    let (dir, _keep) = output_dir();
-    let path = dir.join("map.png");
-    render_png(&points, &names, &path).expect("render png");
-
-    let img = image::open(&path).expect("decode png").to_rgb8();
-    assert_eq!(img.dimensions(), (1380, 1000));
-    // The plot holds many coloured (non-grey) pixels, in many colours.
-    let mut colours = std::collections::HashSet::new();
-    let mut coloured = 0;
-    for x in 0..1000 {
-        for y in 0..1000 {
-            let p = img.get_pixel(x, y).0;
-            let spread = p.iter().max().unwrap_or(&0) - p.iter().min().unwrap_or(&0);
-            if spread > 40 {
-                coloured += 1;
-                colours.insert(p);
-            }
-        }
-    }
-    println!(
-        "{coloured} coloured pixels, {} distinct colours",
-        colours.len()
-    );
-    assert!(coloured > 5_000, "{coloured}");
-    assert!(colours.len() > 16, "{}", colours.len());
-    // The legend has text: dark pixels right of the swatches.
-    let dark = (1048..1380)
-        .flat_map(|x| (60..600).map(move |y| (x, y)))
-        .filter(|&(x, y)| img.get_pixel(x, y).0.iter().all(|&c| c < 100))
-        .count();
-    assert!(dark > 2_000, "legend text pixels: {dark}");
-}
-
-#[test]
-fn html_map_is_self_contained() {
-    let (vectors, labels) = clustered(10, 4, 20, 8, 0.2);
-    let names: Vec<String> = labels.iter().map(|c| format!("class {c}")).collect();
-    let mut titles: Vec<String> = (0..labels.len()).map(|i| format!("item {i}")).collect();
-    titles[3] = "tricky </script><b>title</b> & \"quotes\"".into();
-    let thumb = {
-        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([200, 30, 30]));
-        let mut bytes = Vec::new();
-        img.write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .expect("encode thumbnail");
-        bytes
-    };
-    let mut thumbnails = vec![thumb; labels.len()];
-    thumbnails[5] = Vec::new(); // no thumbnail for this one
-    let points = layout(&vectors, 3).expect("layout");
-    let (dir, _keep) = output_dir();
-    let path = dir.join("map.html");
-    render_html(&points, &names, &titles, Some(&thumbnails), &path).expect("render html");
-
-    let page = std::fs::read_to_string(&path).expect("read html");
-    assert!(page.starts_with("<!DOCTYPE html>"));
-    assert!(
-        !page.contains("http://") && !page.contains("https://"),
-        "no network references"
-    );
-    assert_eq!(
-        page.matches("</script>").count(),
-        2,
-        "the title must not close the data block"
-    );
-    let start = page
-        .find(r#"type="application/json">"#)
-        .expect("data block")
-        + 24;
-    let end = start + page[start..].find("</script>").expect("end of data");
-    let data: serde_json::Value = serde_json::from_str(&page[start..end]).expect("data is JSON");
-    assert_eq!(data["points"].as_array().map(Vec::len), Some(80));
-    assert_eq!(
-        data["titles"][3],
-        "tricky </script><b>title</b> & \"quotes\""
-    );
-    assert!(data["thumbnails"][0]
-        .as_str()
-        .is_some_and(|s| s.starts_with("data:image/png;base64,")));
-    assert!(data["thumbnails"][5].is_null());
-    assert_eq!(data["class_names"].as_array().map(Vec::len), Some(4));
-}
-
-#[test]
-fn mismatched_inputs_are_refused() {
-    let points = vec![[0.0, 0.0]; 3];
-    let (dir, _keep) = output_dir();
-    assert!(render_png(&points, &["a", "b"], &dir.join("bad.png")).is_err());
-    assert!(render_html(
-        &points,
-        &["a", "b", "c"],
-        &["t"],
-        None,
-        &dir.join("bad.html")
-    )
-    .is_err());
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod output;
 mod progress;
+mod render;
 mod settings;
 
 use settings::GlobalArgs;

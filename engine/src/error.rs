@@ -248,9 +248,6 @@ pub enum Error {
         #[source]
         source: image::ImageError,
     },
-
-    #[error("cannot draw the map into {path}: {reason}")]
-    MapRender { path: PathBuf, reason: String },
 }
 
 /// What a user can do about a damaged record, by the table it is in.

@@ -141,10 +141,11 @@ pub fn map(args: MapArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         space: args.space,
         color_by: args.color_by,
         seed: args.seed,
-        thumbnails: true,
     };
     let bars = Bars::new(!global.show_progress());
-    let n = catalog.map(&args.out, &opts, &bars)?;
+    let points = catalog.map(&opts, &bars)?;
+    crate::render::draw(&points, &args.out)?;
+    let n = points.len();
     let out = serde_json::json!({ "out": args.out, "points": n });
     output::emit(global.json, &out, |_| {
         println!("wrote {} ({} points)", args.out.display(), n)

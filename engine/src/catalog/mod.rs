@@ -521,7 +521,7 @@ pub use model::{
     TrainOutcome,
 };
 pub use quality::{
-    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, NoiseOptions, NoiseOutcome,
-    OutOfFoldView,
+    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, MapPoint, NoiseOptions,
+    NoiseOutcome, OutOfFoldView,
 };
 pub use search::{Filter, Query, SearchHit, SearchRequest};

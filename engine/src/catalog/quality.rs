@@ -1,7 +1,6 @@
 //! Data quality over the catalogue: duplicate groups, suspicious labels, and a 2-D map.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +93,18 @@ pub struct MapOptions {
     /// `label` or a metadata field.
     pub color_by: String,
     pub seed: u64,
-    /// Embed item thumbnails in the HTML map (hover).
-    pub thumbnails: bool,
+}
+
+/// One item on a map (see [`Catalog::map`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapPoint {
+    pub id: String,
+    pub x: f32,
+    pub y: f32,
+    /// The value the map colours by.
+    pub group: String,
+    pub title: String,
+    pub image_path: Option<String>,
 }
 
 impl Catalog {
@@ -262,8 +271,9 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Draws a 2-D t-SNE map of a space to `out` (`.png` or `.html`), coloured by a field.
-    pub fn map(&self, out: &Path, opts: &MapOptions, progress: &dyn Progress) -> Result<usize> {
+    /// A 2-D t-SNE map of a space: each item's coordinates, its group (`color_by`: the label
+    /// or a metadata field) and what a drawing shows for it. Drawing is the caller's.
+    pub fn map(&self, opts: &MapOptions, progress: &dyn Progress) -> Result<Vec<MapPoint>> {
         let version = if opts.space == Space::Fused {
             self.require_model()?.version
         } else {
@@ -280,60 +290,30 @@ impl Catalog {
         let vectors: Vec<Vec<f32>> = points.iter().map(|(_, v)| v.clone()).collect();
         let layout = map::layout(&vectors, opts.seed)?;
         progress.finish();
-        let mut labels = Vec::with_capacity(points.len());
-        let mut titles = Vec::with_capacity(points.len());
-        let mut thumbs = Vec::with_capacity(points.len());
-        for (key, _) in &points {
-            let item = self.store.get_by_key(*key)?;
-            let label = item.as_ref().and_then(|i| {
-                if opts.color_by == "label" {
-                    i.label.clone()
-                } else {
-                    i.metadata.get(&opts.color_by).map(|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| v.to_string())
-                    })
-                }
+        let mut out = Vec::with_capacity(points.len());
+        for ((key, _), [x, y]) in points.iter().zip(layout) {
+            let Some(item) = self.store.get_by_key(*key)? else {
+                continue;
+            };
+            let group = if opts.color_by == "label" {
+                item.label.clone()
+            } else {
+                item.metadata.get(&opts.color_by).map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+            };
+            out.push(MapPoint {
+                id: item.id,
+                x,
+                y,
+                group: group.unwrap_or_else(|| "(none)".into()),
+                title: item.title,
+                image_path: item.image_path,
             });
-            labels.push(label.unwrap_or_else(|| "(none)".into()));
-            titles.push(item.as_ref().map(|i| i.title.clone()).unwrap_or_default());
-            if opts.thumbnails {
-                thumbs.push(
-                    item.and_then(|i| i.image_path)
-                        .map(|p| thumbnail(&PathBuf::from(p)))
-                        .unwrap_or_default(),
-                );
-            }
         }
-        let is_html = out
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("html"));
-        if is_html {
-            map::render_html(
-                &layout,
-                &labels,
-                &titles,
-                opts.thumbnails.then_some(thumbs.as_slice()),
-                out,
-            )?;
-        } else {
-            map::render_png(&layout, &labels, out)?;
-        }
-        Ok(points.len())
-    }
-}
-
-/// A 48-pixel JPEG of an image file, or nothing when it cannot be read.
-fn thumbnail(path: &Path) -> Vec<u8> {
-    let Ok(img) = image::open(path) else {
-        return Vec::new();
-    };
-    let small = image::DynamicImage::ImageRgb8(img.thumbnail(48, 48).to_rgb8());
-    let mut out = std::io::Cursor::new(Vec::new());
-    match small.write_to(&mut out, image::ImageFormat::Jpeg) {
-        Ok(()) => out.into_inner(),
-        Err(_) => Vec::new(),
+        Ok(out)
     }
 }
 

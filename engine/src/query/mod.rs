@@ -4,7 +4,7 @@
 //! - [`phash`]: perceptual hashes (pHash, dHash) and their Hamming distance.
 //! - [`duplicates`]: exact, perceptual and near-duplicate groups; planted-copy measurement.
 //! - [`noise`]: ranking items whose label is probably wrong (confident learning + neighbours).
-//! - [`map`]: a 2-D t-SNE map of the vectors, drawn as PNG or self-contained HTML.
+//! - [`map`]: a 2-D t-SNE layout of the vectors (the command line draws it).
 //! - [`union_find`]: the disjoint sets that turn pairwise links into groups.
 
 pub mod crossmodal;

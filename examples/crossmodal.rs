@@ -31,10 +31,10 @@ use anyhow::{bail, Context};
 use trio_engine::catalog::Catalog;
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::models::fusion::{FusionConfig, JointInput};
-use trio_engine::query::crossmodal::{
+use trio_engine::towers::service::TowerSettings;
+use trio_engine::train::crossmodal::{
     image_only_vectors, text_to_image_recall, CrossModalRecall, TextQuery,
 };
-use trio_engine::towers::service::TowerSettings;
 use trio_engine::train::trainer::FUSED;
 use trio_engine::train::{split, InputSet, TrainConfig, Trainer};
 use trio_engine::{DeviceChoice, NoProgress};

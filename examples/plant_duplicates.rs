@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use trio_engine::fetch::Home;
 use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
-use trio_engine::query::duplicates::plant_copies;
+use trio_engine::quality::duplicates::plant_copies;
 
 fn file_name(id: &str) -> String {
     format!("{}.png", id.replace([':', '/'], "_"))

@@ -30,10 +30,10 @@ use trio_engine::catalog::{Catalog, Space};
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::index::{HnswIndex, HnswParams, VectorIndex};
 use trio_engine::models::fusion::FusionInput;
-use trio_engine::query::crossmodal::text_query_input;
-use trio_engine::query::duplicates::{find_duplicates, DupItem, DuplicateOptions};
-use trio_engine::query::noise::{rank_label_issues, LabelNoiseOptions};
+use trio_engine::quality::duplicates::{find_duplicates, DupItem, DuplicateOptions};
+use trio_engine::quality::noise::{rank_label_issues, LabelNoiseOptions};
 use trio_engine::towers::service::TowerSettings;
+use trio_engine::train::crossmodal::text_query_input;
 use trio_engine::{DeviceChoice, NoProgress};
 
 fn main() -> anyhow::Result<()> {

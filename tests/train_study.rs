@@ -323,7 +323,7 @@ fn group_class(group: &str) -> usize {
 /// assertions).
 #[test]
 fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
-    use trio_engine::query::crossmodal::{image_only_vectors, text_to_image_recall, TextQuery};
+    use trio_engine::train::crossmodal::{image_only_vectors, text_to_image_recall, TextQuery};
     use trio_engine::train::InputSet;
 
     let examples = catalogue(&spec());

@@ -12,7 +12,7 @@
 //! - [`ingest`]: manifests in, items out: parsing, the demo catalogue, the batched pipeline.
 //! - [`exchange`]: feature files (Parquet) written by `trio embed` and loaded in bulk.
 //! - [`train`]: training and evaluating the fused model and its baselines.
-//! - [`query`]: search, duplicates and label-noise detection.
+//! - [`quality`]: duplicates, label noise and the catalogue map.
 
 pub mod catalog;
 pub mod device;
@@ -24,7 +24,7 @@ pub mod ingest;
 pub(crate) mod kernels;
 pub mod models;
 pub mod progress;
-pub mod query;
+pub mod quality;
 pub mod store;
 pub mod towers;
 pub mod train;

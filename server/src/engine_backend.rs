@@ -16,7 +16,7 @@ use trio_engine::catalog::{
 };
 use trio_engine::ingest::manifest::ManifestRow;
 use trio_engine::ingest::pipeline::{content_hash, IngestOptions};
-use trio_engine::query::duplicates::DuplicateOptions;
+use trio_engine::quality::duplicates::DuplicateOptions;
 use trio_engine::towers::image::Preprocessor;
 use trio_engine::{Error, Progress, Result};
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use trio_engine::catalog::{Catalog, MapOptions, NoiseOptions, Space};
-use trio_engine::query::duplicates::DuplicateOptions;
+use trio_engine::quality::duplicates::DuplicateOptions;
 use trio_engine::train::TrainConfig;
 
 use crate::output;

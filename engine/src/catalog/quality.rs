@@ -8,8 +8,8 @@ use super::{Catalog, Space};
 use crate::error::{Error, Result};
 use crate::index::VectorIndex;
 use crate::progress::Progress;
-use crate::query::duplicates::{self, DupItem, DuplicateKind, DuplicateOptions};
-use crate::query::{map, noise};
+use crate::quality::duplicates::{self, DupItem, DuplicateKind, DuplicateOptions};
+use crate::quality::{map, noise};
 use crate::train::{cross_val_probabilities, TrainConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

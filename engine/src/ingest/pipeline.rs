@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::ingest::manifest::{ManifestRow, RowError};
 use crate::models::efficientnet_lite::Top;
 use crate::progress::Progress;
-use crate::query::phash;
+use crate::quality::phash;
 use crate::store::{check_id, short_id, Features, NewItem, PutMode, Store};
 use crate::towers::image::{PreparedImage, Preprocessor};
 use crate::towers::service::EmbeddingService;

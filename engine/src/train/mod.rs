@@ -14,6 +14,7 @@
 //! - [`robustness`]: the fused model with each input removed versus models trained without it.
 //! - [`finetune`]: fine-tuning the image tower's top on the catalogue's labels.
 //! - [`crossval`]: out-of-fold class probabilities for label-noise detection.
+//! - [`crossmodal`]: how often a text query finds its image among image-only items.
 //! - [`protocol`]: the demo evaluation protocol (unseen groups, injected noise, dropped text).
 //! - [`synthetic`]: a synthetic catalogue generator for tests and benchmarks.
 
@@ -28,6 +29,7 @@ mod align;
 mod baseline;
 mod config;
 mod contrastive;
+pub mod crossmodal;
 pub mod crossval;
 mod data;
 pub mod evaluate;

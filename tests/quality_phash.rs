@@ -1,10 +1,10 @@
 //! Perceptual hashes: copies stay close, unrelated pictures stay far apart.
 
-mod query_common;
+mod quality_common;
 
-use query_common::{photos, synthetic_picture};
-use trio_engine::query::duplicates::plant_copies;
-use trio_engine::query::phash::{dhash, hamming, phash};
+use quality_common::{photos, synthetic_picture};
+use trio_engine::quality::duplicates::plant_copies;
+use trio_engine::quality::phash::{dhash, hamming, phash};
 
 /// Copies that keep the picture's layout (everything but the crop and the mirror image).
 const FAITHFUL_COPIES: [&str; 3] = ["resize_50", "jpeg_q40", "brighten_20"];

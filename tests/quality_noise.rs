@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
-use trio_engine::query::noise::{
+use trio_engine::quality::noise::{
     find_label_issues_confident_learning, rank_label_issues, LabelNoiseOptions,
 };
 

@@ -1,7 +1,7 @@
 //! Duplicate groups: planted copies are recovered, kinds are layered, chains and dense regions
 //! do not merge (complete linkage), and 100k items run in seconds.
 
-mod query_common;
+mod quality_common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use trio_engine::query::duplicates::{
+use trio_engine::quality::duplicates::{
     find_duplicates, pair_precision_recall, plant_copies, DupItem, DuplicateGroup, DuplicateKind,
     DuplicateOptions,
 };
-use trio_engine::query::phash::phash;
+use trio_engine::quality::phash::phash;
 use trio_engine::NoProgress;
 
 fn random_unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
@@ -272,7 +272,7 @@ fn bad_options_and_keys_are_refused() {
 /// are the image vectors' job) but must not pull in other photos.
 #[test]
 fn planted_photo_copies_are_found_by_their_hashes() {
-    let photos = query_common::photos();
+    let photos = quality_common::photos();
     let mut items = Vec::new();
     let mut faithful = Vec::new();
     let mut all_planted = Vec::new();
@@ -375,11 +375,11 @@ fn hundred_thousand_items_run_in_seconds() {
 /// other emoji, writes them to `$TRIO_DUP_MEASURE_DIR/images` with `planted.tsv` (the input
 /// of scripts/dup_reference.py), and prints pHash/dHash precision and recall overall and per
 /// transform. Run with
-/// `TRIO_DUP_MEASURE_DIR=/tmp/dup-measure cargo test --test query_duplicates -- --ignored --nocapture`.
+/// `TRIO_DUP_MEASURE_DIR=/tmp/dup-measure cargo test --test quality_duplicates -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement; needs TRIO_HOME data and TRIO_DUP_MEASURE_DIR"]
 fn measure_planted_copies() {
-    use trio_engine::query::phash::dhash;
+    use trio_engine::quality::phash::dhash;
 
     let out = PathBuf::from(
         std::env::var_os("TRIO_DUP_MEASURE_DIR")
@@ -387,14 +387,14 @@ fn measure_planted_copies() {
     );
     let images_dir = out.join("images");
     std::fs::create_dir_all(&images_dir).expect("create output folder");
-    let emoji_dir = query_common::trio_home().join("data/emoji/img/google/64");
+    let emoji_dir = quality_common::trio_home().join("data/emoji/img/google/64");
     let mut emoji: Vec<PathBuf> = std::fs::read_dir(&emoji_dir)
         .unwrap_or_else(|e| panic!("needs the emoji images in {}: {e}", emoji_dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "png"))
         .collect();
     emoji.sort();
-    let originals: Vec<(String, image::DynamicImage)> = query_common::photos()
+    let originals: Vec<(String, image::DynamicImage)> = quality_common::photos()
         .into_iter()
         .chain(emoji.iter().step_by(3).take(1000).map(|p| {
             let name = p
@@ -510,7 +510,7 @@ fn planted_copies_are_found_in_real_image_vectors() {
     use trio_engine::towers::image::ImageTower;
     use trio_engine::towers::service::TowerSettings;
 
-    let home = Home::new(query_common::trio_home());
+    let home = Home::new(quality_common::trio_home());
     let settings = TowerSettings::from_home(&home, LiteVariant::Lite0);
     let tower = ImageTower::load(
         &settings.image_weights,
@@ -532,7 +532,7 @@ fn planted_copies_are_found_in_real_image_vectors() {
         .step_by(150)
         .take(20)
         .map(|p| image::open(p).expect("decode emoji"))
-        .chain(query_common::photos().into_iter().map(|(_, img)| img))
+        .chain(quality_common::photos().into_iter().map(|(_, img)| img))
         .collect();
     let mut images = Vec::new();
     let mut planted = Vec::new();

@@ -3,7 +3,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use trio_engine::query::map::layout;
+use trio_engine::quality::map::layout;
 
 /// `per_cluster` points around each of `clusters` random centres in `dim` dimensions.
 fn clustered(

@@ -2,8 +2,8 @@
 //! the Rust API the CLI and the HTTP server both use.
 //!
 //! The store is the source of truth. Each vector space (image, text, fused) has an HNSW index
-//! derived from it, persisted beside the database in `<db>.index/<space>/` with the store
-//! generation it was built at. On first use an index is loaded if its dump matches the store,
+//! derived from it, persisted beside the database in `<db>.index/<space>/` (`fused-<version>`
+//! per model) with the store generation it was built at. On first use an index is loaded if its dump matches the store,
 //! and rebuilt from the store otherwise; a corrupt or stale dump is never trusted. Writes made
 //! through the catalogue update live indexes in place, so a long-running server never rebuilds.
 
@@ -440,19 +440,20 @@ impl Catalog {
         generation: u64,
         progress: &dyn Progress,
     ) -> Result<HnswIndex> {
-        let vectors = self.vectors(space, model_version)?;
-        let dim = vectors.first().map(|(_, v)| v.len()).unwrap_or(1);
-        let dir = self.index_dir.as_ref().map(|d| d.join(space.as_str()));
-        if let Some(dir) = &dir {
+        // A dump built at this store generation (every write bumps it) for this space and model
+        // version is the store's state exactly: it loads without reading the stored vectors.
+        let dir = self
+            .index_dir
+            .as_ref()
+            .map(|d| d.join(dump_name(space, model_version)));
+        if let (Some(dir), Some(dim)) = (&dir, self.space_dim(space, model_version)?) {
             match HnswIndex::load(dir, dim, self.hnsw.clone(), generation) {
-                Ok(index) if index.len() == vectors.len() => return Ok(index),
-                Ok(_) => tracing::warn!(
-                    space = space.as_str(),
-                    "index dump count differs from the store; rebuilding"
-                ),
+                Ok(index) => return Ok(index),
                 Err(e) => tracing::info!(space = space.as_str(), "rebuilding index: {e}"),
             }
         }
+        let vectors = self.vectors(space, model_version)?;
+        let dim = vectors.first().map(|(_, v)| v.len()).unwrap_or(1);
         progress.start(
             &format!("index {}", space.as_str()),
             Some(vectors.len() as u64),
@@ -467,6 +468,20 @@ impl Catalog {
             }
         }
         Ok(index)
+    }
+
+    /// The size of a space's vectors, without reading them: the tower spaces' sizes are recorded
+    /// in the store, a fused space's is its first vector's. `None` while the space is empty.
+    fn space_dim(&self, space: Space, model_version: u32) -> Result<Option<usize>> {
+        let (image, text) = self.store.feature_dims()?;
+        Ok(match space {
+            Space::Image => image,
+            Space::Text => text,
+            Space::Fused => match self.store.iter_fused(model_version)?.next() {
+                Some(entry) => Some(entry?.1.len()),
+                None => None,
+            },
+        })
     }
 
     /// Size of a space's index if it is in memory (the server's stats).
@@ -494,6 +509,15 @@ impl Catalog {
         self.indexes
             .write()
             .map_err(|_| Error::Internal("index table lock poisoned".into()))
+    }
+}
+
+/// The folder of a space's dump: `image`, `text`, and `fused-<version>` per model version, since
+/// activating another model changes the fused vectors without a write to the store.
+fn dump_name(space: Space, model_version: u32) -> String {
+    match space {
+        Space::Fused => format!("fused-{model_version}"),
+        _ => space.as_str().to_string(),
     }
 }
 

@@ -19,8 +19,8 @@ for threads in 1 "$(nproc)"; do
     RAYON_NUM_THREADS=$threads CANDLE_NUM_THREADS=$threads \
         "$trio" ingest "$work/m.jsonl" --db "$work/plain-$threads.trio" --quiet --device cpu
     end=$(date +%s.%N)
-    echo "trio ingest, $threads thread(s): $rows rows in $(echo "$end - $start" | bc) s" \
-         "= $(echo "scale=1; $rows / ($end - $start)" | bc) rows/s"
+    awk -v t="$threads" -v n="$rows" -v s="$start" -v e="$end" 'BEGIN {
+        printf "trio ingest, %s thread(s): %d rows in %.1f s = %.1f rows/s\n", t, n, e - s, n / (e - s) }'
 done
 
 for nodes in 1 2; do
@@ -35,6 +35,6 @@ for nodes in 1 2; do
             2> "$5/job-$3.log"
         end=$(date +%s.%N)
         "$RAY_PYTHON" "$2/scale/bench_summary.py" "$5/job-$3.json" "$3" \
-            "$(echo "$end - $start" | bc)" "$8"
+            "$(awk -v s="$start" -v e="$end" '"'"'BEGIN { print e - s }'"'"')" "$8"
     ' bash "$python" "$root" "$nodes" "$work/m.jsonl" "$work" "$shards" "$trio" "$rows"
 done

@@ -113,6 +113,7 @@ impl Catalog {
                 commit(chunk, &mut report)?;
             }
             progress.finish();
+            // Reading the files and committing their rows: the two interleave, chunk by chunk.
             report.times.commit_s = started.elapsed().as_secs_f64();
         }
         // Items loaded get fused vectors from the active model, then every index is built once.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::items::{has_image, trio_binary, trio_home, write_manifest};
+use common::items::{has_image, trio_command, write_manifest};
 use serde_json::Value;
 use trio_engine::catalog::{Catalog, ItemFault, Space};
 use trio_engine::progress::NoProgress;
@@ -26,13 +26,7 @@ use trio_engine::towers::image::{ImageProblem, Preprocessor, DEFAULT_MAX_PIXELS}
 const HANG: Duration = Duration::from_secs(300);
 
 fn trio(args: &[&str]) -> Command {
-    let mut cmd = Command::new(trio_binary());
-    cmd.args(args)
-        .args(["--device", "cpu", "--quiet"])
-        .env("TRIO_HOME", trio_home())
-        .env_remove("TRIO_DB")
-        .stdin(Stdio::null());
-    cmd
+    trio_command(args)
 }
 
 /// Runs to the end, or fails the test if the command hangs.

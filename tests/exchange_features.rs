@@ -13,20 +13,14 @@ use std::process::{Command, Output, Stdio};
 mod common;
 
 use common::catalogs::{assert_same_catalogue, contents};
-use common::items::{trio_binary, trio_home, write_manifest};
+use common::items::{trio_command, trio_home, write_manifest};
 use serde_json::Value;
 use trio_engine::exchange::{ExchangeRow, FeatureFileReader, FeatureFileWriter, Precision};
 use trio_engine::store::{Features, NewItem};
 use trio_engine::towers::service::TowerSettings;
 
 fn trio(args: &[&str]) -> Command {
-    let mut cmd = Command::new(trio_binary());
-    cmd.args(args)
-        .args(["--device", "cpu", "--quiet"])
-        .env("TRIO_HOME", trio_home())
-        .env_remove("TRIO_DB")
-        .stdin(Stdio::null());
-    cmd
+    trio_command(args)
 }
 
 fn run(args: &[&str]) -> Output {

@@ -28,6 +28,18 @@ pub fn trio_binary() -> PathBuf {
     bin
 }
 
+/// `trio ARGS --device cpu --quiet` with this build's binary and `$TRIO_HOME`, no `$TRIO_DB`
+/// and no standard input.
+pub fn trio_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(trio_binary());
+    cmd.args(args)
+        .args(["--device", "cpu", "--quiet"])
+        .env("TRIO_HOME", trio_home())
+        .env_remove("TRIO_DB")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// Whether row `i` of [`write_manifest`] has an image (every fourth has none).
 pub fn has_image(i: usize) -> bool {
     !i.is_multiple_of(4)

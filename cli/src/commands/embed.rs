@@ -1,7 +1,6 @@
 //! `trio embed`: tower features for images and texts (and ImageNet top-5 for images), or for a
 //! whole manifest (or one shard of it) into a Parquet feature file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -233,17 +232,9 @@ fn write_errors_atomically(path: &Path, report: &IngestReport) -> anyhow::Result
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
-    let writing = || format!("writing {}", tmp.display());
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(writing)?);
-    for e in &report.errors {
-        serde_json::to_writer(&mut f, e).with_context(writing)?;
-        writeln!(f).with_context(writing)?;
-    }
-    let file = f
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(writing)?;
-    file.sync_all().with_context(writing)?;
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    output::write_row_errors(&tmp, file, &report.errors)?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `trio ingest`: a manifest (JSONL/CSV) or the demo catalogue into the database.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -162,7 +162,7 @@ fn finish(
     global: &GlobalArgs,
 ) -> anyhow::Result<i32> {
     if let (Some(path), Some(file)) = (&args.errors, errors_file) {
-        write_errors(path, file, &report)?;
+        output::write_row_errors(path, file, &report.errors)?;
     }
     let code = exit_code(&report, args.strict);
     output::emit(global.json, &report, |r| {
@@ -195,15 +195,4 @@ fn exit_code(report: &IngestReport, strict: bool) -> i32 {
     } else {
         0
     }
-}
-
-fn write_errors(path: &Path, file: std::fs::File, report: &IngestReport) -> anyhow::Result<()> {
-    let writing = || format!("writing the errors file {}", path.display());
-    let mut f = std::io::BufWriter::new(file);
-    for e in &report.errors {
-        serde_json::to_writer(&mut f, e).with_context(writing)?;
-        writeln!(f).with_context(writing)?;
-    }
-    f.flush().with_context(writing)?;
-    Ok(())
 }

@@ -99,6 +99,9 @@ def main():
     p.add_argument("--batch-size", type=int, help="rows per tower batch")
     p.add_argument("--precision", choices=["f32", "f16"], help="vector precision in the files")
     p.add_argument("--images-root", help="folder relative image paths resolve against")
+    p.add_argument("--summary",
+                   help="also write the job's JSON summary to this file (Ray may print its own "
+                        "notices on stdout around the summary line)")
     args = p.parse_args()
     if args.shards < 1:
         p.error("--shards must be at least 1")
@@ -155,6 +158,11 @@ def main():
             sys.stderr.write(proc.stderr)
             sys.exit(f"trio ingest --features failed with exit {proc.returncode}")
         result["ingest"] = json.loads(proc.stdout)
+    if args.summary:
+        tmp = args.summary + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+        os.replace(tmp, args.summary)
     print(json.dumps(result))
 
 

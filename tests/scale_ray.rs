@@ -109,10 +109,13 @@ fn run_scenario(scenario: &str, python: &str, manifest: &Path, dir: &Path) -> (V
         output.status.success(),
         "scenario {scenario} failed: {stderr}"
     );
+    // Ray prints notices of its own (a killed raylet, say) on stdout around the summary line, so
+    // the summary is read from the file the job writes.
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    let job: Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{scenario}: job output is not JSON ({e}): {stdout}\n{stderr}"));
+    let summary = std::fs::read_to_string(dir.join(format!("{scenario}-features.json")))
+        .unwrap_or_else(|e| panic!("{scenario}: no job summary ({e}): {stdout}\n{stderr}"));
+    let job: Value = serde_json::from_str(&summary)
+        .unwrap_or_else(|e| panic!("{scenario}: the summary is not JSON ({e}): {summary}"));
     (job, stderr)
 }
 

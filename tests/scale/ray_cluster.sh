@@ -22,7 +22,7 @@ worker_pid=${WORKER_PIDS[0]}
 run_job() {
     "$python" "$job" --manifest "$manifest" --out "$out" \
         --db "$db" --shards 4 --trio "$trio" --trio-home "$trio_home" --device cpu \
-        --batch-size 8 --retries 3 "$@"
+        --batch-size 8 --retries 3 --summary "${out%/}.json" "$@"
 }
 
 # Waits for a `trio embed` process that `pick` accepts and prints its pid.

@@ -25,9 +25,10 @@ use anyhow::Context;
 use trio_engine::catalog::{Catalog, ClassifyInput};
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::service::TowerSettings;
-use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
 use trio_engine::train::{Example, TrainConfig, Trainer};
 use trio_engine::{DeviceChoice, NoProgress};
+use trio_lab::synthetic::{catalogue, SyntheticSpec};
+use trio_lab::Markdown;
 
 /// Untimed classifications before measuring (first-touch allocations, lazy tower loading).
 const WARMUP: usize = 10;

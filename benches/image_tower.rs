@@ -3,7 +3,7 @@
 //! `TRIO_HOME=... cargo bench --bench image_tower` (needs the EfficientNet-Lite0 weights and
 //! demo photos from `trio fetch`). Images are decoded and prepared once, outside the timed
 //! loop, so this measures the network. Set `RAYON_NUM_THREADS` to pin the thread count;
-//! `scripts/bench_image_reference.py` measures PyTorch on the same inputs for comparison.
+//! `lab/reference/bench_image_reference.py` measures PyTorch on the same inputs for comparison.
 
 use std::path::PathBuf;
 

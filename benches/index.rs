@@ -20,7 +20,7 @@
 //!
 //! Data: `--clusters` (100) random unit centres, points = centre + Gaussian noise of norm 1
 //! (seed 42); queries are fresh points of the same distribution; ground truth is the exact top-10
-//! by brute force. The data goes to `--out` as .npy files, and `scripts/bench_index_reference.py`
+//! by brute force. The data goes to `--out` as .npy files, and `lab/reference/bench_index_reference.py`
 //! runs hnswlib on them with the same M / ef_construction / ef values and build threads.
 //! Single-thread latency and q/s come from one query at a time; n-thread q/s from the queries
 //! spread over an n-thread pool. Peak memory is the process's peak RSS (VmHWM).
@@ -403,7 +403,8 @@ fn main() {
     if !cfg.reference {
         return;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_index_reference.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/reference/bench_index_reference.py");
     let join = |v: &[usize]| {
         v.iter()
             .map(|x| x.to_string())

@@ -2,10 +2,10 @@
 //!
 //! Each iteration embeds the same 32 catalogue titles and descriptions (8–40 tokens,
 //! `benches/text_sentences.txt`) in calls of `batch` texts, as the PyTorch reference
-//! `scripts/bench_text_reference.py` does, so the two rates compare directly:
+//! `lab/reference/bench_text_reference.py` does, so the two rates compare directly:
 //!
 //!     TRIO_HOME=... cargo bench --bench text_tower
-//!     HF_HUB_OFFLINE=1 python scripts/bench_text_reference.py $TRIO_HOME/models/all-MiniLM-L6-v2
+//!     HF_HUB_OFFLINE=1 python lab/reference/bench_text_reference.py $TRIO_HOME/models/all-MiniLM-L6-v2
 //!
 //! `fused` is the default CPU backend; `candle` runs the same model with candle tensor ops
 //! (the path used on GPUs), for comparison.

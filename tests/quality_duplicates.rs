@@ -10,11 +10,11 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use trio_engine::quality::duplicates::{
-    find_duplicates, pair_precision_recall, plant_copies, DupItem, DuplicateGroup, DuplicateKind,
-    DuplicateOptions,
+    find_duplicates, DupItem, DuplicateGroup, DuplicateKind, DuplicateOptions,
 };
 use trio_engine::quality::phash::phash;
 use trio_engine::NoProgress;
+use trio_lab::planted::{pair_precision_recall, plant_copies};
 
 fn random_unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
     let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -373,7 +373,7 @@ fn hundred_thousand_items_run_in_seconds() {
 
 /// Measurement, not a check: plants copies of the demo photos and of 100 emoji among 900
 /// other emoji, writes them to `$TRIO_DUP_MEASURE_DIR/images` with `planted.tsv` (the input
-/// of scripts/dup_reference.py), and prints pHash/dHash precision and recall overall and per
+/// of lab/reference/dup_reference.py), and prints pHash/dHash precision and recall overall and per
 /// transform. Run with
 /// `TRIO_DUP_MEASURE_DIR=/tmp/dup-measure cargo test --test quality_duplicates -- --ignored --nocapture`.
 #[test]

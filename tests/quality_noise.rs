@@ -23,7 +23,7 @@ struct Golden {
 }
 
 /// The fixtures hold a synthetic data set and cleanlab's answers; how each was produced is
-/// in its `produced_by` field (scripts/noise_reference.py golden …, cleanlab 2.9.0). Trio
+/// in its `produced_by` field (lab/reference/noise_reference.py golden …, cleanlab 2.9.0). Trio
 /// must give exactly cleanlab's answer with ties broken by index; cleanlab as shipped may
 /// differ by the items of a tied rounding decision (one item in the 12-class fixture).
 #[test]

@@ -3,8 +3,8 @@
 mod quality_common;
 
 use quality_common::{photos, synthetic_picture};
-use trio_engine::quality::duplicates::plant_copies;
 use trio_engine::quality::phash::{dhash, hamming, phash};
+use trio_lab::planted::plant_copies;
 
 /// Copies that keep the picture's layout (everything but the crop and the mirror image).
 const FAITHFUL_COPIES: [&str; 3] = ["resize_50", "jpeg_q40", "brighten_20"];

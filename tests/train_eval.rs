@@ -1,11 +1,21 @@
 //! Robustness table, out-of-fold probabilities and the demo protocol on a synthetic catalogue.
 
-use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
-use trio_engine::train::{
-    cross_val_probabilities, run_protocol, run_protocol_seeds, Input, ProtocolConfig, TrainConfig,
-    Trainer,
-};
-use trio_engine::{DeviceChoice, NoProgress};
+use trio_engine::train::{cross_val_probabilities, Input, TrainConfig, Trainer};
+use trio_engine::{DeviceChoice, NoProgress, Result};
+use trio_lab::protocol::{run_protocol, ProtocolConfig, ProtocolReport};
+use trio_lab::robustness::robustness;
+use trio_lab::synthetic::{catalogue, SyntheticSpec};
+use trio_lab::Markdown;
+
+/// One run of the protocol with `cfg.train.seed`.
+fn run_once(
+    examples: &[trio_engine::train::Example],
+    cfg: &ProtocolConfig,
+    device: &trio_engine::Device,
+) -> Result<ProtocolReport> {
+    let mut series = run_protocol(examples, cfg, &[cfg.train.seed], device, &NoProgress, None)?;
+    Ok(series.runs.remove(0))
+}
 
 fn small() -> SyntheticSpec {
     SyntheticSpec {
@@ -32,7 +42,7 @@ fn robustness_rows_cover_every_input() -> anyhow::Result<()> {
     let examples = catalogue(&small());
     let trainer = Trainer::new(fast(), DeviceChoice::Cpu.resolve()?)?;
     let study = trainer.run_study(&examples, &NoProgress)?;
-    let table = trainer.robustness(&examples, &study, &NoProgress)?;
+    let table = robustness(&trainer, &examples, &study, &NoProgress)?;
     eprintln!("{}", table.to_markdown());
     let removed: Vec<&Input> = table.rows.iter().map(|r| &r.removed).collect();
     assert_eq!(
@@ -126,7 +136,7 @@ fn demo_protocol_keeps_test_groups_unseen() -> anyhow::Result<()> {
         train: fast(),
         ..ProtocolConfig::default()
     };
-    let report = run_protocol(&examples, &cfg, &DeviceChoice::Cpu.resolve()?, &NoProgress)?;
+    let report = run_once(&examples, &cfg, &DeviceChoice::Cpu.resolve()?)?;
     eprintln!("{}", report.to_markdown());
     assert_eq!(report.test_groups_in_training, 0);
     let catalogue_items = (report.report.train_items + report.report.val_items) as f64;
@@ -164,12 +174,12 @@ fn protocol_seeds_judge_targets_on_the_mean() -> anyhow::Result<()> {
         ..ProtocolConfig::default()
     };
     let device = DeviceChoice::Cpu.resolve()?;
-    let series = run_protocol_seeds(&examples, &cfg, &[4, 9], &device, &NoProgress)?;
+    let series = run_protocol(&examples, &cfg, &[4, 9], &device, &NoProgress, None)?;
     eprintln!("{}\n{}", series.to_markdown(), series.targets_markdown());
     assert_eq!(series.seeds, [4, 9]);
     assert_eq!(series.runs.len(), 2);
     // Each run is the single protocol with its own seed: different splits, same shape.
-    let single = run_protocol(
+    let single = run_once(
         &examples,
         &ProtocolConfig {
             train: TrainConfig {
@@ -179,7 +189,6 @@ fn protocol_seeds_judge_targets_on_the_mean() -> anyhow::Result<()> {
             ..cfg.clone()
         },
         &device,
-        &NoProgress,
     )?;
     for (a, b) in series.runs[1].report.rows.iter().zip(&single.report.rows) {
         assert_eq!((&a.variant, &a.test, &a.val), (&b.variant, &b.test, &b.val));
@@ -206,6 +215,6 @@ fn protocol_seeds_judge_targets_on_the_mean() -> anyhow::Result<()> {
     // The table has a row per seed plus the mean and its standard error.
     let table = series.to_markdown();
     assert_eq!(table.lines().count(), 2 + 2 + 2, "{table}");
-    assert!(run_protocol_seeds(&examples, &cfg, &[], &device, &NoProgress).is_err());
+    assert!(run_protocol(&examples, &cfg, &[], &device, &NoProgress, None).is_err());
     Ok(())
 }

@@ -17,6 +17,7 @@ use trio_engine::ingest::manifest::ManifestRow;
 use trio_engine::towers::image::{ImageTower, ImageTowerConfig};
 use trio_engine::train::{FinetuneConfig, TrainConfig, TrainedModel};
 use trio_engine::{DeviceChoice, NoProgress};
+use trio_lab::Markdown;
 
 mod common;
 

@@ -13,6 +13,7 @@ use trio_engine::catalog::{EvalOptions, TrainOptions};
 use trio_engine::ingest::manifest::{self, ManifestOptions, ManifestRow};
 use trio_engine::train::{Input, TrainConfig};
 use trio_engine::NoProgress;
+use trio_lab::Markdown;
 
 mod common;
 

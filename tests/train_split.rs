@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use trio_engine::train::split::{group_folds, per_class};
-use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
 use trio_engine::train::Example;
+use trio_lab::synthetic::{catalogue, SyntheticSpec};
 
 fn groups_of(examples: &[Example], rows: &[usize]) -> BTreeSet<String> {
     rows.iter()

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use trio_engine::models::fusion::{FusionInput, ModalityInputs};
-use trio_engine::train::synthetic::{catalogue, SyntheticSpec};
 use trio_engine::train::trainer::{FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
 use trio_engine::train::{Example, Study, TrainConfig, TrainedModel, Trainer};
 use trio_engine::{DeviceChoice, NoProgress};
+use trio_lab::synthetic::{catalogue, SyntheticSpec};
+use trio_lab::Markdown;
 
 /// How far (top-1, as a fraction) the fused model with the image withheld may trail the
 /// text-only model on this synthetic split. Measured with these seeds: 49.7% against 49.1%
@@ -323,8 +324,8 @@ fn group_class(group: &str) -> usize {
 /// assertions).
 #[test]
 fn alignment_lets_a_title_find_its_own_images() -> anyhow::Result<()> {
-    use trio_engine::train::crossmodal::{image_only_vectors, text_to_image_recall, TextQuery};
     use trio_engine::train::InputSet;
+    use trio_lab::crossmodal::{image_only_vectors, text_to_image_recall, TextQuery};
 
     let examples = catalogue(&spec());
     let device = DeviceChoice::Cpu.resolve()?;

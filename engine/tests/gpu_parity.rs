@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::{ImageTower, ImageTowerConfig};
 use trio_engine::towers::text::TextTower;
-use trio_engine::towers::throughput::max_abs_diff;
 use trio_engine::{Device, DeviceChoice};
 
 const PHOTOS: [&str; 3] = ["chelsea.png", "coffee.png", "rocket.jpg"];
@@ -66,4 +65,18 @@ fn towers_agree_on_gpu_and_cpu() {
         "probabilities differ by {probabilities}"
     );
     assert!(sentences < 1e-3, "text vectors differ by {sentences}");
+}
+
+/// The largest element-wise difference between two lists of equally shaped vectors; `None`
+/// when the shapes differ.
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<f32> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.len() != y.len()) {
+        return None;
+    }
+    Some(
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0.0, f32::max),
+    )
 }

@@ -1,7 +1,7 @@
 //! The image tower against the real EfficientNet-Lite checkpoints and demo photos.
 //!
 //! Reference values live in `tests/fixtures/image_golden.json`, written by
-//! `scripts/image_reference.py`: the `efficientnet_lite_pytorch` package (the PyTorch port the
+//! `lab/reference/image_reference.py`: the `efficientnet_lite_pytorch` package (the PyTorch port the
 //! `.pth` files were published with) run on the same checkpoints, with the preprocessing
 //! written in PIL. The script's docstring has the command.
 //!
@@ -73,7 +73,7 @@ fn lite0() -> &'static ImageTower {
     })
 }
 
-/// The synthetic batch of `scripts/image_reference.py`:
+/// The synthetic batch of `lab/reference/image_reference.py`:
 /// `x[b, c, y, x] = sin(0.05 (y+1) + 0.3 c + b) cos(0.07 x)`, computed in f64 as numpy does.
 fn synthetic(size: usize, batch: usize) -> Tensor {
     let mut data = Vec::with_capacity(batch * 3 * size * size);

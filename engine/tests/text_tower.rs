@@ -55,7 +55,7 @@ fn long_text() -> String {
 #[test]
 fn text_cosine_matches_published_sentence_transformers_figure() {
     // 0.7553: the similarity sentence-transformers publishes for this pair with
-    // all-MiniLM-L6-v2 (its README's example); scripts/text_golden.py prints 0.755337.
+    // all-MiniLM-L6-v2 (its README's example); lab/reference/text_golden.py prints 0.755337.
     for backend in BACKENDS {
         let v = tower(backend)
             .embed(&["A man is eating food.", "A man is eating a piece of bread."])
@@ -69,7 +69,7 @@ fn text_cosine_matches_published_sentence_transformers_figure() {
 fn text_vectors_match_sentence_transformers() {
     // First 8 dimensions of the normalised embeddings from sentence-transformers 6.2.0
     // (torch 2.15.0, transformers 5.24.0), produced by
-    //   HF_HUB_OFFLINE=1 python scripts/text_golden.py $TRIO_HOME/models/all-MiniLM-L6-v2
+    //   HF_HUB_OFFLINE=1 python lab/reference/text_golden.py $TRIO_HOME/models/all-MiniLM-L6-v2
     // The last text has 362 tokens, so it also checks truncation at 256.
     let golden: [(&str, [f32; 8]); 4] = [
         (

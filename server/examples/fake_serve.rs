@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build -p trio-server --example fake_serve --release
-//! TRIO=target/release/examples/fake_serve scripts/load_test.sh
+//! TRIO=target/release/examples/fake_serve lab/scripts/load_test.sh
 //! ```
 //!
 //! Takes the same `serve --bind ADDR` arguments as `trio serve`.

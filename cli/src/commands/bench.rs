@@ -9,8 +9,8 @@ use clap::Args;
 use serde::Serialize;
 use trio_engine::ingest::demo::{self, Vendor};
 use trio_engine::towers::image::PreparedImage;
-use trio_engine::towers::throughput::{self, Parity, Throughput};
 use trio_engine::{Device, Progress};
+use trio_lab::throughput::{self, Parity, Throughput};
 
 use crate::output;
 use crate::progress::Bars;

@@ -14,6 +14,7 @@ use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
 use trio_engine::ingest::pipeline::{IngestOptions, IngestReport};
 use trio_engine::train::TrainConfig;
 use trio_engine::Progress;
+use trio_lab::Markdown;
 
 use crate::output;
 use crate::progress::Bars;

@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use trio_engine::catalog::{Catalog, EvalOptions, ManifestEvaluation, TrainOptions};
 use trio_engine::ingest::manifest::{self, ManifestOptions};
-use trio_engine::train::{ProtocolConfig, ProtocolReport, ProtocolSeries, TrainConfig};
+use trio_engine::train::TrainConfig;
+use trio_lab::protocol::{self, ProtocolConfig, ProtocolReport, ProtocolSeries};
+use trio_lab::Markdown;
 
 use crate::output;
 use crate::progress::Bars;
@@ -200,9 +202,9 @@ fn eval_protocol(
         ..ProtocolConfig::default()
     };
     let started = std::time::Instant::now();
+    let seeds: Vec<u64> = (0..args.seeds).map(|i| args.seed + i).collect();
+    let mut series = protocol::evaluate_catalog(catalog, &opts, &protocol, &seeds, bars)?;
     if args.seeds > 1 {
-        let seeds: Vec<u64> = (0..args.seeds).map(|i| args.seed + i).collect();
-        let series = catalog.evaluate_protocol_seeds(&opts, &protocol, &seeds, bars)?;
         let out = SeriesOutput {
             seconds: started.elapsed().as_secs_f64(),
             series,
@@ -227,7 +229,7 @@ fn eval_protocol(
             print!("{}", o.series.targets_markdown());
         });
     }
-    let report = catalog.evaluate_protocol(&opts, &protocol, bars)?;
+    let report = series.runs.pop().context("the protocol ran no seed")?;
     let out = ProtocolOutput {
         targets: report.targets(),
         seconds: started.elapsed().as_secs_f64(),
@@ -258,7 +260,7 @@ struct SeriesOutput {
 #[derive(serde::Serialize)]
 struct ProtocolOutput {
     report: ProtocolReport,
-    targets: Vec<trio_engine::train::TargetCheck>,
+    targets: Vec<protocol::TargetCheck>,
     seconds: f64,
 }
 

@@ -3,6 +3,7 @@
 use clap::Args;
 use trio_engine::catalog::{Catalog, TrainOptions};
 use trio_engine::train::TrainConfig;
+use trio_lab::Markdown;
 
 use crate::output;
 use crate::progress::Bars;

@@ -8,17 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use super::model::json_text;
 use super::model::ActiveModel;
-use super::{Catalog, TrainOptions};
+use super::Catalog;
 use crate::error::{Error, Result};
 use crate::ingest::manifest::{ManifestRow, RowError};
 use crate::ingest::pipeline::TEXT_FIELDS;
 use crate::progress::Progress;
 use crate::towers::image::PreparedImage;
 use crate::towers::service::EmbeddingService;
-use crate::train::{
-    evaluate_model, run_protocol_seeds, run_protocol_seeds_tuned, Evaluation, Example,
-    FinetuneConfig, ImageActivations, ProtocolConfig, ProtocolReport, ProtocolSeries,
-};
+use crate::train::{evaluate_model, Evaluation, Example};
 
 /// Settings of [`Catalog::evaluate_manifest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,76 +114,6 @@ impl Catalog {
             evaluation,
             seconds: started.elapsed().as_secs_f64(),
         })
-    }
-
-    /// Runs the demo evaluation protocol ([`crate::train::protocol`]) on the catalogue's own
-    /// labelled items: groups from `opts.group_field` never straddle training and test, training
-    /// labels and texts are degraded, test labels stay clean. Nothing is stored.
-    pub fn evaluate_protocol(
-        &self,
-        opts: &TrainOptions,
-        protocol: &ProtocolConfig,
-        progress: &dyn Progress,
-    ) -> Result<ProtocolReport> {
-        let mut series =
-            self.evaluate_protocol_seeds(opts, protocol, &[opts.config.seed], progress)?;
-        series
-            .runs
-            .pop()
-            .ok_or_else(|| Error::InvalidArgument("the protocol ran no seed".into()))
-    }
-
-    /// [`Catalog::evaluate_protocol`] once per seed, with the targets judged on the means
-    /// ([`crate::train::protocol::ProtocolSeries`]). With `finetune_image`, the image tower's
-    /// frozen bottom runs once for all seeds and each run fine-tunes its top on its own split.
-    pub fn evaluate_protocol_seeds(
-        &self,
-        opts: &TrainOptions,
-        protocol: &ProtocolConfig,
-        seeds: &[u64],
-        progress: &dyn Progress,
-    ) -> Result<ProtocolSeries> {
-        let (examples, cfg) = self.protocol_inputs(opts, protocol)?;
-        match &cfg.train.finetune_image {
-            Some(tuning) => {
-                let acts = self.protocol_activations(&examples, tuning, progress)?;
-                let tuner = self.protocol_tuner(&acts, tuning);
-                run_protocol_seeds_tuned(
-                    &examples,
-                    &cfg,
-                    seeds,
-                    &self.device,
-                    progress,
-                    Some(&tuner),
-                )
-            }
-            None => run_protocol_seeds(&examples, &cfg, seeds, &self.device, progress),
-        }
-    }
-
-    /// The frozen bottom's activations for the protocol's fine-tuning, computed once.
-    fn protocol_activations(
-        &self,
-        examples: &[Example],
-        tuning: &FinetuneConfig,
-        progress: &dyn Progress,
-    ) -> Result<ImageActivations> {
-        let first = tuning.first_block(self.service()?.image.model().block_count())?;
-        self.image_activations(examples, first, progress)
-    }
-
-    /// The labelled examples and the protocol settings with `opts`' training configuration.
-    fn protocol_inputs(
-        &self,
-        opts: &TrainOptions,
-        protocol: &ProtocolConfig,
-    ) -> Result<(Vec<Example>, ProtocolConfig)> {
-        let examples = self.examples(&opts.config.label_field, opts.group_field.as_deref())?;
-        let cfg = ProtocolConfig {
-            train: opts.config.clone(),
-            ..protocol.clone()
-        };
-        Ok((examples, cfg))
     }
 }
 

@@ -134,9 +134,22 @@ impl Catalog {
         TunedImageTower::new(&model.config().name, tuned.report, &tuned.top)
     }
 
-    /// The fine-tuner the demo protocol calls per run; the activations are computed once by
-    /// the caller and shared by every run.
-    pub(crate) fn protocol_tuner<'a>(
+    /// The frozen bottom's activations for fine-tuning with `cfg` (see
+    /// [`Catalog::split_tuner`]), computed once for several runs.
+    pub fn finetune_activations(
+        &self,
+        examples: &[Example],
+        cfg: &FinetuneConfig,
+        progress: &dyn Progress,
+    ) -> Result<ImageActivations> {
+        let first = cfg.first_block(self.service()?.image.model().block_count())?;
+        self.image_activations(examples, first, progress)
+    }
+
+    /// A fine-tuner for evaluation runs that each draw their own split: it replaces the
+    /// examples' image features by those of a top tuned on the split's training and validation
+    /// rows. The activations are computed once by the caller and shared by every run.
+    pub fn split_tuner<'a>(
         &'a self,
         acts: &'a ImageActivations,
         cfg: &'a FinetuneConfig,

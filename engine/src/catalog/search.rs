@@ -137,7 +137,7 @@ impl Catalog {
                 // text does in the joint space, whichever field carries their words.
                 let text = match (query, features.text.get("title")) {
                     (Query::Text(_), Some(v)) => {
-                        crate::train::crossmodal::text_query_input(&active.trained.config.text_fields, v).text
+                        crate::models::fusion::FusionInput::text_query(&active.trained.config.text_fields, v).text
                     }
                     _ => features.text,
                 };

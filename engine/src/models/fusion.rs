@@ -325,6 +325,21 @@ pub struct FusionInput {
     pub text: BTreeMap<String, Vec<f32>>,
 }
 
+impl FusionInput {
+    /// How a text query reaches the fused model: the query's sentence embedding fills every
+    /// text field the model reads (a query is not a title or a description, and items carry
+    /// their words in either), and the image is absent.
+    pub fn text_query(text_fields: &[String], embedding: &[f32]) -> Self {
+        Self {
+            image: None,
+            text: text_fields
+                .iter()
+                .map(|f| (f.clone(), embedding.to_vec()))
+                .collect(),
+        }
+    }
+}
+
 impl ModalityInputs for FusionInput {
     fn image(&self) -> Option<&[f32]> {
         self.image.as_deref()
@@ -1061,6 +1076,14 @@ pub const DTYPE: DType = DType::F32;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_query_fills_every_field() {
+        let q = FusionInput::text_query(&["description".into(), "title".into()], &[0.5, 0.5]);
+        assert!(q.image.is_none());
+        assert_eq!(q.text.len(), 2);
+        assert_eq!(q.text["title"], vec![0.5, 0.5]);
+    }
 
     fn small_cfg() -> FusionConfig {
         FusionConfig {

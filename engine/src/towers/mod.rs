@@ -6,5 +6,3 @@ pub mod image;
 pub mod service;
 /// Texts to normalised sentence vectors (MiniLM): tokenise, encode, mean-pool.
 pub mod text;
-/// Items per second and cross-device parity of the towers (`trio bench`).
-pub mod throughput;

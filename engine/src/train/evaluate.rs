@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Input;
 use super::data::FeatureTable;
 use super::metrics::SplitMetrics;
-use super::trainer::{evaluate_fused, FUSED};
+use super::trainer::evaluate_fused;
 use super::{Example, TrainedModel};
 use crate::error::{Error, Result};
 
@@ -58,35 +58,6 @@ impl Evaluation {
         self.rows
             .iter()
             .find(|r| r.model == model && r.removed.as_ref() == removed)
-    }
-
-    /// The table as Markdown, percentages with one decimal.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::from(
-            "| model | inputs given | items that lost the input | top-1 | top-5 |\n\
-             |---|---|---:|---:|---:|\n",
-        );
-        for r in &self.rows {
-            let model = match &r.removed {
-                Some(input) => format!("{} without {input}", r.model),
-                None if r.model == FUSED => r.model.clone(),
-                None => format!("{} (stored baseline)", r.model),
-            };
-            let affected = r
-                .items_with_removed
-                .map_or_else(|| "–".to_string(), |n| n.to_string());
-            s.push_str(&format!(
-                "| {model} | {} | {affected} | {:.1} | {:.1} |\n",
-                if r.inputs.is_empty() {
-                    "none"
-                } else {
-                    &r.inputs
-                },
-                100.0 * r.metrics.top1,
-                100.0 * r.metrics.top5
-            ));
-        }
-        s
     }
 }
 

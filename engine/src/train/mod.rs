@@ -8,15 +8,14 @@
 //!   stratified group folds.
 //! - [`trainer`]: [`Trainer`] runs the study (logistic regression, image-only, text-only, fused)
 //!   and returns a [`Report`] shaped like the study's table plus the trained models.
+//!
+//! The evaluation protocols, robustness tables and synthetic catalogues built on these live in
+//! the `trio-lab` crate.
 //! - [`model_file`]: [`TrainedModel`], the storable result (config, labels, weights, metrics).
 //! - [`evaluate`]: a stored model (and its stored baselines) scored on an external labelled
 //!   set, intact and with each input removed.
-//! - [`robustness`]: the fused model with each input removed versus models trained without it.
 //! - [`finetune`]: fine-tuning the image tower's top on the catalogue's labels.
 //! - [`crossval`]: out-of-fold class probabilities for label-noise detection.
-//! - [`crossmodal`]: how often a text query finds its image among image-only items.
-//! - [`protocol`]: the demo evaluation protocol (unseen groups, injected noise, dropped text).
-//! - [`synthetic`]: a synthetic catalogue generator for tests and benchmarks.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +28,6 @@ mod align;
 mod baseline;
 mod config;
 mod contrastive;
-pub mod crossmodal;
 pub mod crossval;
 mod data;
 pub mod evaluate;
@@ -37,10 +35,7 @@ pub mod finetune;
 mod metrics;
 pub mod model_file;
 mod optim;
-pub mod protocol;
-pub mod robustness;
 pub mod split;
-pub mod synthetic;
 pub mod trainer;
 
 pub use config::FinetuneConfig;
@@ -50,11 +45,6 @@ pub use evaluate::{evaluate_model, Evaluation, EvaluationRow};
 pub use finetune::{finetune_top, FinetuneReport, Finetuned, ImageActivations};
 pub use metrics::SplitMetrics;
 pub use model_file::{ModelMetrics, TrainedModel, TunedImageTower, WidthTrial};
-pub use protocol::{
-    demo_protocol, run_protocol, run_protocol_seeds, run_protocol_seeds_tuned, run_protocol_tuned,
-    ImageTuner, ProtocolConfig, ProtocolReport, ProtocolSeries, TargetCheck,
-};
-pub use robustness::{RobustnessRow, RobustnessTable};
 pub use split::Split;
 pub use trainer::{Report, ReportRow, Study, Trainer};
 

@@ -81,40 +81,6 @@ impl Report {
     pub fn row(&self, variant: &str) -> Option<&ReportRow> {
         self.rows.iter().find(|r| r.variant == variant)
     }
-
-    /// The table as Markdown, percentages with one decimal.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::from(
-            "| model | inputs | test top-1 | test top-5 | val top-1 | val top-5 | epochs | seconds |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for r in &self.rows {
-            s.push_str(&format!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} |\n",
-                r.variant,
-                r.inputs,
-                100.0 * r.test.top1,
-                100.0 * r.test.top5,
-                100.0 * r.val.top1,
-                100.0 * r.val.top5,
-                r.epochs_run,
-                r.seconds
-            ));
-        }
-        for r in self.rows.iter().filter(|r| !r.width_trials.is_empty()) {
-            let tried: Vec<String> = r
-                .width_trials
-                .iter()
-                .map(|t| format!("{} → val {:.1}", t.image_proj_dim, 100.0 * t.val_top1))
-                .collect();
-            s.push_str(&format!(
-                "\n{}: image projection width chosen on validation among {}\n",
-                r.variant,
-                tried.join(", ")
-            ));
-        }
-        s
-    }
 }
 
 /// What [`Trainer::run_study`] produces.

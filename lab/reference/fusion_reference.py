@@ -1,14 +1,14 @@
 """Independent check of what plain fusion of the frozen features gives on the demo.
 
 Image features from the `efficientnet_lite_pytorch` package on the same Lite0 checkpoint and
-crop as Trio (scripts/image_reference.py), text from sentence-transformers' MiniLM on the
+crop as Trio (lab/reference/image_reference.py), text from sentence-transformers' MiniLM on the
 same folder; then, per seed, an unseen-emoji split per class (10% validation, 10% test groups),
 20% of training/validation labels flipped, and one-hidden-layer classifiers on image, text,
 both concatenated (early fusion), and the sum of the image and text log-probabilities (late
 fusion), each epoch chosen on validation. Prints test top-1 per seed and the means.
 
     trio items --db demo.trio list --limit 100000 --json > items.json
-    TRIO_HOME=... /path/to/venv/bin/python scripts/fusion_reference.py items.json --seeds 1
+    TRIO_HOME=... /path/to/venv/bin/python lab/reference/fusion_reference.py items.json --seeds 1
 
 Needs torch, pillow, numpy, sentence-transformers and `efficientnet_lite_pytorch` (--no-deps).
 `--drop-description 0.34` drops descriptions as Trio's protocol does (from any item, one draw

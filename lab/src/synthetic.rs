@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::Example;
+use trio_engine::train::Example;
 
 /// Knobs of the generator. Class centroids and group offsets are random directions in the latent
 /// space; noise figures are per-coordinate standard deviations in each modality's space.

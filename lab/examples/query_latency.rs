@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! trio ingest --demo --db demo.trio && trio train --db demo.trio --group-field emoji_key
-//! TRIO_HOME=... cargo run --example query_latency -- --db demo.trio [--n 100000] [--queries 200]
+//! TRIO_HOME=... cargo run -p trio-lab --example query_latency -- --db demo.trio [--n 100000] [--queries 200]
 //! ```
 //!
 //! The index holds `n` fused (search) vectors: the demo catalogue's real ones, and jittered
@@ -33,7 +33,7 @@ use trio_engine::models::fusion::FusionInput;
 use trio_engine::quality::duplicates::{find_duplicates, DupItem, DuplicateOptions};
 use trio_engine::quality::noise::{rank_label_issues, LabelNoiseOptions};
 use trio_engine::towers::service::TowerSettings;
-use trio_engine::train::crossmodal::text_query_input;
+
 use trio_engine::{DeviceChoice, NoProgress};
 
 fn main() -> anyhow::Result<()> {
@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     for q in &texts {
         let t = Instant::now();
         let e = service.text.embed(&[q.as_str()])?;
-        let input = text_query_input(&fields, &e[0]);
+        let input = FusionInput::text_query(&fields, &e[0]);
         let v = active.model().fused_vectors(std::slice::from_ref(&input))?;
         tower.push(t.elapsed());
         idx.push(search(&v[0], None)?);

@@ -5,7 +5,7 @@ were published for) running the same checkpoint, with preprocessing written here
 
     python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch pillow numpy
     /tmp/ref/bin/pip install --no-deps efficientnet_lite_pytorch
-    TRIO_HOME=~/.cache/trio /tmp/ref/bin/python scripts/image_reference.py \
+    TRIO_HOME=~/.cache/trio /tmp/ref/bin/python lab/reference/image_reference.py \
         > engine/tests/fixtures/image_golden.json
 
 It prints, for each variant, the pooled features (all 1280 for the synthetic input, the
@@ -83,7 +83,7 @@ def summary(pooled, probs, full=False):
 def main():
     home = Path(os.environ.get("TRIO_HOME", Path.home() / ".cache" / "trio"))
     torch.set_num_threads(2)
-    result = {"about": "written by scripts/image_reference.py (efficientnet_lite_pytorch 0.1.0, "
+    result = {"about": "written by lab/reference/image_reference.py (efficientnet_lite_pytorch 0.1.0, "
               f"torch {torch.__version__}); see its docstring for the command"}
     for variant, size in VARIANTS.items():
         weights = home / "models" / f"efficientnet-{variant}" / f"efficientnet-{variant}.pth"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Scores `trio duplicates` and imagededup on the same planted demo copies (the folder
-`cargo run --example plant_duplicates` writes; scripts/dup_eval.sh runs the whole measurement).
+`cargo run -p trio-lab --example plant_duplicates` writes; lab/scripts/dup_eval.sh runs the whole measurement).
 
   dup_eval.py DIR --trio DUPS.json [--methods phash,cnn] [--cnn-lite0-weights PTH]
 

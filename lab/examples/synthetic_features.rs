@@ -4,7 +4,7 @@
 //! index build does realistic work; texts are short and distinct.
 //!
 //! ```sh
-//! cargo run --release --example synthetic_features -- OUT_DIR N [--rows-per-file R] [--f16]
+//! cargo run --release -p trio-lab --example synthetic_features -- OUT_DIR N [--rows-per-file R] [--f16]
 //! ```
 
 use anyhow::Context;

@@ -6,7 +6,7 @@ stored as float16 (Trio computes in float32 on both devices, so CPU and GPU stil
 weights and parity stays meaningful) and MiniLM's word-embedding rows for tokens that no
 benchmark text uses are zeroed (they compress to almost nothing and are never read).
 
-usage: python scripts/gpu_pack.py TRIO_HOME OUT_DIR   (a venv with torch, safetensors, tokenizers)
+usage: python lab/scripts/gpu_pack.py TRIO_HOME OUT_DIR   (a venv with torch, safetensors, tokenizers)
 """
 import json
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, run on the lent GPU machine from the repository root (see README, Devices).
 # Expects in .gpu/: trio.xz (a `--features cuda` release build), gpupack.tar.xz (from
-# scripts/gpu_pack.py) and demo.trio.xz (a small trained demo catalogue). Writes JSON to $OUT.
+# lab/scripts/gpu_pack.py) and demo.trio.xz (a small trained demo catalogue). Writes JSON to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT" /tmp/g
 tar xJf .gpu/gpupack.tar.xz -C /tmp/g && xz -dc .gpu/trio.xz > /tmp/g/trio && chmod +x /tmp/g/trio
@@ -22,7 +22,7 @@ for dev in cuda cpu; do
   pid=$!
   for i in $(seq 120); do curl -sf http://127.0.0.1:8090/healthz >/dev/null && break; sleep 0.5; done
   for r in search:search cls_text:classify cls_image:classify; do
-    python3 scripts/http_load.py "http://127.0.0.1:8090/v1/${r#*:}" "/tmp/g/${r%%:*}.json" 64 10 "$dev ${r%%:*}" | tee -a "$OUT/serve.jsonl"
+    python3 lab/scripts/http_load.py "http://127.0.0.1:8090/v1/${r#*:}" "/tmp/g/${r%%:*}.json" 64 10 "$dev ${r%%:*}" | tee -a "$OUT/serve.jsonl"
   done
   grep VmHWM /proc/$pid/status | sed "s/^/$dev server /" | tee -a "$OUT/serve.jsonl"
   kill $pid; wait $pid 2>/dev/null

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Planted duplicates on real tower vectors: `trio duplicates` vs imagededup (PHash, CNN) on the
-# same files. Usage: scripts/dup_eval.sh DEMO_DB WORKDIR [EVERY]
+# same files. Usage: lab/scripts/dup_eval.sh DEMO_DB WORKDIR [EVERY]
 #   DEMO_DB: a database holding `trio ingest --demo` (it is copied, never changed).
 #   EVERY:   plant copies of every EVERY-th base emoji render (default 50).
 # Needs `cargo build --workspace --all-targets`, TRIO_HOME, and PYTHON pointing at a Python with
@@ -19,7 +19,7 @@ cp "$db" "$work/dup.trio"
 start=$(date +%s.%N)
 "$trio" -q duplicates --db "$work/dup.trio" --space image --json > "$work/trio_dups.json"
 end=$(date +%s.%N)
-"$python" scripts/dup_eval.py "$work" --trio "$work/trio_dups.json" \
+"$python" lab/reference/dup_eval.py "$work" --trio "$work/trio_dups.json" \
   --trio-seconds "$(echo "$end - $start" | bc)" \
   --cnn-lite0-weights "${TRIO_HOME:-$HOME/.cache/trio}/models/efficientnet-lite0/efficientnet-lite0.pth" \
   --cache "$work/imagededup" --json-out "$work/dup_scores.json"

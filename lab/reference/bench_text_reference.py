@@ -10,7 +10,7 @@ split into batches of 1, 8 and 32, and prints sentences per second for two PyTor
 
 Usage (throwaway venv with `pip install sentence-transformers`, outside the repo):
 
-    HF_HUB_OFFLINE=1 python scripts/bench_text_reference.py $TRIO_HOME/models/all-MiniLM-L6-v2
+    HF_HUB_OFFLINE=1 python lab/reference/bench_text_reference.py $TRIO_HOME/models/all-MiniLM-L6-v2
 
 `--threads` sets torch's intra-op threads (default 2, the size of the CI machine);
 `--seconds` how long each measurement runs.

@@ -16,8 +16,8 @@ name->image recall@1/@10 and the median rank for the validation and the test emo
 over every image (a hit: any render of the named emoji); the epoch is chosen on validation.
 
     trio items --db demo.trio list --limit 100000 --json > items.json
-    TRIO_HOME=... python scripts/finetune_reference.py items.json --first 15 --epochs 6
-    TRIO_HOME=... python scripts/finetune_reference.py items.json --objective align --first 11
+    TRIO_HOME=... python lab/reference/finetune_reference.py items.json --first 15 --epochs 6
+    TRIO_HOME=... python lab/reference/finetune_reference.py items.json --objective align --first 11
 
 Needs torch, pillow, numpy, sentence-transformers and `efficientnet_lite_pytorch` (--no-deps).
 """

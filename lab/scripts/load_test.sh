@@ -24,7 +24,7 @@
 #
 # Typical run, on the demo catalogue:
 #   trio ingest --demo --db demo.trio && trio train --db demo.trio
-#   TRIO_SERVE_ARGS="--db demo.trio" IMAGE=$TRIO_HOME/data/photos/chelsea.png scripts/load_test.sh
+#   TRIO_SERVE_ARGS="--db demo.trio" IMAGE=$TRIO_HOME/data/photos/chelsea.png lab/scripts/load_test.sh
 set -euo pipefail
 
 TRIO=${TRIO:-target/release/trio}

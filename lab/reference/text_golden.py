@@ -6,7 +6,7 @@ normalised sentence embeddings, and cosine similarities.
 
 Usage (in a throwaway venv with `pip install sentence-transformers`, outside the repo):
 
-    HF_HUB_OFFLINE=1 python scripts/text_golden.py $TRIO_HOME/models/all-MiniLM-L6-v2
+    HF_HUB_OFFLINE=1 python lab/reference/text_golden.py $TRIO_HOME/models/all-MiniLM-L6-v2
 """
 
 import sys

@@ -1,9 +1,9 @@
 """PyTorch CPU throughput of EfficientNet-Lite0 on the demo photos, for comparing with
 `cargo bench --bench image_tower`.
 
-    TRIO_HOME=~/.cache/trio /tmp/ref/bin/python scripts/bench_image_reference.py [threads]
+    TRIO_HOME=~/.cache/trio /tmp/ref/bin/python lab/reference/bench_image_reference.py [threads]
 
-(venv as in `scripts/image_reference.py`). Same weights, same prepared inputs (the five demo
+(venv as in `lab/reference/image_reference.py`). Same weights, same prepared inputs (the five demo
 photos cycled to 32), batch sizes 1, 8 and 32, inputs built outside the timed loop, eager
 mode under `torch.inference_mode()`, 2 threads unless told otherwise. It prints the mean and
 best throughput over at least 5 s per batch size, and the process CPU time per image (which

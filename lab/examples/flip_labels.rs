@@ -1,8 +1,8 @@
 //! Copies a catalogue with a fraction of its labels flipped at random, for the label-noise
-//! measurement (scripts/noise_eval.sh runs it; see BENCHMARKS.md).
+//! measurement (lab/scripts/noise_eval.sh runs it; see BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run --example flip_labels -- --db demo.trio --out flipped.trio [--fraction 0.2] [--seed 0]
+//! cargo run -p trio-lab --example flip_labels -- --db demo.trio --out flipped.trio [--fraction 0.2] [--seed 0]
 //! ```
 //!
 //! Every item is copied with its stored tower features (nothing is recomputed); a random

@@ -2,29 +2,15 @@
 //! carry no text at all?
 //!
 //! A text query enters the fused model the way `trio search --text` sends it (see
-//! [`text_query_input`]: the query's sentence embedding in every text field, the image marked
+//! [`FusionInput::text_query`]: the query's sentence embedding in every text field, the image marked
 //! absent); the gallery holds image-only vectors (every text field marked absent). Recall@k is
 //! the share of queries with at least one relevant image among the `k` nearest, by exact
 //! cosine similarity, so the figure measures the model's alignment, not the vector index.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::kernels::vector::Dot;
-use crate::models::fusion::{FusedModel, FusionInput};
-
-/// How a text query reaches the fused model: the query's sentence embedding fills every text
-/// field the model reads (a query is not a title or a description, and items carry their words
-/// in either), and the image is absent.
-pub fn text_query_input(text_fields: &[String], embedding: &[f32]) -> FusionInput {
-    FusionInput {
-        image: None,
-        text: text_fields
-            .iter()
-            .map(|f| (f.clone(), embedding.to_vec()))
-            .collect(),
-    }
-}
+use trio_engine::models::fusion::{FusedModel, FusionInput};
+use trio_engine::{Error, Result};
 
 /// One text query and the gallery positions of the images it should find.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,7 +92,7 @@ pub fn text_to_image_recall(
     for chunk in queries.chunks(512) {
         let inputs: Vec<FusionInput> = chunk
             .iter()
-            .map(|q| text_query_input(&fields, &q.embedding))
+            .map(|q| FusionInput::text_query(&fields, &q.embedding))
             .collect();
         let vectors = model.fused_vectors(&inputs)?;
         for (q, v) in chunk.iter().zip(&vectors) {
@@ -133,14 +119,11 @@ pub fn text_to_image_recall(
 
 /// 1-based rank of the best-scoring relevant image: one plus the number of gallery images that
 /// score strictly higher (ties count in the query's favour, as any order among them is fair).
-pub(crate) fn first_relevant_rank(
-    query: &[f32],
-    gallery: &[Vec<f32>],
-    relevant: &[usize],
-) -> usize {
-    // The SIMD kernel the index searches with: a gallery of the whole catalogue per query.
-    let dot = Dot::best();
-    let scores: Vec<f32> = gallery.iter().map(|v| dot.dot(v, query)).collect();
+fn first_relevant_rank(query: &[f32], gallery: &[Vec<f32>], relevant: &[usize]) -> usize {
+    let scores: Vec<f32> = gallery
+        .iter()
+        .map(|v| v.iter().zip(query).map(|(a, b)| a * b).sum())
+        .collect();
     let best = relevant
         .iter()
         .map(|&r| scores[r])
@@ -158,13 +141,5 @@ mod tests {
         assert_eq!(first_relevant_rank(&[0.0, 1.0], &gallery, &[1]), 1);
         assert_eq!(first_relevant_rank(&[0.0, 1.0], &gallery, &[0]), 3);
         assert_eq!(first_relevant_rank(&[0.0, 1.0], &gallery, &[0, 2]), 2);
-    }
-
-    #[test]
-    fn a_text_query_fills_every_field() {
-        let q = text_query_input(&["description".into(), "title".into()], &[0.5, 0.5]);
-        assert!(q.image.is_none());
-        assert_eq!(q.text.len(), 2);
-        assert_eq!(q.text["title"], vec![0.5, 0.5]);
     }
 }

@@ -2,7 +2,7 @@
 //! manifest-driven paths (`trio embed --manifest`, the Ray job) run on real images and texts.
 //!
 //! ```sh
-//! cargo run --example demo_manifest -- OUT.jsonl [--limit N]
+//! cargo run -p trio-lab --example demo_manifest -- OUT.jsonl [--limit N]
 //! ```
 
 use std::io::Write;

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! trio ingest --demo --db demo.trio
-//! TRIO_HOME=... cargo run --example crossmodal -- --db demo.trio [--seed 0] [--json out.json]
+//! TRIO_HOME=... cargo run -p trio-lab --example crossmodal -- --db demo.trio [--seed 0] [--json out.json]
 //! ```
 //!
 //! Splits the catalogue per class with emoji kept whole (`emoji_key`), as `trio train` does,
@@ -32,12 +32,10 @@ use trio_engine::catalog::Catalog;
 use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::models::fusion::{FusionConfig, JointInput};
 use trio_engine::towers::service::TowerSettings;
-use trio_engine::train::crossmodal::{
-    image_only_vectors, text_to_image_recall, CrossModalRecall, TextQuery,
-};
 use trio_engine::train::trainer::FUSED;
 use trio_engine::train::{split, InputSet, TrainConfig, Trainer};
 use trio_engine::{DeviceChoice, NoProgress};
+use trio_lab::crossmodal::{image_only_vectors, text_to_image_recall, CrossModalRecall, TextQuery};
 
 struct Args {
     db: PathBuf,

@@ -10,8 +10,8 @@ cleanlab numpy`).
           issues it finds and, when the true labels are given, precision / recall / F1.
   trio    scores `trio noise` and cleanlab on the SAME out-of-fold probabilities: reads the
           file `trio noise --export-oof` wrote, the `trio noise --json` output and the true
-          labels (`examples/flip_labels.rs` writes them), and prints precision / recall / F1
-          of both at N = number of flipped labels (scripts/noise_eval.sh runs it all).
+          labels (`lab/examples/flip_labels.rs` writes them), and prints precision / recall / F1
+          of both at N = number of flipped labels (lab/scripts/noise_eval.sh runs it all).
   golden  writes a small synthetic data set with cleanlab's answer, the fixture of Trio's
           test that checks its re-implementation against cleanlab.
 
@@ -175,7 +175,7 @@ def cmd_golden(args):
     stable = cleanlab_issues(labels, probs64, stable_ties=True)
     out = {
         "produced_by": (
-            f"scripts/noise_reference.py golden --seed {args.seed} --n {n} --classes {k}, "
+            f"lab/reference/noise_reference.py golden --seed {args.seed} --n {n} --classes {k}, "
             f"cleanlab {cleanlab.__version__}, numpy {np.__version__}"
         ),
         "labels": labels.tolist(),

@@ -19,15 +19,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Input, TrainConfig};
-use super::finetune::FinetuneReport;
-use super::robustness::RobustnessTable;
-use super::split::per_class;
-use super::split::Split;
-use super::trainer::{Report, Trainer, FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
-use super::Example;
-use crate::error::{Error, Result};
-use crate::progress::{NoProgress, Progress};
+use trio_engine::catalog::{Catalog, TrainOptions};
+use trio_engine::train::split::per_class;
+use trio_engine::train::trainer::{FUSED, IMAGE_ONLY, LOGISTIC_REGRESSION, TEXT_ONLY};
+use trio_engine::train::{Example, FinetuneReport, Input, Report, Split, TrainConfig, Trainer};
+use trio_engine::{Error, Progress, Result};
+
+use crate::report::Markdown;
+use crate::robustness::{robustness, RobustnessTable};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -185,8 +184,10 @@ impl ProtocolReport {
     pub fn targets_markdown(&self) -> String {
         targets_table(&self.targets())
     }
+}
 
-    pub fn to_markdown(&self) -> String {
+impl Markdown for ProtocolReport {
+    fn to_markdown(&self) -> String {
         let tuning = self
             .image_tuning
             .as_ref()
@@ -217,13 +218,6 @@ fn targets_table(targets: &[TargetCheck]) -> String {
     s
 }
 
-/// Runs the protocol with default settings and `seed`, on the CPU, silently.
-pub fn demo_protocol(examples: &[Example], seed: u64) -> Result<ProtocolReport> {
-    let mut cfg = ProtocolConfig::default();
-    cfg.train.seed = seed;
-    run_protocol(examples, &cfg, &Device::Cpu, &NoProgress)
-}
-
 /// Replaces the image features of the degraded examples in place, learning only from the
 /// split's training and validation rows (which carry the protocol's noisy labels): how
 /// `--finetune-image` joins the protocol. The caller owns the images; the protocol only
@@ -231,19 +225,9 @@ pub fn demo_protocol(examples: &[Example], seed: u64) -> Result<ProtocolReport> 
 pub type ImageTuner<'a> =
     dyn Fn(&mut [Example], &Split, u64, &dyn Progress) -> Result<FinetuneReport> + Sync + 'a;
 
-/// Runs the protocol described in the module documentation.
-pub fn run_protocol(
-    examples: &[Example],
-    cfg: &ProtocolConfig,
-    device: &Device,
-    progress: &dyn Progress,
-) -> Result<ProtocolReport> {
-    run_protocol_tuned(examples, cfg, device, progress, None)
-}
-
-/// [`run_protocol`], with the image features first replaced by `tuner`'s on the degraded
-/// catalogue (when given).
-pub fn run_protocol_tuned(
+/// One run of the protocol described in the module documentation, with `cfg.train.seed`; the
+/// image features are first replaced by `tuner`'s on the degraded catalogue (when given).
+fn run_once(
     examples: &[Example],
     cfg: &ProtocolConfig,
     device: &Device,
@@ -322,7 +306,7 @@ pub fn run_protocol_tuned(
         .transpose()?;
     let trainer = Trainer::new(cfg.train.clone(), device.clone())?;
     let study = trainer.run_study_on(&degraded, split, progress)?;
-    let robustness = trainer.robustness(&degraded, &study, progress)?;
+    let robustness = robustness(&trainer, &degraded, &study, progress)?;
     Ok(ProtocolReport {
         config: cfg.clone(),
         report: study.report,
@@ -390,9 +374,16 @@ impl ProtocolSeries {
         }
     }
 
+    /// The targets as a Markdown table.
+    pub fn targets_markdown(&self) -> String {
+        targets_table(&self.targets)
+    }
+}
+
+impl Markdown for ProtocolSeries {
     /// Test top-1 of every model and every input-withheld fused model, one row per seed, then
     /// the mean and its standard error.
-    pub fn to_markdown(&self) -> String {
+    fn to_markdown(&self) -> String {
         let Some(first) = self.runs.first() else {
             return String::new();
         };
@@ -433,11 +424,6 @@ impl ProtocolSeries {
         s.push_str(&format!("| s.e. | {} |\n", errors.join(" | ")));
         s
     }
-
-    /// The targets as a Markdown table.
-    pub fn targets_markdown(&self) -> String {
-        targets_table(&self.targets)
-    }
 }
 
 /// The mean and the standard error of the mean (0 for fewer than two values).
@@ -455,19 +441,9 @@ fn mean_and_standard_error(values: &[f64]) -> (f64, f64) {
 }
 
 /// Runs the protocol once per seed (`cfg.train.seed` is replaced by each) and judges the
-/// targets on the means. Progress shows one run after another.
-pub fn run_protocol_seeds(
-    examples: &[Example],
-    cfg: &ProtocolConfig,
-    seeds: &[u64],
-    device: &Device,
-    progress: &dyn Progress,
-) -> Result<ProtocolSeries> {
-    run_protocol_seeds_tuned(examples, cfg, seeds, device, progress, None)
-}
-
-/// [`run_protocol_seeds`] with an image tuner, as in [`run_protocol_tuned`].
-pub fn run_protocol_seeds_tuned(
+/// targets on the means; with `tuner`, each run first fine-tunes the image features on its own
+/// degraded catalogue. Progress shows one run after another.
+pub fn run_protocol(
     examples: &[Example],
     cfg: &ProtocolConfig,
     seeds: &[u64],
@@ -485,9 +461,35 @@ pub fn run_protocol_seeds_tuned(
     for &seed in seeds {
         let mut run_cfg = cfg.clone();
         run_cfg.train.seed = seed;
-        runs.push(run_protocol_tuned(
-            examples, &run_cfg, device, progress, tuner,
-        )?);
+        runs.push(run_once(examples, &run_cfg, device, progress, tuner)?);
     }
     Ok(ProtocolSeries::new(seeds.to_vec(), runs))
+}
+
+/// The protocol on a catalogue's own labelled items, once per seed: groups from
+/// `opts.group_field` never straddle training and test, training labels and texts are degraded,
+/// test labels stay clean, nothing is stored. With `opts.config.finetune_image`, the image
+/// tower's frozen bottom runs once for all seeds and each run fine-tunes its top on its own
+/// split.
+pub fn evaluate_catalog(
+    catalog: &Catalog,
+    opts: &TrainOptions,
+    protocol: &ProtocolConfig,
+    seeds: &[u64],
+    progress: &dyn Progress,
+) -> Result<ProtocolSeries> {
+    let examples = catalog.examples(&opts.config.label_field, opts.group_field.as_deref())?;
+    let cfg = ProtocolConfig {
+        train: opts.config.clone(),
+        ..protocol.clone()
+    };
+    let device = catalog.device();
+    match &cfg.train.finetune_image {
+        Some(tuning) => {
+            let acts = catalog.finetune_activations(&examples, tuning, progress)?;
+            let tuner = catalog.split_tuner(&acts, tuning);
+            run_protocol(&examples, &cfg, seeds, device, progress, Some(&tuner))
+        }
+        None => run_protocol(&examples, &cfg, seeds, device, progress, None),
+    }
 }

@@ -1,8 +1,8 @@
 //! Plants copies of demo catalogue images for the duplicate-detection measurement
-//! (scripts/dup_eval.sh runs it; see BENCHMARKS.md).
+//! (lab/scripts/dup_eval.sh runs it; see BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run --example plant_duplicates -- --out DIR [--every 50]
+//! cargo run -p trio-lab --example plant_duplicates -- --out DIR [--every 50]
 //! ```
 //!
 //! Takes every `every`-th base emoji render (no skin tone) of the demo catalogue, and writes:
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use trio_engine::fetch::Home;
 use trio_engine::ingest::demo::{self, DemoOptions, Vendor};
-use trio_engine::quality::duplicates::plant_copies;
+use trio_lab::planted::plant_copies;
 
 fn file_name(id: &str) -> String {
     format!("{}.png", id.replace([':', '/'], "_"))

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::towers::image::{ImageEmbeddings, ImageTower, PreparedImage};
-use crate::towers::text::TextTower;
+use trio_engine::towers::image::{ImageEmbeddings, ImageTower, PreparedImage};
+use trio_engine::towers::text::TextTower;
+use trio_engine::{Error, Result};
 
 /// Throughput of one tower at one batch size.
 #[derive(Debug, Clone, Serialize)]
@@ -86,7 +86,7 @@ pub fn image_throughput(
     min_items: usize,
     min_time: Duration,
 ) -> Result<Throughput> {
-    let device = crate::device::device_name(tower.device());
+    let device = trio_engine::device::device_name(tower.device());
     measure(
         "image",
         device,
@@ -109,7 +109,7 @@ pub fn text_throughput(
     min_items: usize,
     min_time: Duration,
 ) -> Result<Throughput> {
-    let device = crate::device::device_name(tower.device());
+    let device = trio_engine::device::device_name(tower.device());
     measure(
         "text",
         device,

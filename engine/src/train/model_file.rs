@@ -65,13 +65,13 @@ struct Header {
     labels: Vec<String>,
     metrics: ModelMetrics,
     fingerprint: String,
-    /// Headers of the baselines stored beside the model, in order; absent in older files.
+    /// Headers of the baselines stored beside the model, in order; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     baselines: Vec<Header>,
     /// Present when the image tower's top was fine-tuned for this model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     image_tower: Option<ImageTowerHeader>,
-    /// Whether the baselines vote in the model's prediction; absent (false) in older files.
+    /// Whether the baselines vote in the model's prediction; absent when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     baseline_experts: bool,
 }
@@ -162,6 +162,38 @@ impl View for &F32Tensor {
     fn data_len(&self) -> usize {
         self.bytes.len()
     }
+}
+
+/// Stored models load only when they record every setting of today's fused model (each model
+/// and each stored baseline). A model written before a setting existed would otherwise load
+/// with today's default for it, which is not how it was trained; it is refused, with the
+/// setting it lacks, so the user retrains it.
+fn check_settings_are_current(header: &serde_json::Value) -> Result<()> {
+    let current = serde_json::to_value(FusionConfig::default()).map_err(|source| Error::Json {
+        context: "fused model settings".into(),
+        source,
+    })?;
+    let Some(current) = current.as_object() else {
+        return Ok(());
+    };
+    let mut headers = vec![header];
+    while let Some(h) = headers.pop() {
+        let variant = h.get("variant").and_then(|v| v.as_str()).unwrap_or("model");
+        let stored = h
+            .get("config")
+            .and_then(|c| c.as_object())
+            .ok_or_else(|| format_error(format!("`{variant}` has no settings")))?;
+        if let Some(missing) = current.keys().find(|k| !stored.contains_key(*k)) {
+            return Err(format_error(format!(
+                "`{variant}` was stored by an older Trio (its settings have no `{missing}`); \
+                 retrain it with `trio train`"
+            )));
+        }
+        if let Some(baselines) = h.get("baselines").and_then(|b| b.as_array()) {
+            headers.extend(baselines);
+        }
+    }
+    Ok(())
 }
 
 fn format_error(reason: impl Into<String>) -> Error {
@@ -375,7 +407,13 @@ impl TrainedModel {
         let json = fields
             .get(HEADER_KEY)
             .ok_or_else(|| format_error(format!("no `{HEADER_KEY}` entry")))?;
-        let header: Header = serde_json::from_str(json).map_err(|source| Error::Json {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|source| Error::Json {
+                context: "trained model header".into(),
+                source,
+            })?;
+        check_settings_are_current(&value)?;
+        let header: Header = serde_json::from_value(value).map_err(|source| Error::Json {
             context: "trained model header".into(),
             source,
         })?;
@@ -498,5 +536,32 @@ impl TrainedModel {
             .take(k)
             .map(|i| (self.labels[i].clone(), probs[i]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(config: serde_json::Value, baselines: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"variant": "fused", "config": config, "baselines": baselines})
+    }
+
+    #[test]
+    fn models_missing_a_current_setting_are_refused_naming_it() {
+        let current = serde_json::to_value(FusionConfig::default()).expect("settings");
+        assert!(check_settings_are_current(&header(current.clone(), vec![])).is_ok());
+
+        let mut old = current.clone();
+        old.as_object_mut().expect("object").remove("joint_input");
+        let err = check_settings_are_current(&header(old.clone(), vec![]))
+            .expect_err("a model without joint_input is older");
+        let text = err.to_string();
+        assert!(text.contains("joint_input") && text.contains("trio train"), "{text}");
+
+        let baseline = serde_json::json!({"variant": "text-only", "config": old});
+        let err = check_settings_are_current(&header(current, vec![baseline]))
+            .expect_err("an older baseline is refused too");
+        assert!(err.to_string().contains("text-only"), "{err}");
     }
 }

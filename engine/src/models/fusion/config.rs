@@ -1,0 +1,236 @@
+//! The fused model's settings: everything that shapes its weights or its training objective,
+//! stored with every model.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Hyper-parameters of the fused model. Everything that shapes the weights or the training
+/// objective is here, so a stored model records how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FusionConfig {
+    /// Whether the model has an image branch at all (false for the text-only baseline).
+    pub use_image: bool,
+    /// Width of the frozen image features (EfficientNet-Lite0's pooled features: 1280).
+    pub image_dim: usize,
+    /// Width of one text field's frozen sentence embedding (all-MiniLM-L6-v2: 384).
+    pub text_dim: usize,
+    /// The text fields the model reads, in the order their branches are concatenated.
+    pub text_fields: Vec<String>,
+    /// Output width of the image projection.
+    pub image_proj_dim: usize,
+    /// Output width of each text field's tuning layer.
+    pub text_tuning_dim: usize,
+    /// Width of the shared image–text search space.
+    pub joint_dim: usize,
+    /// What the joint heads read.
+    pub joint_input: JointInput,
+    /// Hidden width of the joint heads on frozen features (`Linear+ReLU` before the output
+    /// layer); 0 makes each head one linear layer. Unused with `joint_input = branch_outputs`.
+    pub joint_hidden: usize,
+    /// Dropout on each branch output while training.
+    pub dropout: f32,
+    /// Probability of hiding the image, each text field, and all text, per training example.
+    pub modality_dropout: f32,
+    /// Weight of the image–text InfoNCE loss beside the classification loss; only heads on the
+    /// branch outputs train there (heads on frozen features are aligned after the classifier).
+    pub contrastive_weight: f32,
+    /// Softmax temperature of the InfoNCE loss (beside the classifier and in `train::align`).
+    pub temperature: f32,
+    /// Whether the InfoNCE gradient also reaches the tuning layers. Off by default: on
+    /// synthetic catalogues, letting instance-level alignment shape the branches cost the
+    /// classifier several points of top-1, while alignment through the joint heads alone
+    /// still puts a title near the images of its class.
+    pub align_branches: bool,
+    /// Number of classes; 0 until the trainer fills it in from the label map.
+    pub num_classes: usize,
+    /// Late fusion: a small classification head on the image projection and one on the text
+    /// part of the concatenation layer, whose logits are added to the joint classifier's
+    /// wherever that input is visible (a product of experts). With the image missing, the
+    /// prediction is then the text expert's plus the joint classifier's, not the joint
+    /// classifier alone reading a "missing" embedding it rarely saw in training.
+    pub branch_heads: bool,
+    /// Weight of the auxiliary losses: each branch (the image projection, each text tuning
+    /// layer, all text together) classifies alone through its own head, and its cross-entropy
+    /// on the rows where that input is visible is added to the fused loss. Makes every
+    /// single-input path discriminative, so one modality cannot carry the others. Needs
+    /// `branch_heads`; 0 turns the auxiliary losses off.
+    pub aux_weight: f32,
+    /// Probability of hiding the image per training example; `None` uses `modality_dropout`.
+    /// A higher rate trains the text-only path of the fused model more often.
+    pub image_modality_dropout: Option<f32>,
+    /// Dropout on the image projection's output; `None` uses `dropout`. The 1280-d image
+    /// features let the projection memorise training items, so it may need more than the text.
+    pub image_dropout: Option<f32>,
+}
+
+impl Default for FusionConfig {
+    fn default() -> Self {
+        Self::trio(vec!["title".into(), "description".into()], 0)
+    }
+}
+
+impl FusionConfig {
+    /// The preset for Trio's towers: EfficientNet-Lite0 image features and MiniLM text
+    /// embeddings. Layer widths are small because the towers already did the heavy lifting and
+    /// the catalogues are thousands, not millions, of items. The branch-head, auxiliary-loss
+    /// and image-dropout settings were chosen on the demo protocol's validation split (never
+    /// its test split) among a handful of candidates (BENCHMARKS.md, "Demo protocol").
+    pub fn trio(text_fields: Vec<String>, num_classes: usize) -> Self {
+        Self {
+            use_image: true,
+            image_dim: 1280,
+            text_dim: 384,
+            text_fields,
+            image_proj_dim: 128,
+            text_tuning_dim: 128,
+            joint_dim: 128,
+            joint_input: JointInput::Features,
+            joint_hidden: JOINT_HIDDEN,
+            dropout: 0.2,
+            modality_dropout: 0.3,
+            contrastive_weight: 0.5,
+            temperature: TEMPERATURE,
+            align_branches: false,
+            num_classes,
+            branch_heads: true,
+            aux_weight: 0.5,
+            image_modality_dropout: Some(0.3),
+            image_dropout: Some(0.5),
+        }
+    }
+
+    /// The rate at which training hides the image.
+    pub fn image_hide_rate(&self) -> f32 {
+        self.image_modality_dropout.unwrap_or(self.modality_dropout)
+    }
+
+    /// The dropout rate on the image projection's output.
+    pub fn image_dropout_rate(&self) -> f32 {
+        self.image_dropout.unwrap_or(self.dropout)
+    }
+
+    /// Whether the model has joint heads: only when it sees both an image and some text.
+    pub fn has_joint(&self) -> bool {
+        self.use_image && !self.text_fields.is_empty()
+    }
+
+    /// Whether the InfoNCE loss is added to the classification loss (heads on branch outputs
+    /// with a positive weight); heads on frozen features are aligned on their own afterwards.
+    pub fn aligns_with_classifier(&self) -> bool {
+        self.has_joint()
+            && self.joint_input == JointInput::BranchOutputs
+            && self.contrastive_weight > 0.0
+    }
+
+    /// Whether the variable `name` belongs to the joint heads (what `train::align` trains).
+    pub fn is_joint_var(&self, name: &str) -> bool {
+        match self.joint_input {
+            JointInput::BranchOutputs => name.contains(".joint."),
+            JointInput::Features => name.starts_with("joint."),
+        }
+    }
+
+    /// Width of the concatenation layer.
+    pub fn concat_dim(&self) -> usize {
+        let image = if self.use_image {
+            self.image_proj_dim
+        } else {
+            0
+        };
+        image + self.text_fields.len() * self.text_tuning_dim
+    }
+
+    /// Width of the search vector returned by [`FusedModel::fused_vectors`].
+    pub fn search_dim(&self) -> usize {
+        if self.has_joint() {
+            self.joint_dim
+        } else {
+            self.concat_dim()
+        }
+    }
+
+    /// Rejects configurations that cannot build a working model.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: &str| {
+            Err(Error::InvalidTrainConfig {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if !self.use_image && self.text_fields.is_empty() {
+            return bad(
+                "text_fields",
+                "a model needs the image or at least one text field",
+            );
+        }
+        if self.num_classes < 2 {
+            return bad("num_classes", "a classifier needs at least two classes");
+        }
+        for (name, v) in [
+            ("image_dim", self.image_dim),
+            ("text_dim", self.text_dim),
+            ("image_proj_dim", self.image_proj_dim),
+            ("text_tuning_dim", self.text_tuning_dim),
+            ("joint_dim", self.joint_dim),
+        ] {
+            if v == 0 {
+                return bad(name, "must be positive");
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.text_fields {
+            if f.is_empty() || !seen.insert(f) {
+                return bad(
+                    "text_fields",
+                    &format!("field names must be non-empty and unique, got `{f}`"),
+                );
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.modality_dropout) {
+            return bad("modality_dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.image_hide_rate()) {
+            return bad("image_modality_dropout", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.image_dropout_rate()) {
+            return bad("image_dropout", "must be in [0, 1)");
+        }
+        if !(self.aux_weight >= 0.0 && self.aux_weight.is_finite()) {
+            return bad("aux_weight", "must be a non-negative number");
+        }
+        if self.aux_weight > 0.0 && !self.branch_heads {
+            return bad("aux_weight", "the auxiliary losses need `branch_heads`");
+        }
+        if self.contrastive_weight < 0.0 {
+            return bad("contrastive_weight", "must not be negative");
+        }
+        if self.temperature <= 0.0 {
+            return bad("temperature", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What the joint (search) heads read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JointInput {
+    /// One linear head per branch on its tuning-layer output, trained beside the classifier
+    /// with weight `contrastive_weight`.
+    BranchOutputs,
+    /// An image head and one shared text head on the L2-normalised frozen features.
+    Features,
+}
+
+/// Default hidden width of the joint heads on frozen features: linear heads, the smallest that
+/// can align. With them (and [`TEMPERATURE`]) the demo catalogue's validation emoji names found
+/// their image in the top 10 for 0.35 of queries (BENCHMARKS.md, "Cross-modal search"); hidden
+/// layers and other temperatures have not been compared there yet.
+const JOINT_HIDDEN: usize = 0;
+/// Default InfoNCE temperature: the value the earlier in-loop alignment used.
+const TEMPERATURE: f32 = 0.1;

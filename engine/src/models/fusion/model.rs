@@ -1,0 +1,255 @@
+//! The fused model: load from a `VarBuilder`, the forward pass, prediction and vectors.
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use super::branches::{Branch, BranchHeads};
+use super::inputs::{batch_from_inputs, FusionBatch, ModalityInputs, TrainNoise};
+use super::joint::{l2_normalise, FeatureHeads, JointHead};
+use super::{FusionConfig, JointInput};
+use crate::error::{Error, Result};
+
+/// Everything one forward pass produces.
+#[derive(Debug, Clone)]
+pub struct FusionOutput {
+    /// Class scores before softmax, `[batch, classes]`.
+    pub logits: Tensor,
+    /// The concatenation layer, `[batch, concat_dim]`: what the classifier reads.
+    pub concat: Tensor,
+    /// Unit image vectors in the joint space, `[batch, joint]`, when the model has joint heads
+    /// (not computed while training heads on frozen features, which align on their own). Rows
+    /// of items without an image are meaningless; mask them with the presence column.
+    pub joint_image: Option<Tensor>,
+    /// Unit text vectors in the joint space (normalised mean of the present fields), zero rows
+    /// for items without text.
+    pub joint_text: Option<Tensor>,
+    /// The unit search vector, `[batch, search_dim]` (without training noise; while training
+    /// heads on frozen features it is the normalised concatenation layer).
+    pub search: Tensor,
+    /// Each branch head's logits beside the rows where its input was visible (`[batch, 1]`),
+    /// for the auxiliary losses: the image, each text field (only while training), then all
+    /// text. Empty without `branch_heads`.
+    pub branch_logits: Vec<(Tensor, Tensor)>,
+}
+
+/// The fused classifier and search encoder. See the module documentation for the design.
+#[derive(Debug, Clone)]
+pub struct FusedModel {
+    pub(super) cfg: FusionConfig,
+    pub(super) image: Option<Branch>,
+    pub(super) text: Vec<Branch>,
+    /// Present with `joint_input = features` on a model with both modalities.
+    pub(super) feature_heads: Option<FeatureHeads>,
+    pub(super) classifier: Linear,
+    pub(super) heads: Option<BranchHeads>,
+    pub(super) device: Device,
+    pub(super) span: tracing::Span,
+}
+
+impl FusedModel {
+    /// Builds the model from `vb`. Variable names: `image.tuning.{weight,bias}`,
+    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`; the joint heads:
+    /// `joint.{image,text}.{hidden,out}.…` on features, or `image.joint.…`, `text.<field>.joint.…`
+    /// on branch outputs; and with `branch_heads`, `heads.{image,all_text,text.<field>}.{weight,bias}`.
+    pub fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
+        cfg.validate()?;
+        let joint = (cfg.has_joint() && cfg.joint_input == JointInput::BranchOutputs)
+            .then_some(cfg.joint_dim);
+        let feature_heads = if cfg.has_joint() && cfg.joint_input == JointInput::Features {
+            Some(FeatureHeads {
+                image: JointHead::load(vb.pp("joint").pp("image"), cfg.image_dim, cfg, "image")?,
+                text: JointHead::load(vb.pp("joint").pp("text"), cfg.text_dim, cfg, "text")?,
+            })
+        } else {
+            None
+        };
+        let image = if cfg.use_image {
+            Some(Branch::load(
+                vb.pp("image"),
+                cfg.image_dim,
+                cfg.image_proj_dim,
+                joint,
+                "image",
+            )?)
+        } else {
+            None
+        };
+        let text = cfg
+            .text_fields
+            .iter()
+            .map(|f| {
+                Branch::load(
+                    vb.pp("text").pp(f),
+                    cfg.text_dim,
+                    cfg.text_tuning_dim,
+                    joint,
+                    f,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let classifier = linear(cfg.concat_dim(), cfg.num_classes, vb.pp("classifier"))?;
+        let heads = if cfg.branch_heads {
+            Some(BranchHeads::load(vb.pp("heads"), cfg)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            image,
+            text,
+            feature_heads,
+            classifier,
+            heads,
+            device: vb.device().clone(),
+            span: tracing::trace_span!("fusion.forward"),
+        })
+    }
+
+    pub fn config(&self) -> &FusionConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One forward pass. `noise` is `Some` only while training.
+    pub fn forward(&self, batch: &FusionBatch, noise: Option<&TrainNoise>) -> Result<FusionOutput> {
+        let _enter = self.span.enter();
+        if batch.text.len() != self.text.len() {
+            return Err(Error::InvalidArgument(format!(
+                "batch has {} text fields, the model reads {}",
+                batch.text.len(),
+                self.text.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(1 + self.text.len());
+        // The joint heads' inputs: frozen features, or branch outputs (detached unless
+        // `align_branches`, so the InfoNCE loss does not reshape the classifier's layers).
+        let on_features = self.cfg.joint_input == JointInput::Features;
+        let joint_in = |features: &Tensor, h: &Tensor| -> Tensor {
+            if on_features {
+                features.clone()
+            } else if self.cfg.align_branches {
+                h.clone()
+            } else {
+                h.detach()
+            }
+        };
+        let mut image_in = None;
+        // Each branch's output and the rows where it is visible, for the branch heads.
+        let mut image_seen = None;
+        let mut text_seen = Vec::with_capacity(self.text.len());
+        let mut image_present = None;
+        if let Some(branch) = &self.image {
+            let m = batch.image.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(
+                    "batch has no image column but the model reads images".into(),
+                )
+            })?;
+            let h = branch.hidden(&m.features, noise.and_then(|n| n.image_dropout.as_ref()))?;
+            let visible = match noise.and_then(|n| n.image_visible.as_ref()) {
+                Some(v) => (&m.present * v)?,
+                None => m.present.clone(),
+            };
+            parts.push(branch.gate(&h, &visible)?);
+            image_in = Some(joint_in(&m.features, &h));
+            image_present = Some(m.present.clone());
+            image_seen = Some((h, visible));
+        }
+        let mut text_in = Vec::with_capacity(self.text.len());
+        for (f, (branch, m)) in self.text.iter().zip(&batch.text).enumerate() {
+            let dropout = noise.and_then(|n| n.text_dropout.get(f));
+            let h = branch.hidden(&m.features, dropout)?;
+            let visible = match noise.and_then(|n| n.text_visible.get(f)) {
+                Some(v) => (&m.present * v)?,
+                None => m.present.clone(),
+            };
+            parts.push(branch.gate(&h, &visible)?);
+            text_in.push(joint_in(&m.features, &h));
+            text_seen.push((h, visible));
+        }
+        let concat = Tensor::cat(&parts, 1)?;
+        let mut logits = self.classifier.forward(&concat)?;
+        let mut branch_logits = Vec::new();
+        if let Some(heads) = &self.heads {
+            // Late fusion: a visible input's expert adds its logits (a product of experts).
+            if let (Some(head), Some((h, visible))) = (&heads.image, &image_seen) {
+                let z = head.forward(h)?;
+                logits = (logits + z.broadcast_mul(visible)?)?;
+                branch_logits.push((z, visible.clone()));
+            }
+            if noise.is_some() {
+                // The per-field heads only train their tuning layers (auxiliary losses).
+                for (head, (h, visible)) in heads.fields.iter().zip(&text_seen) {
+                    branch_logits.push((head.forward(h)?, visible.clone()));
+                }
+            }
+            if let Some(head) = &heads.all_text {
+                let first_text = usize::from(image_seen.is_some());
+                let z = head.forward(&Tensor::cat(&parts[first_text..], 1)?)?;
+                let mut any: Option<Tensor> = None;
+                for (_, visible) in &text_seen {
+                    any = Some(match any {
+                        Some(a) => a.maximum(visible)?,
+                        None => visible.clone(),
+                    });
+                }
+                if let Some(any) = any {
+                    logits = (logits + z.broadcast_mul(&any)?)?;
+                    branch_logits.push((z, any));
+                }
+            }
+        }
+        let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
+        // Heads on frozen features are aligned on their own (`train::align`): training the
+        // classifier has no use for them.
+        let joint_wanted = noise.is_none() || self.cfg.aligns_with_classifier();
+        let (joint_image, joint_text) = if self.cfg.has_joint() && joint_wanted {
+            match &image_in {
+                Some(i) => {
+                    let (ji, jt) = self.joint_from_inputs(i, &text_in, &text_present)?;
+                    (Some(ji), Some(jt))
+                }
+                None => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+        let search = match (&joint_image, &joint_text, &image_present) {
+            (Some(i), Some(t), Some(p)) => l2_normalise(&(i.broadcast_mul(p)? + t)?)?,
+            _ => l2_normalise(&concat)?,
+        };
+        Ok(FusionOutput {
+            logits,
+            concat,
+            joint_image,
+            joint_text,
+            search,
+            branch_logits,
+        })
+    }
+
+    /// Packs inputs into a batch on the model's device, checking widths. Fields the model does
+    /// not read are ignored; an input with none of the model's inputs is an error.
+    pub fn batch<I: ModalityInputs>(&self, items: &[I]) -> Result<FusionBatch> {
+        batch_from_inputs(&self.cfg, items, &self.device)
+    }
+
+    /// Class probabilities, one row per input, in the label order of the stored model.
+    pub fn predict<I: ModalityInputs>(&self, items: &[I]) -> Result<Vec<Vec<f32>>> {
+        let out = self.forward(&self.batch(items)?, None)?;
+        Ok(candle_nn::ops::softmax_last_dim(&out.logits)?.to_vec2()?)
+    }
+
+    /// Unit search vectors (see the module documentation): comparable across image-only,
+    /// text-only and full inputs when the model has both modalities.
+    pub fn fused_vectors<I: ModalityInputs>(&self, items: &[I]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward(&self.batch(items)?, None)?.search.to_vec2()?)
+    }
+
+    /// The concatenation layer (the study's "fused embedding"), unnormalised.
+    pub fn concat_vectors<I: ModalityInputs>(&self, items: &[I]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward(&self.batch(items)?, None)?.concat.to_vec2()?)
+    }
+}

@@ -6,6 +6,7 @@
 //! inference or index searches inline. The backend is shared as `Arc<dyn Backend>` by every
 //! request at once: methods take `&self` and must do their own fine-grained synchronisation.
 
+use trio_engine::catalog::{DuplicatesOutcome, NoiseOutcome};
 use trio_engine::Result;
 
 use crate::api::{
@@ -94,11 +95,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Near-duplicate groups, as a JSON report.
-    fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value>;
+    /// Near-duplicate groups: the engine's report, which the route serves as JSON with its
+    /// freshness. `space` absent is the image space, as for `trio duplicates`.
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<DuplicatesOutcome>;
 
-    /// Items whose stored label the model doubts, as a JSON report.
-    fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value>;
+    /// Items whose stored label the model doubts: the engine's report, served like
+    /// [`Backend::duplicates`].
+    fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome>;
 
     /// Starts training on the backend's own thread and returns at once with the job's id.
     /// `Conflict` when a training job is already running.

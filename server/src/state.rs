@@ -144,15 +144,17 @@ impl AppState {
 
     /// A catalogue report (`kind` with `params`, canonical JSON of its options): the stored one
     /// when the catalogue has not changed since it was computed, else computed once however
-    /// many requests ask at the same time (see [`crate::reports`]).
-    pub(crate) async fn report<F>(
+    /// many requests ask at the same time (see [`crate::reports`]). The report is stored as
+    /// the JSON it is served as.
+    pub(crate) async fn report<T, F>(
         &self,
         kind: &'static str,
         params: String,
         compute: F,
     ) -> Result<Arc<Report>, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<serde_json::Value> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        T: serde::Serialize + Send + 'static,
     {
         let Some(state) = self
             .blocking("reading the catalogue state", |backend| {
@@ -160,10 +162,8 @@ impl AppState {
             })
             .await?
         else {
-            return self
-                .blocking("computing a report", compute)
-                .await
-                .map(reports::uncached);
+            let report = self.blocking("computing a report", compute).await?;
+            return reports::render(&report).map(reports::uncached);
         };
         let key = ReportKey {
             kind,

@@ -13,6 +13,7 @@ use crate::api::{
     Classification, ClassifyRequest, DuplicatesQuery, ItemImage, ItemView, JobStatus, ModelInfo,
     NewItem, NoiseQuery, Page, Search, SearchResults, Stats, TrainRequest,
 };
+use crate::error::ApiError;
 
 /// Limits the server passes with every image so the decoder can refuse a decompression bomb
 /// from its header, before allocating the pixels.
@@ -35,11 +36,14 @@ pub struct ReportState {
 ///
 /// Errors are [`trio_engine::Error`]; the server maps each variant to a status code in one place
 /// (`server/src/error.rs`). The `-- service --` variants are the ones a backend returns for
-/// conditions a client can act on: `NotFound`, `Conflict`, `UnknownLabel`, `NotReady`,
-/// `Overloaded`, `TooLarge`, `NotAnImage`, and `InvalidArgument` for bad input.
+/// conditions a client can act on: `NotFound`, `Conflict`, `UnknownLabel`, `TooLarge`,
+/// `NotAnImage`, and `InvalidArgument` for bad input. Conditions of the service rather than of
+/// the engine are the server's own [`ApiError`]s: readiness here, overload from the server's
+/// queues.
 pub trait Backend: Send + Sync + 'static {
-    /// `Err(NotReady)` while models or indexes are still loading; `/healthz` reports it as 503.
-    fn ready(&self) -> Result<()> {
+    /// [`ApiError::not_ready`] while models or indexes are still loading; `/healthz` reports it
+    /// as 503.
+    fn ready(&self) -> std::result::Result<(), ApiError> {
         Ok(())
     }
 

@@ -98,10 +98,11 @@ impl AppState {
     /// Runs a blocking backend call on the blocking pool, holding one of `max_in_flight` slots
     /// (none free: 503 at once) and waiting at most `request_timeout` (504). A panic in the call
     /// becomes a 500.
-    pub(crate) async fn blocking<T, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
+    pub(crate) async fn blocking<T, E, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
     {
         let Ok(permit) = self.work.clone().try_acquire_owned() else {
             self.metrics.count_shed(BLOCKING_QUEUE);
@@ -119,26 +120,25 @@ impl AppState {
 
     /// Like [`AppState::blocking`] without taking a slot: for health checks and metrics, which
     /// must answer while the queue is full.
-    pub(crate) async fn unqueued<T, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
+    pub(crate) async fn unqueued<T, E, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
     {
         let backend = self.backend.clone();
         self.finish(what, web::block(move || call(&*backend))).await
     }
 
-    async fn finish<T>(
+    async fn finish<T, E: Into<ApiError>>(
         &self,
         what: &'static str,
-        task: impl std::future::Future<
-            Output = Result<trio_engine::Result<T>, actix_web::error::BlockingError>,
-        >,
+        task: impl std::future::Future<Output = Result<Result<T, E>, actix_web::error::BlockingError>>,
     ) -> Result<T, ApiError> {
         match actix_web::rt::time::timeout(self.config.request_timeout, task).await {
             Err(_) => Err(ApiError::timeout(what, self.config.request_timeout)),
             Ok(Err(panicked)) => Err(ApiError::internal(what, panicked)),
-            Ok(Ok(result)) => result.map_err(ApiError::from),
+            Ok(Ok(result)) => result.map_err(Into::into),
         }
     }
 

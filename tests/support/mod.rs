@@ -23,7 +23,7 @@ use trio_server::api::{
     ItemView, JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
     SearchHit, SearchResults, Stats, TrainRequest,
 };
-use trio_server::{ApiKey, Backend, ImageLimits, ReportState, ServerConfig};
+use trio_server::{ApiError, ApiKey, Backend, ImageLimits, ReportState, ServerConfig};
 
 /// The API key the HTTP tests configure for writes.
 pub const KEY: &str = "test-key-0123";
@@ -272,11 +272,9 @@ fn passes(view: &ItemView, filters: &BTreeMap<String, String>) -> bool {
 }
 
 impl Backend for FakeBackend {
-    fn ready(&self) -> Result<()> {
+    fn ready(&self) -> std::result::Result<(), ApiError> {
         if self.not_ready.load(Ordering::SeqCst) {
-            return Err(Error::NotReady {
-                reason: "the fake is loading".into(),
-            });
+            return Err(ApiError::not_ready("the fake is loading"));
         }
         Ok(())
     }

@@ -272,3 +272,17 @@ fn a_killed_bulk_load_resumes_with_every_row_once() {
     }
     assert_same_catalogue(&a, &b, 0.0);
 }
+
+#[test]
+fn a_catalogue_opened_without_towers_names_what_needs_them() {
+    let catalog = trio_engine::catalog::Catalog::in_memory(None, trio_engine::Device::Cpu)
+        .expect("an in-memory catalogue");
+    let Err(e) = catalog.ingest_features(&[], 1, &trio_engine::NoProgress, &mut |_| {}) else {
+        panic!("loading features without towers succeeded");
+    };
+    assert!(matches!(e, trio_engine::Error::NoTowers { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "reading or writing feature files needs the towers, but this catalogue was opened without them"
+    );
+}

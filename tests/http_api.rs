@@ -732,8 +732,12 @@ async fn duplicates_noise_stats_and_health() {
         .to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["groups"][0]["ids"], json!(["a", "b"]));
+    assert_eq!(
+        body["groups"],
+        json!([{"kind": "near", "members": ["a", "b"], "pairs": [["a", "b", 1.0]]}])
+    );
     assert_eq!(body["space"], "text");
+    assert_eq!(body["refused_merges"], 0);
 
     let request = TestRequest::post()
         .uri("/v1/duplicates")
@@ -752,9 +756,20 @@ async fn duplicates_noise_stats_and_health() {
     let request = TestRequest::get().uri("/v1/noise?limit=10").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200);
+    let issues: Vec<_> = body["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (&i["id"], &i["given_label"], &i["suggested_label"]))
+        .collect();
     assert_eq!(
-        body["suspects"],
-        json!([{"id": "c", "label": "cat", "model_choice": "dog"}])
+        issues,
+        [(&json!("c"), &json!("cat"), &json!("dog"))],
+        "{body}"
+    );
+    assert_eq!(
+        (&body["labelled_items"], &body["flagged"]),
+        (&json!(3), &json!(1))
     );
     let request = TestRequest::get()
         .uri("/v1/noise?min_confidence=2")
@@ -987,7 +1002,7 @@ async fn reports_are_computed_once_per_catalogue_state() {
     for response in responses {
         let (status, body) = json_of(response).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["groups"][0]["ids"], json!(["a", "b"]), "{body}");
+        assert_eq!(body["groups"][0]["members"], json!(["a", "b"]), "{body}");
         assert_eq!(body["generation"], 2, "{body}");
         assert_eq!(body["model_version"], "v1", "{body}");
         assert!(
@@ -1025,7 +1040,11 @@ async fn reports_are_computed_once_per_catalogue_state() {
         .to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["groups"][0]["ids"], json!(["a", "b", "c"]), "{body}");
+    assert_eq!(
+        body["groups"][0]["members"],
+        json!(["a", "b", "c"]),
+        "{body}"
+    );
     assert_eq!(body["generation"], 3, "{body}");
     assert_eq!(backend.report_calls.load(Ordering::SeqCst), 3);
 }

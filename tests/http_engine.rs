@@ -583,3 +583,106 @@ async fn error_messages_name_no_server_path() {
     assert_eq!(status, 404, "{body}");
     assert!(!body.to_string().contains(&dir), "{body}");
 }
+
+/// The sorted field names of a JSON object.
+fn fields(value: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// The reports are the engine's own report types (what `trio duplicates --json` and
+/// `trio noise --json` print) with the server's freshness fields.
+#[actix_web::test]
+async fn reports_are_the_engines_reports_with_their_freshness() {
+    let app = app!(catalogue().backend(), keyed());
+    let freshness = ["age_s", "computed_at", "generation", "model_version"];
+
+    let request = TestRequest::get().uri("/v1/duplicates").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    // The default space is the image tower's, as for `trio duplicates`.
+    assert_eq!(body["space"], "image", "{body}");
+
+    let request = TestRequest::get()
+        .uri("/v1/duplicates?space=text&threshold=0.5&limit=2")
+        .to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    let mut expected = vec!["groups", "refused_merges", "space"];
+    expected.extend(freshness);
+    expected.sort_unstable();
+    assert_eq!(fields(&body), expected, "{body}");
+    assert_eq!(body["space"], "text", "{body}");
+    let groups = body["groups"].as_array().unwrap();
+    assert!((1..=2).contains(&groups.len()), "{body}");
+    for group in groups {
+        assert_eq!(fields(group), ["kind", "members", "pairs"], "{body}");
+        let kind = group["kind"].as_str().unwrap();
+        assert!(["exact", "perceptual", "near"].contains(&kind), "{body}");
+        assert!(group["members"].as_array().unwrap().len() >= 2, "{body}");
+        let pair = &group["pairs"][0];
+        assert!(pair[0].is_string() && pair[1].is_string(), "{body}");
+        assert!((0.0..=1.0).contains(&pair[2].as_f64().unwrap()), "{body}");
+    }
+
+    // An unseen fruit labelled as a mammal, so the noise report has an issue to show.
+    let fruit = catalogue()
+        .rows
+        .unseen
+        .iter()
+        .find(|r| r.label.as_deref() == Some("food-fruit"))
+        .unwrap();
+    let image = std::fs::read(fruit.image.as_ref().unwrap()).unwrap();
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "mislabelled", "title": fruit.title, "label": "animal-mammal", "image": b64(&image)}),
+    );
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 201, "{body}");
+    let request = TestRequest::get().uri("/v1/noise?limit=3").to_request();
+    let (status, body) = json_of(test::call_service(&app, request).await).await;
+    assert_eq!(status, 200, "{body}");
+    let mut expected = vec!["flagged", "issues", "labelled_items"];
+    expected.extend(freshness);
+    expected.sort_unstable();
+    assert_eq!(fields(&body), expected, "{body}");
+    assert!(
+        body["labelled_items"].as_u64().unwrap() >= (4 * PER_LABEL) as u64,
+        "{body}"
+    );
+    let issues = body["issues"].as_array().unwrap();
+    assert!(issues.len() <= 3, "{body}");
+    for issue in issues {
+        assert_eq!(
+            fields(issue),
+            [
+                "given_label",
+                "id",
+                "neighbour_agreement",
+                "p_given",
+                "score",
+                "suggested_label",
+                "title"
+            ],
+            "{body}"
+        );
+        assert_ne!(issue["given_label"], issue["suggested_label"], "{body}");
+    }
+    let mango = issues.iter().find(|i| i["id"] == "mislabelled").unwrap();
+    assert_eq!(
+        (&mango["given_label"], &mango["suggested_label"]),
+        (&json!("animal-mammal"), &json!("food-fruit")),
+        "{body}"
+    );
+    let request = TestRequest::delete()
+        .uri("/v1/items/mislabelled")
+        .insert_header(bearer())
+        .to_request();
+    assert_eq!(test::call_service(&app, request).await.status(), 204);
+}

@@ -94,6 +94,11 @@ pub enum Error {
 
     #[error("text #{index} is empty: an empty or whitespace-only text is a missing field, not a text to embed")]
     EmptyText { index: usize },
+
+    /// The catalogue was opened without tower settings (`Catalog::open_existing`), and `what`
+    /// needs the towers.
+    #[error("{what} needs the towers, but this catalogue was opened without them")]
+    NoTowers { what: &'static str },
     // -- store --
     /// The file is not a Trio store (not a redb database, or a redb database without Trio's
     /// tables). Nothing was written to it.
@@ -212,12 +217,6 @@ pub enum Error {
 
     #[error("unknown label '{label}': the active model was not trained on it")]
     UnknownLabel { label: String },
-
-    #[error("not ready: {reason}")]
-    NotReady { reason: String },
-
-    #[error("{what} is overloaded; retry later")]
-    Overloaded { what: String },
 
     #[error("{what} is too large (limit {limit})")]
     TooLarge { what: String, limit: u64 },

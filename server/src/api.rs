@@ -17,6 +17,8 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub const DEFAULT_K: usize = 10;
 /// Page size of `GET /v1/items` when the request does not say.
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
+/// The space `/v1/duplicates` compares in when the request does not say, as `trio duplicates`.
+pub const DEFAULT_DUPLICATES_SPACE: Space = Space::Image;
 
 // ---------------------------------------------------------------------------------------------
 // Items
@@ -199,6 +201,16 @@ impl Space {
     }
 }
 
+impl From<Space> for trio_engine::catalog::Space {
+    fn from(space: Space) -> Self {
+        match space {
+            Space::Fused => Self::Fused,
+            Space::Image => Self::Image,
+            Space::Text => Self::Text,
+        }
+    }
+}
+
 /// A search as sent over the wire: exactly one of `text`, `image` and `id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -292,7 +304,7 @@ pub struct SearchHit {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DuplicatesQuery {
-    /// Space to compare in (default fused).
+    /// Space to compare in (default image).
     pub space: Option<Space>,
     /// Minimum similarity for two items to count as duplicates (backend default when absent).
     pub threshold: Option<f32>,

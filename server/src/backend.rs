@@ -6,12 +6,14 @@
 //! inference or index searches inline. The backend is shared as `Arc<dyn Backend>` by every
 //! request at once: methods take `&self` and must do their own fine-grained synchronisation.
 
+use trio_engine::catalog::{DuplicatesOutcome, NoiseOutcome};
 use trio_engine::Result;
 
 use crate::api::{
     Classification, ClassifyRequest, DuplicatesQuery, ItemImage, ItemView, JobStatus, ModelInfo,
     NewItem, NoiseQuery, Page, Search, SearchResults, Stats, TrainRequest,
 };
+use crate::error::ApiError;
 
 /// Limits the server passes with every image so the decoder can refuse a decompression bomb
 /// from its header, before allocating the pixels.
@@ -34,11 +36,14 @@ pub struct ReportState {
 ///
 /// Errors are [`trio_engine::Error`]; the server maps each variant to a status code in one place
 /// (`server/src/error.rs`). The `-- service --` variants are the ones a backend returns for
-/// conditions a client can act on: `NotFound`, `Conflict`, `UnknownLabel`, `NotReady`,
-/// `Overloaded`, `TooLarge`, `NotAnImage`, and `InvalidArgument` for bad input.
+/// conditions a client can act on: `NotFound`, `Conflict`, `UnknownLabel`, `TooLarge`,
+/// `NotAnImage`, and `InvalidArgument` for bad input. Conditions of the service rather than of
+/// the engine are the server's own [`ApiError`]s: readiness here, overload from the server's
+/// queues.
 pub trait Backend: Send + Sync + 'static {
-    /// `Err(NotReady)` while models or indexes are still loading; `/healthz` reports it as 503.
-    fn ready(&self) -> Result<()> {
+    /// [`ApiError::not_ready`] while models or indexes are still loading; `/healthz` reports it
+    /// as 503.
+    fn ready(&self) -> std::result::Result<(), ApiError> {
         Ok(())
     }
 
@@ -94,11 +99,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Near-duplicate groups, as a JSON report.
-    fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value>;
+    /// Near-duplicate groups: the engine's report, which the route serves as JSON with its
+    /// freshness. `space` absent is the image space, as for `trio duplicates`.
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<DuplicatesOutcome>;
 
-    /// Items whose stored label the model doubts, as a JSON report.
-    fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value>;
+    /// Items whose stored label the model doubts: the engine's report, served like
+    /// [`Backend::duplicates`].
+    fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome>;
 
     /// Starts training on the backend's own thread and returns at once with the job's id.
     /// `Conflict` when a training job is already running.

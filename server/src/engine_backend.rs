@@ -12,7 +12,8 @@ use std::thread::ThreadId;
 
 use sha2::{Digest, Sha256};
 use trio_engine::catalog::{
-    self, Catalog, ClassifyInput, Filter, NoiseOptions, SearchRequest, TrainOptions,
+    self, Catalog, ClassifyInput, DuplicatesOutcome, Filter, NoiseOptions, NoiseOutcome,
+    SearchRequest, TrainOptions,
 };
 use trio_engine::ingest::manifest::ManifestRow;
 use trio_engine::ingest::pipeline::{content_hash, IngestOptions};
@@ -195,14 +196,6 @@ fn not_found(id: &str) -> Error {
     Error::NotFound {
         what: "item".into(),
         id: id.to_string(),
-    }
-}
-
-fn space(s: api::Space) -> catalog::Space {
-    match s {
-        api::Space::Fused => catalog::Space::Fused,
-        api::Space::Image => catalog::Space::Image,
-        api::Space::Text => catalog::Space::Text,
     }
 }
 
@@ -549,7 +542,7 @@ impl Backend for EngineBackend {
         };
         let req = SearchRequest {
             query,
-            space: space(search.space),
+            space: search.space.into(),
             k: search.k,
             offset: search.offset,
             filters: search
@@ -581,38 +574,32 @@ impl Backend for EngineBackend {
         }))
     }
 
-    fn duplicates(&self, query: DuplicatesQuery) -> Result<serde_json::Value> {
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<DuplicatesOutcome> {
         let mut opts = DuplicateOptions::default();
         if let Some(t) = query.threshold {
             opts.threshold = t;
         }
-        let mut out = self.catalog.duplicates(
-            Some(space(query.space.unwrap_or(api::Space::Image))),
-            &opts,
-            &trio_engine::NoProgress,
-        )?;
+        let space = query.space.unwrap_or(api::DEFAULT_DUPLICATES_SPACE);
+        let mut out =
+            self.catalog
+                .duplicates(Some(space.into()), &opts, &trio_engine::NoProgress)?;
         if let Some(limit) = query.limit {
             out.groups.truncate(limit);
         }
-        serde_json::to_value(out).map_err(|e| Error::Json {
-            context: "duplicates report".into(),
-            source: e,
-        })
+        Ok(out)
     }
 
-    fn noise(&self, query: NoiseQuery) -> Result<serde_json::Value> {
+    fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome> {
+        let defaults = NoiseOptions::default();
         let opts = NoiseOptions {
-            top: query.limit.unwrap_or(20),
-            ..NoiseOptions::default()
+            top: query.limit.unwrap_or(defaults.top),
+            ..defaults
         };
         let mut out = self.catalog.noise(&opts, &trio_engine::NoProgress)?;
         if let Some(min) = query.min_confidence {
             out.issues.retain(|i| i.score >= min);
         }
-        serde_json::to_value(out).map_err(|e| Error::Json {
-            context: "noise report".into(),
-            source: e,
-        })
+        Ok(out)
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {

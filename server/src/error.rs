@@ -152,6 +152,16 @@ impl ApiError {
 
     // -- 5xx --
 
+    /// The backend cannot serve yet (models or indexes still loading): what
+    /// [`crate::Backend::ready`] answers until it can.
+    pub fn not_ready(reason: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("not ready: {reason}"),
+        )
+    }
+
     pub fn overloaded(what: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -257,8 +267,6 @@ impl From<&EngineError> for ApiError {
             EngineError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
             EngineError::NotAnImage { .. } => (S::UNSUPPORTED_MEDIA_TYPE, "not_an_image"),
             EngineError::UnknownLabel { .. } => (S::UNPROCESSABLE_ENTITY, "unknown_label"),
-            EngineError::NotReady { .. } => (S::SERVICE_UNAVAILABLE, "not_ready"),
-            EngineError::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, "overloaded"),
             EngineError::DeviceUnavailable { .. } => (S::SERVICE_UNAVAILABLE, "device_unavailable"),
             other => return ApiError::internal("a backend call", other),
         };
@@ -339,19 +347,20 @@ mod tests {
                 "too_large",
             ),
             (
-                EngineError::NotReady {
-                    reason: "loading".into(),
-                },
-                503,
-                "not_ready",
-            ),
-            (
                 EngineError::InvalidArgument("k must be positive".into()),
                 400,
                 "invalid_argument",
             ),
             (
                 EngineError::io("/secret/path", std::io::Error::other("disk")),
+                500,
+                "internal",
+            ),
+            // The server opens its catalogue with towers: without them is its own fault.
+            (
+                EngineError::NoTowers {
+                    what: "embedding items and queries",
+                },
                 500,
                 "internal",
             ),
@@ -365,6 +374,15 @@ mod tests {
                 assert_eq!(api.message, engine.to_string());
             }
         }
+    }
+
+    #[test]
+    fn not_ready_is_a_503_with_its_reason() {
+        let api = ApiError::not_ready("loading");
+        assert_eq!((api.status.as_u16(), api.code), (503, "not_ready"));
+        assert_eq!(api.message, "not ready: loading");
+        let response = api.error_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
     }
 
     #[test]

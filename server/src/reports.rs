@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -197,19 +198,27 @@ pub(crate) async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<Arc<Report>
 
 /// Runs `compute` on the blocking pool without waiting for it: the result goes to `job`, so it
 /// is stored whether or not anyone still waits.
-pub(crate) fn spawn<F>(
+pub(crate) fn spawn<T, F>(
     backend: Arc<dyn Backend>,
     slot: tokio::sync::OwnedSemaphorePermit,
     job: Computation,
     compute: F,
 ) where
-    F: FnOnce(&dyn Backend) -> trio_engine::Result<Value> + Send + 'static,
+    F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+    T: Serialize,
 {
     drop(actix_web::rt::task::spawn_blocking(move || {
         let _slot = slot;
-        let result = compute(&*backend).map_err(ApiError::from);
+        let result = compute(&*backend)
+            .map_err(ApiError::from)
+            .and_then(|report| render(&report));
         job.finish(result);
     }));
+}
+
+/// A backend's report as the JSON object the routes serve.
+pub(crate) fn render(report: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(report).map_err(|e| ApiError::internal("encoding a report", e))
 }
 
 /// A report computed without a cache, for backends that cannot say what state it describes.

@@ -98,10 +98,11 @@ impl AppState {
     /// Runs a blocking backend call on the blocking pool, holding one of `max_in_flight` slots
     /// (none free: 503 at once) and waiting at most `request_timeout` (504). A panic in the call
     /// becomes a 500.
-    pub(crate) async fn blocking<T, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
+    pub(crate) async fn blocking<T, E, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
     {
         let Ok(permit) = self.work.clone().try_acquire_owned() else {
             self.metrics.count_shed(BLOCKING_QUEUE);
@@ -119,40 +120,41 @@ impl AppState {
 
     /// Like [`AppState::blocking`] without taking a slot: for health checks and metrics, which
     /// must answer while the queue is full.
-    pub(crate) async fn unqueued<T, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
+    pub(crate) async fn unqueued<T, E, F>(&self, what: &'static str, call: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
     {
         let backend = self.backend.clone();
         self.finish(what, web::block(move || call(&*backend))).await
     }
 
-    async fn finish<T>(
+    async fn finish<T, E: Into<ApiError>>(
         &self,
         what: &'static str,
-        task: impl std::future::Future<
-            Output = Result<trio_engine::Result<T>, actix_web::error::BlockingError>,
-        >,
+        task: impl std::future::Future<Output = Result<Result<T, E>, actix_web::error::BlockingError>>,
     ) -> Result<T, ApiError> {
         match actix_web::rt::time::timeout(self.config.request_timeout, task).await {
             Err(_) => Err(ApiError::timeout(what, self.config.request_timeout)),
             Ok(Err(panicked)) => Err(ApiError::internal(what, panicked)),
-            Ok(Ok(result)) => result.map_err(ApiError::from),
+            Ok(Ok(result)) => result.map_err(Into::into),
         }
     }
 
     /// A catalogue report (`kind` with `params`, canonical JSON of its options): the stored one
     /// when the catalogue has not changed since it was computed, else computed once however
-    /// many requests ask at the same time (see [`crate::reports`]).
-    pub(crate) async fn report<F>(
+    /// many requests ask at the same time (see [`crate::reports`]). The report is stored as
+    /// the JSON it is served as.
+    pub(crate) async fn report<T, F>(
         &self,
         kind: &'static str,
         params: String,
         compute: F,
     ) -> Result<Arc<Report>, ApiError>
     where
-        F: FnOnce(&dyn Backend) -> trio_engine::Result<serde_json::Value> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> trio_engine::Result<T> + Send + 'static,
+        T: serde::Serialize + Send + 'static,
     {
         let Some(state) = self
             .blocking("reading the catalogue state", |backend| {
@@ -160,10 +162,8 @@ impl AppState {
             })
             .await?
         else {
-            return self
-                .blocking("computing a report", compute)
-                .await
-                .map(reports::uncached);
+            let report = self.blocking("computing a report", compute).await?;
+            return reports::render(&report).map(reports::uncached);
         };
         let key = ReportKey {
             kind,

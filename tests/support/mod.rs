@@ -13,13 +13,17 @@ use actix_web::http::header;
 use actix_web::test::{self, TestRequest};
 use base64::Engine as _;
 use serde_json::{json, Value};
+use trio_engine::catalog::{
+    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, NoiseOptions, NoiseOutcome,
+};
+use trio_engine::quality::duplicates::{DuplicateKind, DuplicateOptions};
 use trio_engine::{Error, Result};
 use trio_server::api::{
-    ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage, ItemView,
-    JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
+    self, ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage,
+    ItemView, JobState, JobStatus, LabelScore, ModelInfo, NewItem, NoiseQuery, Page, Query, Search,
     SearchHit, SearchResults, Stats, TrainRequest,
 };
-use trio_server::{ApiKey, Backend, ImageLimits, ReportState, ServerConfig};
+use trio_server::{ApiError, ApiKey, Backend, ImageLimits, ReportState, ServerConfig};
 
 /// The API key the HTTP tests configure for writes.
 pub const KEY: &str = "test-key-0123";
@@ -268,11 +272,9 @@ fn passes(view: &ItemView, filters: &BTreeMap<String, String>) -> bool {
 }
 
 impl Backend for FakeBackend {
-    fn ready(&self) -> Result<()> {
+    fn ready(&self) -> std::result::Result<(), ApiError> {
         if self.not_ready.load(Ordering::SeqCst) {
-            return Err(Error::NotReady {
-                reason: "the fake is loading".into(),
-            });
+            return Err(ApiError::not_ready("the fake is loading"));
         }
         Ok(())
     }
@@ -514,7 +516,8 @@ impl Backend for FakeBackend {
         }))
     }
 
-    fn duplicates(&self, query: DuplicatesQuery) -> Result<Value> {
+    /// Items with the same title (any case) are near-duplicates of similarity 1.
+    fn duplicates(&self, query: DuplicatesQuery) -> Result<DuplicatesOutcome> {
         self.report_started();
         let items = self.items.lock().unwrap();
         let mut by_title: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -526,38 +529,71 @@ impl Backend for FakeBackend {
                     .push(stored.view.id.clone());
             }
         }
-        let groups: Vec<Value> = by_title
+        let similarity = 1.0;
+        let threshold = query
+            .threshold
+            .unwrap_or(DuplicateOptions::default().threshold);
+        let groups = by_title
             .into_values()
-            .filter(|ids| ids.len() > 1)
+            .filter(|ids| ids.len() > 1 && similarity >= threshold)
             .take(query.limit.unwrap_or(usize::MAX))
-            .map(|ids| json!({"ids": ids, "score": 1.0}))
+            .map(|members| DuplicateGroupView {
+                kind: DuplicateKind::Near,
+                pairs: members
+                    .windows(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone(), similarity))
+                    .collect(),
+                members,
+            })
             .collect();
-        Ok(json!({
-            "space": query.space.unwrap_or_default().as_str(),
-            "threshold": query.threshold.unwrap_or(0.95),
-            "groups": groups,
-        }))
+        Ok(DuplicatesOutcome {
+            space: Some(query.space.unwrap_or(api::DEFAULT_DUPLICATES_SPACE).into()),
+            groups,
+            refused_merges: 0,
+        })
     }
 
-    fn noise(&self, query: NoiseQuery) -> Result<Value> {
+    /// Labelled items whose content the fake model gives another label, most doubted first;
+    /// `limit` and `min_confidence` apply as in the engine backend.
+    fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome> {
         self.report_started();
         let items = self.items.lock().unwrap();
-        let suspects: Vec<Value> = items
-            .values()
+        let labelled: Vec<&Stored> = items.values().filter(|s| s.view.label.is_some()).collect();
+        let mut issues: Vec<LabelIssueView> = labelled
+            .iter()
             .filter_map(|s| {
-                let label = s.view.label.as_deref()?;
+                let given = s.view.label.clone()?;
                 let content = format!(
                     "{} {}",
                     s.view.title.as_deref().unwrap_or(""),
                     s.view.description.as_deref().unwrap_or("")
                 );
-                let top = probabilities(&content, s.view.has_image).remove(0);
-                (top.label != label && top.probability >= query.min_confidence.unwrap_or(0.0))
-                    .then(|| json!({"id": s.view.id, "label": label, "model_choice": top.label}))
+                let scores = probabilities(&content, s.view.has_image);
+                let p_given = scores.iter().find(|l| l.label == given)?.probability;
+                let top = scores.into_iter().next()?;
+                (top.label != given).then(|| LabelIssueView {
+                    id: s.view.id.clone(),
+                    title: s.view.title.clone(),
+                    given_label: given,
+                    suggested_label: top.label,
+                    score: 1.0 - p_given,
+                    p_given,
+                    neighbour_agreement: None,
+                })
             })
-            .take(query.limit.unwrap_or(usize::MAX))
             .collect();
-        Ok(json!({ "suspects": suspects }))
+        issues.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        let flagged = issues.len();
+        issues.truncate(query.limit.unwrap_or(NoiseOptions::default().top));
+        if let Some(min) = query.min_confidence {
+            issues.retain(|i| i.score >= min);
+        }
+        Ok(NoiseOutcome {
+            labelled_items: labelled.len(),
+            flagged,
+            issues,
+            out_of_fold: None,
+        })
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {

@@ -32,8 +32,8 @@ impl Catalog {
         if let Some(f) = self.fingerprint.get() {
             return Ok(f.clone());
         }
-        let settings = self.towers.as_ref().ok_or_else(|| Error::NotReady {
-            reason: "the catalogue was opened without towers".into(),
+        let settings = self.towers.as_ref().ok_or(Error::NoTowers {
+            what: "reading or writing feature files",
         })?;
         let f = settings.fingerprint()?;
         Ok(self.fingerprint.get_or_init(|| f).clone())

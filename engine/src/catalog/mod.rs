@@ -209,8 +209,8 @@ impl Catalog {
         if let Some(s) = self.service.get() {
             return Ok(s.clone());
         }
-        let settings = self.towers.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("this catalogue was opened without towers".into())
+        let settings = self.towers.as_ref().ok_or(Error::NoTowers {
+            what: "embedding items and queries",
         })?;
         let service = Arc::new(EmbeddingService::load(settings, &self.device)?);
         Ok(self.service.get_or_init(|| service).clone())

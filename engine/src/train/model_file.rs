@@ -557,7 +557,10 @@ mod tests {
         let err = check_settings_are_current(&header(old.clone(), vec![]))
             .expect_err("a model without joint_input is older");
         let text = err.to_string();
-        assert!(text.contains("joint_input") && text.contains("trio train"), "{text}");
+        assert!(
+            text.contains("joint_input") && text.contains("trio train"),
+            "{text}"
+        );
 
         let baseline = serde_json::json!({"variant": "text-only", "config": old});
         let err = check_settings_are_current(&header(current, vec![baseline]))

@@ -14,9 +14,8 @@ use settings::GlobalArgs;
 
 /// mimalloc keeps freed memory for reuse where glibc's allocator hands every block over its
 /// mmap threshold back to the kernel: training allocates and frees such blocks (batches,
-/// gradients, similarity matrices) thousands of times, and on the full demo `trio train` spent
-/// 21 s of its 119 s of CPU in the resulting page faults (BENCHMARKS.md, "Fused model on the
-/// full demo").
+/// gradients, similarity matrices) thousands of times, and with glibc's allocator a sixth of
+/// `trio train`'s CPU time on the full demo went to the resulting page faults.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -141,9 +140,8 @@ fn report_error(e: &anyhow::Error, json: bool) {
 
 /// candle hands element-wise operations on 64k or more values to its own worker threads and
 /// spin-waits for them. Training's tensors (512-row batches of 128-wide layers, 512 × 512
-/// similarity matrices, the optimiser's updates) sit at that size, and the waits cost about
-/// 70% of `trio train`'s CPU time on the full demo (BENCHMARKS.md, "Fused model on the full
-/// demo"); matrix products, where threads pay off, are unaffected. So the commands that train
+/// similarity matrices, the optimiser's updates) sit at that size, and the waits cost most of
+/// `trio train`'s CPU time on the full demo; matrix products, where threads pay off, are unaffected. So the commands that train
 /// run candle's element-wise work on the calling thread, unless `CANDLE_NUM_THREADS` is set.
 /// Called before any other thread exists, as `set_var` requires.
 fn keep_elementwise_work_on_this_thread() {

@@ -3,6 +3,9 @@
 //! Uploaded images are written beside the database (`<db>.images/<sha256>.<ext>`) and ingested
 //! through the same pipeline as a manifest row, so HTTP and CLI items are indistinguishable.
 //! Training runs as a background job on its own thread; its progress is readable at any time.
+//!
+//! One file, past 600 lines: every `Backend` method's engine side (validation, the blocking call,
+//! upload claims) is the same pattern, kept together so the routes stay thin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -27,7 +27,9 @@ use crate::towers::service::{EmbeddingService, TowerSettings};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Space {
-    /// The trained model's concatenation layer (needs a trained model).
+    /// The active model's search vectors: the joint image–text space when the model reads
+    /// both (a text query finds image-only items), else the normalised concatenation layer
+    /// (needs a trained model; see `models::fusion`).
     #[default]
     Fused,
     /// Frozen image-tower features.

@@ -12,6 +12,9 @@
 //! Single inserts are added to hnsw_rs at once and to the view's small "pending" list, scanned
 //! exactly at query time; once it holds [`HnswParams::pending_limit`] points (or after any batch)
 //! the graph is frozen again.
+//!
+//! One file, past 600 lines: the snapshot, its freezing, the pending list and the dump hooks share
+//! one locking discipline that is easier to check in one place.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -5,6 +5,10 @@
 //! AVX-512 kernels are chosen at run time, never by compile flags, so one binary runs on any
 //! x86-64. The portable kernels (the `gemm` crate, plus plain loops the compiler vectorises)
 //! serve other CPUs and cross-check the fast ones in tests.
+//!
+//! One file, past 600 lines: the GEMM, attention and LayerNorm kernels share one run-time dispatch
+//! and one packed-weight layout, and each fast kernel sits beside the portable one it is tested
+//! against.
 
 use rayon::prelude::*;
 

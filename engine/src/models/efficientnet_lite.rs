@@ -18,6 +18,9 @@
 //! Activations run channels-last (NHWC): pointwise convolutions are then plain matrix
 //! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
 //! CPU both use fused kernels (`kernels::conv`); elsewhere they are built from candle tensor ops.
+//!
+//! One file, past 600 lines: the network's configuration, blocks, weight names and its two forward
+//! paths (fused CPU kernels, candle tensor ops) must agree line by line.
 
 use std::collections::HashMap;
 

@@ -26,6 +26,10 @@
 //! | `models` | model version | [`ModelInfo`] JSON |
 //! | `model_weights` | model version | safetensors bytes |
 //! | `index_state` | index name | [`IndexState`] JSON |
+//!
+//! One file, past 600 lines: every table is written in the same transactions, so the schema, the
+//! transactions and the generation counter are read together (the codec and the files beside the
+//! database are in their own modules).
 
 mod codec;
 mod iter;

@@ -3,9 +3,8 @@
 //!
 //! Written with candle's tensor operations, the loss and its gradient cost some forty passes
 //! over the step's `n × n` similarity matrix, each allocating, and candle's backward pass also
-//! fills and adds a zero gradient for every operand that needs none. That made it most of the
-//! alignment's time on the full demo (BENCHMARKS.md, "Fused model on the full demo"). On the
-//! CPU [`grouped_info_nce`] therefore computes the loss from the similarity matrix as one
+//! fills and adds a zero gradient for every operand that needs none, which made it most of the
+//! alignment's time on the full demo. On the CPU [`grouped_info_nce`] therefore computes the loss from the similarity matrix as one
 //! custom operation with a hand-written gradient: four passes forward, one backward. The
 //! tensor version stays for other devices and as the reference the tests check it against.
 

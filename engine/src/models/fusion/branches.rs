@@ -1,10 +1,9 @@
 //! The input branches (tuning layer, presence gate, learned "missing" embedding) and the
 //! late-fusion heads on them.
 
-use candle_core::{Module, Tensor};
+use candle_core::{Module, Tensor, D};
 use candle_nn::{linear, Init, Linear, VarBuilder};
 
-use super::joint::l2_normalise;
 use super::FusionConfig;
 use crate::error::Result;
 use crate::models::frozen_input::linear_on_frozen;
@@ -102,4 +101,10 @@ impl BranchHeads {
             all_text,
         })
     }
+}
+
+/// Scales each row to unit length; all-zero rows stay zero.
+pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
 }

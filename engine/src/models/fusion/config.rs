@@ -228,9 +228,7 @@ pub enum JointInput {
 }
 
 /// Default hidden width of the joint heads on frozen features: linear heads, the smallest that
-/// can align. With them (and [`TEMPERATURE`]) the demo catalogue's validation emoji names found
-/// their image in the top 10 for 0.35 of queries (BENCHMARKS.md, "Cross-modal search"); hidden
-/// layers and other temperatures have not been compared there yet.
+/// can align (what they reach on the demo: BENCHMARKS.md, "Cross-modal search").
 const JOINT_HIDDEN: usize = 0;
-/// Default InfoNCE temperature: the value the earlier in-loop alignment used.
+/// Default InfoNCE temperature on unit vectors, the usual choice for contrastive alignment.
 const TEMPERATURE: f32 = 0.1;

@@ -1,10 +1,10 @@
 //! The joint image–text space: heads on the frozen features (or on the branch outputs), the
 //! model's joint embeddings, and the InfoNCE loss that aligns them.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::branches::Branch;
+use super::branches::{l2_normalise, Branch};
 use super::inputs::{FusionBatch, Modality};
 use super::{FusedModel, FusionConfig, JointInput};
 use crate::error::{Error, Result};
@@ -61,11 +61,6 @@ pub(super) struct FeatureHeads {
     pub(super) text: JointHead,
 }
 
-/// Scales each row to unit length; all-zero rows stay zero.
-pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
-    let norm = (x.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
-    Ok(x.broadcast_div(&norm)?)
-}
 
 impl FusedModel {
     /// The joint heads' inputs for `batch`, detached from the graph: the frozen features, or the

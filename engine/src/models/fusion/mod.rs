@@ -36,7 +36,8 @@ pub use inputs::{
     batch_from_inputs, partial_batch_from_inputs, FusionBatch, FusionInput, Modality,
     ModalityInputs, TrainNoise,
 };
-pub use joint::{info_nce, l2_normalise};
+pub use branches::l2_normalise;
+pub use joint::info_nce;
 pub use model::{FusedModel, FusionOutput};
 
 /// The dtype every fused-model tensor uses.

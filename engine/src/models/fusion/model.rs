@@ -3,9 +3,9 @@
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::branches::{Branch, BranchHeads};
+use super::branches::{l2_normalise, Branch, BranchHeads};
 use super::inputs::{batch_from_inputs, FusionBatch, ModalityInputs, TrainNoise};
-use super::joint::{l2_normalise, FeatureHeads, JointHead};
+use super::joint::{FeatureHeads, JointHead};
 use super::{FusionConfig, JointInput};
 use crate::error::{Error, Result};
 

@@ -61,7 +61,6 @@ pub(super) struct FeatureHeads {
     pub(super) text: JointHead,
 }
 
-
 impl FusedModel {
     /// The joint heads' inputs for `batch`, detached from the graph: the frozen features, or the
     /// branches' tuning-layer outputs (no dropout, no presence gate) for heads on branch outputs.

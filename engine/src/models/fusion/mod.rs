@@ -31,12 +31,12 @@ mod model;
 
 use candle_core::DType;
 
+pub use branches::l2_normalise;
 pub use config::{FusionConfig, JointInput};
 pub use inputs::{
     batch_from_inputs, partial_batch_from_inputs, FusionBatch, FusionInput, Modality,
     ModalityInputs, TrainNoise,
 };
-pub use branches::l2_normalise;
 pub use joint::info_nce;
 pub use model::{FusedModel, FusionOutput};
 

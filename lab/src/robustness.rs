@@ -74,15 +74,24 @@ pub fn robustness(
     study: &Study,
     progress: &dyn Progress,
 ) -> Result<RobustnessTable> {
-    let test = &study.split.test;
-    let val = &study.split.val;
+    let test: &[usize] = &study.split.test;
+    let val: &[usize] = &study.split.val;
     let inputs = study.fused.inputs();
+    let removals: Vec<Input> = inputs
+        .removals()
+        .into_iter()
+        .filter(|r| !inputs.without(r).is_empty())
+        .collect();
+    // The fused model's scores, intact and with each input removed, in one pass over the
+    // features: intact on test, then (test, validation) per removal.
+    let mut queries: Vec<(&[usize], Option<&Input>)> = vec![(test, None)];
+    for removed in &removals {
+        queries.extend([(test, Some(removed)), (val, Some(removed))]);
+    }
+    let fused = trainer.evaluate_many(&study.fused, examples, &queries)?;
     let mut rows = Vec::new();
-    for removed in inputs.removals() {
-        let rest = inputs.without(&removed);
-        if rest.is_empty() {
-            continue;
-        }
+    for (i, removed) in removals.iter().enumerate() {
+        let rest = inputs.without(removed);
         let reused: Option<&TrainedModel> = [study.image_only.as_ref(), study.text_only.as_ref()]
             .into_iter()
             .flatten()
@@ -100,28 +109,26 @@ pub fn robustness(
             .iter()
             .filter(|&&r| {
                 let e = &examples[r];
-                match &removed {
+                match removed {
                     Input::Image => e.image.is_some(),
                     Input::Text(f) => e.text.contains_key(f),
                     Input::AllText => inputs.text_fields.iter().any(|f| e.text.contains_key(f)),
                 }
             })
             .count();
-        let score = |model: &TrainedModel, rows: &[usize], hide: Option<&Input>| {
-            trainer.evaluate(model, examples, rows, hide)
-        };
+        let alone = trainer.evaluate_many(specialist, examples, &[(test, None), (val, None)])?;
         rows.push(RobustnessRow {
-            fused: score(&study.fused, test, Some(&removed))?,
-            val_fused: score(&study.fused, val, Some(&removed))?,
+            fused: fused[1 + 2 * i],
+            val_fused: fused[2 + 2 * i],
             test_items_with_input: with_input,
-            removed,
+            removed: removed.clone(),
             specialist_variant: specialist.variant.clone(),
-            specialist: score(specialist, test, None)?,
-            val_specialist: score(specialist, val, None)?,
+            specialist: alone[0],
+            val_specialist: alone[1],
         });
     }
     Ok(RobustnessTable {
-        intact: trainer.evaluate(&study.fused, examples, test, None)?,
+        intact: fused[0],
         rows,
     })
 }

@@ -258,9 +258,26 @@ impl Trainer {
         rows: &[usize],
         hide: Option<&Input>,
     ) -> Result<SplitMetrics> {
+        let mut scores = self.evaluate_many(model, examples, &[(rows, hide)])?;
+        scores
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument("no score was computed".into()))
+    }
+
+    /// [`Trainer::evaluate`] for several (rows, removed input) pairs, in order: the examples'
+    /// features and the model's classifier are loaded once for all of them.
+    pub fn evaluate_many(
+        &self,
+        model: &TrainedModel,
+        examples: &[Example],
+        queries: &[(&[usize], Option<&Input>)],
+    ) -> Result<Vec<SplitMetrics>> {
         let table = self.table(examples)?;
         let fused = self.check_labels(model, &table)?;
-        evaluate_fused(&fused, &table, rows, hide)
+        queries
+            .iter()
+            .map(|&(rows, hide)| evaluate_fused(&fused, &table, rows, hide))
+            .collect()
     }
 
     pub(crate) fn check_labels(

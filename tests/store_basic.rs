@@ -19,6 +19,7 @@ fn item(id: &str, hash: &str) -> NewItem {
         content_hash: hash.into(),
         image_phash: Some(0xdead_beef),
         metadata,
+        image_thumbnail: None,
     }
 }
 

@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                 content_hash: item.content_hash.clone(),
                 image_phash: item.image_phash,
                 metadata: item.metadata.clone(),
+                image_thumbnail: None,
             },
             features,
         ));

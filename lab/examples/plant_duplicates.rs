@@ -2,10 +2,11 @@
 //! (lab/scripts/dup_eval.sh runs it; see BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run -p trio-lab --example plant_duplicates -- --out DIR [--every 50]
+//! cargo run -p trio-lab --example plant_duplicates -- --out DIR [--every 50] [--offset 0]
 //! ```
 //!
-//! Takes every `every`-th base emoji render (no skin tone) of the demo catalogue, and writes:
+//! Takes every `every`-th base emoji render (no skin tone) of the demo catalogue, starting at
+//! the `offset`-th (a validation set takes another offset than the test set), and writes:
 //! - `DIR/copies/`: its five planted copies (`plant_copies`: resize, 90% crop, JPEG quality 40,
 //!   brightness +20, horizontal flip), and `DIR/planted.jsonl`, a manifest ingesting them as
 //!   image-only items `planted:<original id>:<transform>`;
@@ -30,17 +31,19 @@ fn file_name(id: &str) -> String {
 fn main() -> anyhow::Result<()> {
     let mut out: Option<PathBuf> = None;
     let mut every = 50usize;
+    let mut offset = 0usize;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--out" => out = it.next().map(PathBuf::from),
             "--every" => every = it.next().context("--every needs a value")?.parse()?,
-            other => bail!("unknown argument {other} (--out DIR, --every N)"),
+            "--offset" => offset = it.next().context("--offset needs a value")?.parse()?,
+            other => bail!("unknown argument {other} (--out DIR, --every N, --offset K)"),
         }
     }
     let out = out.context("give --out DIR")?;
-    if every == 0 {
-        bail!("--every must be at least 1");
+    if every == 0 || offset >= every {
+        bail!("--every must be at least 1 and --offset below it");
     }
     let home = Home::resolve(None)?;
     let rows = demo::load_with(
@@ -87,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             .or_default()
             .push((vendor, file.clone()));
         base_seen += 1;
-        if !(base_seen - 1).is_multiple_of(every) {
+        if (base_seen - 1) % every != offset {
             continue;
         }
         originals += 1;

@@ -188,6 +188,8 @@ fn main() -> anyhow::Result<()> {
                 key: *key,
                 content_hash,
                 phash: Some(rng.gen()),
+                thumbnail: None,
+                texts: Vec::new(),
             }
         })
         .collect();

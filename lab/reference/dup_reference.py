@@ -93,7 +93,23 @@ def links_of(duplicates):
     return links
 
 
+def import_imagededup_offline():
+    """imagededup 0.3.3 builds its default MobileNetV3 (downloading its weights) when
+    `imagededup.methods` is imported, as a default argument of `CNN`. Without network access the
+    import fails even for PHash. Build that default network without weights instead: it is never
+    used here (PHash needs no network, the CNN gets EfficientNet-Lite0 through CustomModel)."""
+    import torchvision.models as tvm
+
+    real = tvm.mobilenet_v3_small
+    tvm.mobilenet_v3_small = lambda *args, **kwargs: real(weights=None)
+    try:
+        import imagededup.methods  # noqa: F401
+    finally:
+        tvm.mobilenet_v3_small = real
+
+
 def run_phash(image_dir, max_distance):
+    import_imagededup_offline()
     from imagededup.methods import PHash
 
     hasher = PHash(verbose=False)
@@ -129,6 +145,7 @@ def efficientnet_lite0_model(weights_path):
 
 
 def run_cnn(image_dir, min_similarity, lite0_weights=None):
+    import_imagededup_offline()
     from imagededup.methods import CNN
 
     if lite0_weights:

@@ -14,9 +14,11 @@ use actix_web::test::{self, TestRequest};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use trio_engine::catalog::{
-    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, NoiseOptions, NoiseOutcome,
+    DuplicateGroupView, DuplicatePairView, DuplicatesOutcome, LabelIssueView, NoiseOptions,
+    NoiseOutcome,
 };
 use trio_engine::quality::duplicates::{DuplicateKind, DuplicateOptions};
+use trio_engine::quality::evidence::CopyEvidence;
 use trio_engine::{Error, Result};
 use trio_server::api::{
     self, ClaimCheck, Classification, ClassifyRequest, DuplicatesQuery, Evidence, ItemImage,
@@ -541,7 +543,15 @@ impl Backend for FakeBackend {
                 kind: DuplicateKind::Near,
                 pairs: members
                     .windows(2)
-                    .map(|pair| (pair[0].clone(), pair[1].clone(), similarity))
+                    .map(|pair| DuplicatePairView {
+                        a: pair[0].clone(),
+                        b: pair[1].clone(),
+                        score: similarity,
+                        evidence: CopyEvidence {
+                            similarity: Some(similarity),
+                            ..CopyEvidence::default()
+                        },
+                    })
                     .collect(),
                 members,
             })
@@ -550,6 +560,7 @@ impl Backend for FakeBackend {
             space: Some(query.space.unwrap_or(api::DEFAULT_DUPLICATES_SPACE).into()),
             groups,
             refused_merges: 0,
+            without_thumbnail: 0,
         })
     }
 

@@ -17,12 +17,20 @@ pub struct DuplicatesArgs {
     /// Space for near-duplicates (kNN through the index).
     #[arg(long, default_value = "image")]
     space: Space,
-    /// Cosine similarity at or above which two items are near-duplicates.
-    #[arg(long, default_value_t = 0.95)]
+    /// Cosine similarity at or above which two mutual neighbours are near-duplicate candidates.
+    #[arg(long, default_value_t = DuplicateOptions::default().threshold)]
     threshold: f32,
     /// Largest pHash Hamming distance for resized/re-encoded copies.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = DuplicateOptions::default().phash_max_distance)]
     phash_distance: u32,
+    /// Largest share of pixels of another colour two aligned thumbnails may show (1 = no
+    /// pixel check).
+    #[arg(long, default_value_t = DuplicateOptions::default().max_pixel_difference)]
+    max_pixel_difference: f32,
+    /// Smallest character similarity (0–1) of two items' texts, field by field, when both
+    /// have text (0 = no text check).
+    #[arg(long, default_value_t = DuplicateOptions::default().min_text_similarity)]
+    min_text_similarity: f32,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -34,6 +42,8 @@ pub fn duplicates(args: DuplicatesArgs, global: &GlobalArgs) -> anyhow::Result<(
     let opts = DuplicateOptions {
         threshold: args.threshold,
         phash_max_distance: args.phash_distance,
+        max_pixel_difference: args.max_pixel_difference,
+        min_text_similarity: args.min_text_similarity,
         ..DuplicateOptions::default()
     };
     let bars = Bars::new(!global.show_progress());

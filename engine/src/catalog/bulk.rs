@@ -203,6 +203,7 @@ impl Catalog {
                         content_hash: item.content_hash,
                         image_phash: item.image_phash,
                         metadata: item.metadata,
+                        image_thumbnail: None,
                     },
                     features,
                 });

@@ -547,7 +547,7 @@ pub use model::{
     TrainOutcome,
 };
 pub use quality::{
-    DuplicateGroupView, DuplicatesOutcome, LabelIssueView, MapOptions, MapPoint, NoiseOptions,
-    NoiseOutcome, OutOfFoldView,
+    DuplicateGroupView, DuplicatePairView, DuplicatesOutcome, LabelIssueView, MapOptions, MapPoint,
+    NoiseOptions, NoiseOutcome, OutOfFoldView,
 };
 pub use search::{Filter, Query, SearchHit, SearchRequest};

@@ -9,15 +9,31 @@ use crate::error::{Error, Result};
 use crate::index::VectorIndex;
 use crate::progress::Progress;
 use crate::quality::duplicates::{self, DupItem, DuplicateKind, DuplicateOptions};
+use crate::quality::evidence::{fold_text, CopyEvidence};
+use crate::quality::thumbnail::Thumbnail;
 use crate::quality::{map, noise};
+use crate::store::Item;
+use crate::towers::image::{Preprocessor, DEFAULT_MAX_PIXELS};
 use crate::train::{cross_val_probabilities, TrainConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DuplicateGroupView {
     pub kind: DuplicateKind,
     pub members: Vec<String>,
-    /// (id, id, score): cosine similarity for near-duplicates, 1 − hamming/64 for perceptual.
-    pub pairs: Vec<(String, String, f32)>,
+    /// The links inside the group, strongest first.
+    pub pairs: Vec<DuplicatePairView>,
+}
+
+/// One link of a group, by item id, with what was measured on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DuplicatePairView {
+    pub a: String,
+    pub b: String,
+    /// 1 for exact copies, `1 − hamming/64` for perceptual ones, the cosine similarity for
+    /// near ones.
+    pub score: f32,
+    #[serde(flatten)]
+    pub evidence: CopyEvidence,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +41,10 @@ pub struct DuplicatesOutcome {
     pub space: Option<Space>,
     pub groups: Vec<DuplicateGroupView>,
     pub refused_merges: usize,
+    /// Items with an image whose file could not be read for a thumbnail: their pairs were
+    /// judged without the pixel check.
+    #[serde(default)]
+    pub without_thumbnail: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,12 +138,22 @@ impl Catalog {
         let total = self.store.count()? as usize;
         let items = self.store.list(0, total.max(1))?;
         let ids: HashMap<u64, String> = items.iter().map(|i| (i.key, i.id.clone())).collect();
+        let mut thumbnails = self.thumbnails(&items, progress)?;
+        let without_thumbnail = items
+            .iter()
+            .filter(|i| i.image_path.is_some() && !thumbnails.contains_key(&i.key))
+            .count();
         let dup_items: Vec<DupItem> = items
             .iter()
             .map(|i| DupItem {
                 key: i.key,
                 content_hash: hash_bytes(&i.content_hash),
                 phash: i.image_phash,
+                thumbnail: thumbnails.remove(&i.key),
+                texts: vec![
+                    fold_text(&i.title),
+                    i.description.as_deref().and_then(fold_text),
+                ],
             })
             .collect();
         let (index, vectors) = match space {
@@ -164,11 +194,64 @@ impl Catalog {
                     pairs: g
                         .pairs
                         .iter()
-                        .map(|&(a, b, s)| (name(a), name(b), s))
+                        .map(|p| DuplicatePairView {
+                            a: name(p.a),
+                            b: name(p.b),
+                            score: p.score,
+                            evidence: p.evidence,
+                        })
                         .collect(),
                 })
                 .collect(),
+            without_thumbnail,
         })
+    }
+
+    /// Every item's image thumbnail. Those missing (items stored before thumbnails were kept,
+    /// or imported as features) are made from the image files, in parallel, and stored, so
+    /// only the first run pays for them; an unreadable file leaves its item without one.
+    fn thumbnails(
+        &self,
+        items: &[Item],
+        progress: &dyn Progress,
+    ) -> Result<HashMap<u64, Thumbnail>> {
+        use rayon::prelude::*;
+        let mut out: HashMap<u64, Thumbnail> = self
+            .store
+            .thumbnails()?
+            .into_iter()
+            .filter_map(|(k, bytes)| Some((k, Thumbnail::from_bytes(bytes)?)))
+            .collect();
+        let missing: Vec<(u64, &str)> = items
+            .iter()
+            .filter(|i| !out.contains_key(&i.key))
+            .filter_map(|i| Some((i.key, i.image_path.as_deref()?)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let preprocessor = match self.service() {
+            Ok(service) => service.image.preprocessor(),
+            Err(_) => Preprocessor::new(1, DEFAULT_MAX_PIXELS),
+        };
+        progress.start("duplicates: thumbnails", Some(missing.len() as u64));
+        let made: Vec<(u64, Thumbnail)> = missing
+            .par_iter()
+            .filter_map(|&(key, path)| {
+                let bytes = preprocessor.read_file(std::path::Path::new(path)).ok();
+                let image = preprocessor.decode_bytes(&bytes?, path).ok();
+                progress.advance(1);
+                Some((key, Thumbnail::of(&image?)))
+            })
+            .collect();
+        progress.finish();
+        let stored: Vec<(u64, Vec<u8>)> = made
+            .iter()
+            .map(|(k, t)| (*k, t.as_bytes().to_vec()))
+            .collect();
+        self.store.put_thumbnails(&stored)?;
+        out.extend(made);
+        Ok(out)
     }
 
     /// Ranks labelled items by how likely their label is wrong: out-of-fold probabilities from

@@ -384,6 +384,7 @@ impl<'a> BatchColumns<'a> {
             content_hash: text(self.content_hash).unwrap_or_default(),
             image_phash: (!self.image_phash.is_null(i)).then(|| self.image_phash.value(i)),
             metadata,
+            image_thumbnail: None,
         };
         let source_row = self
             .source_row

@@ -38,6 +38,7 @@ fn row(i: u64, image: bool, description: bool) -> ExchangeRow {
             content_hash: format!("hash{i}"),
             image_phash: image.then_some(0xdead_beef_0000 + i),
             metadata,
+            image_thumbnail: None,
         },
         features: Features {
             image: image.then(|| vec![1.0, 2.0, i as f32, -3.5]),

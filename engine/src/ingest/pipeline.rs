@@ -19,6 +19,7 @@ use crate::ingest::manifest::{ManifestRow, RowError};
 use crate::models::efficientnet_lite::Top;
 use crate::progress::Progress;
 use crate::quality::phash;
+use crate::quality::thumbnail::Thumbnail;
 use crate::store::{check_id, short_id, Features, NewItem, PutMode, Store};
 use crate::towers::image::{PreparedImage, Preprocessor};
 use crate::towers::service::EmbeddingService;
@@ -462,7 +463,7 @@ fn prepare_row(
     if is_stored(&id, Some(&content_hash))? {
         return Ok(Prepared::Stored);
     }
-    let (image, image_phash) = match (&bytes, &row.image) {
+    let (image, image_phash, image_thumbnail) = match (&bytes, &row.image) {
         (Some(bytes), Some(path)) => {
             let decoded = preprocessor
                 .decode_bytes(bytes, &path.display().to_string())
@@ -470,9 +471,10 @@ fn prepare_row(
             (
                 Some(preprocessor.prepare_image(&decoded)),
                 Some(phash::phash(&decoded)),
+                Some(Thumbnail::of(&decoded).as_bytes().to_vec()),
             )
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let item = NewItem {
         id,
@@ -484,6 +486,7 @@ fn prepare_row(
         content_hash,
         image_phash,
         metadata: row.metadata,
+        image_thumbnail,
     };
     Ok(Prepared::New(Box::new(Pending {
         row: row.row,

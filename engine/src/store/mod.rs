@@ -33,6 +33,7 @@
 
 mod codec;
 mod iter;
+mod thumbnails;
 mod types;
 
 use std::fmt::Display;
@@ -245,6 +246,8 @@ impl Store {
                 .at("model_weights", || "creating".into())?;
             txn.open_table(INDEX_STATE)
                 .at("index_state", || "creating".into())?;
+            txn.open_table(thumbnails::THUMBNAILS)
+                .at("thumbnails", || "creating".into())?;
         }
         txn.commit().at("meta", || "committing a new store".into())
     }
@@ -283,6 +286,9 @@ impl Store {
                 .open_table(FEATURES)
                 .at("features", || "opening".into())?;
             let mut fused = txn.open_table(FUSED).at("fused", || "opening".into())?;
+            let mut thumbs = txn
+                .open_table(thumbnails::THUMBNAILS)
+                .at("thumbnails", || "opening".into())?;
             let versions = model_versions(&txn)?;
 
             let mut next_key = meta_u64(&meta, meta_key::NEXT_KEY)?.unwrap_or(0);
@@ -332,6 +338,14 @@ impl Store {
                 features
                     .insert(item.key, codec::encode_features(feats).as_slice())
                     .at("features", || format!("writing features of {:?}", item.id))?;
+                // An updated item's old thumbnail shows its old image.
+                match &new.image_thumbnail {
+                    Some(bytes) => thumbs.insert(item.key, bytes.as_slice()),
+                    None => thumbs.remove(item.key),
+                }
+                .at("thumbnails", || {
+                    format!("writing thumbnail of {:?}", item.id)
+                })?;
             }
 
             let mut set = |name: &str, value: u64| {
@@ -375,6 +389,10 @@ impl Store {
                     .at("features", || "opening".into())?
                     .remove(key)
                     .at("features", || format!("removing features of {id:?}"))?;
+                txn.open_table(thumbnails::THUMBNAILS)
+                    .at("thumbnails", || "opening".into())?
+                    .remove(key)
+                    .at("thumbnails", || format!("removing thumbnail of {id:?}"))?;
                 let mut fused = txn.open_table(FUSED).at("fused", || "opening".into())?;
                 for v in versions {
                     fused

@@ -21,6 +21,10 @@ pub struct NewItem {
     /// 64-bit perceptual hash of the image, for near-duplicate detection.
     pub image_phash: Option<u64>,
     pub metadata: Map<String, Value>,
+    /// The image's colour thumbnail (`quality::thumbnail`), kept in a table of its own rather
+    /// than in the item, so it is not part of the item's serialised form.
+    #[serde(skip)]
+    pub image_thumbnail: Option<Vec<u8>>,
 }
 
 /// A stored item.

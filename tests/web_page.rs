@@ -275,7 +275,9 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
     ))?;
 
     // ---- duplicates: the copy and its original side by side, with their evidence ----------
-    page.goto(&format!("{base}?view=duplicates"))?;
+    // Filtered by the copy's label, from the address as a shared link would give it.
+    let label = original.label.clone().unwrap();
+    page.goto(&format!("{base}?view=duplicates&label={}", label.replace(' ', "+")))?;
     // The group showing the copy beside its original (the id in a JSON string is a JS string).
     let group_with_copy = format!(
         "const g = Array.from(document.querySelectorAll('#dup-groups .group')).find(g =>
@@ -292,6 +294,9 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
                id: g.dataset.group,
                members: Array.from(g.querySelectorAll('.member'), m => m.dataset.id),
                evidence: Array.from(g.querySelectorAll('.evidence td'), td => td.textContent),
+               filter: document.getElementById('dup-label').value,
+               labels: Array.from(document.querySelectorAll('#dup-groups .group'),
+                 g => Array.from(g.querySelectorAll('.member .label'), l => l.textContent)),
              }};"
         ),
         PATIENCE,
@@ -303,6 +308,10 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
         .map(|m| m.as_str().unwrap())
         .collect();
     assert!(members.contains(&original_id.as_str()), "{shown}");
+    assert_eq!(shown["filter"], label.as_str(), "{shown}");
+    for labels in shown["labels"].as_array().unwrap() {
+        assert!(labels.as_array().unwrap().contains(&Value::from(label.as_str())), "{shown}");
+    }
     // Same picture: the evidence names a hash distance (perceptual) or identical bytes.
     let evidence = shown["evidence"].to_string();
     assert!(
@@ -350,6 +359,7 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
     assert_eq!(row["suggested"], "food-fruit", "{row}");
     assert!(row["probability"].as_str().unwrap().ends_with('%'), "{row}");
     if let Some(dir) = screenshots() {
+        page.resize(1100, 520)?;
         std::fs::write(dir.join("review-labels.png"), page.screenshot()?)?;
     }
     page.click(&page.find("#noise-rows tr[data-id=\"mislabelled\"] .accept")?)?;
@@ -364,7 +374,7 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
     page.goto(&format!("{base}?view=duplicates"))?;
     page.wait_for(
         "the duplicates report after the reload",
-        "return document.getElementById('dup-status').textContent.endsWith('groups');",
+        "return /\\d+ groups?$/.test(document.getElementById('dup-status').textContent);",
         PATIENCE,
     )?;
     let together: Value = page.script(&format!("{group_with_copy} return !!g;"))?;

@@ -241,6 +241,8 @@ function el(tag, className, text) {
   return node;
 }
 
+const plural = (n, noun) => n + " " + noun + (n === 1 ? "" : "s");
+
 function renderPager(id, total, perPage) {
   const pager = $(id);
   pager.replaceChildren();
@@ -361,7 +363,7 @@ async function loadDuplicates() {
     $("dup-groups").replaceChildren(...data.groups.map(renderGroup));
     rememberLabels(data.groups.flatMap((g) => g.items.map((i) => i.label)));
     renderPager("dup-pager", data.total, GROUPS_PER_PAGE);
-    say("dup-status", data.total + " groups" + (labelFilter ? " with a " + labelFilter + " item" : ""));
+    say("dup-status", plural(data.total, "group") + (labelFilter ? " with an item labelled " + labelFilter : ""));
   } catch (err) {
     say("dup-status", err.message, true);
   }
@@ -387,7 +389,7 @@ async function keepOne(group, keptId, button) {
   const others = group.items.map((i) => i.id).filter((id) => id !== keptId);
   if (!button.classList.contains("confirm")) {
     button.classList.add("confirm");
-    button.textContent = "Delete " + others.length + (others.length === 1 ? " other" : " others") + "?";
+    button.textContent = "Delete " + plural(others.length, "other") + "?";
     return;
   }
   button.disabled = true;
@@ -420,7 +422,9 @@ function renderIssue(issue) {
   const suggested = el("td", "suggested");
   suggested.append(el("span", "label", issue.suggested_label),
     el("span", "probability", " " + (issue.p_suggested * 100).toFixed(1) + "%"));
-  const actions = el("td", "actions");
+  const actionCell = el("td");
+  const actions = el("div", "actions");
+  actionCell.appendChild(actions);
   const accept = el("button", "accept", "Accept " + issue.suggested_label);
   accept.type = "button";
   accept.addEventListener("click", () =>
@@ -433,7 +437,7 @@ function renderIssue(issue) {
       "kept " + issue.given_label));
   actions.append(accept, keep);
   row.append(thumbCell, item, el("td", "given", issue.given_label), suggested,
-    el("td", "score", (issue.score * 100).toFixed(0) + "%"), actions);
+    el("td", "score", (issue.score * 100).toFixed(0) + "%"), actionCell);
   return row;
 }
 
@@ -464,7 +468,7 @@ async function loadIssues() {
     $("noise-rows").replaceChildren(...data.issues.map(renderIssue));
     rememberLabels(data.issues.flatMap((i) => [i.given_label, i.suggested_label]));
     renderPager("noise-pager", data.total, ISSUES_PER_PAGE);
-    say("noise-status", data.total + " label issues" + (labelFilter ? " about " + labelFilter : "") +
+    say("noise-status", plural(data.total, "label issue") + (labelFilter ? " about " + labelFilter : "") +
       " among " + data.labelled_items + " labelled items");
   } catch (err) {
     say("noise-status", err.message, true);

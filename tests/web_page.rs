@@ -277,7 +277,14 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
     // ---- duplicates: the copy and its original side by side, with their evidence ----------
     // Filtered by the copy's label, from the address as a shared link would give it.
     let label = original.label.clone().unwrap();
-    page.goto(&format!("{base}?view=duplicates&label={}", label.replace(' ', "+")))?;
+    let query: String = label
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    page.goto(&format!("{base}?view=duplicates&label={query}"))?;
     // The group showing the copy beside its original (the id in a JSON string is a JS string).
     let group_with_copy = format!(
         "const g = Array.from(document.querySelectorAll('#dup-groups .group')).find(g =>
@@ -310,7 +317,13 @@ fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
     assert!(members.contains(&original_id.as_str()), "{shown}");
     assert_eq!(shown["filter"], label.as_str(), "{shown}");
     for labels in shown["labels"].as_array().unwrap() {
-        assert!(labels.as_array().unwrap().contains(&Value::from(label.as_str())), "{shown}");
+        assert!(
+            labels
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(label.as_str())),
+            "{shown}"
+        );
     }
     // Same picture: the evidence names a hash distance (perceptual) or identical bytes.
     let evidence = shown["evidence"].to_string();

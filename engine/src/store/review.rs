@@ -11,8 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use redb::{ReadableTable, TableDefinition, TableError};
 
-use super::{bump_generation, corrupt, decode_item, meta_key, meta_u64, AtTable, Store, IDS};
-use super::{ITEMS, META};
+use super::{
+    bump_generation, corrupt, decode_item, meta_key, meta_u64, AtTable, Store, IDS, ITEMS, META,
+};
 use crate::error::{Error, Result};
 use crate::store::types::Item;
 

@@ -732,10 +732,18 @@ async fn duplicates_noise_stats_and_health() {
         .to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200, "{body}");
+    let item =
+        |id: &str, title: &str| json!({"id": id, "title": title, "label": "car", "image": null});
     assert_eq!(
         body["groups"],
-        json!([{"kind": "near", "members": ["a", "b"], "pairs": [["a", "b", 1.0]]}])
+        json!([{
+            "kind": "near", "members": ["a", "b"],
+            "pairs": [{"a": "a", "b": "b", "score": 1.0, "similarity": 1.0}],
+            "id": trio_engine::catalog::group_id(&["a".into(), "b".into()]),
+            "items": [item("a", "Red car"), item("b", "red car")],
+        }])
     );
+    assert_eq!((&body["total"], &body["offset"]), (&json!(1), &json!(0)));
     assert_eq!(body["space"], "text");
     assert_eq!(body["refused_merges"], 0);
 

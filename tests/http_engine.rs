@@ -614,7 +614,14 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
         .to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200, "{body}");
-    let mut expected = vec!["groups", "refused_merges", "space"];
+    let mut expected = vec![
+        "groups",
+        "offset",
+        "refused_merges",
+        "space",
+        "total",
+        "without_thumbnail",
+    ];
     expected.extend(freshness);
     expected.sort_unstable();
     assert_eq!(fields(&body), expected, "{body}");
@@ -622,13 +629,20 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
     let groups = body["groups"].as_array().unwrap();
     assert!((1..=2).contains(&groups.len()), "{body}");
     for group in groups {
-        assert_eq!(fields(group), ["kind", "members", "pairs"], "{body}");
+        assert_eq!(
+            fields(group),
+            ["id", "items", "kind", "members", "pairs"],
+            "{body}"
+        );
         let kind = group["kind"].as_str().unwrap();
         assert!(["exact", "perceptual", "near"].contains(&kind), "{body}");
         assert!(group["members"].as_array().unwrap().len() >= 2, "{body}");
         let pair = &group["pairs"][0];
-        assert!(pair[0].is_string() && pair[1].is_string(), "{body}");
-        assert!((0.0..=1.0).contains(&pair[2].as_f64().unwrap()), "{body}");
+        assert!(pair["a"].is_string() && pair["b"].is_string(), "{body}");
+        assert!(
+            (0.0..=1.0).contains(&pair["score"].as_f64().unwrap()),
+            "{body}"
+        );
     }
 
     // An unseen fruit labelled as a mammal, so the noise report has an issue to show.
@@ -648,7 +662,7 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
     let request = TestRequest::get().uri("/v1/noise?limit=3").to_request();
     let (status, body) = json_of(test::call_service(&app, request).await).await;
     assert_eq!(status, 200, "{body}");
-    let mut expected = vec!["flagged", "issues", "labelled_items"];
+    let mut expected = vec!["flagged", "issues", "labelled_items", "offset", "total"];
     expected.extend(freshness);
     expected.sort_unstable();
     assert_eq!(fields(&body), expected, "{body}");
@@ -664,8 +678,10 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
             [
                 "given_label",
                 "id",
+                "image",
                 "neighbour_agreement",
                 "p_given",
+                "p_suggested",
                 "score",
                 "suggested_label",
                 "title"

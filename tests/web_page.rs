@@ -3,8 +3,12 @@
 //! result cards; uploads an image through the file input and checks the classify panel. What the
 //! page shows is held to what the backend answers for the same request.
 //!
+//! The review views too: dismiss a duplicate group, relabel an item, reload, and the page and the
+//! backend's reports both show the decisions. With `TRIO_SCREENSHOTS=<folder>` the review test
+//! saves the views it passes through there as PNGs (the README's `docs/review-*.png`).
+//!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); without them the
-//! test says so and passes without running.
+//! tests say so and pass without running.
 #![allow(clippy::unwrap_used)]
 
 mod engine_support;
@@ -19,8 +23,10 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use engine_support::{engine_catalogue, LABELS};
 use serde_json::Value;
-use trio_server::api::{ClassifyRequest, Query, Search, Space};
-use trio_server::{AppState, Backend, ImageLimits, ServerConfig};
+use trio_server::api::{
+    ClassifyRequest, DuplicatesQuery, NewItem, NoiseQuery, Query, Search, Space,
+};
+use trio_server::{ApiKey, AppState, Backend, ImageLimits, ServerConfig};
 use webdriver::{absolute, Driver, Tools};
 
 /// How long the page may take to show an answer (the first request in a debug build included).
@@ -34,16 +40,12 @@ struct RunningServer {
 }
 
 impl RunningServer {
-    fn start(backend: Arc<dyn Backend>) -> RunningServer {
+    fn start(backend: Arc<dyn Backend>, config: ServerConfig) -> RunningServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let config = ServerConfig {
-                    workers: 2,
-                    ..ServerConfig::default()
-                };
                 let server = trio_server::serve(AppState::new(backend, config)?, listener)?;
                 let _ = tx.send(server.handle());
                 server.await
@@ -82,7 +84,11 @@ fn the_page_searches_and_classifies_in_headless_chromium() -> anyhow::Result<()>
     };
     let catalogue = engine_catalogue(true);
     let backend = catalogue.backend();
-    let server = RunningServer::start(backend.clone());
+    let config = ServerConfig {
+        workers: 2,
+        ..ServerConfig::default()
+    };
+    let server = RunningServer::start(backend.clone(), config);
     let driver = Driver::start(&tools)?;
     let page = driver.session(&tools)?;
     page.goto(&format!("http://{}/", server.addr))?;
@@ -203,5 +209,225 @@ fn the_page_searches_and_classifies_in_headless_chromium() -> anyhow::Result<()>
     assert_eq!(shown[0].0, "food-fruit", "{shown:?}");
     let status: Value = page.script("return document.getElementById('status').className")?;
     assert_eq!(status, "", "the page reports an error");
+    Ok(())
+}
+
+/// Where `TRIO_SCREENSHOTS` asks for screenshots, if it does.
+fn screenshots() -> Option<std::path::PathBuf> {
+    std::env::var_os("TRIO_SCREENSHOTS").map(std::path::PathBuf::from)
+}
+
+#[test]
+fn the_review_page_dismisses_relabels_and_remembers() -> anyhow::Result<()> {
+    let tools = match Tools::find() {
+        Ok(tools) => tools,
+        Err(missing) => {
+            eprintln!(
+                "SKIPPED the_review_page_dismisses_relabels_and_remembers: {missing} not found. \
+                 Install with `apt-get install -y chromium chromium-driver` (`.ci/run` does), \
+                 or set CHROMEDRIVER and CHROME_BIN."
+            );
+            return Ok(());
+        }
+    };
+    let catalogue = engine_catalogue(false);
+    let backend = catalogue.backend();
+    let limits = ImageLimits {
+        max_pixels: ServerConfig::default().limits.max_pixels,
+    };
+    // A second copy of a catalogue image (a duplicate group), and an unseen fruit labelled as a
+    // mammal (a label issue).
+    let original = &catalogue.rows.catalogue[0];
+    let original_id = original.id.clone().unwrap();
+    let fruit = catalogue
+        .rows
+        .unseen
+        .iter()
+        .find(|r| r.label.as_deref() == Some("food-fruit"))
+        .unwrap();
+    for (id, row, label) in [
+        ("copy", original, original.label.clone()),
+        ("mislabelled", fruit, Some("animal-mammal".to_string())),
+    ] {
+        let item = NewItem {
+            id: Some(id.into()),
+            title: row.title.clone(),
+            label,
+            image: Some(std::fs::read(row.image.as_ref().unwrap())?),
+            ..NewItem::default()
+        };
+        backend.add_item(item, &limits)?;
+    }
+    let key = "review-key-0123";
+    let config = ServerConfig {
+        workers: 2,
+        api_key: Some(ApiKey::new(key)?),
+        ..ServerConfig::default()
+    };
+    let server = RunningServer::start(backend.clone(), config);
+    let base = format!("http://{}/", server.addr);
+    let driver = Driver::start(&tools)?;
+    let page = driver.session(&tools)?;
+    page.resize(1100, 900)?;
+    page.goto(&base)?;
+    page.script(&format!(
+        "localStorage.setItem('trio-api-key', '{key}'); return true;"
+    ))?;
+
+    // ---- duplicates: the copy and its original side by side, with their evidence ----------
+    // Filtered by the copy's label, from the address as a shared link would give it.
+    let label = original.label.clone().unwrap();
+    let query: String = label
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    page.goto(&format!("{base}?view=duplicates&label={query}"))?;
+    // The group showing the copy beside its original (the id in a JSON string is a JS string).
+    let group_with_copy = format!(
+        "const g = Array.from(document.querySelectorAll('#dup-groups .group')).find(g =>
+           g.querySelector('.member[data-id=\"copy\"]') &&
+           Array.from(g.querySelectorAll('.member'), m => m.dataset.id).includes({}));",
+        Value::from(original_id.as_str())
+    );
+    let shown = page.wait_for(
+        "the group holding the copy",
+        &format!(
+            "{group_with_copy}
+             if (!g) return null;
+             return {{
+               id: g.dataset.group,
+               members: Array.from(g.querySelectorAll('.member'), m => m.dataset.id),
+               evidence: Array.from(g.querySelectorAll('.evidence td'), td => td.textContent),
+               filter: document.getElementById('dup-label').value,
+               labels: Array.from(document.querySelectorAll('#dup-groups .group'),
+                 g => Array.from(g.querySelectorAll('.member .label'), l => l.textContent)),
+             }};"
+        ),
+        PATIENCE,
+    )?;
+    let members: Vec<&str> = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(members.contains(&original_id.as_str()), "{shown}");
+    assert_eq!(shown["filter"], label.as_str(), "{shown}");
+    for labels in shown["labels"].as_array().unwrap() {
+        assert!(
+            labels
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(label.as_str())),
+            "{shown}"
+        );
+    }
+    // Same picture: the evidence shows the measurements (hash distance, pixel difference).
+    let evidence = shown["evidence"].to_string();
+    assert!(
+        evidence.contains("hash distance 0") && evidence.contains("pixel difference 0"),
+        "{evidence}"
+    );
+    page.wait_for(
+        "the copy's thumbnail",
+        "const img = document.querySelector('.member[data-id=\"copy\"] img');
+         return img && img.complete && img.naturalWidth > 0;",
+        PATIENCE,
+    )?;
+    if let Some(dir) = screenshots() {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("review-duplicates.png"), page.screenshot()?)?;
+    }
+    page.click(&page.find(&format!(
+        ".group[data-group=\"{}\"] .dismiss",
+        shown["id"].as_str().unwrap()
+    ))?)?;
+    page.wait_for(
+        "the dismissed group to go",
+        &format!(
+            "{group_with_copy}
+             const status = document.getElementById('dup-status').textContent;
+             return !g && status.startsWith('dismissed');"
+        ),
+        PATIENCE,
+    )?;
+
+    // ---- label issues: accept the suggestion -------------------------------------------------
+    page.goto(&format!("{base}?view=labels"))?;
+    let row = page.wait_for(
+        "the mislabelled item's row",
+        "const r = document.querySelector('#noise-rows tr[data-id=\"mislabelled\"]');
+         if (!r) return null;
+         return {
+           given: r.querySelector('.given').textContent,
+           suggested: r.querySelector('.suggested .label').textContent,
+           probability: r.querySelector('.suggested .probability').textContent,
+         };",
+        PATIENCE,
+    )?;
+    assert_eq!(row["given"], "animal-mammal", "{row}");
+    assert_eq!(row["suggested"], "food-fruit", "{row}");
+    assert!(row["probability"].as_str().unwrap().ends_with('%'), "{row}");
+    if let Some(dir) = screenshots() {
+        page.resize(1100, 520)?;
+        std::fs::write(dir.join("review-labels.png"), page.screenshot()?)?;
+    }
+    page.click(&page.find("#noise-rows tr[data-id=\"mislabelled\"] .accept")?)?;
+    page.wait_for(
+        "the relabel to be acknowledged",
+        "const r = document.querySelector('#noise-rows tr[data-id=\"mislabelled\"]');
+         return r && r.classList.contains('done');",
+        PATIENCE,
+    )?;
+
+    // ---- reload: the decisions persisted, in the page and in the reports -------------------
+    page.goto(&format!("{base}?view=duplicates"))?;
+    page.wait_for(
+        "the duplicates report after the reload",
+        "return /\\d+ groups?$/.test(document.getElementById('dup-status').textContent);",
+        PATIENCE,
+    )?;
+    let together: Value = page.script(&format!("{group_with_copy} return !!g;"))?;
+    assert_eq!(together, false, "the dismissed pair is shown again");
+    page.goto(&format!("{base}?view=labels&label=animal-mammal"))?;
+    let after = page.wait_for(
+        "the label report after the reload",
+        "const status = document.getElementById('noise-status').textContent;
+         if (!status.includes('labelled items')) return null;
+         return {
+           filter: document.getElementById('noise-label').value,
+           rows: Array.from(document.querySelectorAll('#noise-rows tr'), r => [
+             r.dataset.id, r.querySelector('.given').textContent,
+             r.querySelector('.suggested .label').textContent,
+           ]),
+         };",
+        PATIENCE,
+    )?;
+    assert_eq!(after["filter"], "animal-mammal", "{after}");
+    for row in after["rows"].as_array().unwrap() {
+        assert_ne!(row[0], "mislabelled", "{after}");
+        assert!(
+            row[1] == "animal-mammal" || row[2] == "animal-mammal",
+            "{after}"
+        );
+    }
+    let item = backend.get_item("mislabelled")?;
+    assert_eq!(item.label.as_deref(), Some("food-fruit"));
+    let duplicates = backend.duplicates(DuplicatesQuery::default())?;
+    assert!(
+        !duplicates
+            .groups
+            .iter()
+            .any(|g| g.members.contains(&"copy".to_string()) && g.members.contains(&original_id)),
+        "{duplicates:?}"
+    );
+    let noise = backend.noise(NoiseQuery::default())?;
+    assert!(
+        noise.issues.iter().all(|i| i.id != "mislabelled"),
+        "{noise:?}"
+    );
     Ok(())
 }

@@ -54,6 +54,8 @@ enum Command {
     Duplicates(commands::quality::DuplicatesArgs),
     /// Rank items whose label looks wrong.
     Noise(commands::quality::NoiseArgs),
+    /// Relabel an item, or confirm its label (`--keep`) so `trio noise` stops listing it.
+    Label(commands::review::LabelArgs),
     /// Draw a 2-D map of a vector space (PNG or HTML).
     Map(commands::quality::MapArgs),
     /// List or activate stored model versions.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Search(a) => commands::search::run(a, &cli.global).map(|()| 0),
         Command::Duplicates(a) => commands::quality::duplicates(a, &cli.global).map(|()| 0),
         Command::Noise(a) => commands::quality::noise(a, &cli.global).map(|()| 0),
+        Command::Label(a) => commands::review::label(a, &cli.global).map(|()| 0),
         Command::Map(a) => commands::quality::map(a, &cli.global).map(|()| 0),
         Command::Models(a) => commands::models::run(a, &cli.global).map(|()| 0),
         Command::Bench(a) => commands::bench::run(a, &cli.global).map(|()| 0),

@@ -17,6 +17,8 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub const DEFAULT_K: usize = 10;
 /// Page size of `GET /v1/items` when the request does not say.
 pub const DEFAULT_PAGE_LIMIT: usize = 50;
+/// Issues `/v1/noise` returns when the request does not say, as `trio noise`.
+pub const DEFAULT_NOISE_LIMIT: usize = 20;
 /// The space `/v1/duplicates` compares in when the request does not say, as `trio duplicates`.
 pub const DEFAULT_DUPLICATES_SPACE: Space = Space::Image;
 
@@ -300,6 +302,10 @@ pub struct SearchHit {
 // Catalogue reports
 
 /// Options of the near-duplicate report (query string of GET, or JSON body of POST).
+///
+/// `space` and `threshold` say which report; it is computed once per catalogue state. `label`,
+/// `offset` and `limit` choose a page of it, so paging never recomputes it. The backend is
+/// handed the report's options only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -308,19 +314,75 @@ pub struct DuplicatesQuery {
     pub space: Option<Space>,
     /// Minimum similarity for two items to count as duplicates (backend default when absent).
     pub threshold: Option<f32>,
-    /// At most this many groups.
+    /// At most this many groups (default all).
     pub limit: Option<usize>,
+    /// Groups to skip, after the `label` filter (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// Only groups with a member carrying this label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
-/// Options of the label-noise report.
+/// Options of the label-noise report. As for [`DuplicatesQuery`], `limit`, `offset`, `label` and
+/// `min_confidence` choose a page of the one report per catalogue state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct NoiseQuery {
-    /// At most this many suspect items.
+    /// At most this many suspect items (default 20).
     pub limit: Option<usize>,
     /// Only items whose stored label the model rejects with at least this confidence.
     pub min_confidence: Option<f32>,
+    /// Issues to skip, after the filters (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// Only issues whose given or suggested label is this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review
+
+/// Body of `PATCH /v1/items/{id}`: exactly one of `label` and `keep_label`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemPatch {
+    /// The item's new label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `true`: the item's current label is right; label-noise reports leave the item out
+    /// while it keeps that label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_label: Option<bool>,
+    /// The label the reviewer saw: when the item's label is another one now, the change is a
+    /// 409 and nothing is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_label: Option<String>,
+}
+
+/// Query string of `POST /v1/duplicates/{group}/dismiss`: the report the group is from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DismissQuery {
+    /// The report's space (default image).
+    pub space: Option<Space>,
+    /// The report's threshold (backend default when absent).
+    pub threshold: Option<f32>,
+    /// The `generation` of the report the reviewer saw. When the group is not in the current
+    /// report and the catalogue has changed since that generation, the answer is a 409
+    /// rather than a 404.
+    pub generation: Option<u64>,
+}
+
+/// Answer to a dismissal: the group and the items no longer reported as duplicates of each
+/// other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Dismissed {
+    pub group: String,
+    pub members: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -100,12 +100,25 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Near-duplicate groups: the engine's report, which the route serves as JSON with its
-    /// freshness. `space` absent is the image space, as for `trio duplicates`.
+    /// freshness. `space` absent is the image space, as for `trio duplicates`. Groups whose
+    /// members were dismissed with [`Backend::dismiss_duplicates`] are not reported.
     fn duplicates(&self, query: DuplicatesQuery) -> Result<DuplicatesOutcome>;
 
-    /// Items whose stored label the model doubts: the engine's report, served like
-    /// [`Backend::duplicates`].
+    /// Items whose stored label the model doubts, every flagged one when `limit` is absent: the
+    /// engine's report, served like [`Backend::duplicates`]. Labels confirmed with
+    /// [`Backend::keep_label`] are not reported.
     fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome>;
+
+    /// Sets an item's label. With `if_label`, `Conflict` unless the item's label is that one;
+    /// `NotFound` for an unknown item. Reports change with it (a new catalogue state).
+    fn set_label(&self, id: &str, label: &str, if_label: Option<&str>) -> Result<ItemView>;
+
+    /// Records that the item's current label is right (`if_label` as for
+    /// [`Backend::set_label`]); `InvalidArgument` when it has none.
+    fn keep_label(&self, id: &str, if_label: Option<&str>) -> Result<ItemView>;
+
+    /// Records that no two of these items are duplicates. `NotFound` for an unknown item.
+    fn dismiss_duplicates(&self, members: &[String]) -> Result<()>;
 
     /// Starts training on the backend's own thread and returns at once with the job's id.
     /// `Conflict` when a training job is already running.

@@ -31,6 +31,10 @@ use crate::api::{
 };
 use crate::backend::{Backend, ImageLimits, ReportState};
 
+/// The label field the API reads and reviews: the item's `label`, which the noise report
+/// (engine defaults) checks and training uses unless told otherwise.
+const REVIEWED_LABEL_FIELD: &str = "label";
+
 /// A [`Backend`] over a catalogue opened with its towers.
 pub struct EngineBackend {
     catalog: Arc<Catalog>,
@@ -593,16 +597,31 @@ impl Backend for EngineBackend {
     }
 
     fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome> {
-        let defaults = NoiseOptions::default();
         let opts = NoiseOptions {
-            top: query.limit.unwrap_or(defaults.top),
-            ..defaults
+            top: query.limit.unwrap_or(usize::MAX),
+            ..NoiseOptions::default()
         };
         let mut out = self.catalog.noise(&opts, &trio_engine::NoProgress)?;
         if let Some(min) = query.min_confidence {
             out.issues.retain(|i| i.score >= min);
         }
         Ok(out)
+    }
+
+    fn set_label(&self, id: &str, label: &str, if_label: Option<&str>) -> Result<ItemView> {
+        self.catalog
+            .set_label(id, REVIEWED_LABEL_FIELD, label, if_label)
+            .map(view)
+    }
+
+    fn keep_label(&self, id: &str, if_label: Option<&str>) -> Result<ItemView> {
+        self.catalog
+            .keep_label(id, REVIEWED_LABEL_FIELD, if_label)
+            .map(view)
+    }
+
+    fn dismiss_duplicates(&self, members: &[String]) -> Result<()> {
+        self.catalog.dismiss_group(members)
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{items, jobs, ops, query, web_page};
+use crate::routes::{items, jobs, ops, query, review, web_page};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,12 +25,14 @@ use crate::routes::{items, jobs, ops, query, web_page};
         items::list_items,
         items::get_item,
         items::delete_item,
+        review::update_item,
         items::item_image,
         query::classify,
         query::search,
         query::duplicates_get,
         query::duplicates_post,
         query::noise,
+        review::dismiss_duplicates,
         jobs::train,
         jobs::job,
         jobs::models,

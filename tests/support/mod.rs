@@ -14,8 +14,7 @@ use actix_web::test::{self, TestRequest};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use trio_engine::catalog::{
-    DuplicateGroupView, DuplicatePairView, DuplicatesOutcome, LabelIssueView, NoiseOptions,
-    NoiseOutcome,
+    DuplicateGroupView, DuplicatePairView, DuplicatesOutcome, LabelIssueView, NoiseOutcome,
 };
 use trio_engine::quality::duplicates::{DuplicateKind, DuplicateOptions};
 use trio_engine::quality::evidence::CopyEvidence;
@@ -134,6 +133,10 @@ pub struct FakeBackend {
     pub report_calls: AtomicUsize,
     /// Makes report computations wait at the gate.
     pub hold_reports: AtomicBool,
+    /// Pairs of ids dismissed as not duplicates, smaller id first.
+    dismissed: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Labels confirmed by a reviewer, by item id.
+    kept: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeBackend {
@@ -174,6 +177,18 @@ impl FakeBackend {
         self.report_calls.fetch_add(1, Ordering::SeqCst);
         if self.hold_reports.load(Ordering::SeqCst) {
             self.gate.wait();
+        }
+    }
+
+    /// `Conflict` unless the item's label is `expected` (when given), as the engine answers.
+    fn check_label(view: &ItemView, expected: Option<&str>) -> Result<()> {
+        match expected {
+            Some(expected) if view.label.as_deref() != Some(expected) => Err(Error::Conflict {
+                what: "item".into(),
+                id: view.id.clone(),
+                reason: format!("its label is not `{expected}`"),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -535,9 +550,17 @@ impl Backend for FakeBackend {
         let threshold = query
             .threshold
             .unwrap_or(DuplicateOptions::default().threshold);
+        let dismissed = self.dismissed.lock().unwrap();
         let groups = by_title
             .into_values()
-            .filter(|ids| ids.len() > 1 && similarity >= threshold)
+            .filter(|ids| {
+                let linked = ids.iter().enumerate().any(|(i, a)| {
+                    ids[i + 1..].iter().any(|b| {
+                        !dismissed.contains(&(a.clone().min(b.clone()), a.clone().max(b.clone())))
+                    })
+                });
+                ids.len() > 1 && similarity >= threshold && linked
+            })
             .take(query.limit.unwrap_or(usize::MAX))
             .map(|members| DuplicateGroupView {
                 kind: DuplicateKind::Near,
@@ -569,6 +592,7 @@ impl Backend for FakeBackend {
     fn noise(&self, query: NoiseQuery) -> Result<NoiseOutcome> {
         self.report_started();
         let items = self.items.lock().unwrap();
+        let kept = self.kept.lock().unwrap();
         let labelled: Vec<&Stored> = items.values().filter(|s| s.view.label.is_some()).collect();
         let mut issues: Vec<LabelIssueView> = labelled
             .iter()
@@ -582,20 +606,22 @@ impl Backend for FakeBackend {
                 let scores = probabilities(&content, s.view.has_image);
                 let p_given = scores.iter().find(|l| l.label == given)?.probability;
                 let top = scores.into_iter().next()?;
-                (top.label != given).then(|| LabelIssueView {
+                let confirmed = kept.get(&s.view.id) == Some(&given);
+                (top.label != given && !confirmed).then(|| LabelIssueView {
                     id: s.view.id.clone(),
                     title: s.view.title.clone(),
                     given_label: given,
                     suggested_label: top.label,
                     score: 1.0 - p_given,
                     p_given,
+                    p_suggested: top.probability,
                     neighbour_agreement: None,
                 })
             })
             .collect();
         issues.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
         let flagged = issues.len();
-        issues.truncate(query.limit.unwrap_or(NoiseOptions::default().top));
+        issues.truncate(query.limit.unwrap_or(usize::MAX));
         if let Some(min) = query.min_confidence {
             issues.retain(|i| i.score >= min);
         }
@@ -605,6 +631,44 @@ impl Backend for FakeBackend {
             issues,
             out_of_fold: None,
         })
+    }
+
+    fn set_label(&self, id: &str, label: &str, if_label: Option<&str>) -> Result<ItemView> {
+        let mut items = self.items.lock().unwrap();
+        let stored = items.get_mut(id).ok_or_else(|| Self::not_found(id))?;
+        Self::check_label(&stored.view, if_label)?;
+        stored.view.label = Some(label.to_string());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(stored.view.clone())
+    }
+
+    fn keep_label(&self, id: &str, if_label: Option<&str>) -> Result<ItemView> {
+        let items = self.items.lock().unwrap();
+        let stored = items.get(id).ok_or_else(|| Self::not_found(id))?;
+        Self::check_label(&stored.view, if_label)?;
+        let label = stored
+            .view
+            .label
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument(format!("item '{id}' has no label")))?;
+        self.kept.lock().unwrap().insert(id.to_string(), label);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(stored.view.clone())
+    }
+
+    fn dismiss_duplicates(&self, members: &[String]) -> Result<()> {
+        let items = self.items.lock().unwrap();
+        if let Some(missing) = members.iter().find(|id| !items.contains_key(*id)) {
+            return Err(Self::not_found(missing));
+        }
+        let mut dismissed = self.dismissed.lock().unwrap();
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                dismissed.insert((a.clone().min(b.clone()), a.clone().max(b.clone())));
+            }
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn start_train(&self, request: TrainRequest) -> Result<String> {

@@ -1,9 +1,9 @@
 //! A minimal W3C WebDriver client: drives headless Chromium through `chromedriver` with JSON over
 //! HTTP/1.1 on std's `TcpStream`, so the page test needs no HTTP client crate.
 //!
-//! Only what the page test uses: a session, navigation, finding elements, typing (a file path
-//! typed into an `<input type=file>` uploads that file), clicking, and running a script to read
-//! the page.
+//! Only what the page tests use: a session, navigation, finding elements, typing (a file path
+//! typed into an `<input type=file>` uploads that file), clicking, running a script to read
+//! the page, and screenshots.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -253,12 +253,37 @@ impl Session<'_> {
             }
             if started.elapsed() > patience {
                 let status = self
-                    .script("return document.getElementById('status').textContent")
+                    .script(
+                        "return Array.from(document.querySelectorAll('[role=status]'), \
+                         s => s.textContent).filter(t => t).join(' | ')",
+                    )
                     .unwrap_or_default();
                 bail!("gave up waiting for {what}; the page's status line says {status}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Session<'_> {
+    /// Sets the browser window's size in CSS pixels.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(&json!({ "width": width, "height": height })),
+        )
+        .map(drop)
+    }
+
+    /// A PNG of what the window shows.
+    pub fn screenshot(&self) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        let value = self.call("GET", "/screenshot", None)?;
+        let data = value
+            .as_str()
+            .ok_or_else(|| anyhow!("no screenshot data in {value}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(data)?)
     }
 }
 

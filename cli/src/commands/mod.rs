@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod items;
 pub mod models;
 pub mod quality;
+pub mod review;
 pub mod search;
 pub mod serve;
 pub mod train;

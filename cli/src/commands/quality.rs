@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use trio_engine::catalog::{Catalog, MapOptions, NoiseOptions, Space};
+use trio_engine::catalog::{group_id, Catalog, MapOptions, NoiseOptions, Space};
 use trio_engine::quality::duplicates::DuplicateOptions;
 use trio_engine::train::TrainConfig;
 
+use super::review;
 use crate::output;
 use crate::progress::Bars;
 use crate::settings::{DbArgs, GlobalArgs, TowerArgs};
@@ -31,6 +32,10 @@ pub struct DuplicatesArgs {
     /// have text (0 = no text check).
     #[arg(long, default_value_t = DuplicateOptions::default().min_text_similarity)]
     min_text_similarity: f32,
+    /// Dismiss the group with this id (as listed) as not duplicates: later reports do not show
+    /// its members together.
+    #[arg(long, value_name = "GROUP_ID")]
+    dismiss: Option<String>,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -48,16 +53,20 @@ pub fn duplicates(args: DuplicatesArgs, global: &GlobalArgs) -> anyhow::Result<(
     };
     let bars = Bars::new(!global.show_progress());
     let out = catalog.duplicates(Some(args.space), &opts, &bars)?;
-    output::emit(global.json, &out, |o| {
-        for g in &o.groups {
+    if let Some(group) = &args.dismiss {
+        return review::dismiss(&catalog, &out, group, global);
+    }
+    output::emit(global.json, &review::with_group_ids(&out)?, |_| {
+        for g in &out.groups {
             println!(
-                "{:?} ({}): {}",
+                "{} {:?} ({}): {}",
+                group_id(&g.members),
                 g.kind,
                 g.members.len(),
                 g.members.join(", ")
             );
         }
-        println!("{} groups", o.groups.len());
+        println!("{} groups", out.groups.len());
     })
 }
 

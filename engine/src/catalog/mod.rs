@@ -537,6 +537,7 @@ mod evaluate;
 mod image_tuning;
 mod model;
 mod quality;
+mod review;
 mod search;
 
 pub use bulk::{ExportReport, DEFAULT_LOAD_BATCH};
@@ -550,4 +551,5 @@ pub use quality::{
     DuplicateGroupView, DuplicatePairView, DuplicatesOutcome, LabelIssueView, MapOptions, MapPoint,
     NoiseOptions, NoiseOutcome, OutOfFoldView,
 };
+pub use review::{group_id, label_in};
 pub use search::{Filter, Query, SearchHit, SearchRequest};

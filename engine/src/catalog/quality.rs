@@ -83,6 +83,8 @@ pub struct LabelIssueView {
     /// How likely the given label is wrong, in [0, 1].
     pub score: f32,
     pub p_given: f32,
+    /// The model's out-of-fold probability of the suggested label.
+    pub p_suggested: f32,
     /// Share of the nearest labelled neighbours that carry the given label (no model: none).
     pub neighbour_agreement: Option<f32>,
 }
@@ -182,7 +184,7 @@ impl Catalog {
         };
         let report = duplicates::find_duplicates(&dup_items, &knn, opts, progress)?;
         let name = |k: u64| ids.get(&k).cloned().unwrap_or_else(|| k.to_string());
-        Ok(DuplicatesOutcome {
+        let outcome = DuplicatesOutcome {
             space,
             refused_merges: report.refused_merges,
             groups: report
@@ -204,7 +206,9 @@ impl Catalog {
                 })
                 .collect(),
             without_thumbnail,
-        })
+        };
+        // Pairs a reviewer dismissed are not shown as duplicates (see `review`).
+        self.without_dismissed(outcome)
     }
 
     /// Every item's image thumbnail. Those missing (items stored before thumbnails were kept,
@@ -275,7 +279,13 @@ impl Catalog {
             &position,
             opts.neighbours,
         )?;
-        let issues = noise::rank_label_issues(&labels, &probs, &neighbours, &opts.noise)?;
+        let mut issues = noise::rank_label_issues(&labels, &probs, &neighbours, &opts.noise)?;
+        // Labels a reviewer confirmed are not flagged again while the item keeps them.
+        let kept = self.kept_labels(&opts.train.label_field)?;
+        issues.retain(|i| match kept.get(&oof.rows[i.index].key) {
+            Some(label) => oof.labels.get(i.given_label) != Some(label),
+            None => true,
+        });
         let flagged = issues.len();
         let mut views = Vec::new();
         for issue in issues.into_iter().take(opts.top) {
@@ -299,6 +309,11 @@ impl Catalog {
                     .unwrap_or_default(),
                 score: issue.score,
                 p_given: issue.p_given,
+                p_suggested: probs
+                    .get(issue.index)
+                    .and_then(|p| p.get(issue.suggested_label))
+                    .copied()
+                    .unwrap_or_default(),
                 neighbour_agreement: issue.neighbour_agreement,
             });
         }

@@ -12,7 +12,7 @@
 //!
 //! # Staleness of derived data
 //! The store keeps a write generation that grows by one with every commit that changes items,
-//! features or fused vectors. A derived index records the generation it was built at
+//! features, fused vectors or review records (see `review`). A derived index records the generation it was built at
 //! ([`Store::set_index_state`]) and is stale when [`Store::generation`] has moved on.
 //!
 //! # Tables
@@ -26,6 +26,8 @@
 //! | `models` | model version | [`ModelInfo`] JSON |
 //! | `model_weights` | model version | safetensors bytes |
 //! | `index_state` | index name | [`IndexState`] JSON |
+//! | `dismissed_pairs` | (item key, item key) | `()`: a pair reviewed as not duplicates |
+//! | `kept_labels` | (item key, label field) | a label reviewed as right |
 //!
 //! One file, past 600 lines: every table is written in the same transactions, so the schema, the
 //! transactions and the generation counter are read together (the codec and the files beside the
@@ -33,6 +35,7 @@
 
 mod codec;
 mod iter;
+mod review;
 mod thumbnails;
 mod types;
 
@@ -718,8 +721,8 @@ impl Store {
     // ---------------------------------------------------------------------------------------
     // Generation and derived-index bookkeeping
 
-    /// The write generation: grows with every commit that changes items, features or fused
-    /// vectors.
+    /// The write generation: grows with every commit that changes items, features, fused
+    /// vectors or review records.
     pub fn generation(&self) -> Result<u64> {
         let txn = self.read_txn()?;
         let meta = txn.open_table(META).at("meta", || "opening".into())?;

@@ -8,12 +8,14 @@ pub(crate) mod items;
 pub(crate) mod jobs;
 pub(crate) mod ops;
 pub(crate) mod query;
+pub(crate) mod review;
 pub(crate) mod web_page;
 
 use items::{create_item, delete_item, get_item, item_image, list_items};
 use jobs::{activate_model, job, models, train};
 use ops::{healthz, metrics, openapi_json, stats};
 use query::{classify, duplicates_get, duplicates_post, noise, search};
+use review::{dismiss_duplicates, update_item};
 use web_page::{app_js, index_page, style_css};
 
 use std::time::Instant;
@@ -56,6 +58,7 @@ fn row(method: Method, path: &'static str, access: Access, attach: fn(Route) -> 
 fn table() -> Vec<RouteDef> {
     use Access::{Open, Read, Write};
     let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+    let patch = Method::PATCH;
     vec![
         row(get.clone(), "/", Open, |r| r.to(index_page)),
         row(get.clone(), "/static/app.js", Open, |r| r.to(app_js)),
@@ -67,6 +70,7 @@ fn table() -> Vec<RouteDef> {
         row(post.clone(), "/v1/items", Write, |r| r.to(create_item)),
         row(get.clone(), "/v1/items", Read, |r| r.to(list_items)),
         row(get.clone(), "/v1/items/{id}", Read, |r| r.to(get_item)),
+        row(patch, "/v1/items/{id}", Write, |r| r.to(update_item)),
         row(delete, "/v1/items/{id}", Write, |r| r.to(delete_item)),
         row(get.clone(), "/v1/items/{id}/image", Read, |r| {
             r.to(item_image)
@@ -78,6 +82,9 @@ fn table() -> Vec<RouteDef> {
         }),
         row(post.clone(), "/v1/duplicates", Read, |r| {
             r.to(duplicates_post)
+        }),
+        row(post.clone(), "/v1/duplicates/{group}/dismiss", Write, |r| {
+            r.to(dismiss_duplicates)
         }),
         row(get.clone(), "/v1/noise", Read, |r| r.to(noise)),
         row(post.clone(), "/v1/train", Write, |r| r.to(train)),

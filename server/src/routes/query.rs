@@ -3,9 +3,14 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::review;
 use crate::api::{
     Classification, ClassifyRequest, DuplicatesQuery, ErrorBody, NoiseQuery, Query, Search,
-    SearchRequest, SearchResults,
+    SearchRequest, SearchResults, Space, DEFAULT_NOISE_LIMIT,
 };
 use crate::body::{self, check_id, check_map, check_optional_text, JsonBody};
 use crate::config::Limits;
@@ -173,21 +178,48 @@ async fn duplicates(
     state: web::Data<AppState>,
     query: DuplicatesQuery,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(threshold) = query.threshold {
-        if !threshold.is_finite() {
-            return Err(ApiError::invalid_argument("threshold", "must be a number"));
-        }
-    }
     if let Some(limit) = query.limit {
         check_count("limit", limit, state.config.limits.max_page_limit)?;
     }
-    let params = canonical(&query)?;
-    let report = state
-        .report("the duplicates report", params, move |backend| {
-            backend.duplicates(query)
+    check_optional_text("label", query.label.as_deref(), &state.config.limits)?;
+    let report = duplicates_report(&state, query.space, query.threshold).await?;
+    let label = query.label;
+    let page = Paging {
+        list: "groups",
+        offset: query.offset.unwrap_or(0),
+        limit: query.limit,
+    };
+    Ok(page.respond(&report, |group| {
+        label.as_ref().is_none_or(|label| {
+            group["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| i["label"] == label.as_str()))
         })
-        .await?;
-    Ok(report_response(&report))
+    }))
+}
+
+/// The duplicates report of these options, stored per catalogue state, with each group's id
+/// and its members' titles, labels and image URLs (see [`review::annotate_duplicates`]).
+pub(crate) async fn duplicates_report(
+    state: &AppState,
+    space: Option<Space>,
+    threshold: Option<f32>,
+) -> Result<Arc<Report>, ApiError> {
+    if threshold.is_some_and(|t| !t.is_finite()) {
+        return Err(ApiError::invalid_argument("threshold", "must be a number"));
+    }
+    let options = DuplicatesQuery {
+        space,
+        threshold,
+        ..DuplicatesQuery::default()
+    };
+    let params = canonical(&options)?;
+    state
+        .report("the duplicates report", params, move |backend| {
+            let outcome = backend.duplicates(options)?;
+            review::annotate_duplicates(backend, &outcome)
+        })
+        .await
 }
 
 /// The cache key of a report's options: their JSON, in the struct's fixed field order.
@@ -195,11 +227,36 @@ fn canonical(query: &impl serde::Serialize) -> Result<String, ApiError> {
     serde_json::to_string(query).map_err(|e| ApiError::internal("encoding report options", e))
 }
 
-/// A report with its freshness fields, and its age in the `Age` header.
-fn report_response(report: &Report) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::AGE, (report.age_s() as u64).to_string()))
-        .json(report.to_json())
+/// A page of a stored report's list (`groups`, `issues`): the entries `keep` accepts, from
+/// `offset`, at most `limit` of them. The answer has the report's other fields, its freshness,
+/// `total` (entries accepted, over all pages) and `offset`, and its age in the `Age` header.
+struct Paging {
+    list: &'static str,
+    offset: usize,
+    limit: Option<usize>,
+}
+
+impl Paging {
+    fn respond(&self, report: &Report, keep: impl Fn(&Value) -> bool) -> HttpResponse {
+        let mut body = report.to_json();
+        if let Value::Object(map) = &mut body {
+            let entries = match map.remove(self.list) {
+                Some(Value::Array(entries)) => entries,
+                _ => Vec::new(),
+            };
+            let kept: Vec<Value> = entries.into_iter().filter(|e| keep(e)).collect();
+            map.insert("total".into(), kept.len().into());
+            map.insert("offset".into(), self.offset.into());
+            let page = kept
+                .into_iter()
+                .skip(self.offset)
+                .take(self.limit.unwrap_or(usize::MAX));
+            map.insert(self.list.into(), Value::Array(page.collect()));
+        }
+        HttpResponse::Ok()
+            .insert_header((header::AGE, (report.age_s() as u64).to_string()))
+            .json(body)
+    }
 }
 
 /// Items whose stored label the model doubts.
@@ -216,22 +273,36 @@ pub(crate) async fn noise(
     query: web::Query<NoiseQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
+    let limits = &state.config.limits;
     if let Some(limit) = query.limit {
-        check_count("limit", limit, state.config.limits.max_page_limit)?;
+        check_count("limit", limit, limits.max_page_limit)?;
     }
-    if let Some(confidence) = query.min_confidence {
-        if !(0.0..=1.0).contains(&confidence) {
-            return Err(ApiError::invalid_argument(
-                "min_confidence",
-                "must be between 0 and 1",
-            ));
-        }
+    check_optional_text("label", query.label.as_deref(), limits)?;
+    let min_confidence = query.min_confidence.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_confidence) {
+        return Err(ApiError::invalid_argument(
+            "min_confidence",
+            "must be between 0 and 1",
+        ));
     }
-    let params = canonical(&query)?;
+    let options = NoiseQuery::default();
+    let params = canonical(&options)?;
     let report = state
         .report("the label-noise report", params, move |backend| {
-            backend.noise(query)
+            let outcome = backend.noise(options)?;
+            review::annotate_noise(backend, &outcome)
         })
         .await?;
-    Ok(report_response(&report))
+    let label = query.label;
+    let page = Paging {
+        list: "issues",
+        offset: query.offset.unwrap_or(0),
+        limit: Some(query.limit.unwrap_or(DEFAULT_NOISE_LIMIT)),
+    };
+    Ok(page.respond(&report, |issue| {
+        let labelled = label.as_ref().is_none_or(|label| {
+            issue["given_label"] == label.as_str() || issue["suggested_label"] == label.as_str()
+        });
+        labelled && issue["score"].as_f64().unwrap_or(0.0) >= f64::from(min_confidence)
+    }))
 }

@@ -635,7 +635,10 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
             "{body}"
         );
         let kind = group["kind"].as_str().unwrap();
-        assert!(["exact", "perceptual", "near"].contains(&kind), "{body}");
+        assert!(
+            ["exact", "perceptual", "near", "relisting"].contains(&kind),
+            "{body}"
+        );
         assert!(group["members"].as_array().unwrap().len() >= 2, "{body}");
         let pair = &group["pairs"][0];
         assert!(pair["a"].is_string() && pair["b"].is_string(), "{body}");

@@ -13,7 +13,7 @@ use trio_engine::quality::duplicates::{
     find_duplicates, DupItem, DuplicateGroup, DuplicateKind, DuplicateOptions, DuplicatePair,
 };
 use trio_engine::quality::phash::phash;
-use trio_engine::quality::thumbnail::Thumbnail;
+use trio_engine::quality::thumbnail::{self, Thumbnail};
 use trio_engine::NoProgress;
 use trio_lab::planted::{pair_precision_recall, plant_copies};
 
@@ -358,12 +358,26 @@ fn hundred_thousand_items_run_in_seconds() {
         })
         .collect();
     let knn = |key: u64, k: usize| table[key as usize].iter().take(k).copied().collect();
+    // Thumbnails: random pictures, a planted copy sharing its original's (so every candidate
+    // pair goes through the pixel check, and copies pass it).
+    let mut thumbnails: Vec<Thumbnail> = Vec::with_capacity(hashes.len());
+    for i in 0..hashes.len() {
+        let t = if matches!(i % 10, 8 | 9) {
+            thumbnails[i - 1].clone()
+        } else {
+            let bytes: Vec<u8> = (0..thumbnail::BYTES).map(|_| rng.gen()).collect();
+            Thumbnail::from_bytes(bytes).expect("thumbnail size")
+        };
+        thumbnails.push(t);
+    }
     let items: Vec<DupItem> = hashes
         .iter()
+        .zip(thumbnails)
         .enumerate()
-        .map(|(i, &h)| {
+        .map(|(i, (&h, t))| {
             let mut it = item(i as u64, 0, Some(h));
             it.content_hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            it.thumbnail = Some(t);
             it
         })
         .collect();

@@ -130,7 +130,9 @@ pub struct MapPoint {
 }
 
 impl Catalog {
-    /// Exact (content hash), perceptual (pHash) and near (kNN in `space`) duplicate groups.
+    /// Exact (content hash), perceptual (pHash) and near (kNN in `space`) duplicate groups. In
+    /// the image space near links are copies (the pixel check applies); in a space that reads
+    /// the texts (fused, text) they are re-listings: items whose texts agree, photos may differ.
     pub fn duplicates(
         &self,
         space: Option<Space>,
@@ -182,7 +184,11 @@ impl Catalog {
                 .map(|hits| hits.into_iter().map(|h| (h.key, h.score)).collect())
                 .unwrap_or_default()
         };
-        let report = duplicates::find_duplicates(&dup_items, &knn, opts, progress)?;
+        let opts = DuplicateOptions {
+            relistings: space.is_some_and(|s| s != Space::Image),
+            ..opts.clone()
+        };
+        let report = duplicates::find_duplicates(&dup_items, &knn, &opts, progress)?;
         let name = |k: u64| ids.get(&k).cloned().unwrap_or_else(|| k.to_string());
         let outcome = DuplicatesOutcome {
             space,

@@ -72,6 +72,9 @@ pub enum DuplicateKind {
     /// One among the other's `k` nearest neighbours with cosine similarity at or above `threshold`,
     /// texts and pixels agreeing.
     Near,
+    /// The same thing listed twice with other photos: nearest neighbours in a space that reads
+    /// the texts (fused or text) whose texts agree ([`DuplicateOptions::relistings`]).
+    Relisting,
 }
 
 /// Items found to be copies of each other.
@@ -130,6 +133,10 @@ pub struct DuplicateOptions {
     /// Smallest character similarity (0–1) of two items' texts, field by field where both
     /// have one, for them to be copies; 0 turns the text check off.
     pub min_text_similarity: f32,
+    /// Near links are re-listings rather than copies: both items must have text, and it must
+    /// agree, while their pictures may differ (the pixel check is skipped for them). Set by the
+    /// catalogue when the space reads the texts.
+    pub relistings: bool,
 }
 
 impl Default for DuplicateOptions {
@@ -143,6 +150,7 @@ impl Default for DuplicateOptions {
             max_group_size: 50,
             max_pixel_difference: 0.1,
             min_text_similarity: 1.0,
+            relistings: false,
         }
     }
 }
@@ -214,6 +222,11 @@ pub fn find_duplicates(
         items,
         max_pixel_difference: opts.max_pixel_difference,
         min_text_similarity: opts.min_text_similarity,
+        relisting: false,
+    };
+    let near_verifier = Verifier {
+        relisting: opts.relistings,
+        ..verifier
     };
     let apart = |a: usize, b: usize| verifier.texts_conflict(a, b);
     progress.start("duplicates: perceptual hashes", Some(items.len() as u64));
@@ -269,15 +282,21 @@ pub fn find_duplicates(
     );
 
     if opts.k > 0 {
+        let near_kind = if opts.relistings {
+            DuplicateKind::Relisting
+        } else {
+            DuplicateKind::Near
+        };
         let links = neighbours.neighbour_links(opts.threshold);
-        let (links, near_evidence) = verified(links, &verifier, true, |a, b, e| CopyEvidence {
-            hash_distance: items[a]
-                .phash
-                .zip(items[b].phash)
-                .map(|(x, y)| hamming(x, y)),
-            similarity: neighbours.pair_similarity(a, b),
-            ..e
-        });
+        let (links, near_evidence) =
+            verified(links, &near_verifier, true, |a, b, e| CopyEvidence {
+                hash_distance: items[a]
+                    .phash
+                    .zip(items[b].phash)
+                    .map(|(x, y)| hamming(x, y)),
+                similarity: neighbours.pair_similarity(a, b),
+                ..e
+            });
         let near_linked = |a: usize, b: usize| near_evidence.contains_key(&(a.min(b), a.max(b)));
         let (near, refused) = complete_linkage_groups(
             &explained,
@@ -290,7 +309,7 @@ pub fn find_duplicates(
         refused_merges += refused;
         groups.extend(
             near.into_iter()
-                .map(|g| g.into_group(items, DuplicateKind::Near, &near_evidence)),
+                .map(|g| g.into_group(items, near_kind, &near_evidence)),
         );
     }
 

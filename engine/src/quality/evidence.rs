@@ -43,10 +43,14 @@ pub struct CopyEvidence {
 }
 
 /// The checks of this module with their cutoffs.
+#[derive(Clone, Copy)]
 pub(crate) struct Verifier<'a> {
     pub items: &'a [DupItem],
     pub max_pixel_difference: f32,
     pub min_text_similarity: f32,
+    /// Judge re-listings rather than copies: both items need text, and it must agree; the
+    /// pixels are not compared.
+    pub relisting: bool,
 }
 
 impl Verifier<'_> {
@@ -60,11 +64,12 @@ impl Verifier<'_> {
             return None;
         }
         evidence.text_similarity = text_similarity;
+        if self.relisting {
+            // Another photo of the same thing: the texts must say so, the pixels may differ.
+            return text_similarity.map(|_| evidence);
+        }
         if let (Some(px), Some(py)) = (&x.thumbnail, &y.thumbnail) {
-            let m = thumbnail::compare(px, py, allow_mirror);
-            if m.difference > self.max_pixel_difference {
-                return None;
-            }
+            let m = thumbnail::compare_within(px, py, allow_mirror, self.max_pixel_difference)?;
             evidence.pixel_difference = Some(m.difference);
             evidence.mirrored = m.mirrored;
         }

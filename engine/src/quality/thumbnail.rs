@@ -22,7 +22,7 @@ const TOLERANCE: f32 = 0.15;
 /// Crop sides tried, as a share of the larger picture (a copy cropped to 80% is still found).
 const CROPS: [f32; 5] = [1.0, 0.95, 0.9, 0.85, 0.8];
 /// Alignments fully scored after the coarse pass.
-const FINALISTS: usize = 3;
+const FINALISTS: usize = 2;
 
 /// A 32 × 32 RGB thumbnail of an image composited on white, `BYTES` bytes row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,29 +90,40 @@ struct Alignment {
 /// mirror image when `allow_mirror` (many distinct things come in mirrored pairs, so callers
 /// decide when a mirror image counts as a copy).
 pub fn compare(a: &Thumbnail, b: &Thumbnail, allow_mirror: bool) -> PixelMatch {
+    compare_within(a, b, allow_mirror, 1.0).unwrap_or(PixelMatch {
+        difference: 1.0,
+        mirrored: false,
+    })
+}
+
+/// [`compare`], giving up (`None`) as soon as the difference is sure to exceed
+/// `max_difference`: most candidate pairs are not copies, and this is what keeps checking
+/// them cheap.
+pub fn compare_within(
+    a: &Thumbnail,
+    b: &Thumbnail,
+    allow_mirror: bool,
+    max_difference: f32,
+) -> Option<PixelMatch> {
     let (fa, fb) = (a.to_f32(), b.to_f32());
+    // A coarse pass on a sparse grid ranks every alignment; only the best are fully scored.
     let mut candidates: Vec<(f32, Alignment)> = alignments(allow_mirror)
-        .map(|al| {
-            let (x, y) = laid_over(&fa, &fb, al);
-            (coarse_difference(&x, &y), al)
-        })
+        .map(|al| (coarse_difference(&fa, &fb, al), al))
         .collect();
     candidates.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let max_pixels = (max_difference * (SIDE * SIDE) as f32).floor() as usize;
     candidates
         .iter()
         .take(FINALISTS)
-        .map(|&(_, al)| {
+        .filter_map(|&(_, al)| {
             let (x, y) = laid_over(&fa, &fb, al);
-            PixelMatch {
-                difference: tolerant_difference(&x, &y),
+            let differing = differing_pixels(&x, &y, max_pixels)?;
+            Some(PixelMatch {
+                difference: differing as f32 / (SIDE * SIDE) as f32,
                 mirrored: al.mirrored,
-            }
+            })
         })
         .min_by(|p, q| p.difference.total_cmp(&q.difference))
-        .unwrap_or(PixelMatch {
-            difference: 1.0,
-            mirrored: false,
-        })
 }
 
 fn alignments(allow_mirror: bool) -> impl Iterator<Item = Alignment> {
@@ -163,49 +174,75 @@ fn laid_over(a: &[f32], b: &[f32], al: Alignment) -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
+/// Where output pixel `i` (along one axis) samples a picture cropped to `side` of its extent
+/// at position `d` (-1, 0 or 1 of the free margin).
+fn source_coord(side: f32, d: f32, i: usize) -> f32 {
+    let n = SIDE as f32;
+    let extent = side * n;
+    let margin = (n - extent) / 2.0;
+    let v = margin + d * margin + (i as f32 + 0.5) * extent / n - 0.5;
+    v.clamp(0.0, n - 1.0)
+}
+
+/// Channel `c` of picture `t` at the real-valued position (`x`, `y`), bilinearly.
+fn bilinear(t: &[f32], x: f32, y: f32, c: usize) -> f32 {
+    let (x_lo, fx) = (x.floor() as usize, x.fract());
+    let (y_lo, fy) = (y.floor() as usize, y.fract());
+    let (x_hi, y_hi) = ((x_lo + 1).min(SIDE - 1), (y_lo + 1).min(SIDE - 1));
+    let at = |yy: usize, xx: usize| t[(yy * SIDE + xx) * 3 + c];
+    let top = at(y_lo, x_lo) * (1.0 - fx) + at(y_lo, x_hi) * fx;
+    let bottom = at(y_hi, x_lo) * (1.0 - fx) + at(y_hi, x_hi) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
 /// The square of side `side · SIDE` at position (`dx`, `dy`) of the free margin, resampled
 /// bilinearly to `SIDE × SIDE`.
 fn resample(t: &[f32], side: f32, dx: f32, dy: f32) -> Vec<f32> {
     if side >= 1.0 {
         return t.to_vec();
     }
-    let n = SIDE as f32;
-    let extent = side * n;
-    let margin = (n - extent) / 2.0;
-    let (x0, y0) = (margin + dx * margin, margin + dy * margin);
-    let coord = |origin: f32, i: usize| {
-        let v = origin + (i as f32 + 0.5) * extent / n - 0.5;
-        v.clamp(0.0, n - 1.0)
-    };
     let mut out = Vec::with_capacity(BYTES);
     for yi in 0..SIDE {
-        let y = coord(y0, yi);
-        let (y_lo, fy) = (y.floor() as usize, y.fract());
-        let y_hi = (y_lo + 1).min(SIDE - 1);
+        let y = source_coord(side, dy, yi);
         for xi in 0..SIDE {
-            let x = coord(x0, xi);
-            let (x_lo, fx) = (x.floor() as usize, x.fract());
-            let x_hi = (x_lo + 1).min(SIDE - 1);
+            let x = source_coord(side, dx, xi);
             for c in 0..3 {
-                let at = |yy: usize, xx: usize| t[(yy * SIDE + xx) * 3 + c];
-                let top = at(y_lo, x_lo) * (1.0 - fx) + at(y_lo, x_hi) * fx;
-                let bottom = at(y_hi, x_lo) * (1.0 - fx) + at(y_hi, x_hi) * fx;
-                out.push(top * (1.0 - fy) + bottom * fy);
+                out.push(bilinear(t, x, y, c));
             }
         }
     }
     out
 }
 
-/// Mean absolute difference on every other pixel: cheap enough to rank all alignments.
-fn coarse_difference(x: &[f32], y: &[f32]) -> f32 {
+/// Step of the sparse grid the coarse pass samples (an 8 × 8 grid).
+const COARSE_STEP: usize = 4;
+
+/// Mean absolute difference of the two pictures under `al`, on a sparse grid sampled straight
+/// from the thumbnails: cheap enough to rank every alignment.
+fn coarse_difference(a: &[f32], b: &[f32], al: Alignment) -> f32 {
     let mut sum = 0.0;
     let mut n = 0;
-    for row in (0..SIDE).step_by(2) {
-        for col in (0..SIDE).step_by(2) {
-            let p = (row * SIDE + col) * 3;
+    for row in (COARSE_STEP / 2..SIDE).step_by(COARSE_STEP) {
+        for col in (COARSE_STEP / 2..SIDE).step_by(COARSE_STEP) {
+            // Picture `a` is the mirrored one: its column runs backwards.
+            let a_col = if al.mirrored { SIDE - 1 - col } else { col };
+            let (ax, ay, bx, by) = if al.crop_a {
+                (
+                    source_coord(al.side, al.dx, a_col),
+                    source_coord(al.side, al.dy, row),
+                    col as f32,
+                    row as f32,
+                )
+            } else {
+                (
+                    a_col as f32,
+                    row as f32,
+                    source_coord(al.side, al.dx, col),
+                    source_coord(al.side, al.dy, row),
+                )
+            };
             for c in 0..3 {
-                sum += (x[p + c] - y[p + c]).abs();
+                sum += (bilinear(a, ax, ay, c) - bilinear(b, bx, by, c)).abs();
             }
             n += 3;
         }
@@ -213,10 +250,11 @@ fn coarse_difference(x: &[f32], y: &[f32]) -> f32 {
     sum / n as f32
 }
 
-/// Share of pixels whose colour differs from every pixel within one step in the other picture
-/// by more than [`TOLERANCE`] in some channel, checked both ways: a one-pixel misalignment
-/// (sub-pixel crops, resampling) does not count, a region of another colour does.
-fn tolerant_difference(x: &[f32], y: &[f32]) -> f32 {
+/// Number of pixels whose colour differs from every pixel within one step in the other
+/// picture by more than [`TOLERANCE`] in some channel, checked both ways: a one-pixel
+/// misalignment (sub-pixel crops, resampling) does not count, a region of another colour does.
+/// `None` once the count passes `limit`.
+fn differing_pixels(x: &[f32], y: &[f32], limit: usize) -> Option<usize> {
     let differs = |p: &[f32], q: &[f32], row: usize, col: usize| {
         let at = (row * SIDE + col) * 3;
         let px = &p[at..at + 3];
@@ -235,10 +273,13 @@ fn tolerant_difference(x: &[f32], y: &[f32]) -> f32 {
         for col in 0..SIDE {
             if differs(x, y, row, col) || differs(y, x, row, col) {
                 count += 1;
+                if count > limit {
+                    return None;
+                }
             }
         }
     }
-    count as f32 / (SIDE * SIDE) as f32
+    Some(count)
 }
 
 #[cfg(test)]

@@ -609,6 +609,16 @@ async fn reports_are_the_engines_reports_with_their_freshness() {
     // The default space is the image tower's, as for `trio duplicates`.
     assert_eq!(body["space"], "image", "{body}");
 
+    // A re-listing: an item listed again under its title with another photo (the text space
+    // groups items whose texts agree).
+    let listed = &catalogue().rows.catalogue[0];
+    let other_photo = catalogue().rows.catalogue[1].image.clone().unwrap();
+    let request = post_json(
+        "/v1/items",
+        json!({"id": "listed-again", "title": listed.title, "image": b64(&std::fs::read(other_photo).unwrap())}),
+    );
+    let (status, body) = json_of(test::call_service(&app, request.to_request()).await).await;
+    assert_eq!(status, 201, "{body}");
     let request = TestRequest::get()
         .uri("/v1/duplicates?space=text&threshold=0.5&limit=2")
         .to_request();

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::evidence::{CopyEvidence, Verifier};
+use super::evidence::{Checked, CopyEvidence, Verifier};
 use super::phash::hamming;
 use super::thumbnail::Thumbnail;
 use super::union_find::UnionFind;
@@ -218,8 +218,15 @@ pub fn find_duplicates(
         Neighbours::none(items.len())
     };
 
+    let checked: Vec<Checked<'_>> = items
+        .iter()
+        .map(|i| Checked {
+            texts: &i.texts,
+            thumbnail: i.thumbnail.as_ref(),
+        })
+        .collect();
     let verifier = Verifier {
-        items,
+        items: &checked,
         max_pixel_difference: opts.max_pixel_difference,
         min_text_similarity: opts.min_text_similarity,
         relisting: false,

@@ -17,8 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::duplicates::DupItem;
 use super::thumbnail;
+use super::thumbnail::Thumbnail;
 
 /// Why two items were judged copies: every measurement taken on the pair.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -42,10 +42,17 @@ pub struct CopyEvidence {
     pub text_similarity: Option<f32>,
 }
 
+/// What the checks read of one item: its folded texts (by field position) and its thumbnail.
+#[derive(Clone, Copy)]
+pub(crate) struct Checked<'a> {
+    pub texts: &'a [Option<String>],
+    pub thumbnail: Option<&'a Thumbnail>,
+}
+
 /// The checks of this module with their cutoffs.
 #[derive(Clone, Copy)]
 pub(crate) struct Verifier<'a> {
-    pub items: &'a [DupItem],
+    pub items: &'a [Checked<'a>],
     pub max_pixel_difference: f32,
     pub min_text_similarity: f32,
     /// Judge re-listings rather than copies: both items need text, and it must agree; the
@@ -68,7 +75,7 @@ impl Verifier<'_> {
             // Another photo of the same thing: the texts must say so, the pixels may differ.
             return text_similarity.map(|_| evidence);
         }
-        if let (Some(px), Some(py)) = (&x.thumbnail, &y.thumbnail) {
+        if let (Some(px), Some(py)) = (x.thumbnail, y.thumbnail) {
             let m = thumbnail::compare_within(px, py, allow_mirror, self.max_pixel_difference)?;
             evidence.pixel_difference = Some(m.difference);
             evidence.mirrored = m.mirrored;
@@ -88,7 +95,7 @@ impl Verifier<'_> {
         let (x, y) = (&self.items[a], &self.items[b]);
         x.texts
             .iter()
-            .zip(&y.texts)
+            .zip(y.texts)
             .filter_map(|(tx, ty)| Some(text_agreement(tx.as_ref()?, ty.as_ref()?)))
             .reduce(f32::min)
     }

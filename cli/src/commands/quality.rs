@@ -18,7 +18,7 @@ pub struct DuplicatesArgs {
     /// Space for near-duplicates (kNN through the index).
     #[arg(long, default_value = "image")]
     space: Space,
-    /// Cosine similarity at or above which two mutual neighbours are near-duplicate candidates.
+    /// Cosine similarity at or above which a nearest neighbour is a near-duplicate candidate.
     #[arg(long, default_value_t = DuplicateOptions::default().threshold)]
     threshold: f32,
     /// Largest pHash Hamming distance for resized/re-encoded copies.

@@ -421,12 +421,16 @@ impl Catalog {
     }
 }
 
+/// The stored content hash as bytes. Ingest writes hex SHA-256; any other string (a store
+/// written by another tool) is hashed itself, so two distinct strings never read as equal.
 fn hash_bytes(hex_hash: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(bytes) = hex::decode(hex_hash) {
-        for (o, b) in out.iter_mut().zip(bytes) {
-            *o = b;
+    use sha2::{Digest, Sha256};
+    match hex::decode(hex_hash) {
+        Ok(bytes) if bytes.len() == 32 => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&bytes);
+            out
         }
+        _ => Sha256::digest(hex_hash.as_bytes()).into(),
     }
-    out
 }

@@ -1,5 +1,5 @@
 //! `trio eval`: the active model on an external labelled manifest (embedded, never stored), or
-//! the demo evaluation protocol on the catalogue's own items (`--protocol demo`).
+//! an evaluation protocol on the catalogue's own items (`--protocol demo|cross-style`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use trio_engine::catalog::{Catalog, EvalOptions, ManifestEvaluation, TrainOptions};
 use trio_engine::ingest::manifest::{self, ManifestOptions};
 use trio_engine::train::TrainConfig;
-use trio_lab::protocol::{self, ProtocolConfig, ProtocolReport, ProtocolSeries};
+use trio_lab::protocol::{self, CrossStyle, ProtocolConfig, ProtocolReport, ProtocolSeries};
 use trio_lab::Markdown;
 
 use crate::output;
@@ -22,6 +22,19 @@ pub enum Protocol {
     /// training descriptions and 2% of titles dropped; clean test labels. Trains every variant
     /// (nothing is stored) and reports the study's table, the robustness table and the targets.
     Demo,
+    /// The demo protocol, but training and validation see only the items of one style
+    /// (`--style-field`, `--train-style`) and the test only the other styles' items of the
+    /// unseen test groups: a catalogue whose pictures change supplier.
+    CrossStyle,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Demo => "demo protocol",
+            Protocol::CrossStyle => "cross-style protocol",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +65,13 @@ pub struct EvalArgs {
     /// (the demo: `emoji_key`, so test emoji are never seen in training).
     #[arg(long, requires = "protocol")]
     group_field: Option<String>,
+    /// Cross-style protocol: the metadata field naming each item's style (the demo: `vendor`).
+    #[arg(long, required_if_eq("protocol", "cross-style"))]
+    style_field: Option<String>,
+    /// Cross-style protocol: the style training and validation see (the demo: `google`); the
+    /// test holds the other styles.
+    #[arg(long, required_if_eq("protocol", "cross-style"))]
+    train_style: Option<String>,
     /// Protocol: fraction of each class held out (half validation, half test).
     #[arg(long, default_value_t = 0.2, requires = "protocol")]
     holdout: f64,
@@ -94,8 +114,8 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     match (&args.manifest, args.protocol) {
         (Some(path), _) => eval_manifest(&catalog, path, &args, &bars, global.json),
-        (None, Some(Protocol::Demo)) => eval_protocol(&catalog, &args, &bars, global.json),
-        (None, None) => anyhow::bail!("give --manifest FILE or --protocol demo"),
+        (None, Some(p)) => eval_protocol(&catalog, p, &args, &bars, global.json),
+        (None, None) => anyhow::bail!("give --manifest FILE or --protocol demo|cross-style"),
     }
 }
 
@@ -179,6 +199,7 @@ fn print_manifest(r: &ManifestEvaluation, path: &Path) {
 
 fn eval_protocol(
     catalog: &Catalog,
+    kind: Protocol,
     args: &EvalArgs,
     bars: &Bars,
     json: bool,
@@ -197,10 +218,25 @@ fn eval_protocol(
         group_field: args.group_field.clone(),
         keep_active: false,
     };
+    let cross_style = match (kind, &args.style_field, &args.train_style) {
+        (Protocol::CrossStyle, Some(field), Some(train)) => Some(CrossStyle {
+            field: field.clone(),
+            train: train.clone(),
+        }),
+        (Protocol::CrossStyle, _, _) => {
+            anyhow::bail!("--protocol cross-style needs --style-field and --train-style")
+        }
+        (Protocol::Demo, None, None) => None,
+        (Protocol::Demo, _, _) => {
+            anyhow::bail!("--style-field and --train-style apply to --protocol cross-style")
+        }
+    };
     let protocol = ProtocolConfig {
         holdout: args.holdout,
+        cross_style,
         ..ProtocolConfig::default()
     };
+    let name = kind.name();
     let started = std::time::Instant::now();
     let seeds: Vec<u64> = (0..args.seeds).map(|i| args.seed + i).collect();
     let mut series = protocol::evaluate_catalog(catalog, &opts, &protocol, &seeds, bars)?;
@@ -212,7 +248,7 @@ fn eval_protocol(
         return output::emit(json, &out, |o| {
             let r = &o.series.runs[0].report;
             println!(
-                "demo protocol, {} seeds: {} classes; per seed about {} train / {} val / {} test items, {:.1}s",
+                "{name}, {} seeds: {} classes; per seed about {} train / {} val / {} test items, {:.1}s",
                 o.series.seeds.len(),
                 r.classes,
                 r.train_items,
@@ -238,7 +274,7 @@ fn eval_protocol(
     output::emit(json, &out, |o| {
         let r = &o.report.report;
         println!(
-            "demo protocol: {} classes; train {} / val {} / test {} items (test groups also in training: {}), {:.1}s",
+            "{name}: {} classes; train {} / val {} / test {} items (test groups also in training: {}), {:.1}s",
             r.classes,
             r.train_items,
             r.val_items,

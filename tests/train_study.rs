@@ -132,8 +132,7 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     let examples = catalogue(&spec());
     let study = run(&examples)?;
     let device = DeviceChoice::Cpu.resolve()?;
-    // The fused network pooled with the image-only and text-only baselines it carries.
-    assert!(study.fused.baseline_experts);
+    // The fused model carries the image-only and text-only baselines, for `trio eval`.
     let variants: Vec<&str> = study
         .fused
         .baselines
@@ -141,8 +140,7 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
         .map(|b| b.variant.as_str())
         .collect();
     assert_eq!(variants, [IMAGE_ONLY, TEXT_ONLY]);
-    let model = study.fused.classifier(&device)?;
-    assert_eq!(model.expert_count(), 2);
+    let model = study.fused.load(&device)?;
     let test: Vec<&Example> = study.split.test.iter().map(|&i| &examples[i]).collect();
     let full: Vec<FusionInput> = test
         .iter()
@@ -156,8 +154,7 @@ fn save_load_roundtrip_and_partial_inputs() -> anyhow::Result<()> {
     assert_eq!(restored.config, study.fused.config);
     assert_eq!(restored.metrics, study.fused.metrics);
     assert_eq!(restored.fingerprint, study.fused.fingerprint);
-    assert!(restored.baseline_experts);
-    let after = restored.classifier(&device)?.predict(&full)?;
+    let after = restored.load(&device)?.predict(&full)?;
     assert_eq!(before, after, "predictions changed across save/load");
     assert!(
         TrainedModel::from_bytes(&restored.to_bytes()?)? == restored,
@@ -416,11 +413,9 @@ fn the_image_width_is_chosen_on_validation() -> anyhow::Result<()> {
     let study = |cfg: TrainConfig| -> anyhow::Result<Study> {
         Ok(Trainer::new(cfg, device.clone())?.run_study(&examples, &NoProgress)?)
     };
-    // The width is chosen on the fused network's own validation score; without experts that
-    // is also the model's, so the two can be compared.
+    // The width is chosen on the fused network's own validation score, which is the model's.
     let with_width = |first: usize, others: Vec<usize>| TrainConfig {
         image_proj_candidates: others,
-        baseline_experts: false,
         model: FusionConfig {
             image_proj_dim: first,
             ..config().model
@@ -444,7 +439,6 @@ fn the_image_width_is_chosen_on_validation() -> anyhow::Result<()> {
 
         let alone = study(with_width(best.image_proj_dim, Vec::new()))?;
         assert!(alone.fused.metrics.width_trials.is_empty());
-        assert!(!alone.fused.baseline_experts);
         assert_eq!(alone.fused.metrics.val, searched.fused.metrics.val);
         assert_eq!(alone.fused.metrics.test, searched.fused.metrics.test);
         // Single-modality models have no width to choose between.

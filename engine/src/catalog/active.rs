@@ -2,7 +2,6 @@
 //! the image tuning that computes features for it.
 
 use crate::models::efficientnet_lite::Top;
-use crate::models::experts::PooledClassifier;
 use crate::models::fusion::FusedModel;
 use crate::train::TrainedModel;
 
@@ -10,9 +9,8 @@ use crate::train::TrainedModel;
 pub struct ActiveModel {
     pub version: u32,
     pub trained: TrainedModel,
-    /// What classifies: the fused network, with the baselines voting when the model pools
-    /// them.
-    pub classifier: PooledClassifier,
+    /// The fused network: classifies, and makes the concatenation layer and search vectors.
+    pub classifier: FusedModel,
     /// The fine-tuned image tower top the model reads features from (`--finetune-image`).
     pub image_top: Option<Top>,
 }
@@ -20,6 +18,6 @@ pub struct ActiveModel {
 impl ActiveModel {
     /// The fused network: its concatenation layer and search vectors.
     pub fn model(&self) -> &FusedModel {
-        self.classifier.fused()
+        &self.classifier
     }
 }

@@ -255,7 +255,7 @@ impl Catalog {
                 reason: format!("active model version {version} is missing from the store"),
             })?;
         let trained = TrainedModel::from_bytes(&stored.safetensors)?;
-        let classifier = trained.classifier(&self.device)?;
+        let classifier = trained.load(&self.device)?;
         let image_top = super::image_tuning::load_top(trained.image_tower.as_ref(), self)?;
         let active = Arc::new(ActiveModel {
             version,

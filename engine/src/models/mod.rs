@@ -3,7 +3,6 @@
 /// EfficientNet-Lite0/1/2 (the image tower's network).
 pub mod efficientnet_lite;
 /// The fused network pooled with single-modality experts (late fusion).
-pub mod experts;
 /// The fused image + text classifier whose concatenation layer is the fused search space.
 pub mod fusion;
 /// ImageNet class names for the image tower's logits.

@@ -282,7 +282,7 @@ pub(crate) fn align_joint_heads(
                 .iter()
                 .map(|t| t.index_select(&idx, 0))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let present = field_dropout(&field_cols, &train, chunk, cfg, &mut rng, table)?;
+            let present = field_dropout(&field_cols, &train, chunk, &mut rng, table)?;
             let groups: Vec<Option<&str>> = chunk
                 .iter()
                 .map(|&p| table.groups[train[p]].as_deref())
@@ -367,13 +367,16 @@ fn epoch_order(
     classes.concat()
 }
 
+/// How often the alignment hides each text field of a pair, so the text head learns to place a
+/// query of one field (a title alone) where the pair's full text lies.
+const FIELD_DROPOUT: f32 = 0.3;
+
 /// Presence columns (`[batch, 1]` per field) for the pairs at `chunk` (positions into `train`):
-/// each present field is kept with probability `1 − modality_dropout`, never all of a pair's.
+/// each present field is kept with probability `1 − FIELD_DROPOUT`, never all of a pair's.
 fn field_dropout(
     field_cols: &[&Column],
     train: &[usize],
     chunk: &[usize],
-    cfg: &FusionConfig,
     rng: &mut StdRng,
     table: &FeatureTable,
 ) -> Result<Vec<Tensor>> {
@@ -383,7 +386,7 @@ fn field_dropout(
         let has: Vec<bool> = field_cols.iter().map(|c| c.present_host[r]).collect();
         let mut keep: Vec<bool> = has
             .iter()
-            .map(|&h| h && rng.gen::<f32>() >= cfg.modality_dropout)
+            .map(|&h| h && rng.gen::<f32>() >= FIELD_DROPOUT)
             .collect();
         if !keep.iter().any(|k| *k) {
             keep = has;

@@ -51,10 +51,6 @@ pub struct TrainConfig {
     /// (ties: `model.image_proj_dim`). A narrow image branch suits catalogues whose images
     /// generalise poorly next to their text, a wide one the others; empty: no search.
     pub image_proj_candidates: Vec<usize>,
-    /// Let the image-only and text-only models trained beside the fused network vote in its
-    /// prediction (a product of experts, see `models::experts`), each where it sees an input.
-    /// Only for models that read the image and text; the stored model carries the experts.
-    pub baseline_experts: bool,
     /// Fine-tune the top of the image tower on the labels before training the fused model
     /// (`--finetune-image`; see `train::finetune`). `None`: frozen image features.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +78,6 @@ impl Default for TrainConfig {
             align_class_batches: true,
             label_field: "label".to_string(),
             image_proj_candidates: vec![32],
-            baseline_experts: true,
             finetune_image: None,
             model: FusionConfig {
                 text_fields: Vec::new(),

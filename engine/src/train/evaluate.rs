@@ -148,7 +148,7 @@ pub fn evaluate_model(
         with_input.insert(f.clone(), rows.iter().filter(|&&r| has(&input, r)).count());
     }
 
-    let fused = model.classifier(device)?;
+    let fused = model.load(device)?;
     let mut out = vec![EvaluationRow {
         model: model.variant.clone(),
         removed: None,
@@ -171,7 +171,7 @@ pub fn evaluate_model(
         });
     }
     for baseline in &model.baselines {
-        let loaded = baseline.classifier(device)?;
+        let loaded = baseline.load(device)?;
         out.push(EvaluationRow {
             model: baseline.variant.clone(),
             removed: None,

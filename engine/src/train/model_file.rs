@@ -21,7 +21,6 @@ use super::finetune::FinetuneReport;
 use super::metrics::SplitMetrics;
 use crate::error::{Error, Result};
 use crate::models::efficientnet_lite::{EfficientNetLite, Top};
-use crate::models::experts::PooledClassifier;
 use crate::models::fusion::{FusedModel, FusionConfig, DTYPE};
 
 const FORMAT_KEY: &str = "trio.format";
@@ -71,9 +70,6 @@ struct Header {
     /// Present when the image tower's top was fine-tuned for this model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     image_tower: Option<ImageTowerHeader>,
-    /// Whether the baselines vote in the model's prediction; absent when false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    baseline_experts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,9 +132,6 @@ pub struct TrainedModel {
     /// The fine-tuned image tower top whose features this model reads; `None`: the frozen
     /// tower's features.
     pub image_tower: Option<TunedImageTower>,
-    /// Whether `baselines` vote in this model's prediction as experts beside the fused network
-    /// (see [`crate::models::experts`]); false for models stored before they could.
-    pub baseline_experts: bool,
     /// The weights as a safetensors file.
     weights: Vec<u8>,
 }
@@ -272,7 +265,6 @@ impl TrainedModel {
             fingerprint,
             baselines: Vec::new(),
             image_tower: None,
-            baseline_experts: false,
             weights,
         }
     }
@@ -295,13 +287,6 @@ impl TrainedModel {
         self
     }
 
-    /// The same model with its baselines (see [`TrainedModel::with_baselines`]) voting in its
-    /// prediction as experts.
-    pub fn with_baseline_experts(mut self) -> Self {
-        self.baseline_experts = true;
-        self
-    }
-
     /// The stored baseline named `variant`, if any.
     pub fn baseline(&self, variant: &str) -> Option<&TrainedModel> {
         self.baselines.iter().find(|b| b.variant == variant)
@@ -320,7 +305,6 @@ impl TrainedModel {
                 network: t.network.clone(),
                 report: t.report.clone(),
             }),
-            baseline_experts: self.baseline_experts,
         }
     }
 
@@ -497,7 +481,6 @@ impl TrainedModel {
             fingerprint: header.fingerprint,
             baselines,
             image_tower: None,
-            baseline_experts: header.baseline_experts,
             weights,
         }
     }
@@ -507,24 +490,6 @@ impl TrainedModel {
         let tensors = safetensors_to_tensors(&self.weights, device)?;
         let vb = VarBuilder::from_tensors(tensors, DTYPE, device);
         FusedModel::load(vb, &self.config)
-    }
-
-    /// Builds the classifier on `device`: the fused network, with its baselines as experts
-    /// when it pools them (see [`TrainedModel::with_baseline_experts`]).
-    pub fn classifier(&self, device: &Device) -> Result<PooledClassifier> {
-        let mut experts = Vec::new();
-        if self.baseline_experts {
-            for b in &self.baselines {
-                if b.labels != self.labels {
-                    return Err(format_error(format!(
-                        "baseline `{}` of `{}` has other labels than the model",
-                        b.variant, self.variant
-                    )));
-                }
-                experts.push(b.load(device)?);
-            }
-        }
-        Ok(PooledClassifier::new(self.load(device)?, experts))
     }
 
     /// The `k` most probable labels of one probability row, best first.

@@ -1,18 +1,16 @@
-//! The input branches (tuning layer, presence gate, learned "missing" embedding) and the
-//! late-fusion heads on them.
+//! The input branches (tuning layer, presence gate) and the two experts' heads on them.
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{linear, Init, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 use super::FusionConfig;
 use crate::error::Result;
 use crate::models::frozen_input::linear_on_frozen;
 
-/// One input branch: tuning layer, learned "missing" embedding, optional joint head.
+/// One input branch: tuning layer, optional joint head.
 #[derive(Debug, Clone)]
 pub(super) struct Branch {
     pub(super) tuning: Linear,
-    pub(super) missing: Tensor,
     pub(super) joint: Option<Linear>,
     pub(super) span: tracing::Span,
 }
@@ -26,14 +24,12 @@ impl Branch {
         name: &str,
     ) -> Result<Self> {
         let tuning = linear(in_dim, out_dim, vb.pp("tuning"))?;
-        let missing = vb.get_with_hints(out_dim, "missing", Init::Const(0.0))?;
         let joint = match joint_dim {
             Some(j) => Some(linear(out_dim, j, vb.pp("joint"))?),
             None => None,
         };
         Ok(Self {
             tuning,
-            missing,
             joint,
             span: tracing::trace_span!("fusion.branch", name = name),
         })
@@ -49,11 +45,10 @@ impl Branch {
         })
     }
 
-    /// `visible · h + (1 − visible) · missing`.
+    /// `visible · h`: an absent (or hidden) input contributes zeros, which the expert's head
+    /// reads as "no evidence" (a learned "missing" vector measured no better: BENCHMARKS.md).
     pub(super) fn gate(&self, h: &Tensor, visible: &Tensor) -> Result<Tensor> {
-        Ok(h.broadcast_sub(&self.missing)?
-            .broadcast_mul(visible)?
-            .broadcast_add(&self.missing)?)
+        Ok(h.broadcast_mul(visible)?)
     }
 
     /// The unit joint-space vector of `h` (a head on the branch output).
@@ -65,16 +60,18 @@ impl Branch {
     }
 }
 
-/// The late-fusion and auxiliary classification heads (`branch_heads`): one on the image
-/// projection, one per text tuning layer (auxiliary loss only), one on all the text together.
+/// The experts' classification heads: one on the image projection, one on each text field's
+/// tuning layer. Each trains with its own loss on the rows where its input is present, so no
+/// expert leans on another and any subset of inputs is a model trained for it (see the module
+/// documentation).
 #[derive(Debug, Clone)]
-pub(super) struct BranchHeads {
+pub(super) struct ExpertHeads {
     pub(super) image: Option<Linear>,
     pub(super) fields: Vec<Linear>,
-    pub(super) all_text: Option<Linear>,
 }
 
-impl BranchHeads {
+impl ExpertHeads {
+    /// Variables `image.{weight,bias}` and `text.<field>.{weight,bias}` under `vb`.
     pub(super) fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
         let image = if cfg.use_image {
             Some(linear(cfg.image_proj_dim, cfg.num_classes, vb.pp("image"))?)
@@ -86,20 +83,7 @@ impl BranchHeads {
             .iter()
             .map(|f| linear(cfg.text_tuning_dim, cfg.num_classes, vb.pp("text").pp(f)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let all_text = if cfg.text_fields.is_empty() {
-            None
-        } else {
-            Some(linear(
-                cfg.text_fields.len() * cfg.text_tuning_dim,
-                cfg.num_classes,
-                vb.pp("all_text"),
-            )?)
-        };
-        Ok(Self {
-            image,
-            fields,
-            all_text,
-        })
+        Ok(Self { image, fields })
     }
 }
 

@@ -74,67 +74,23 @@ pub struct FusionBatch {
     pub text: Vec<Modality>,
 }
 
-/// Training-time randomness, drawn by the caller from a seeded generator.
+/// Training-time randomness (dropout masks), drawn by the caller from a seeded generator.
 #[derive(Debug, Clone)]
 pub struct TrainNoise {
     /// Scaled keep masks (`0` or `1/(1-p)`) for the image branch output, `[batch, proj]`.
     pub(super) image_dropout: Option<Tensor>,
     /// Same, one per text field, `[batch, tuning]`.
     pub(super) text_dropout: Vec<Tensor>,
-    /// Modality dropout for the classifier path: 0.0 hides the image, `[batch, 1]`.
-    pub(super) image_visible: Option<Tensor>,
-    /// Same, one per text field.
-    pub(super) text_visible: Vec<Tensor>,
 }
 
 impl TrainNoise {
-    /// Draws dropout and modality-dropout masks for one batch. `image_present[i]` and
-    /// `text_present[f][i]` say which inputs row `i` really has; modality dropout never hides
-    /// every input of a row.
+    /// Draws the dropout masks for a batch of `rows`.
     pub fn sample<R: Rng>(
         cfg: &FusionConfig,
-        image_present: &[bool],
-        text_present: &[Vec<bool>],
+        rows: usize,
         rng: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let rows = image_present.len();
-        let p = cfg.modality_dropout;
-        let p_image = cfg.image_hide_rate();
-        let n_fields = cfg.text_fields.len();
-        let mut image_visible = vec![1f32; rows];
-        let mut text_visible = vec![vec![1f32; rows]; n_fields];
-        for i in 0..rows {
-            let has_image = cfg.use_image && image_present[i];
-            let mut show_image = has_image;
-            let mut show_text: Vec<bool> = (0..n_fields).map(|f| text_present[f][i]).collect();
-            // The draws are made whatever the row holds, so one row's content never shifts the
-            // random stream of the rows after it.
-            let drop_image = rng.gen::<f32>() < p_image;
-            let drop_all_text = rng.gen::<f32>() < p;
-            let drop_field: Vec<bool> = (0..n_fields).map(|_| rng.gen::<f32>() < p).collect();
-            if drop_image {
-                show_image = false;
-            }
-            if drop_all_text {
-                show_text.iter_mut().for_each(|s| *s = false);
-            }
-            for (s, d) in show_text.iter_mut().zip(&drop_field) {
-                if *d {
-                    *s = false;
-                }
-            }
-            if !show_image && !show_text.iter().any(|s| *s) {
-                // Never hide everything: the row would teach the classifier nothing.
-                show_image = has_image;
-                show_text = (0..n_fields).map(|f| text_present[f][i]).collect();
-            }
-            image_visible[i] = if show_image { 1.0 } else { 0.0 };
-            for f in 0..n_fields {
-                text_visible[f][i] = if show_text[f] { 1.0 } else { 0.0 };
-            }
-        }
-        let column = |v: Vec<f32>| Tensor::from_vec(v, (rows, 1), device);
         let mut mask = |width: usize, rate: f32| -> Result<Tensor> {
             let keep = 1.0 - rate;
             let scale = 1.0 / keep;
@@ -150,22 +106,13 @@ impl TrainNoise {
         };
         let mut text_dropout = Vec::new();
         if cfg.dropout > 0.0 {
-            for _ in 0..n_fields {
+            for _ in &cfg.text_fields {
                 text_dropout.push(mask(cfg.text_tuning_dim, cfg.dropout)?);
             }
         }
         Ok(Self {
             image_dropout,
             text_dropout,
-            image_visible: if cfg.use_image {
-                Some(column(image_visible)?)
-            } else {
-                None
-            },
-            text_visible: text_visible
-                .into_iter()
-                .map(column)
-                .collect::<candle_core::Result<_>>()?,
         })
     }
 }

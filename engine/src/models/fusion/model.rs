@@ -1,9 +1,10 @@
 //! The fused model: load from a `VarBuilder`, the forward pass, prediction and vectors.
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_core::{Device, Module, Tensor, D};
+use candle_nn::ops::log_softmax;
+use candle_nn::VarBuilder;
 
-use super::branches::{l2_normalise, Branch, BranchHeads};
+use super::branches::{l2_normalise, Branch, ExpertHeads};
 use super::inputs::{batch_from_inputs, FusionBatch, ModalityInputs, TrainNoise};
 use super::joint::{FeatureHeads, JointHead};
 use super::{FusionConfig, JointInput};
@@ -12,9 +13,10 @@ use crate::error::{Error, Result};
 /// Everything one forward pass produces.
 #[derive(Debug, Clone)]
 pub struct FusionOutput {
-    /// Class scores before softmax, `[batch, classes]`.
+    /// The pooled experts' log-probabilities, `[batch, classes]` (unnormalised: their softmax
+    /// is the prediction).
     pub logits: Tensor,
-    /// The concatenation layer, `[batch, concat_dim]`: what the classifier reads.
+    /// The concatenation layer, `[batch, concat_dim]`: what the experts' heads read.
     pub concat: Tensor,
     /// Unit image vectors in the joint space, `[batch, joint]`, when the model has joint heads
     /// (not computed while training heads on frozen features, which align on their own). Rows
@@ -26,10 +28,9 @@ pub struct FusionOutput {
     /// The unit search vector, `[batch, search_dim]` (without training noise; while training
     /// heads on frozen features it is the normalised concatenation layer).
     pub search: Tensor,
-    /// Each branch head's logits beside the rows where its input was visible (`[batch, 1]`),
-    /// for the auxiliary losses: the image, each text field (only while training), then all
-    /// text. Empty without `branch_heads`.
-    pub branch_logits: Vec<(Tensor, Tensor)>,
+    /// Each expert's logits beside the rows where its input was visible (`[batch, 1]`), for
+    /// the experts' own losses: the image expert, then the text expert.
+    pub expert_logits: Vec<(Tensor, Tensor)>,
 }
 
 /// The fused classifier and search encoder. See the module documentation for the design.
@@ -40,17 +41,16 @@ pub struct FusedModel {
     pub(super) text: Vec<Branch>,
     /// Present with `joint_input = features` on a model with both modalities.
     pub(super) feature_heads: Option<FeatureHeads>,
-    pub(super) classifier: Linear,
-    pub(super) heads: Option<BranchHeads>,
+    pub(super) heads: ExpertHeads,
     pub(super) device: Device,
     pub(super) span: tracing::Span,
 }
 
 impl FusedModel {
     /// Builds the model from `vb`. Variable names: `image.tuning.{weight,bias}`,
-    /// `image.missing`, `text.<field>.…`, `classifier.{weight,bias}`; the joint heads:
-    /// `joint.{image,text}.{hidden,out}.…` on features, or `image.joint.…`, `text.<field>.joint.…`
-    /// on branch outputs; and with `branch_heads`, `heads.{image,all_text,text.<field>}.{weight,bias}`.
+    /// `text.<field>.tuning.…`, the experts' heads `heads.{image,all_text}.{weight,bias}`; the
+    /// joint heads: `joint.{image,text}.{hidden,out}.…` on features, or `image.joint.…`,
+    /// `text.<field>.joint.…` on branch outputs.
     pub fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
         cfg.validate()?;
         let joint = (cfg.has_joint() && cfg.joint_input == JointInput::BranchOutputs)
@@ -87,18 +87,12 @@ impl FusedModel {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let classifier = linear(cfg.concat_dim(), cfg.num_classes, vb.pp("classifier"))?;
-        let heads = if cfg.branch_heads {
-            Some(BranchHeads::load(vb.pp("heads"), cfg)?)
-        } else {
-            None
-        };
+        let heads = ExpertHeads::load(vb.pp("heads"), cfg)?;
         Ok(Self {
             cfg: cfg.clone(),
             image,
             text,
             feature_heads,
-            classifier,
             heads,
             device: vb.device().clone(),
             span: tracing::trace_span!("fusion.forward"),
@@ -137,7 +131,7 @@ impl FusedModel {
             }
         };
         let mut image_in = None;
-        // Each branch's output and the rows where it is visible, for the branch heads.
+        // Each branch's output and the rows where its input is present, for the experts.
         let mut image_seen = None;
         let mut text_seen = Vec::with_capacity(self.text.len());
         let mut image_present = None;
@@ -148,10 +142,7 @@ impl FusedModel {
                 )
             })?;
             let h = branch.hidden(&m.features, noise.and_then(|n| n.image_dropout.as_ref()))?;
-            let visible = match noise.and_then(|n| n.image_visible.as_ref()) {
-                Some(v) => (&m.present * v)?,
-                None => m.present.clone(),
-            };
+            let visible = m.present.clone();
             parts.push(branch.gate(&h, &visible)?);
             image_in = Some(joint_in(&m.features, &h));
             image_present = Some(m.present.clone());
@@ -161,46 +152,47 @@ impl FusedModel {
         for (f, (branch, m)) in self.text.iter().zip(&batch.text).enumerate() {
             let dropout = noise.and_then(|n| n.text_dropout.get(f));
             let h = branch.hidden(&m.features, dropout)?;
-            let visible = match noise.and_then(|n| n.text_visible.get(f)) {
-                Some(v) => (&m.present * v)?,
-                None => m.present.clone(),
-            };
+            let visible = m.present.clone();
             parts.push(branch.gate(&h, &visible)?);
             text_in.push(joint_in(&m.features, &h));
             text_seen.push((h, visible));
         }
         let concat = Tensor::cat(&parts, 1)?;
-        let mut logits = self.classifier.forward(&concat)?;
-        let mut branch_logits = Vec::new();
-        if let Some(heads) = &self.heads {
-            // Late fusion: a visible input's expert adds its logits (a product of experts).
-            if let (Some(head), Some((h, visible))) = (&heads.image, &image_seen) {
-                let z = head.forward(h)?;
-                logits = (logits + z.broadcast_mul(visible)?)?;
-                branch_logits.push((z, visible.clone()));
-            }
-            if noise.is_some() {
-                // The per-field heads only train their tuning layers (auxiliary losses).
-                for (head, (h, visible)) in heads.fields.iter().zip(&text_seen) {
-                    branch_logits.push((head.forward(h)?, visible.clone()));
-                }
-            }
-            if let Some(head) = &heads.all_text {
-                let first_text = usize::from(image_seen.is_some());
-                let z = head.forward(&Tensor::cat(&parts[first_text..], 1)?)?;
-                let mut any: Option<Tensor> = None;
-                for (_, visible) in &text_seen {
-                    any = Some(match any {
-                        Some(a) => a.maximum(visible)?,
-                        None => visible.clone(),
-                    });
-                }
-                if let Some(any) = any {
-                    logits = (logits + z.broadcast_mul(&any)?)?;
-                    branch_logits.push((z, any));
-                }
-            }
+        // Late fusion: each expert's log-probabilities where its input is present, the
+        // image's weighted by `image_weight` where some text votes too (a product of experts).
+        let mut expert_logits = Vec::with_capacity(1 + self.text.len());
+        let mut votes: Option<Tensor> = None;
+        let mut add = |vote: Tensor| -> Result<()> {
+            votes = Some(match votes.take() {
+                Some(v) => (v + vote)?,
+                None => vote,
+            });
+            Ok(())
+        };
+        let mut any_text: Option<Tensor> = None;
+        for (head, (h, visible)) in self.heads.fields.iter().zip(&text_seen) {
+            let z = head.forward(h)?;
+            add(log_softmax(&z, D::Minus1)?.broadcast_mul(visible)?)?;
+            any_text = Some(match any_text {
+                Some(a) => a.maximum(visible)?,
+                None => visible.clone(),
+            });
+            expert_logits.push((z, visible.clone()));
         }
+        if let (Some(head), Some((h, visible))) = (&self.heads.image, &image_seen) {
+            let z = head.forward(h)?;
+            let weight = match &any_text {
+                // 1 where the image votes alone, `image_weight` where some text votes too.
+                Some(any) => ((any * f64::from(self.cfg.image_weight - 1.0))? + 1.0)?
+                    .broadcast_mul(visible)?,
+                None => visible.clone(),
+            };
+            add(log_softmax(&z, D::Minus1)?.broadcast_mul(&weight)?)?;
+            expert_logits.insert(0, (z, visible.clone()));
+        }
+        let logits = votes.ok_or_else(|| {
+            Error::InvalidArgument("a fused model needs the image or some text".into())
+        })?;
         let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
         // Heads on frozen features are aligned on their own (`train::align`): training the
         // classifier has no use for them.
@@ -226,7 +218,7 @@ impl FusedModel {
             joint_image,
             joint_text,
             search,
-            branch_logits,
+            expert_logits,
         })
     }
 

@@ -17,15 +17,15 @@ impl Trainer {
         let (cfg, model) = (&run.cfg, &run.model);
         let step = |rows: &[usize], rng: &mut StdRng| -> Result<Tensor> {
             let (batch, image_host, text_host) = table.fusion_batch(rows, cfg, None)?;
-            let noise = TrainNoise::sample(cfg, &image_host, &text_host, rng, &self.device)?;
+            let noise = TrainNoise::sample(cfg, rows.len(), rng, &self.device)?;
             let out = model.forward(&batch, Some(&noise))?;
             let labels = table.label_tensor(rows)?;
-            let mut loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
-            if cfg.aux_weight > 0.0 {
-                for (logits, visible) in &out.branch_logits {
-                    if let Some(aux) = masked_cross_entropy(logits, &labels, visible)? {
-                        loss = (loss + (aux * f64::from(cfg.aux_weight))?)?;
-                    }
+            // Each expert learns on its own rows: the pooled prediction is never trained, so
+            // neither expert comes to lean on the other (see `models::fusion`).
+            let mut loss = Tensor::zeros((), DTYPE, &self.device)?;
+            for (logits, visible) in &out.expert_logits {
+                if let Some(expert) = masked_cross_entropy(logits, &labels, visible)? {
+                    loss = (loss + expert)?;
                 }
             }
             if let (Some(ji), Some(jt)) = (&out.joint_image, &out.joint_text) {
@@ -101,8 +101,7 @@ impl Trainer {
         print: &str,
     ) -> Result<TrainedModel> {
         let started = Instant::now();
-        let alone = PooledClassifier::new(run.model.clone(), Vec::new());
-        let test = evaluate_fused(&alone, table, &split.test, None)?;
+        let test = evaluate_fused(&run.model, table, &split.test, None)?;
         let metrics = ModelMetrics {
             val: fit.val,
             test,
@@ -300,7 +299,7 @@ pub(super) fn sorted_vars(varmap: &VarMap, keep: impl Fn(&str) -> bool) -> Resul
 }
 
 /// Overwrites every variable with values from a generator seeded by `seed`: weights and biases
-/// uniform in ±1/√fan_in (PyTorch's `Linear` default), learned "missing" embeddings zero.
+/// uniform in ±1/√fan_in (PyTorch's `Linear` default), any other variable zero.
 /// Variables are visited in name order so the draw does not depend on map iteration order.
 pub(crate) fn reinit_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
     let vars = varmap.data().lock().map_err(|_| {

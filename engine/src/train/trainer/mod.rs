@@ -31,7 +31,6 @@ use super::optim::{AdamWParams, HostAdamW};
 use super::split::{self, Split};
 use super::{fingerprint, Example};
 use crate::error::{Error, Result};
-use crate::models::experts::PooledClassifier;
 use crate::models::fusion::{info_nce, FusedModel, FusionConfig, JointInput, TrainNoise, DTYPE};
 use crate::progress::Progress;
 
@@ -180,11 +179,8 @@ impl Trainer {
         let (run, fit, align_seconds) =
             self.choose(fused_runs, fits, align_seconds, &table, &split, progress)?;
         let mut fused = self.finish_fused(run, &table, &split, fit, align_seconds, &print)?;
-        if self.cfg.baseline_experts {
-            if let (Some(image), Some(text)) = (&image_only, &text_only) {
-                fused = self.pool_experts(fused, [image, text], &table, &split)?;
-            }
-        }
+        // The baselines travel with the model, so `trio eval` can score them on new data.
+        fused = fused.with_baselines(image_only.iter().chain(&text_only).cloned().collect());
         let mut rows = vec![logistic.ok_or_else(|| missing("logistic regression"))?];
         rows.extend(image_only.iter().chain(&text_only).map(row_of));
         rows.push(row_of(&fused));
@@ -206,27 +202,6 @@ impl Trainer {
             image_only,
             text_only,
         })
-    }
-
-    /// `fused` with `experts` (trained on the same split) voting in its prediction, its
-    /// validation and test scores those of the pooled prediction. The width trials keep the
-    /// fused network's own validation scores, on which its width was chosen.
-    fn pool_experts(
-        &self,
-        fused: TrainedModel,
-        experts: [&TrainedModel; 2],
-        table: &FeatureTable,
-        split: &Split,
-    ) -> Result<TrainedModel> {
-        let started = Instant::now();
-        let mut pooled = fused
-            .with_baselines(experts.into_iter().cloned().collect())
-            .with_baseline_experts();
-        let classifier = self.check_labels(&pooled, table)?;
-        pooled.metrics.val = evaluate_fused(&classifier, table, &split.val, None)?;
-        pooled.metrics.test = evaluate_fused(&classifier, table, &split.test, None)?;
-        pooled.metrics.seconds += started.elapsed().as_secs_f64();
-        Ok(pooled)
     }
 
     /// Trains one fused-family variant reading `inputs` on `split` and scores it.
@@ -284,7 +259,7 @@ impl Trainer {
         &self,
         model: &TrainedModel,
         table: &FeatureTable,
-    ) -> Result<PooledClassifier> {
+    ) -> Result<FusedModel> {
         if model.labels != table.label_names {
             return Err(Error::InvalidArgument(format!(
                 "model `{}` knows {} labels, the examples have {}: it was trained on other data",
@@ -293,7 +268,7 @@ impl Trainer {
                 table.label_names.len()
             )));
         }
-        model.classifier(&self.device)
+        model.load(&self.device)
     }
 
     /// Drops from the split the labelled examples that have no input at all, with a warning.
@@ -391,17 +366,17 @@ pub(crate) fn fused_logits(
     Ok(out)
 }
 
-/// Scores `model`'s (pooled) prediction on `rows`, with `hide` removed from every row.
+/// Scores `model`'s prediction on `rows`, with `hide` removed from every row.
 pub(crate) fn evaluate_fused(
-    model: &PooledClassifier,
+    model: &FusedModel,
     table: &FeatureTable,
     rows: &[usize],
     hide: Option<&Input>,
 ) -> Result<SplitMetrics> {
     let mut logits = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(EVAL_CHUNK) {
-        let log_probs = model.log_probs(|cfg, _| Ok(table.fusion_batch(chunk, cfg, hide)?.0))?;
-        logits.extend(log_probs.to_vec2::<f32>()?);
+        let batch = table.fusion_batch(chunk, model.config(), hide)?.0;
+        logits.extend(model.forward(&batch, None)?.logits.to_vec2::<f32>()?);
     }
     Ok(SplitMetrics::from_logits(&logits, &labels_of(table, rows)?))
 }

@@ -158,9 +158,9 @@ mod tests {
         Ok(())
     }
 
-    /// The prediction adds the experts' log-probabilities where their inputs are present, the
-    /// image's times `image_weight` where some text votes too; an item with one input gets that
-    /// expert's prediction alone.
+    /// The prediction averages the experts' log-probabilities where their inputs are present,
+    /// the image's weighted by `image_weight` where some text votes too; an item with one
+    /// input gets that expert's prediction alone.
     #[test]
     fn the_prediction_pools_the_experts_of_the_inputs_present() -> Result<()> {
         let cfg = FusionConfig {
@@ -196,8 +196,10 @@ mod tests {
             },
         ];
         let p = model.predict(&items)?;
+        // The weighted geometric mean of the three experts (weights w, 1, 1).
+        let total_weight = cfg.image_weight + 2.0;
         let pooled: Vec<f32> = (0..3)
-            .map(|c| p[0][c].powf(cfg.image_weight) * p[1][c] * p[2][c])
+            .map(|c| (p[0][c].powf(cfg.image_weight) * p[1][c] * p[2][c]).powf(1.0 / total_weight))
             .collect();
         let total: f32 = pooled.iter().sum();
         for c in 0..3 {

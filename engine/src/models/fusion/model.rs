@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 /// Everything one forward pass produces.
 #[derive(Debug, Clone)]
 pub struct FusionOutput {
-    /// The pooled experts' log-probabilities, `[batch, classes]` (unnormalised: their softmax
-    /// is the prediction).
+    /// The pooled experts' weighted mean log-probabilities, `[batch, classes]` (unnormalised:
+    /// their softmax is the prediction).
     pub logits: Tensor,
     /// The concatenation layer, `[batch, concat_dim]`: what the experts' heads read.
     pub concat: Tensor,
@@ -161,18 +161,19 @@ impl FusedModel {
         // Late fusion: each expert's log-probabilities where its input is present, the
         // image's weighted by `image_weight` where some text votes too (a product of experts).
         let mut expert_logits = Vec::with_capacity(1 + self.text.len());
-        let mut votes: Option<Tensor> = None;
-        let mut add = |vote: Tensor| -> Result<()> {
+        let mut votes: Option<(Tensor, Tensor)> = None;
+        let mut add = |log_p: Tensor, weight: &Tensor| -> Result<()> {
+            let vote = log_p.broadcast_mul(weight)?;
             votes = Some(match votes.take() {
-                Some(v) => (v + vote)?,
-                None => vote,
+                Some((v, w)) => ((v + vote)?, (w + weight)?),
+                None => (vote, weight.clone()),
             });
             Ok(())
         };
         let mut any_text: Option<Tensor> = None;
         for (head, (h, visible)) in self.heads.fields.iter().zip(&text_seen) {
             let z = head.forward(h)?;
-            add(log_softmax(&z, D::Minus1)?.broadcast_mul(visible)?)?;
+            add(log_softmax(&z, D::Minus1)?, visible)?;
             any_text = Some(match any_text {
                 Some(a) => a.maximum(visible)?,
                 None => visible.clone(),
@@ -187,12 +188,16 @@ impl FusedModel {
                     .broadcast_mul(visible)?,
                 None => visible.clone(),
             };
-            add(log_softmax(&z, D::Minus1)?.broadcast_mul(&weight)?)?;
+            add(log_softmax(&z, D::Minus1)?, &weight)?;
             expert_logits.insert(0, (z, visible.clone()));
         }
-        let logits = votes.ok_or_else(|| {
+        let (votes, weights) = votes.ok_or_else(|| {
             Error::InvalidArgument("a fused model needs the image or some text".into())
         })?;
+        // Divided by the votes' total weight: a weighted geometric mean of the experts, as sure
+        // as one expert rather than as sure as their product, so probabilities stay calibrated
+        // for label-noise ranking and confidences; the ranking of classes is the product's.
+        let logits = votes.broadcast_div(&weights.clamp(1f32, f32::MAX)?)?;
         let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
         // Heads on frozen features are aligned on their own (`train::align`): training the
         // classifier has no use for them.

@@ -11,8 +11,9 @@
 //!
 //! The study's branches (a tuning layer per input, concatenated), fused late: an image expert
 //! and a text expert each classify from their own branches, each trained with its own loss on
-//! the rows where it sees its input, and the prediction adds their log-probabilities (a product
-//! of experts), the image's weighted by `image_weight` where both vote. A dense classifier on
+//! the rows where it sees its input, and the prediction is the weighted mean of their
+//! log-probabilities (a product of experts, as sure as one expert), the image's weighted by
+//! `image_weight` where some text votes too. A dense classifier on
 //! the whole concatenation layer (early fusion) learns how the modalities co-occur in the
 //! training pictures, and that does not carry to pictures of another style; measured on both
 //! evaluation protocols, late fusion kept the lead over text that early fusion lost

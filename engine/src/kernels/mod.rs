@@ -7,5 +7,7 @@
 pub(crate) mod conv;
 /// The fused transformer encoder's packed matrix products, attention, layer norm, activations.
 pub(crate) mod encoder;
+/// MobileNet-style network bodies on plain slices, each inverted-residual block fused.
+pub(crate) mod mbconv;
 /// Dot products and normalisation of vectors, the inner loop of every search.
 pub(crate) mod vector;

@@ -6,11 +6,12 @@
 //!   every block's expand → depthwise → project fused (`kernels/mbconv.rs`);
 //! - `layers`: the same kernels one layer at a time over the whole batch, each layer's output a
 //!   tensor (what fine-tuning runs: `tuned_features` with a top of every block, so without the
-//!   classifier).
+//!   classifier; always f32).
 //!
 //! ```sh
 //! TRIO_HOME=~/.cache/trio RAYON_NUM_THREADS=2 \
-//!     cargo run -p trio-lab --example image_layers -- [--seconds 3] [--batch 1,8,32]
+//!     cargo run -p trio-lab --example image_layers -- [--seconds 3] [--batch 1,8,32] \
+//!         [--precision f32|bf16]
 //! ```
 //!
 //! Inputs are the five test photos cycled, prepared once. A span's time is summed over every
@@ -30,6 +31,7 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 use trio_engine::towers::image::{ImageTower, ImageTowerConfig, PreparedImage};
+use trio_engine::towers::Precision;
 use trio_engine::DeviceChoice;
 
 const PHOTOS: [&str; 5] = [
@@ -79,10 +81,12 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Timer {
 fn main() -> anyhow::Result<()> {
     let mut seconds = 3.0f64;
     let mut batches = vec![1usize, 8, 32];
+    let mut precision = Precision::F32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
+            "--precision" => precision = args.next().context("--precision f32|bf16")?.parse()?,
             "--batch" => {
                 batches = args
                     .next()
@@ -106,7 +110,7 @@ fn main() -> anyhow::Result<()> {
     let cpu = DeviceChoice::Cpu.resolve()?;
     let tower = ImageTower::load(
         &home.join("models/efficientnet-lite0/efficientnet-lite0.pth"),
-        &ImageTowerConfig::lite0(),
+        &ImageTowerConfig::lite0().with_precision(precision),
         &cpu,
     )?;
     let pre = tower.preprocessor();

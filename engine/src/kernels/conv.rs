@@ -510,6 +510,11 @@ fn depthwise_row_avx2(
     depthwise_row::<true>(weight, bias, image, g, oy, out)
 }
 
+/// The AVX-512 depthwise row. Pixels whose window lies inside the row's width go through
+/// register blocks of up to 8 pixels x 16 channels: each weight vector loaded serves every
+/// pixel of the block, and the accumulators stay in registers over all taps (the portable
+/// loop reloads and stores each pixel's channels once per tap). Border pixels and channel
+/// counts that are not a multiple of 16 take the portable loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn depthwise_row_avx512(
@@ -520,7 +525,96 @@ fn depthwise_row_avx512(
     oy: usize,
     out: &mut [f32],
 ) {
-    depthwise_row::<true>(weight, bias, image, g, oy, out)
+    use std::arch::x86_64::*;
+    let c = g.c;
+    let ow = out.len() / c;
+    if !c.is_multiple_of(16) {
+        return depthwise_pixels::<true>(weight, bias, image, g, oy, out, 0..ow);
+    }
+    // Output columns whose taps all fall inside the input's width.
+    let lo = g.pad_left.div_ceil(g.s).min(ow);
+    let hi = if g.w + g.pad_left >= g.k {
+        ((g.w + g.pad_left - g.k) / g.s + 1).min(ow)
+    } else {
+        0
+    }
+    .max(lo);
+    depthwise_pixels::<true>(weight, bias, image, g, oy, out, 0..lo);
+    depthwise_pixels::<true>(weight, bias, image, g, oy, out, hi..ow);
+    let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+    assert!(
+        bias.len() >= c
+            && weight.len() >= g.k * g.k * c
+            && (ky0 == ky1 || image.len() >= ((oy * g.s + ky1 - g.pad_top - g.row0) * g.w) * c)
+    );
+
+    /// `P` pixels from column `ox`, channels `cv .. cv + 16`.
+    ///
+    /// # Safety
+    /// AVX-512F; the pixels' taps (rows `ky0..ky1`, all `k` columns) inside `image`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const P: usize>(
+        weight: &[f32],
+        bias: __m512,
+        image: &[f32],
+        g: &Geometry,
+        oy: usize,
+        (ky0, ky1): (usize, usize),
+        ox: usize,
+        cv: usize,
+        out: &mut [f32],
+    ) {
+        let c = g.c;
+        let mut acc = [bias; P];
+        // SAFETY: the caller's window keeps every input index inside `image` and every output
+        // index inside `out`; the assertion in the caller bounds the weights.
+        unsafe {
+            for ky in ky0..ky1 {
+                let row = image
+                    .as_ptr()
+                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
+                let taps = weight.as_ptr().add(ky * g.k * c + cv);
+                for kx in 0..g.k {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    let first = ox * g.s + kx - g.pad_left;
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let x = _mm512_loadu_ps(row.add((first + p * g.s) * c));
+                        *a = _mm512_fmadd_ps(x, w, *a);
+                    }
+                }
+            }
+            let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+            for (p, a) in acc.iter().enumerate() {
+                let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                _mm512_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cv), y);
+            }
+        }
+    }
+
+    for cv in (0..c).step_by(16) {
+        // SAFETY: `cv + 16 <= c <= bias.len()`.
+        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
+        let mut ox = lo;
+        let taps = (ky0, ky1);
+        // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
+        // `tap_range`, and the window holds them (asserted above).
+        unsafe {
+            while ox + 8 <= hi {
+                block::<8>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 8;
+            }
+            while ox + 4 <= hi {
+                block::<4>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 4;
+            }
+            while ox < hi {
+                block::<1>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 1;
+            }
+        }
+    }
 }
 
 /// One output row: every pixel starts from the bias, adds its in-bounds taps one at a time
@@ -535,9 +629,25 @@ fn depthwise_row<const FMA: bool>(
     oy: usize,
     out: &mut [f32],
 ) {
+    let ow = out.len() / g.c;
+    depthwise_pixels::<FMA>(weight, bias, image, g, oy, out, 0..ow)
+}
+
+/// [`depthwise_row`] for the output columns in `columns` only (`out` is the whole row).
+#[inline(always)]
+fn depthwise_pixels<const FMA: bool>(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+    columns: std::ops::Range<usize>,
+) {
     let c = g.c;
     let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-    for (ox, px) in out.chunks_exact_mut(c).enumerate() {
+    for ox in columns {
+        let px = &mut out[ox * c..(ox + 1) * c];
         let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
         px.copy_from_slice(&bias[..c]);
         for ky in ky0..ky1 {
@@ -1368,11 +1478,22 @@ mod tests {
     #[test]
     fn depthwise_matches_a_naive_convolution() {
         let dev = Device::Cpu;
-        for (k, s, h, w, c) in [(3, 2, 9, 8, 12), (5, 1, 6, 7, 16), (5, 2, 10, 10, 3)] {
+        // Widths that fill 8- and 4-pixel register blocks and leave remainders, channel
+        // counts that are and are not a multiple of the 16-lane vector.
+        for (k, s, h, w, c) in [
+            (3, 2, 9, 8, 12),
+            (5, 1, 6, 7, 16),
+            (5, 2, 10, 10, 3),
+            (3, 1, 5, 30, 32),
+            (5, 2, 11, 41, 48),
+            (5, 1, 7, 7, 64),
+            (3, 2, 8, 28, 16),
+        ] {
             let x = Tensor::randn(0f32, 1., (2, h, w, c), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
             let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
-            let got = Depthwise::new(&wt, &b, s).unwrap().forward(&x).unwrap();
+            let layer = Depthwise::new(&wt, &b, s).unwrap();
+            let got = layer.forward(&x).unwrap();
 
             // Reference: candle's grouped conv2d in NCHW on explicitly padded input.
             let (oh, t, bo) = same_padding(h, k, s);
@@ -1398,6 +1519,37 @@ mod tests {
                 .permute((0, 2, 3, 1))
                 .unwrap();
             assert_eq!(got.dims(), [2, oh, ow, c]);
+            // Every instruction set's row kernel, image by image, from a window that starts
+            // one row in (as the fused blocks hold them) where the taps allow.
+            let want_rows = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for isa in Isa::available() {
+                for image in 0..2 {
+                    let src = &input[image * h * w * c..(image + 1) * h * w * c];
+                    let mut out = vec![f32::NAN; oh * ow * c];
+                    layer.rows(isa, src, 0, (h, w), 0, &mut out);
+                    let want = &want_rows[image * oh * ow * c..(image + 1) * oh * ow * c];
+                    let diff = out
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "{isa:?} k{k} s{s} {h}x{w}x{c}: {diff}");
+                    // Rows from oy = 1 on read input rows from `1 * s - top` on.
+                    let first = s.saturating_sub(t);
+                    let mut tail = vec![f32::NAN; (oh - 1) * ow * c];
+                    layer.rows(isa, &src[first * w * c..], first, (h, w), 1, &mut tail);
+                    let diff = tail
+                        .iter()
+                        .zip(&want[ow * c..])
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-4,
+                        "{isa:?} k{k} s{s} {h}x{w}x{c} from row 1: {diff}"
+                    );
+                }
+            }
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(
                 diff.to_dtype(DType::F32)

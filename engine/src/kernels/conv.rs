@@ -513,8 +513,10 @@ fn depthwise_row_avx2(
 /// The AVX-512 depthwise row. Pixels whose window lies inside the row's width go through
 /// register blocks of up to 8 pixels x 16 channels: each weight vector loaded serves every
 /// pixel of the block, and the accumulators stay in registers over all taps (the portable
-/// loop reloads and stores each pixel's channels once per tap). Border pixels and channel
-/// counts that are not a multiple of 16 take the portable loop.
+/// loop reloads and stores each pixel's channels once per tap). Border pixels keep their
+/// accumulators in registers too, one pixel at a time over the taps inside the image (at 7x7
+/// with 5x5 taps, four of seven columns are borders). Channel counts that are not a multiple
+/// of 16 take the portable loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn depthwise_row_avx512(
@@ -539,8 +541,6 @@ fn depthwise_row_avx512(
         0
     }
     .max(lo);
-    depthwise_pixels::<true>(weight, bias, image, g, oy, out, 0..lo);
-    depthwise_pixels::<true>(weight, bias, image, g, oy, out, hi..ow);
     let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
     assert!(
         bias.len() >= c
@@ -593,11 +593,56 @@ fn depthwise_row_avx512(
         }
     }
 
+    /// One border pixel at column `ox`, channels `cv .. cv + 16`, over its taps inside the
+    /// image.
+    ///
+    /// # Safety
+    /// As for `block`, with the column taps clipped to the width.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn edge(
+        weight: &[f32],
+        bias: __m512,
+        image: &[f32],
+        g: &Geometry,
+        oy: usize,
+        (ky0, ky1): (usize, usize),
+        ox: usize,
+        cv: usize,
+        out: &mut [f32],
+    ) {
+        let c = g.c;
+        let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
+        let mut acc = bias;
+        // SAFETY: the clipped taps stay inside the window and the row; the caller bounds the
+        // weights and the output column.
+        unsafe {
+            for ky in ky0..ky1 {
+                let row = image
+                    .as_ptr()
+                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
+                let taps = weight.as_ptr().add(ky * g.k * c + cv);
+                for kx in kx0..kx1 {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    let x = _mm512_loadu_ps(row.add((ox * g.s + kx - g.pad_left) * c));
+                    acc = _mm512_fmadd_ps(x, w, acc);
+                }
+            }
+            let y = _mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+            _mm512_storeu_ps(out.as_mut_ptr().add(ox * c + cv), y);
+        }
+    }
+
     for cv in (0..c).step_by(16) {
         // SAFETY: `cv + 16 <= c <= bias.len()`.
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
         let mut ox = lo;
         let taps = (ky0, ky1);
+        for edge_ox in (0..lo).chain(hi..ow) {
+            // SAFETY: border columns, taps clipped by `tap_range` inside `edge`.
+            unsafe { edge(weight, b, image, g, oy, taps, edge_ox, cv, out) };
+        }
         // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
         // `tap_range`, and the window holds them (asserted above).
         unsafe {

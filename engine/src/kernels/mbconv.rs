@@ -284,11 +284,9 @@ impl Network {
             }
             self.pool_head(isa, &src[..h * w * c], split, features);
         };
-        if split {
-            run(&mut vec![0f32; 2 * largest]);
-        } else {
-            with_buffer(&ACTIVATIONS, 2 * largest, run);
-        }
+        // With `split`, rayon may start another image on this thread while it waits for its
+        // bands; that image then finds the buffer taken and gets a fresh one.
+        with_buffer(&ACTIVATIONS, 2 * largest, run);
     }
 
     /// The head over `x`'s pixels, averaged into `features`.

@@ -265,7 +265,7 @@ impl Network {
         split: bool,
     ) {
         let largest = self.largest_activation(hw);
-        let mut run = |buffers: &mut [f32]| {
+        let run = |buffers: &mut [f32]| {
             let (mut src, mut dst) = buffers.split_at_mut(largest);
             let (oh, ow, c) = self.stem.out_shape(hw);
             let out = &mut src[..oh * ow * c];

@@ -17,7 +17,10 @@
 //!
 //! Activations run channels-last (NHWC): pointwise convolutions are then plain matrix
 //! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
-//! CPU both use fused kernels (`kernels::conv`); elsewhere they are built from candle tensor ops.
+//! CPU, [`EfficientNetLite::forward`] runs the whole network on plain slices with each block
+//! fused (`kernels::mbconv`); the layer-by-layer path (`kernels::conv` per layer, tensors in
+//! between) serves fine-tuning's activations and tops; elsewhere every layer is built from
+//! candle tensor ops.
 //!
 //! One file, past 600 lines: the network's configuration, blocks, weight names and its two forward
 //! paths (fused CPU kernels, candle tensor ops) must agree line by line.

@@ -8,6 +8,7 @@ use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::{ImageTower, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS};
 use trio_engine::towers::service::TowerSettings;
 use trio_engine::towers::text::TextTower;
+use trio_engine::towers::Precision;
 use trio_engine::Device;
 use trio_engine::DeviceChoice;
 
@@ -64,6 +65,10 @@ pub struct TowerArgs {
     /// Largest image file read, in bytes (checked before the file is read).
     #[arg(long = "max-file-bytes", default_value_t = DEFAULT_MAX_FILE_BYTES)]
     pub max_file_bytes: u64,
+    /// Arithmetic of both towers on the CPU: f32, or bf16 (AVX512_BF16 CPUs: the 1x1
+    /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl TowerArgs {
@@ -78,6 +83,7 @@ impl TowerArgs {
         }
         s.max_pixels = self.max_pixels;
         s.max_file_bytes = self.max_file_bytes;
+        s.precision = self.precision;
         Ok(s)
     }
 
@@ -101,7 +107,7 @@ impl TowerArgs {
         device: &Device,
     ) -> anyhow::Result<TextTower> {
         let s = self.settings(global)?;
-        TextTower::load(&s.text_model_dir, device).with_context(|| {
+        TextTower::load_with(&s.text_model_dir, device, s.text_backend()).with_context(|| {
             format!(
                 "loading the text tower from {} (run `trio fetch`?)",
                 s.text_model_dir.display()

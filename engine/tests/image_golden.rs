@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use trio_engine::models::efficientnet_lite::{Config, EfficientNetLite};
+use trio_engine::models::efficientnet_lite::{Config, CpuIsa, EfficientNetLite};
 use trio_engine::towers::image::{top_k, ImageTower, ImageTowerConfig};
 
 fn trio_home() -> PathBuf {
@@ -159,27 +159,65 @@ fn lite1_and_lite2_networks_match_pytorch() {
     }
 }
 
+/// Every instruction set this CPU runs the fused network with, against the device-generic
+/// tensor operations on the real weights: the synthetic input at batch 1 (each layer split into
+/// bands over the threads) and the five photos at batch 5 (one image per thread). Tolerance:
+/// 1e-3 absolute on features of norm ~10-20, the f32 rounding of a different summation order.
 #[test]
-fn device_generic_ops_match_the_cpu_kernels() {
+fn every_cpu_path_matches_the_device_generic_ops() {
     let vb =
         trio_engine::weights::var_builder(&weights("lite0"), DType::F32, &Device::Cpu).unwrap();
     let mut model = EfficientNetLite::load(vb, &Config::lite0()).unwrap();
-    let x = synthetic(224, 1);
-    let (fast, _) = model.forward(&x).unwrap();
+    let pre = lite0().preprocessor();
+    let photos: Vec<f32> = [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "astronaut.png",
+        "motorcycle_left.png",
+    ]
+    .iter()
+    .flat_map(|n| pre.prepare_path(&photo(n)).unwrap().pixels().to_vec())
+    .collect();
+    let photos = Tensor::from_vec(photos, (5, 3, 224, 224), &Device::Cpu).unwrap();
+    let inputs = [synthetic(224, 1), photos];
     model.set_cpu_kernels(false);
-    let (generic, _) = model.forward(&x).unwrap();
-    let diff = (fast - generic)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!(
-        diff < 1e-3,
-        "fused CPU kernels and tensor ops differ by {diff}"
-    );
+    let generic: Vec<Tensor> = inputs.iter().map(|x| model.forward(x).unwrap().0).collect();
+    model.set_cpu_kernels(true);
+    let isas = EfficientNetLite::cpu_isas();
+    assert!(isas.contains(&CpuIsa::Portable));
+    for isa in isas {
+        model.set_cpu_isa(isa).unwrap();
+        for (x, want) in inputs.iter().zip(&generic) {
+            let (fast, _) = model.forward(x).unwrap();
+            if isa == CpuIsa::Avx512Bf16 {
+                // bf16 rounding: direction kept to the bar, not every digit.
+                let (a, b) = (
+                    fast.to_vec2::<f32>().unwrap(),
+                    want.to_vec2::<f32>().unwrap(),
+                );
+                for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                    let cos = cosine(a, b);
+                    eprintln!("bf16 image {i} of {}: cosine {cos:.6}", a.len());
+                    assert!(cos > 0.999, "bf16, image {i}: cosine {cos} to f32");
+                }
+                continue;
+            }
+            let diff = (fast - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff < 1e-3,
+                "{isa:?} kernels and tensor ops differ by {diff} at batch {}",
+                x.dim(0).unwrap()
+            );
+        }
+    }
 }
 
 #[test]

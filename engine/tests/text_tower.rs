@@ -28,11 +28,12 @@ fn model_dir() -> PathBuf {
 
 /// One tower per backend, shared by the tests (loading costs about a second).
 fn tower(backend: Backend) -> &'static TextTower {
-    static TOWERS: [OnceLock<TextTower>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static TOWERS: [OnceLock<TextTower>; 4] = [const { OnceLock::new() }; 4];
     let slot = match backend {
         Backend::Auto => 0,
         Backend::FusedPortable => 1,
         Backend::Candle => 2,
+        Backend::FusedBf16 => 3,
     };
     TOWERS[slot].get_or_init(|| {
         TextTower::load_with(&model_dir(), &Device::Cpu, backend)
@@ -241,4 +242,40 @@ fn text_tower_names_a_missing_model_file() {
         .err()
         .expect("no weights, no tower");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
+}
+
+/// The bf16 encoder (where the CPU has AVX512_BF16) against the f32 one on the catalogue
+/// sentences of the text bench and the golden pairs: every vector within cosine 0.999 (the bar
+/// for turning it on by default), and the published pair's similarity within 0.005. On a CPU
+/// without the instructions, loading it must fail and say why.
+#[test]
+fn bf16_encoder_keeps_the_f32_vectors_direction() {
+    let texts: Vec<&str> = include_str!("../../benches/text_sentences.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .chain(["A man is eating food.", "A man is eating a piece of bread."])
+        .collect();
+    let bf16 = match TextTower::load_with(&model_dir(), &Device::Cpu, Backend::FusedBf16) {
+        Ok(tower) => tower,
+        Err(e) => {
+            assert!(
+                !std::arch::is_x86_feature_detected!("avx512bf16"),
+                "this CPU has AVX512_BF16, yet the bf16 encoder did not load: {e}"
+            );
+            assert!(e.to_string().contains("AVX512_BF16"), "{e}");
+            return;
+        }
+    };
+    let want = tower(Backend::Auto).embed(&texts).unwrap();
+    let got = bf16.embed(&texts).unwrap();
+    let mut worst = 1f32;
+    for (text, (g, w)) in texts.iter().zip(got.iter().zip(&want)) {
+        let cos = cosine(g, w);
+        worst = worst.min(cos);
+        assert!(cos > 0.999, "{text:?}: bf16 cosine {cos} to f32");
+    }
+    let n = texts.len();
+    let pair = cosine(&got[n - 2], &got[n - 1]);
+    eprintln!("bf16 vs f32: worst cosine {worst:.5}; published pair {pair:.4}");
+    assert!((pair - 0.7553).abs() < 0.005, "bf16 pair cosine {pair}");
 }

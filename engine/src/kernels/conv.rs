@@ -42,6 +42,7 @@ const MAX_TILE_ROWS: usize = 256;
 const MIN_TILE_ROWS: usize = 16;
 
 /// `x (m, k) @ w (k, n) + bias (+ residual)`, then ReLU6 if asked.
+#[derive(Clone)]
 pub(crate) struct Pointwise {
     /// Row-major `(k, n)`.
     weight: Arc<[f32]>,
@@ -49,6 +50,8 @@ pub(crate) struct Pointwise {
     k: usize,
     n: usize,
     relu6: bool,
+    /// The weights packed for the bf16 kernel, on its first use.
+    bf16: Arc<std::sync::OnceLock<Vec<u32>>>,
 }
 
 impl Pointwise {
@@ -64,6 +67,7 @@ impl Pointwise {
             k,
             n,
             relu6,
+            bf16: Arc::default(),
         })
     }
 
@@ -114,6 +118,64 @@ impl Pointwise {
                 self.finish_tile(dst, row0, residual);
             });
         out
+    }
+
+    /// `dst = act(x @ weight + bias (+ residual))` for the `dst.len() / n` rows of one tile,
+    /// on the calling thread, with `isa`'s kernel: what the fused blocks call on tiles that are
+    /// already in cache. `Baseline` and `Avx2Fma` both use the `gemm` crate here (which picks
+    /// its own vector width); they differ in the depthwise kernel.
+    pub(crate) fn run_tile(&self, isa: Isa, x: &[f32], residual: Option<&[f32]>, dst: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        let rows = dst.len() / n;
+        assert!(x.len() == rows * k && residual.is_none_or(|r| r.len() == dst.len()));
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                let tile = avx512::Tile {
+                    x,
+                    weight: &self.weight,
+                    bias: &self.bias,
+                    residual,
+                    k,
+                    n,
+                    relu6: self.relu6,
+                };
+                // SAFETY: `Isa::Avx512` is only chosen where `Isa::supported` found AVX-512F.
+                unsafe { avx512::pointwise(&tile, dst) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => {
+                let packed = self
+                    .bf16
+                    .get_or_init(|| avx512bf16::pack(&self.weight, k, n));
+                let tile = avx512bf16::Tile {
+                    x,
+                    packed,
+                    bias: &self.bias,
+                    residual,
+                    k,
+                    n,
+                    relu6: self.relu6,
+                };
+                // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found
+                // AVX-512F, AVX-512VL and AVX512_BF16.
+                unsafe { avx512bf16::pointwise(&tile, dst) }
+            }
+            _ => {
+                matmul(dst, x, &self.weight, rows, k, n, gemm::Parallelism::None);
+                self.finish_tile(dst, 0, residual);
+            }
+        }
+    }
+
+    /// Output channels.
+    pub(crate) fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// Input channels.
+    pub(crate) fn inputs(&self) -> usize {
+        self.k
     }
 
     /// The AVX-512 path: row tiles shared across threads, each computed by a register-blocked
@@ -266,38 +328,80 @@ impl CustomOp2 for Pointwise {
     }
 }
 
-/// The widest vector instructions this CPU has, checked once per call: the default x86-64
-/// target only assumes SSE2, so the depthwise kernel is compiled three ways and picked at run
-/// time (as gemm does for the matrix products).
+/// The instruction set a convolution kernel is compiled for. The default x86-64 target only
+/// assumes SSE2, so the kernels are compiled several ways and one is picked at run time (as gemm
+/// does for its matrix products); tests force each one the CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub(crate) enum Isa {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 with the 1x1 convolutions in bfloat16 (AVX512_BF16), accumulating in f32.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
 }
 
 impl Isa {
-    fn detect() -> Self {
+    /// The widest f32 instruction set this CPU runs.
+    pub(crate) fn detect() -> Self {
+        Self::available()
+            .into_iter()
+            .rfind(|isa| !isa.is_bf16())
+            .unwrap_or(Isa::Baseline)
+    }
+
+    /// Whether the 1x1 convolutions round to bfloat16.
+    pub(crate) fn is_bf16(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+        if self == Isa::Avx512Bf16 {
+            return true;
+        }
+        false
+    }
+
+    /// Whether this CPU can run kernels compiled for `self`.
+    pub(crate) fn supported(self) -> bool {
+        match self {
+            Isa::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2Fma;
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
             }
         }
-        Isa::Baseline
+    }
+
+    /// Every instruction set this CPU runs, narrowest first.
+    pub(crate) fn available() -> Vec<Self> {
+        let all = [
+            Isa::Baseline,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16,
+        ];
+        all.into_iter().filter(|isa| isa.supported()).collect()
     }
 }
 
 /// Shape and padding of one depthwise call.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
+    /// The absolute image row that the input slice starts at: the fused blocks hold a window
+    /// of rows, the whole-tensor op the full image (0).
+    row0: usize,
     h: usize,
     w: usize,
     c: usize,
@@ -308,6 +412,7 @@ struct Geometry {
 }
 
 /// Depthwise `k x k` convolution with "SAME" padding, bias and ReLU6 on NHWC input.
+#[derive(Clone)]
 pub(crate) struct Depthwise {
     /// Row-major `(k, k, channels)`.
     weight: Arc<[f32]>,
@@ -342,6 +447,41 @@ impl Depthwise {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
 
+    /// Output rows `oy0 .. oy0 + out.len() / (ow * c)` of one `h x w` image of which `input`
+    /// holds rows `row0 ..` (a window is enough: only the rows under the taps are read).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rows(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        row0: usize,
+        (h, w): (usize, usize),
+        oy0: usize,
+        out: &mut [f32],
+    ) {
+        let (k, s, c) = (self.kernel, self.stride, self.channels);
+        let (_, pad_top, _) = same_padding(h, k, s);
+        let (ow, pad_left, _) = same_padding(w, k, s);
+        let g = Geometry {
+            row0,
+            h,
+            w,
+            c,
+            k,
+            s,
+            pad_top,
+            pad_left,
+        };
+        for (i, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+            self.row(isa, input, &g, oy0 + i, dst);
+        }
+    }
+
+    /// Kernel side, stride and channels.
+    pub(crate) fn shape(&self) -> (usize, usize, usize) {
+        (self.kernel, self.stride, self.channels)
+    }
+
     fn row(&self, isa: Isa, image: &[f32], g: &Geometry, oy: usize, out: &mut [f32]) {
         let (w, b) = (&self.weight[..], &self.bias[..]);
         match isa {
@@ -350,7 +490,9 @@ impl Depthwise {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => unsafe { depthwise_row_avx2(w, b, image, g, oy, out) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { depthwise_row_avx512(w, b, image, g, oy, out) },
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+                depthwise_row_avx512(w, b, image, g, oy, out)
+            },
         }
     }
 }
@@ -368,6 +510,13 @@ fn depthwise_row_avx2(
     depthwise_row::<true>(weight, bias, image, g, oy, out)
 }
 
+/// The AVX-512 depthwise row. Pixels whose window lies inside the row's width go through
+/// register blocks of up to 8 pixels x 16 channels: each weight vector loaded serves every
+/// pixel of the block, and the accumulators stay in registers over all taps (the portable
+/// loop reloads and stores each pixel's channels once per tap). Border pixels keep their
+/// accumulators in registers too, one pixel at a time over the taps inside the image (at 7x7
+/// with 5x5 taps, four of seven columns are borders). Channel counts that are not a multiple
+/// of 16 take the portable loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn depthwise_row_avx512(
@@ -378,7 +527,139 @@ fn depthwise_row_avx512(
     oy: usize,
     out: &mut [f32],
 ) {
-    depthwise_row::<true>(weight, bias, image, g, oy, out)
+    use std::arch::x86_64::*;
+    let c = g.c;
+    let ow = out.len() / c;
+    if !c.is_multiple_of(16) {
+        return depthwise_pixels::<true>(weight, bias, image, g, oy, out, 0..ow);
+    }
+    // Output columns whose taps all fall inside the input's width.
+    let lo = g.pad_left.div_ceil(g.s).min(ow);
+    let hi = if g.w + g.pad_left >= g.k {
+        ((g.w + g.pad_left - g.k) / g.s + 1).min(ow)
+    } else {
+        0
+    }
+    .max(lo);
+    let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+    assert!(
+        bias.len() >= c
+            && weight.len() >= g.k * g.k * c
+            && (ky0 == ky1 || image.len() >= ((oy * g.s + ky1 - g.pad_top - g.row0) * g.w) * c)
+    );
+
+    /// `P` pixels from column `ox`, channels `cv .. cv + 16`.
+    ///
+    /// # Safety
+    /// AVX-512F; the pixels' taps (rows `ky0..ky1`, all `k` columns) inside `image`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const P: usize>(
+        weight: &[f32],
+        bias: __m512,
+        image: &[f32],
+        g: &Geometry,
+        oy: usize,
+        (ky0, ky1): (usize, usize),
+        ox: usize,
+        cv: usize,
+        out: &mut [f32],
+    ) {
+        let c = g.c;
+        let mut acc = [bias; P];
+        // SAFETY: the caller's window keeps every input index inside `image` and every output
+        // index inside `out`; the assertion in the caller bounds the weights.
+        unsafe {
+            for ky in ky0..ky1 {
+                let row = image
+                    .as_ptr()
+                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
+                let taps = weight.as_ptr().add(ky * g.k * c + cv);
+                for kx in 0..g.k {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    let first = ox * g.s + kx - g.pad_left;
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let x = _mm512_loadu_ps(row.add((first + p * g.s) * c));
+                        *a = _mm512_fmadd_ps(x, w, *a);
+                    }
+                }
+            }
+            let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+            for (p, a) in acc.iter().enumerate() {
+                let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                _mm512_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cv), y);
+            }
+        }
+    }
+
+    /// One border pixel at column `ox`, channels `cv .. cv + 16`, over its taps inside the
+    /// image.
+    ///
+    /// # Safety
+    /// As for `block`, with the column taps clipped to the width.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn edge(
+        weight: &[f32],
+        bias: __m512,
+        image: &[f32],
+        g: &Geometry,
+        oy: usize,
+        (ky0, ky1): (usize, usize),
+        ox: usize,
+        cv: usize,
+        out: &mut [f32],
+    ) {
+        let c = g.c;
+        let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
+        let mut acc = bias;
+        // SAFETY: the clipped taps stay inside the window and the row; the caller bounds the
+        // weights and the output column.
+        unsafe {
+            for ky in ky0..ky1 {
+                let row = image
+                    .as_ptr()
+                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
+                let taps = weight.as_ptr().add(ky * g.k * c + cv);
+                for kx in kx0..kx1 {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    let x = _mm512_loadu_ps(row.add((ox * g.s + kx - g.pad_left) * c));
+                    acc = _mm512_fmadd_ps(x, w, acc);
+                }
+            }
+            let y = _mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+            _mm512_storeu_ps(out.as_mut_ptr().add(ox * c + cv), y);
+        }
+    }
+
+    for cv in (0..c).step_by(16) {
+        // SAFETY: `cv + 16 <= c <= bias.len()`.
+        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
+        let mut ox = lo;
+        let taps = (ky0, ky1);
+        for edge_ox in (0..lo).chain(hi..ow) {
+            // SAFETY: border columns, taps clipped by `tap_range` inside `edge`.
+            unsafe { edge(weight, b, image, g, oy, taps, edge_ox, cv, out) };
+        }
+        // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
+        // `tap_range`, and the window holds them (asserted above).
+        unsafe {
+            while ox + 8 <= hi {
+                block::<8>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 8;
+            }
+            while ox + 4 <= hi {
+                block::<4>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 4;
+            }
+            while ox < hi {
+                block::<1>(weight, b, image, g, oy, taps, ox, cv, out);
+                ox += 1;
+            }
+        }
+    }
 }
 
 /// One output row: every pixel starts from the bias, adds its in-bounds taps one at a time
@@ -393,16 +674,32 @@ fn depthwise_row<const FMA: bool>(
     oy: usize,
     out: &mut [f32],
 ) {
+    let ow = out.len() / g.c;
+    depthwise_pixels::<FMA>(weight, bias, image, g, oy, out, 0..ow)
+}
+
+/// [`depthwise_row`] for the output columns in `columns` only (`out` is the whole row).
+#[inline(always)]
+fn depthwise_pixels<const FMA: bool>(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+    columns: std::ops::Range<usize>,
+) {
     let c = g.c;
     let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-    for (ox, px) in out.chunks_exact_mut(c).enumerate() {
+    for ox in columns {
+        let px = &mut out[ox * c..(ox + 1) * c];
         let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
         px.copy_from_slice(&bias[..c]);
         for ky in ky0..ky1 {
             let iy = oy * g.s + ky - g.pad_top;
             for kx in kx0..kx1 {
                 let ix = ox * g.s + kx - g.pad_left;
-                let src = &image[(iy * g.w + ix) * c..][..c];
+                let src = &image[((iy - g.row0) * g.w + ix) * c..][..c];
                 let wt = &weight[(ky * g.k + kx) * c..][..c];
                 for ((d, &x), &y) in px.iter_mut().zip(src).zip(wt) {
                     *d = if FMA { x.mul_add(y, *d) } else { *d + x * y };
@@ -441,6 +738,7 @@ impl CustomOp1 for Depthwise {
         let (oh, pad_top, _) = same_padding(h, k, s);
         let (ow, pad_left, _) = same_padding(w, k, s);
         let g = Geometry {
+            row0: 0,
             h,
             w,
             c,
@@ -465,6 +763,7 @@ impl CustomOp1 for Depthwise {
 /// Image patches for a `k x k` "SAME" convolution: NCHW `(b, c, h, w)` in, `(b * oh * ow,
 /// k * k * c)` out with columns ordered `(ky, kx, c)` and zeros where the window leaves the
 /// image. Followed by a [`Pointwise`] product, this is the stem convolution.
+#[derive(Clone)]
 pub(crate) struct Patches {
     pub(crate) kernel: usize,
     pub(crate) stride: usize,
@@ -485,8 +784,8 @@ impl CustomOp1 for Patches {
         let (b, c, h, w) = layout.shape().dims4()?;
         let x = contiguous_f32(storage, layout, "patches")?;
         let (k, s) = (self.kernel, self.stride);
-        let (oh, pad_top, _) = same_padding(h, k, s);
-        let (ow, pad_left, _) = same_padding(w, k, s);
+        let (oh, _, _) = same_padding(h, k, s);
+        let (ow, _, _) = same_padding(w, k, s);
         let cols = k * k * c;
         let mut out = vec![0f32; b * oh * ow * cols];
         if !out.is_empty() {
@@ -495,22 +794,44 @@ impl CustomOp1 for Patches {
                 .for_each(|(r, dst)| {
                     let (image, oy) = (r / oh, r % oh);
                     let image = &x[image * c * h * w..(image + 1) * c * h * w];
-                    let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
-                    for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
-                        let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
-                        for ky in ky0..ky1 {
-                            let iy = oy * s + ky - pad_top;
-                            for kx in kx0..kx1 {
-                                let ix = ox * s + kx - pad_left;
-                                for ch in 0..c {
-                                    patch[(ky * k + kx) * c + ch] = image[(ch * h + iy) * w + ix];
-                                }
-                            }
-                        }
-                    }
+                    self.rows(image, (c, h, w), oy, dst);
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((b * oh * ow, cols))))
+    }
+}
+
+impl Patches {
+    /// The patches of output rows `oy0 ..` (as many as `out` holds) of one NCHW image of
+    /// `(c, h, w)`; `out` must be zeroed where windows leave the image (only taps inside are
+    /// written).
+    pub(crate) fn rows(
+        &self,
+        image: &[f32],
+        (c, h, w): (usize, usize, usize),
+        oy0: usize,
+        out: &mut [f32],
+    ) {
+        let (k, s) = (self.kernel, self.stride);
+        let (_, pad_top, _) = same_padding(h, k, s);
+        let (ow, pad_left, _) = same_padding(w, k, s);
+        let cols = k * k * c;
+        for (i, dst) in out.chunks_exact_mut(ow * cols).enumerate() {
+            let oy = oy0 + i;
+            let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
+            for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
+                let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
+                for ky in ky0..ky1 {
+                    let iy = oy * s + ky - pad_top;
+                    for kx in kx0..kx1 {
+                        let ix = ox * s + kx - pad_left;
+                        for ch in 0..c {
+                            patch[(ky * k + kx) * c + ch] = image[(ch * h + iy) * w + ix];
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -653,6 +974,238 @@ mod avx512 {
                         let xb = _mm512_set1_ps(*self.x.add(r * k + kk));
                         for (a, wv) in acc_row.iter_mut().zip(&w) {
                             *a = _mm512_fmadd_ps(xb, *wv, *a);
+                        }
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            let six = _mm512_set1_ps(6.0);
+            for v in 0..V {
+                let m = mask(v);
+                // SAFETY: as above.
+                unsafe {
+                    let b = _mm512_maskz_loadu_ps(m, self.bias.add(v * LANES));
+                    for (r, acc_row) in acc.iter().enumerate() {
+                        let mut y = _mm512_add_ps(acc_row[v], b);
+                        if !self.residual.is_null() {
+                            let res = self.residual.add(r * n + v * LANES);
+                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, res));
+                        }
+                        if self.relu6 {
+                            y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
+                        }
+                        _mm512_mask_storeu_ps(self.out.add(r * n + v * LANES), m, y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 1x1-convolution kernel in bfloat16 with `vdpbf16ps` (AVX512_BF16): each instruction
+/// multiplies 16 pairs of bf16 values and adds both products to 16 f32 accumulators, twice the
+/// multiply-adds of an f32 FMA. Weights are rounded to bf16 once, pairs of input channels
+/// interleaved per output channel; a tile's pixels are rounded as they arrive. Accumulation,
+/// bias, residual and ReLU6 stay in f32.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512bf16 {
+    use std::arch::x86_64::*;
+
+    const ROWS: usize = 6;
+    const COLS: usize = 64;
+    const LANES: usize = 16;
+
+    /// `(k, n)` f32 weights as `(ceil(k / 2), n)` words, each the bf16 pair of input channels
+    /// `2i` and `2i + 1` for one output channel (the second zero when `k` is odd).
+    pub(crate) fn pack(weight: &[f32], k: usize, n: usize) -> Vec<u32> {
+        let bf = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
+        (0..k.div_ceil(2))
+            .flat_map(|p| {
+                (0..n).map(move |j| {
+                    let lo = bf(weight[2 * p * n + j]);
+                    let hi = if 2 * p + 1 < k {
+                        bf(weight[(2 * p + 1) * n + j])
+                    } else {
+                        0
+                    };
+                    lo | hi << 16
+                })
+            })
+            .collect()
+    }
+
+    /// `x` rows of `k` f32 rounded to bf16, each row padded to an even length: `(rows, k2)` words.
+    ///
+    /// # Safety
+    /// AVX512_BF16 must be available.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    unsafe fn round_rows(x: &[f32], k: usize, out: &mut [u32]) {
+        let k2 = k.div_ceil(2);
+        for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(k2)) {
+            let mut i = 0;
+            // SAFETY: the masks keep every load inside `src` and every store inside `dst`
+            // (16 floats become 8 words).
+            unsafe {
+                while i < k {
+                    let count = (k - i).min(LANES);
+                    let v = _mm512_maskz_loadu_ps(
+                        (1u32 << count).wrapping_sub(1) as u16,
+                        src.as_ptr().add(i),
+                    );
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    let words = count.div_ceil(2);
+                    _mm256_mask_storeu_epi32(
+                        dst.as_mut_ptr().add(i / 2).cast(),
+                        ((1u32 << words) - 1) as u8,
+                        h,
+                    );
+                    i += LANES;
+                }
+            }
+        }
+    }
+
+    /// One tile: `dst = act(x @ w + bias (+ residual))`, `w` packed by [`pack`].
+    pub(crate) struct Tile<'a> {
+        pub x: &'a [f32],
+        pub packed: &'a [u32],
+        pub bias: &'a [f32],
+        pub residual: Option<&'a [f32]>,
+        pub k: usize,
+        pub n: usize,
+        pub relu6: bool,
+    }
+
+    thread_local! {
+        static ROUNDED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX-512VL and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub(crate) unsafe fn pointwise(t: &Tile, dst: &mut [f32]) {
+        let (k, n) = (t.k, t.n);
+        let k2 = k.div_ceil(2);
+        let rows = dst.len() / n;
+        assert!(
+            k > 0
+                && t.x.len() == rows * k
+                && t.packed.len() == k2 * n
+                && t.bias.len() == n
+                && dst.len() == rows * n
+                && t.residual.is_none_or(|r| r.len() == rows * n)
+        );
+        let mut run = |xb: &mut [u32]| {
+            // SAFETY: AVX512_BF16 is enabled on this function; `xb` holds rows × k2 words.
+            unsafe { round_rows(t.x, k, xb) };
+            for c0 in (0..n).step_by(COLS) {
+                let width = (n - c0).min(COLS);
+                let vectors = width.div_ceil(LANES);
+                let tail = width - (vectors - 1) * LANES;
+                let last: __mmask16 = if tail == LANES {
+                    0xffff
+                } else {
+                    (1u16 << tail) - 1
+                };
+                for r0 in (0..rows).step_by(ROWS) {
+                    let block = Block {
+                        x: xb[r0 * k2..].as_ptr(),
+                        weight: t.packed[c0..].as_ptr(),
+                        bias: t.bias[c0..].as_ptr(),
+                        residual: t
+                            .residual
+                            .map_or(std::ptr::null(), |r| r[r0 * n + c0..].as_ptr()),
+                        out: dst[r0 * n + c0..].as_mut_ptr(),
+                        k2,
+                        n,
+                        last,
+                        relu6: t.relu6,
+                    };
+                    // SAFETY: as in the f32 kernel: the assertion sizes every operand, the
+                    // block stays inside rows `r0 ..< rows` and columns `c0 ..< c0 + width`,
+                    // and masks cover the last vector's tail.
+                    unsafe {
+                        match ((rows - r0).min(ROWS), vectors) {
+                            (6, 4) => block.run::<6, 4>(),
+                            (6, 3) => block.run::<6, 3>(),
+                            (6, 2) => block.run::<6, 2>(),
+                            (6, _) => block.run::<6, 1>(),
+                            (5, 4) => block.run::<5, 4>(),
+                            (5, 3) => block.run::<5, 3>(),
+                            (5, 2) => block.run::<5, 2>(),
+                            (5, _) => block.run::<5, 1>(),
+                            (4, 4) => block.run::<4, 4>(),
+                            (4, 3) => block.run::<4, 3>(),
+                            (4, 2) => block.run::<4, 2>(),
+                            (4, _) => block.run::<4, 1>(),
+                            (3, 4) => block.run::<3, 4>(),
+                            (3, 3) => block.run::<3, 3>(),
+                            (3, 2) => block.run::<3, 2>(),
+                            (3, _) => block.run::<3, 1>(),
+                            (2, 4) => block.run::<2, 4>(),
+                            (2, 3) => block.run::<2, 3>(),
+                            (2, 2) => block.run::<2, 2>(),
+                            (2, _) => block.run::<2, 1>(),
+                            (_, 4) => block.run::<1, 4>(),
+                            (_, 3) => block.run::<1, 3>(),
+                            (_, 2) => block.run::<1, 2>(),
+                            (_, _) => block.run::<1, 1>(),
+                        }
+                    }
+                }
+            }
+        };
+        ROUNDED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < rows * k2 {
+                    buf.resize(rows * k2, 0);
+                }
+                run(&mut buf[..rows * k2])
+            }
+            Err(_) => run(&mut vec![0; rows * k2]),
+        });
+    }
+
+    struct Block {
+        x: *const u32,
+        weight: *const u32,
+        bias: *const f32,
+        residual: *const f32,
+        out: *mut f32,
+        k2: usize,
+        n: usize,
+        last: __mmask16,
+        relu6: bool,
+    }
+
+    impl Block {
+        /// # Safety
+        /// AVX512_BF16 must be available; rows `0..R` of `x` (stride `k2` words), word rows
+        /// `0..k2` of `weight` and rows `0..R` of `residual` and `out` (stride `n`) must be
+        /// readable (`out` writable) for the `V` vectors' unmasked lanes.
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        #[inline]
+        unsafe fn run<const R: usize, const V: usize>(&self) {
+            let (k2, n) = (self.k2, self.n);
+            let mask = |v: usize| if v + 1 == V { self.last } else { 0xffff };
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for kk in 0..k2 {
+                // SAFETY: within the rows and lanes the caller vouches for.
+                unsafe {
+                    let w_row = self.weight.add(kk * n);
+                    let mut w = [_mm512_setzero_si512(); V];
+                    for (v, wv) in w.iter_mut().enumerate() {
+                        *wv = _mm512_maskz_loadu_epi32(mask(v), w_row.add(v * LANES).cast());
+                    }
+                    for (r, acc_row) in acc.iter_mut().enumerate() {
+                        let xb: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*self.x.add(r * k2 + kk) as i32));
+                        for (a, wv) in acc_row.iter_mut().zip(&w) {
+                            *a = _mm512_dpbf16_ps(
+                                *a,
+                                xb,
+                                std::mem::transmute::<__m512i, __m512bh>(*wv),
+                            );
                         }
                     }
                 }
@@ -911,14 +1464,81 @@ mod tests {
         }
     }
 
+    /// Every instruction set's one-tile kernel against a naive product: rows around the 6-row
+    /// block, widths around the 16-lane vector and 64-wide block, odd depths (the bf16 kernel
+    /// pads its pairs). The bf16 kernel is checked against the exact product of its operands
+    /// rounded to bf16, the only approximation it makes, to the same tolerance.
+    #[test]
+    fn every_tile_kernel_matches_a_naive_product() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 3, 17),
+            (13, 27, 32),
+            (49, 320, 200),
+            (6, 96, 64),
+        ] {
+            let mut random =
+                |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+            let (x, w, b, r) = (random(m * k), random(k * n), random(n), random(m * n));
+            let tensor = |v: &[f32], shape: (usize, usize)| {
+                Tensor::from_vec(v.to_vec(), shape, &dev).unwrap()
+            };
+            let layer = Pointwise::new(
+                &tensor(&w, (k, n)),
+                &Tensor::from_vec(b.clone(), n, &dev).unwrap(),
+                true,
+            )
+            .unwrap();
+            for isa in Isa::available() {
+                let round = |v: &[f32]| -> Vec<f32> {
+                    if isa.is_bf16() {
+                        v.iter()
+                            .map(|&x| half::bf16::from_f32(x).to_f32())
+                            .collect()
+                    } else {
+                        v.to_vec()
+                    }
+                };
+                let (xr, wr) = (round(&x), round(&w));
+                let mut got = vec![f32::NAN; m * n];
+                layer.run_tile(isa, &x, Some(&r), &mut got);
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f32 = (0..k).map(|t| xr[i * k + t] * wr[t * n + j]).sum();
+                        let want = (dot + b[j] + r[i * n + j]).clamp(0.0, 6.0);
+                        let diff = (got[i * n + j] - want).abs();
+                        assert!(
+                            diff < 1e-4 * (k as f32).sqrt(),
+                            "{isa:?} {m}x{k}x{n} at ({i}, {j}): {diff}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn depthwise_matches_a_naive_convolution() {
         let dev = Device::Cpu;
-        for (k, s, h, w, c) in [(3, 2, 9, 8, 12), (5, 1, 6, 7, 16), (5, 2, 10, 10, 3)] {
+        // Widths that fill 8- and 4-pixel register blocks and leave remainders, channel
+        // counts that are and are not a multiple of the 16-lane vector.
+        for (k, s, h, w, c) in [
+            (3, 2, 9, 8, 12),
+            (5, 1, 6, 7, 16),
+            (5, 2, 10, 10, 3),
+            (3, 1, 5, 30, 32),
+            (5, 2, 11, 41, 48),
+            (5, 1, 7, 7, 64),
+            (3, 2, 8, 28, 16),
+        ] {
             let x = Tensor::randn(0f32, 1., (2, h, w, c), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
             let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
-            let got = Depthwise::new(&wt, &b, s).unwrap().forward(&x).unwrap();
+            let layer = Depthwise::new(&wt, &b, s).unwrap();
+            let got = layer.forward(&x).unwrap();
 
             // Reference: candle's grouped conv2d in NCHW on explicitly padded input.
             let (oh, t, bo) = same_padding(h, k, s);
@@ -944,6 +1564,37 @@ mod tests {
                 .permute((0, 2, 3, 1))
                 .unwrap();
             assert_eq!(got.dims(), [2, oh, ow, c]);
+            // Every instruction set's row kernel, image by image, from a window that starts
+            // one row in (as the fused blocks hold them) where the taps allow.
+            let want_rows = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for isa in Isa::available() {
+                for image in 0..2 {
+                    let src = &input[image * h * w * c..(image + 1) * h * w * c];
+                    let mut out = vec![f32::NAN; oh * ow * c];
+                    layer.rows(isa, src, 0, (h, w), 0, &mut out);
+                    let want = &want_rows[image * oh * ow * c..(image + 1) * oh * ow * c];
+                    let diff = out
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "{isa:?} k{k} s{s} {h}x{w}x{c}: {diff}");
+                    // Rows from oy = 1 on read input rows from `1 * s - top` on.
+                    let first = s.saturating_sub(t);
+                    let mut tail = vec![f32::NAN; (oh - 1) * ow * c];
+                    layer.rows(isa, &src[first * w * c..], first, (h, w), 1, &mut tail);
+                    let diff = tail
+                        .iter()
+                        .zip(&want[ow * c..])
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-4,
+                        "{isa:?} k{k} s{s} {h}x{w}x{c} from row 1: {diff}"
+                    );
+                }
+            }
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(
                 diff.to_dtype(DType::F32)

@@ -25,16 +25,32 @@ pub(crate) enum Isa {
     /// Hand-written AVX-512 GEMM with fused epilogues; elementwise loops compiled for AVX-512.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// As `Avx512`, with the GEMMs in bfloat16 (`vdpbf16ps`, AVX512_BF16): weights and each
+    /// GEMM's input rounded to bf16, products accumulated in f32.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
 }
 
 impl Isa {
-    /// The best kernels this CPU runs.
+    /// The best f32 kernels this CPU runs.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
         Isa::Portable
+    }
+
+    /// Whether this CPU has the bf16 GEMM's instructions.
+    pub(crate) fn has_bf16() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 
@@ -44,8 +60,9 @@ macro_rules! dispatch {
     ($isa:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512` is only constructed after detecting AVX-512 on this CPU.
-            Isa::Avx512 => unsafe { avx512_versions::$f($($arg),*) },
+            // SAFETY: `Isa::Avx512` (and `Avx512Bf16`) are only constructed after detecting
+            // AVX-512 on this CPU.
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe { avx512_versions::$f($($arg),*) },
             Isa::Portable => $f($($arg),*),
         }
     };
@@ -322,6 +339,10 @@ enum PackedWeight {
     /// Column panels of `avx512::NR` outputs (zero-padded), each `inputs × NR`, 64-byte aligned.
     #[cfg(target_arch = "x86_64")]
     Panels(AlignedBuf),
+    /// As `Panels` in bf16: each word (stored in an f32's bits) holds the pair of inputs
+    /// `2i, 2i + 1` of one output, so a panel is `ceil(inputs / 2) × NR` words.
+    #[cfg(target_arch = "x86_64")]
+    PanelsBf16(AlignedBuf),
 }
 
 impl PackedLinear {
@@ -359,6 +380,29 @@ impl PackedLinear {
                     }
                 }
                 PackedWeight::Panels(buf)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => {
+                let nr = avx512::NR;
+                let panels = outputs.div_ceil(nr);
+                let kc_max = avx512::depth_block_bf16(inputs);
+                let k2 = inputs.div_ceil(2);
+                let mut buf = AlignedBuf::zeroed(panels * k2 * nr);
+                let dst = buf.as_mut_slice();
+                let bf = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
+                for (o, row) in weight.chunks_exact(inputs).enumerate() {
+                    let (panel, lane) = (o / nr, o % nr);
+                    for p in 0..k2 {
+                        let i = 2 * p;
+                        let (kb, kk) = (i / kc_max * kc_max, i % kc_max);
+                        let kc2 = (kc_max.min(inputs - kb)).div_ceil(2);
+                        let hi = row.get(i + 1).map_or(0, |&w| bf(w));
+                        let word = bf(row[i]) | hi << 16;
+                        dst[kb / 2 * panels * nr + (panel * kc2 + kk / 2) * nr + lane] =
+                            f32::from_bits(word);
+                    }
+                }
+                PackedWeight::PanelsBf16(buf)
             }
         };
         PackedLinear {
@@ -437,6 +481,35 @@ impl PackedLinear {
                             .par_chunks_mut(chunk)
                             .for_each(|o| bias_epilogue_rows(o, bias, None, gelu)),
                     }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            PackedWeight::PanelsBf16(panels) => {
+                let k2 = k.div_ceil(2);
+                let mut rounded = vec![0u32; rows * k2];
+                // SAFETY: these panels exist only where `Isa::has_bf16` found the instructions.
+                unsafe { avx512::round_rows_bf16(input, k, &mut rounded) };
+                let job = avx512::GemmBf16 {
+                    a: rounded.as_ptr(),
+                    m: rows,
+                    k,
+                    n,
+                    panels: panels.as_slice().as_ptr().cast(),
+                    bias: self.bias.as_ptr(),
+                    c: SendPtr(out.as_mut_ptr()),
+                    residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+                    gelu,
+                };
+                let count = n.div_ceil(avx512::NR);
+                let tasks = threads.min(count);
+                if tasks <= 1 {
+                    // SAFETY: as for `Panels`; `rounded` holds rows × ceil(k / 2) words.
+                    unsafe { job.run(0, count) };
+                } else {
+                    (0..tasks).into_par_iter().for_each(|t| {
+                        // SAFETY: as above; tasks own disjoint panel (column) ranges.
+                        unsafe { job.run(count * t / tasks, count * (t + 1) / tasks) };
+                    });
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -719,6 +792,197 @@ mod avx512 {
     tile_kernel!(tile_11, 0 1 2 3 4 5 6 7 8 9 10);
     tile_kernel!(tile_12, 0 1 2 3 4 5 6 7 8 9 10 11);
 
+    /// The bf16 GEMM's depth blocking: as [`depth_block`], rounded up to whole pairs.
+    pub(super) fn depth_block_bf16(k: usize) -> usize {
+        depth_block(k).next_multiple_of(2)
+    }
+
+    /// Rows of `k` f32 rounded to bf16 (nearest, ties to even), each padded to whole pairs:
+    /// `out` is `rows × ceil(k / 2)` words.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512VL and AVX512_BF16 must be available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+    pub(super) unsafe fn round_rows_bf16(x: &[f32], k: usize, out: &mut [u32]) {
+        let k2 = k.div_ceil(2);
+        assert!(k > 0 && x.len().is_multiple_of(k) && out.len() == x.len() / k * k2);
+        for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(k2)) {
+            let mut i = 0;
+            while i < k {
+                let count = (k - i).min(16);
+                // SAFETY: the masks keep the load inside `src` and the store inside `dst`
+                // (16 floats become 8 words; an odd tail's last word is half zero).
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(
+                        (1u32 << count).wrapping_sub(1) as u16,
+                        src.as_ptr().add(i),
+                    );
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_mask_storeu_epi32(
+                        dst.as_mut_ptr().add(i / 2).cast(),
+                        ((1u32 << count.div_ceil(2)) - 1) as u8,
+                        h,
+                    );
+                }
+                i += 16;
+            }
+        }
+    }
+
+    /// [`Gemm`] in bf16: `a` holds the input rounded by [`round_rows_bf16`], `panels` the
+    /// weights packed as `PackedWeight::PanelsBf16`.
+    pub(super) struct GemmBf16 {
+        pub a: *const u32,
+        pub m: usize,
+        pub k: usize,
+        pub n: usize,
+        pub panels: *const u32,
+        pub bias: *const f32,
+        pub c: SendPtr,
+        pub residual: *const f32,
+        pub gelu: bool,
+    }
+
+    // SAFETY: as for `Gemm`.
+    unsafe impl Sync for GemmBf16 {}
+
+    impl GemmBf16 {
+        /// # Safety
+        /// AVX-512F and AVX512_BF16 must be available, the pointers must cover the shapes in
+        /// `self`, and concurrent calls must use disjoint panel ranges.
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        pub(super) unsafe fn run(&self, panel_begin: usize, panel_end: usize) {
+            let (m, k, n) = (self.m, self.k, self.n);
+            let k2 = k.div_ceil(2);
+            let c = self.c.get();
+            let panels = n.div_ceil(NR);
+            let kc_max = depth_block_bf16(k);
+            // SAFETY (all pointer arithmetic below): offsets stay inside the buffers whose
+            // extents the caller guarantees; word offsets are half the depth offsets.
+            unsafe {
+                for i0 in (0..m).step_by(MC) {
+                    let mc = MC.min(m - i0);
+                    let tiles = mc.div_ceil(MR);
+                    for kb in (0..k).step_by(kc_max) {
+                        let kc2 = kc_max.min(k - kb).div_ceil(2);
+                        let block = self.panels.add(kb / 2 * panels * NR);
+                        let (first, last) = (kb == 0, kb + kc_max >= k);
+                        for p in panel_begin..panel_end {
+                            let col = p * NR;
+                            let masks = column_masks((n - col).min(NR));
+                            let b = block.add(p * kc2 * NR);
+                            for t in 0..tiles {
+                                let rows = MR.min(mc - t * MR);
+                                let row0 = i0 + t * MR;
+                                let ct = c.add(row0 * n + col);
+                                let a = self.a.add(row0 * k2 + kb / 2);
+                                tile_bf16(rows, (a, k2, b, kc2, ct, n, !first, masks));
+                                if last {
+                                    let res = if self.residual.is_null() {
+                                        self.residual
+                                    } else {
+                                        self.residual.add(row0 * n + col)
+                                    };
+                                    epilogue(
+                                        rows,
+                                        ct,
+                                        n,
+                                        self.bias.add(col),
+                                        res,
+                                        self.gelu,
+                                        masks,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    type TileBf16Args = (
+        *const u32,
+        usize,
+        *const u32,
+        usize,
+        *mut f32,
+        usize,
+        bool,
+        (__mmask16, __mmask16),
+    );
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile_bf16(rows: usize, args: TileBf16Args) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match rows {
+                12 => tile_bf16_12(args),
+                11 => tile_bf16_11(args),
+                10 => tile_bf16_10(args),
+                9 => tile_bf16_9(args),
+                8 => tile_bf16_8(args),
+                7 => tile_bf16_7(args),
+                6 => tile_bf16_6(args),
+                5 => tile_bf16_5(args),
+                4 => tile_bf16_4(args),
+                3 => tile_bf16_3(args),
+                2 => tile_bf16_2(args),
+                _ => tile_bf16_1(args),
+            }
+        }
+    }
+
+    /// As `tile_kernel!`, each step a pair of depths: `vdpbf16ps` adds both products.
+    macro_rules! tile_bf16_kernel {
+        ($name:ident, $($r:literal)+) => {
+            #[target_feature(enable = "avx512f,avx512bf16")]
+            unsafe fn $name((a, lda2, b, kc2, c, ldc, accumulate, (mask0, mask1)): TileBf16Args) {
+                let mut acc0 = [_mm512_setzero_ps(); MR];
+                let mut acc1 = [_mm512_setzero_ps(); MR];
+                // SAFETY: the caller guarantees that `a` covers the tile's rows (stride `lda2`
+                // words) to `kc2` words, `b` kc2 × 32 words and `c` the tile's rows; the masks
+                // keep loads and stores inside the output's columns.
+                unsafe {
+                    if accumulate {
+                        $(
+                            acc0[$r] = _mm512_maskz_loadu_ps(mask0, c.add($r * ldc));
+                            acc1[$r] = _mm512_maskz_loadu_ps(mask1, c.add($r * ldc + 16));
+                        )+
+                    }
+                    for kk in 0..kc2 {
+                        let b0: __m512bh = std::mem::transmute(_mm512_load_si512(b.add(kk * NR).cast()));
+                        let b1: __m512bh =
+                            std::mem::transmute(_mm512_load_si512(b.add(kk * NR + 16).cast()));
+                        $(
+                            let av: __m512bh =
+                                std::mem::transmute(_mm512_set1_epi32(*a.add($r * lda2 + kk) as i32));
+                            acc0[$r] = _mm512_dpbf16_ps(acc0[$r], av, b0);
+                            acc1[$r] = _mm512_dpbf16_ps(acc1[$r], av, b1);
+                        )+
+                    }
+                    $(
+                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                    )+
+                }
+            }
+        };
+    }
+
+    tile_bf16_kernel!(tile_bf16_1, 0);
+    tile_bf16_kernel!(tile_bf16_2, 0 1);
+    tile_bf16_kernel!(tile_bf16_3, 0 1 2);
+    tile_bf16_kernel!(tile_bf16_4, 0 1 2 3);
+    tile_bf16_kernel!(tile_bf16_5, 0 1 2 3 4);
+    tile_bf16_kernel!(tile_bf16_6, 0 1 2 3 4 5);
+    tile_bf16_kernel!(tile_bf16_7, 0 1 2 3 4 5 6);
+    tile_bf16_kernel!(tile_bf16_8, 0 1 2 3 4 5 6 7);
+    tile_bf16_kernel!(tile_bf16_9, 0 1 2 3 4 5 6 7 8);
+    tile_bf16_kernel!(tile_bf16_10, 0 1 2 3 4 5 6 7 8 9);
+    tile_bf16_kernel!(tile_bf16_11, 0 1 2 3 4 5 6 7 8 9 10);
+    tile_bf16_kernel!(tile_bf16_12, 0 1 2 3 4 5 6 7 8 9 10 11);
+
     /// Bias, residual and GELU on a finished tile, while it is still in L1. Kept out of the
     /// tile kernels so its constants do not crowd their accumulators out of registers.
     #[inline(never)]
@@ -954,7 +1218,7 @@ fn attend_head(task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
 /// One head's attention with the best kernel for `isa` and the head's width.
 fn attend(isa: Isa, task: &HeadTask<'_>, scratch: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && task.head_dim.is_multiple_of(16) {
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16) && task.head_dim.is_multiple_of(16) {
         // SAFETY: `Isa::Avx512` means AVX-512 was detected; the task's spans were checked by
         // `attention` against the buffers.
         return unsafe { avx512::attend_head(task, scratch) };
@@ -1023,7 +1287,18 @@ mod tests {
         if Isa::detect() != Isa::Portable {
             v.push(Isa::detect());
         }
+        #[cfg(target_arch = "x86_64")]
+        if Isa::has_bf16() {
+            v.push(Isa::Avx512Bf16);
+        }
         v
+    }
+
+    /// `v` rounded to bf16 and back: what the bf16 GEMM multiplies.
+    fn bf16_rounded(v: &[f32]) -> Vec<f32> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect()
     }
 
     /// Deterministic pseudo-random values in [-1, 1).
@@ -1082,6 +1357,15 @@ mod tests {
         out
     }
 
+    fn isa_is_bf16(isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Bf16 {
+            return true;
+        }
+        let _ = isa;
+        false
+    }
+
     #[test]
     fn linear_matches_naive_for_awkward_shapes() {
         // Rows around the 12-row tile and 240-row block, outputs around the 32-wide panel,
@@ -1099,7 +1383,13 @@ mod tests {
                 let b = values(n, 3);
                 let res = values(rows * n, 4);
                 let lin = PackedLinear::new(&w, &b, n, k, isa);
-                let want = naive_linear(&x, &w, &b, rows, n, k);
+                // The bf16 kernel is checked against the exact product of its rounded operands
+                // (rounding is the only approximation it makes), to the f32 tolerance.
+                let want = if isa_is_bf16(isa) {
+                    naive_linear(&bf16_rounded(&x), &bf16_rounded(&w), &b, rows, n, k)
+                } else {
+                    naive_linear(&x, &w, &b, rows, n, k)
+                };
                 let mut out = vec![f32::NAN; rows * n];
 
                 lin.forward(&x, rows, &mut out, Epilogue::Bias);

@@ -17,7 +17,10 @@
 //!
 //! Activations run channels-last (NHWC): pointwise convolutions are then plain matrix
 //! products over all pixels of the batch, and depthwise ones vectorise along channels. On the
-//! CPU both use fused kernels (`kernels::conv`); elsewhere they are built from candle tensor ops.
+//! CPU, [`EfficientNetLite::forward`] runs the whole network on plain slices with each block
+//! fused (`kernels::mbconv`); the layer-by-layer path (`kernels::conv` per layer, tensors in
+//! between) serves fine-tuning's activations and tops; elsewhere every layer is built from
+//! candle tensor ops.
 //!
 //! One file, past 600 lines: the network's configuration, blocks, weight names and its two forward
 //! paths (fused CPU kernels, candle tensor ops) must agree line by line.
@@ -30,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels::conv::{self as conv_cpu, same_padding};
+use crate::kernels::mbconv;
 
 /// Width of the pooled feature vector: the head is not scaled in the Lite variants.
 pub const FEATURE_DIM: usize = 1280;
@@ -494,10 +498,17 @@ impl MbConv {
     fn forward(&self, x: &Tensor, fast: bool) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         let h = match &self.expand {
-            Some(expand) => expand.forward(x, None, fast)?,
+            Some(expand) => {
+                let _layer = tracing::trace_span!("expand").entered();
+                expand.forward(x, None, fast)?
+            }
             None => x.clone(),
         };
-        let h = self.depthwise.forward(&h, fast)?;
+        let h = {
+            let _layer = tracing::trace_span!("depthwise").entered();
+            self.depthwise.forward(&h, fast)?
+        };
+        let _layer = tracing::trace_span!("project").entered();
         self.project.forward(&h, self.residual.then_some(x), fast)
     }
 }
@@ -582,6 +593,26 @@ pub struct EfficientNetLite {
     device: Device,
     /// Whether the fused CPU kernels run (they exist only for CPU tensors).
     cpu_kernels: bool,
+    /// The whole network on plain slices, blocks fused (on the CPU): what `forward` runs.
+    network: Option<mbconv::Network>,
+    /// The instruction set its kernels use.
+    isa: conv_cpu::Isa,
+}
+
+/// The instruction set of the image network's CPU kernels. `Auto` (the default) is the widest
+/// this CPU has; the others exist so that every path can be checked on one machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuIsa {
+    #[default]
+    Auto,
+    /// Plain loops and the `gemm` crate: what any CPU runs.
+    Portable,
+    /// AVX2 and FMA (depthwise); 1x1 convolutions through the `gemm` crate.
+    Avx2,
+    /// AVX-512F throughout.
+    Avx512,
+    /// AVX-512, with the 1x1 convolutions in bfloat16 (AVX512_BF16) accumulating in f32.
+    Avx512Bf16,
 }
 
 impl EfficientNetLite {
@@ -620,6 +651,7 @@ impl EfficientNetLite {
             .and_then(|b| b.to_dtype(DType::F32))
             .map_err(wrap)?;
         let device = vb.device().clone();
+        let network = cpu_network(&stem, &blocks, &head);
         Ok(Self {
             config: cfg.clone(),
             stem,
@@ -630,8 +662,53 @@ impl EfficientNetLite {
             fc_bias,
             classifier_span: tracing::trace_span!("classifier"),
             cpu_kernels: device.is_cpu(),
+            network,
+            isa: conv_cpu::Isa::detect(),
             device,
         })
+    }
+
+    /// Runs the CPU kernels compiled for `isa`; an error if this CPU lacks it.
+    pub fn set_cpu_isa(&mut self, isa: CpuIsa) -> Result<()> {
+        let chosen = match isa {
+            CpuIsa::Auto => conv_cpu::Isa::detect(),
+            CpuIsa::Portable => conv_cpu::Isa::Baseline,
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx2 => conv_cpu::Isa::Avx2Fma,
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx512 => conv_cpu::Isa::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx512Bf16 => conv_cpu::Isa::Avx512Bf16,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "{isa:?} kernels exist only on x86-64"
+                )))
+            }
+        };
+        if !chosen.supported() {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {isa:?} image kernels"
+            )));
+        }
+        self.isa = chosen;
+        Ok(())
+    }
+
+    /// The instruction sets this CPU runs the image kernels with, narrowest first.
+    pub fn cpu_isas() -> Vec<CpuIsa> {
+        conv_cpu::Isa::available()
+            .into_iter()
+            .map(|isa| match isa {
+                conv_cpu::Isa::Baseline => CpuIsa::Portable,
+                #[cfg(target_arch = "x86_64")]
+                conv_cpu::Isa::Avx2Fma => CpuIsa::Avx2,
+                #[cfg(target_arch = "x86_64")]
+                conv_cpu::Isa::Avx512 => CpuIsa::Avx512,
+                #[cfg(target_arch = "x86_64")]
+                conv_cpu::Isa::Avx512Bf16 => CpuIsa::Avx512Bf16,
+            })
+            .collect()
     }
 
     pub fn config(&self) -> &Config {
@@ -658,10 +735,21 @@ impl EfficientNetLite {
                 self.config.name
             )));
         }
-        let x = self.activations_before(images, self.blocks.len())?;
-        let features = {
-            let _enter = self.head_span.enter();
-            pool(&self.head.forward(&x, None, self.cpu_kernels)?)?
+        let features = match (&self.network, self.cpu_kernels) {
+            (Some(network), true) => {
+                let (b, _, h, w) = images.dims4()?;
+                let pixels = images
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let features = network.features(self.isa, &pixels, b, (h, w));
+                Tensor::from_vec(features, (b, network.features_dim()), &self.device)?
+            }
+            _ => {
+                let x = self.activations_before(images, self.blocks.len())?;
+                let _enter = self.head_span.enter();
+                pool(&self.head.forward(&x, None, self.cpu_kernels)?)?
+            }
         };
         let logits = {
             let _enter = self.classifier_span.enter();
@@ -723,6 +811,27 @@ impl EfficientNetLite {
     }
 }
 
+/// The network as fused CPU kernels on plain slices, where every layer has its CPU kernel.
+fn cpu_network(stem: &Stem, blocks: &[MbConv], head: &Pointwise) -> Option<mbconv::Network> {
+    let stem = mbconv::Stem::new(STEM_KERNEL, STEM_STRIDE, 3, stem.cpu.clone()?);
+    let blocks = blocks
+        .iter()
+        .map(|b| {
+            let expand = match &b.expand {
+                Some(e) => Some(e.cpu.clone()?),
+                None => None,
+            };
+            Some(mbconv::Block::new(
+                expand,
+                b.depthwise.cpu.clone()?,
+                b.project.cpu.clone()?,
+                b.residual,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(mbconv::Network::new(stem, blocks, head.cpu.clone()?))
+}
+
 /// Global average pooling of NHWC activations: `(batch, channels)`.
 fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
@@ -782,6 +891,7 @@ impl Top {
         for block in &self.blocks {
             x = block.forward(&x, self.fast)?;
         }
+        let _span = tracing::trace_span!("head").entered();
         Ok(pool(&self.head.forward(&x, None, self.fast)?)?)
     }
 
@@ -909,6 +1019,114 @@ mod tests {
                 assert!(
                     close(&grads[0][i], &grads[1][i]),
                     "{name} gradient, k {k} s {s}"
+                );
+            }
+        }
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (norm(a) * norm(b))
+    }
+
+    /// Lite0 with random weights: convolutions scaled by their fan-in, batch-norm statistics
+    /// drawn around the identity, so activations neither die nor all saturate.
+    fn random_lite0(seed: u64) -> EfficientNetLite {
+        use rand::{Rng, SeedableRng};
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        EfficientNetLite::load(vb.clone(), &Config::lite0()).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<_> = data.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let var = &data[&name];
+            let dims = var.dims().to_vec();
+            let n: usize = dims.iter().product();
+            let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let u: f32 = rng.gen_range(-1.0..1.0);
+                    if name.ends_with("running_var")
+                        || name.ends_with("bn0.weight")
+                        || name.ends_with("bn1.weight")
+                        || name.ends_with("bn2.weight")
+                    {
+                        1.0 + 0.5 * u
+                    } else if dims.len() == 1 {
+                        0.1 * u
+                    } else {
+                        u * (3.0 / fan_in as f32).sqrt()
+                    }
+                })
+                .collect();
+            var.set(&Tensor::from_vec(values, dims, &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        drop(data);
+        EfficientNetLite::load(vb, &Config::lite0()).unwrap()
+    }
+
+    /// The fused network on every instruction set this CPU has, against the device-generic
+    /// tensor operations, on random weights and inputs: one image (layers split into bands),
+    /// three (one per thread), and sizes whose "SAME" padding is odd or even. Tolerance 1e-3
+    /// absolute on features of order 1: f32 rounding of a different summation order.
+    #[test]
+    fn the_fused_network_matches_tensor_ops_on_every_isa() {
+        let mut model = random_lite0(3);
+        for (batch, h, w) in [(1, 64, 64), (3, 57, 71), (2, 33, 32)] {
+            let x = Tensor::randn(0f32, 1.0, (batch, 3, h, w), &Device::Cpu).unwrap();
+            model.set_cpu_kernels(false);
+            let (want, want_logits) = model.forward(&x).unwrap();
+            model.set_cpu_kernels(true);
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(scale > 0.1, "random activations died out ({scale})");
+            for isa in EfficientNetLite::cpu_isas() {
+                model.set_cpu_isa(isa).unwrap();
+                let (got, logits) = model.forward(&x).unwrap();
+                let diff = |a: &Tensor, b: &Tensor| {
+                    (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                if isa == CpuIsa::Avx512Bf16 {
+                    // Weights and 1x1 inputs rounded to 8-bit mantissas: the features keep
+                    // their direction, not their digits.
+                    let (a, b) = (
+                        got.to_vec2::<f32>().unwrap(),
+                        want.to_vec2::<f32>().unwrap(),
+                    );
+                    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                        let cos = cosine(a, b);
+                        assert!(
+                            cos > 0.995,
+                            "bf16, {batch} x {h} x {w}, image {i}: cosine {cos}"
+                        );
+                    }
+                    continue;
+                }
+                let d = diff(&got, &want);
+                assert!(
+                    d < 1e-3,
+                    "{isa:?}, {batch} x {h} x {w}: features differ by {d}"
+                );
+                let d = diff(&logits, &want_logits);
+                assert!(
+                    d < 1e-2,
+                    "{isa:?}, {batch} x {h} x {w}: logits differ by {d}"
                 );
             }
         }

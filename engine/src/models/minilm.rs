@@ -137,6 +137,9 @@ pub enum Backend {
     /// The fused encoder with its portable kernels only: for other CPUs, and to check the
     /// AVX-512 kernels against.
     FusedPortable,
+    /// The fused encoder with its matrix products in bfloat16 (AVX512_BF16, f32 accumulation);
+    /// an error on CPUs without it.
+    FusedBf16,
     /// candle tensor ops on the `VarBuilder`'s device, on padded, masked batches.
     Candle,
 }
@@ -172,7 +175,14 @@ impl MiniLm {
         let isa = match backend {
             Backend::Auto if on_cpu => Some(Isa::detect()),
             Backend::FusedPortable if on_cpu => Some(Isa::Portable),
-            Backend::FusedPortable => {
+            #[cfg(target_arch = "x86_64")]
+            Backend::FusedBf16 if on_cpu && Isa::has_bf16() => Some(Isa::Avx512Bf16),
+            Backend::FusedBf16 if on_cpu => {
+                return Err(Error::InvalidArgument(
+                    "this CPU has no AVX512_BF16 for the bf16 MiniLM backend".into(),
+                ))
+            }
+            Backend::FusedPortable | Backend::FusedBf16 => {
                 return Err(Error::InvalidArgument(
                     "the fused MiniLM backend runs on the CPU only".into(),
                 ))

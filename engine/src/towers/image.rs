@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::ImageProblem;
 use crate::error::{Error, Result};
-use crate::models::efficientnet_lite::{self, EfficientNetLite, Top, FEATURE_DIM};
+use crate::models::efficientnet_lite::{self, CpuIsa, EfficientNetLite, Top, FEATURE_DIM};
 use crate::models::imagenet_classes::IMAGENET_CLASSES;
+use crate::towers::Precision;
 
 /// Largest image accepted by default, in decoded pixels: a 40-megapixel photo. Anything larger
 /// is refused before decoding, so a small file claiming huge dimensions (a decompression bomb)
@@ -62,6 +63,9 @@ pub struct ImageTowerConfig {
     pub max_file_bytes: u64,
     /// Images per forward pass.
     pub max_batch: usize,
+    /// The CPU kernels' arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl ImageTowerConfig {
@@ -71,6 +75,7 @@ impl ImageTowerConfig {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
+            precision: Precision::F32,
         }
     }
 
@@ -98,6 +103,11 @@ impl ImageTowerConfig {
 
     pub fn with_max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);
+        self
+    }
+
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 }
@@ -458,7 +468,15 @@ impl ImageTower {
     /// Loads the network from a weights file (`.pth` or `.safetensors`) onto `device`.
     pub fn load(weights_path: &Path, config: &ImageTowerConfig, device: &Device) -> Result<Self> {
         let vb = crate::weights::var_builder(weights_path, candle_core::DType::F32, device)?;
-        let model = EfficientNetLite::load(vb, &config.model)?;
+        let mut model = EfficientNetLite::load(vb, &config.model)?;
+        if config.precision == Precision::Bf16 {
+            if !device.is_cpu() {
+                return Err(Error::InvalidArgument(
+                    "bf16 precision is for the CPU kernels; other devices run f32".into(),
+                ));
+            }
+            model.set_cpu_isa(CpuIsa::Avx512Bf16)?;
+        }
         Ok(Self::from_model(model, config))
     }
 

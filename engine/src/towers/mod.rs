@@ -6,3 +6,48 @@ pub mod image;
 pub mod service;
 /// Texts to normalised sentence vectors (MiniLM): tokenise, encode, mean-pool.
 pub mod text;
+
+use serde::{Deserialize, Serialize};
+
+/// The arithmetic of the towers' matrix products on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision throughout.
+    #[default]
+    F32,
+    /// The 1x1 convolutions and the text encoder's matrix products in bfloat16 with f32
+    /// accumulation (AVX512_BF16 CPUs only): about twice the multiply-adds per instruction, at
+    /// a cosine of 0.999 or more to the f32 features (BENCHMARKS.md, "Towers on the current
+    /// machine").
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(crate::error::Error::InvalidArgument(format!(
+                "unknown precision `{s}`: expected f32 or bf16"
+            ))),
+        }
+    }
+}

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::fetch::{Home, LiteVariant};
 use crate::models::efficientnet_lite;
+use crate::models::minilm::Backend;
 use crate::store::Features;
 use crate::towers::image::{
     ImageTower, ImageTowerConfig, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
 };
 use crate::towers::text::TextTower;
+use crate::towers::Precision;
 
 /// Where the two towers' weights are, and the image tower's settings. Built from the fetched
 /// `TRIO_HOME` by default, or from folders the user brings.
@@ -31,6 +33,9 @@ pub struct TowerSettings {
     /// Largest image file read, in bytes.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// Both towers' CPU arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -46,6 +51,7 @@ impl TowerSettings {
             text_model_dir: home.text_model_dir(),
             max_pixels: DEFAULT_MAX_PIXELS,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            precision: Precision::F32,
         }
     }
 
@@ -59,6 +65,15 @@ impl TowerSettings {
         ImageTowerConfig::new(model)
             .with_max_pixels(self.max_pixels)
             .with_max_file_bytes(self.max_file_bytes)
+            .with_precision(self.precision)
+    }
+
+    /// The text encoder's backend for these settings' precision.
+    pub fn text_backend(&self) -> Backend {
+        match self.precision {
+            Precision::F32 => Backend::Auto,
+            Precision::Bf16 => Backend::FusedBf16,
+        }
     }
 }
 
@@ -174,7 +189,7 @@ pub struct EmbeddingService {
 impl EmbeddingService {
     pub fn load(settings: &TowerSettings, device: &Device) -> Result<Self> {
         let image = ImageTower::load(&settings.image_weights, &settings.image_config(), device)?;
-        let text = TextTower::load(&settings.text_model_dir, device)?;
+        let text = TextTower::load_with(&settings.text_model_dir, device, settings.text_backend())?;
         Ok(Self {
             image,
             text,

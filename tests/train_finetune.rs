@@ -189,9 +189,12 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
     let one_pass = service
         .image
         .embed_with_tuned(std::slice::from_ref(&image), top)?;
-    assert_eq!(
-        one_pass.frozen, frozen,
-        "the frozen half is the tower's own features"
+    // Same network, two code paths (the fused blocks for `embed`, layer by layer under a tuned
+    // top): equal up to the order of float additions.
+    let drift = max_diff(&one_pass.frozen, &frozen);
+    assert!(
+        drift < 1e-4,
+        "the frozen half is the tower's own features (largest difference {drift})"
     );
     assert!(max_diff(&one_pass.tuned, &tuned) < 1e-5);
     demo::ingest(&catalog, &later);
@@ -206,10 +209,11 @@ fn a_fine_tuned_model_reads_its_own_image_features_everywhere() -> anyhow::Resul
             .image
             .embed(&[service.image.preprocessor().prepare_path(path)?])?
             .features;
-        assert_eq!(
-            stored.as_ref(),
-            own.first(),
-            "{id}: stored features are the frozen tower's"
+        // Equal up to the order of float additions (see the one-pass check above).
+        let drift = max_diff(&[stored.expect("stored image features")], &own[..1]);
+        assert!(
+            drift < 1e-4,
+            "{id}: stored features are the frozen tower's (largest difference {drift})"
         );
     }
 

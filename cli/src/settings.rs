@@ -67,8 +67,9 @@ pub struct TowerArgs {
     pub max_file_bytes: u64,
     /// Arithmetic of both towers on the CPU: f32, or bf16 (AVX512_BF16 CPUs: the 1x1
     /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation).
-    #[arg(long, default_value = "f32")]
-    pub precision: Precision,
+    /// Named apart from `--precision`, the stored vectors' precision of feature files.
+    #[arg(long = "tower-precision", default_value = "f32")]
+    pub tower_precision: Precision,
 }
 
 impl TowerArgs {
@@ -83,7 +84,7 @@ impl TowerArgs {
         }
         s.max_pixels = self.max_pixels;
         s.max_file_bytes = self.max_file_bytes;
-        s.precision = self.precision;
+        s.precision = self.tower_precision;
         Ok(s)
     }
 

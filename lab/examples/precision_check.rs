@@ -1,5 +1,5 @@
 //! bf16 against f32 on the same inputs: how far the towers' features turn, and whether the
-//! ImageNet top-1 class changes. The figures decide whether `--precision bf16` may be the
+//! ImageNet top-1 class changes. The figures decide whether `--tower-precision bf16` may be the
 //! default (BENCHMARKS.md, "Towers on the current machine").
 //!
 //! ```sh

@@ -8,7 +8,7 @@ use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::{ImageTower, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS};
 use trio_engine::towers::service::TowerSettings;
 use trio_engine::towers::text::TextTower;
-use trio_engine::towers::Precision;
+use trio_engine::towers::TowerPrecision;
 use trio_engine::Device;
 use trio_engine::DeviceChoice;
 
@@ -68,7 +68,7 @@ pub struct TowerArgs {
     /// Arithmetic of both towers on the CPU: f32, or bf16 (AVX512_BF16 CPUs: the 1x1
     /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation).
     #[arg(long, default_value = "f32")]
-    pub precision: Precision,
+    pub tower_precision: TowerPrecision,
 }
 
 impl TowerArgs {
@@ -83,7 +83,7 @@ impl TowerArgs {
         }
         s.max_pixels = self.max_pixels;
         s.max_file_bytes = self.max_file_bytes;
-        s.precision = self.precision;
+        s.precision = self.tower_precision;
         Ok(s)
     }
 

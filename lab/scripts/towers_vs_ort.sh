@@ -16,7 +16,7 @@ out="$(mktemp -d)"
 export RAYON_NUM_THREADS=2
 for round in $(seq "$rounds"); do
     for precision in f32 bf16; do
-        "$trio" bench --texts-file "$root/benches/text_sentences.txt" --precision "$precision" \
+        "$trio" bench --texts-file "$root/benches/text_sentences.txt" --tower-precision "$precision" \
             --json > "$out/trio-$precision-$round.json"
     done
     "$python" "$root/lab/reference/ort_bench.py" bench --json > "$out/ort-$round.json"

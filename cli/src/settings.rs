@@ -8,7 +8,7 @@ use trio_engine::fetch::{Home, LiteVariant};
 use trio_engine::towers::image::{ImageTower, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS};
 use trio_engine::towers::service::TowerSettings;
 use trio_engine::towers::text::TextTower;
-use trio_engine::towers::Precision;
+use trio_engine::towers::TowerPrecision;
 use trio_engine::Device;
 use trio_engine::DeviceChoice;
 
@@ -67,9 +67,8 @@ pub struct TowerArgs {
     pub max_file_bytes: u64,
     /// Arithmetic of both towers on the CPU: f32, or bf16 (AVX512_BF16 CPUs: the 1x1
     /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation).
-    /// Named apart from `--precision`, the stored vectors' precision of feature files.
-    #[arg(long = "tower-precision", default_value = "f32")]
-    pub tower_precision: Precision,
+    #[arg(long, default_value = "f32")]
+    pub tower_precision: TowerPrecision,
 }
 
 impl TowerArgs {

@@ -31,7 +31,7 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 use trio_engine::towers::image::{ImageTower, ImageTowerConfig, PreparedImage};
-use trio_engine::towers::Precision;
+use trio_engine::towers::TowerPrecision;
 use trio_engine::DeviceChoice;
 
 const PHOTOS: [&str; 5] = [
@@ -81,7 +81,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Timer {
 fn main() -> anyhow::Result<()> {
     let mut seconds = 3.0f64;
     let mut batches = vec![1usize, 8, 32];
-    let mut precision = Precision::F32;
+    let mut precision = TowerPrecision::F32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {

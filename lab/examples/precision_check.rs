@@ -16,7 +16,7 @@ use trio_engine::ingest::demo::{self, Vendor};
 use trio_engine::models::minilm::Backend;
 use trio_engine::towers::image::{top_k, ImageTower, ImageTowerConfig, PreparedImage};
 use trio_engine::towers::text::TextTower;
-use trio_engine::towers::Precision;
+use trio_engine::towers::TowerPrecision;
 use trio_engine::DeviceChoice;
 
 const PHOTOS: [&str; 5] = [
@@ -54,10 +54,10 @@ fn main() -> anyhow::Result<()> {
         .context("set TRIO_HOME")?;
     let cpu = DeviceChoice::Cpu.resolve()?;
     let weights = home.join("models/efficientnet-lite0/efficientnet-lite0.pth");
-    let load = |p: Precision| {
+    let load = |p: TowerPrecision| {
         ImageTower::load(&weights, &ImageTowerConfig::lite0().with_precision(p), &cpu)
     };
-    let (f32_tower, bf16_tower) = (load(Precision::F32)?, load(Precision::Bf16)?);
+    let (f32_tower, bf16_tower) = (load(TowerPrecision::F32)?, load(TowerPrecision::Bf16)?);
     let pre = f32_tower.preprocessor();
     let photos: Vec<PreparedImage> = PHOTOS
         .iter()

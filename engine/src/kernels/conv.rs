@@ -472,8 +472,19 @@ impl Depthwise {
             pad_top,
             pad_left,
         };
-        for (i, dst) in out.chunks_exact_mut(ow * c).enumerate() {
-            self.row(isa, input, &g, oy0 + i, dst);
+        match isa {
+            // All rows in one call: the kernel walks 16 channels at a time down every row, so
+            // an input row's lines serve each output row over it while still in L1.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 => {
+                // SAFETY: `Isa::supported` found AVX-512F before this ISA could be chosen.
+                unsafe { depthwise_row_avx512(&self.weight, &self.bias, input, &g, oy0, out) }
+            }
+            _ => {
+                for (i, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+                    self.row(isa, input, &g, oy0 + i, dst);
+                }
+            }
         }
     }
 
@@ -510,7 +521,8 @@ fn depthwise_row_avx2(
     depthwise_row::<true>(weight, bias, image, g, oy, out)
 }
 
-/// The AVX-512 depthwise row. Pixels whose window lies inside the row's width go through
+/// The AVX-512 depthwise kernel for output rows `oy ..` (as many as `out` holds), 16 channels at
+/// a time down all rows. Pixels whose window lies inside the row's width go through
 /// register blocks of up to 8 pixels x 16 channels: each weight vector loaded serves every
 /// pixel of the block, and the accumulators stay in registers over all taps (the portable
 /// loop reloads and stores each pixel's channels once per tap). Border pixels keep their
@@ -529,9 +541,13 @@ fn depthwise_row_avx512(
 ) {
     use std::arch::x86_64::*;
     let c = g.c;
-    let ow = out.len() / c;
+    let ow = same_padding(g.w, g.k, g.s).0;
+    let rows = out.len() / (ow * c);
     if !c.is_multiple_of(16) {
-        return depthwise_pixels::<true>(weight, bias, image, g, oy, out, 0..ow);
+        for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
+            depthwise_pixels::<true>(weight, bias, image, g, oy + r, row, 0..ow);
+        }
+        return;
     }
     // Output columns whose taps all fall inside the input's width.
     let lo = g.pad_left.div_ceil(g.s).min(ow);
@@ -541,12 +557,15 @@ fn depthwise_row_avx512(
         0
     }
     .max(lo);
-    let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-    assert!(
-        bias.len() >= c
-            && weight.len() >= g.k * g.k * c
-            && (ky0 == ky1 || image.len() >= ((oy * g.s + ky1 - g.pad_top - g.row0) * g.w) * c)
-    );
+    assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
+    for r in 0..rows {
+        let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+        assert!(
+            ky0 == ky1
+                || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
+                    && image.len() >= ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w * c
+        );
+    }
 
     /// `P` pixels from column `ox`, channels `cv .. cv + 16`.
     ///
@@ -637,26 +656,29 @@ fn depthwise_row_avx512(
     for cv in (0..c).step_by(16) {
         // SAFETY: `cv + 16 <= c <= bias.len()`.
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
-        let mut ox = lo;
-        let taps = (ky0, ky1);
-        for edge_ox in (0..lo).chain(hi..ow) {
-            // SAFETY: border columns, taps clipped by `tap_range` inside `edge`.
-            unsafe { edge(weight, b, image, g, oy, taps, edge_ox, cv, out) };
-        }
-        // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
-        // `tap_range`, and the window holds them (asserted above).
-        unsafe {
-            while ox + 8 <= hi {
-                block::<8>(weight, b, image, g, oy, taps, ox, cv, out);
-                ox += 8;
+        for (r, out) in out.chunks_exact_mut(ow * c).enumerate() {
+            let oy = oy + r;
+            let taps = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+            let mut ox = lo;
+            for edge_ox in (0..lo).chain(hi..ow) {
+                // SAFETY: border columns, taps clipped by `tap_range` inside `edge`.
+                unsafe { edge(weight, b, image, g, oy, taps, edge_ox, cv, out) };
             }
-            while ox + 4 <= hi {
-                block::<4>(weight, b, image, g, oy, taps, ox, cv, out);
-                ox += 4;
-            }
-            while ox < hi {
-                block::<1>(weight, b, image, g, oy, taps, ox, cv, out);
-                ox += 1;
+            // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
+            // `tap_range`, and the window holds them (asserted above).
+            unsafe {
+                while ox + 8 <= hi {
+                    block::<8>(weight, b, image, g, oy, taps, ox, cv, out);
+                    ox += 8;
+                }
+                while ox + 4 <= hi {
+                    block::<4>(weight, b, image, g, oy, taps, ox, cv, out);
+                    ox += 4;
+                }
+                while ox < hi {
+                    block::<1>(weight, b, image, g, oy, taps, ox, cv, out);
+                    ox += 1;
+                }
             }
         }
     }

@@ -289,46 +289,43 @@ impl Network {
         with_buffer(&ACTIVATIONS, 2 * largest, run);
     }
 
-    /// The head over `x`'s pixels, averaged into `features`.
+    /// The head over `x`'s pixels, averaged into `features`. The sum runs in pixel order
+    /// whether or not the head itself is split over threads, so an image's features do not
+    /// depend on the batch it came in.
     fn pool_head(&self, isa: Isa, x: &[f32], split: bool, features: &mut [f32]) {
         let (k, n) = (self.head.inputs(), self.head.outputs());
         let pixels = x.len() / k;
-        let chunk = (WINDOW_FLOATS / n).clamp(1, pixels.max(1));
-        let sums = |range: std::ops::Range<usize>| {
-            let mut sums = vec![0f32; n];
+        let mut sums = vec![0f32; n];
+        let add_rows = |sums: &mut [f32], y: &[f32]| {
+            for row in y.chunks_exact(n) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+        };
+        if split && pixels > 1 {
+            let mut y = vec![0f32; pixels * n];
+            by_rows(true, &mut y, n, |p0, rows| {
+                let _span = tracing::trace_span!("head").entered();
+                let count = rows.len() / n;
+                self.head
+                    .run_tile(isa, &x[p0 * k..(p0 + count) * k], None, rows);
+            });
+            add_rows(&mut sums, &y);
+        } else {
+            let chunk = (WINDOW_FLOATS / n).clamp(1, pixels.max(1));
             with_buffer(&SCRATCH, chunk * n, |y| {
-                for a in range.clone().step_by(chunk) {
-                    let b = (a + chunk).min(range.end);
+                for a in (0..pixels).step_by(chunk) {
+                    let b = (a + chunk).min(pixels);
                     let y = &mut y[..(b - a) * n];
                     let _span = tracing::trace_span!("head").entered();
                     self.head.run_tile(isa, &x[a * k..b * k], None, y);
-                    for row in y.chunks_exact(n) {
-                        for (s, v) in sums.iter_mut().zip(row) {
-                            *s += v;
-                        }
-                    }
+                    add_rows(&mut sums, y);
                 }
             });
-            sums
-        };
-        let total = if split && pixels > 1 {
-            let parts = rayon::current_num_threads().min(pixels);
-            let per = pixels.div_ceil(parts);
-            (0..parts)
-                .into_par_iter()
-                .map(|p| sums(p * per..((p + 1) * per).min(pixels)))
-                .reduce(
-                    || vec![0f32; n],
-                    |mut a, b| {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                )
-        } else {
-            sums(0..pixels)
-        };
+        }
         let scale = 1.0 / pixels.max(1) as f32;
-        for (f, s) in features.iter_mut().zip(total) {
+        for (f, s) in features.iter_mut().zip(sums) {
             *f = s * scale;
         }
     }

@@ -1132,6 +1132,23 @@ mod tests {
         }
     }
 
+    /// An image's features are the same bits alone (layers split over threads) and in a batch
+    /// (one image per thread): stored features must not depend on how ingest batched them.
+    #[test]
+    fn fused_features_do_not_depend_on_the_batch() {
+        let model = random_lite0(4);
+        let x = Tensor::randn(0f32, 1.0, (3, 3, 48, 40), &Device::Cpu).unwrap();
+        let (together, _) = model.forward(&x).unwrap();
+        for i in 0..3 {
+            let (alone, _) = model.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
+            assert_eq!(
+                alone.to_vec2::<f32>().unwrap()[0],
+                together.to_vec2::<f32>().unwrap()[i],
+                "image {i}"
+            );
+        }
+    }
+
     #[test]
     fn zero_weights_give_finite_outputs_of_the_right_shape() {
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);

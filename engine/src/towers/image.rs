@@ -27,7 +27,7 @@ pub use crate::error::ImageProblem;
 use crate::error::{Error, Result};
 use crate::models::efficientnet_lite::{self, CpuIsa, EfficientNetLite, Top, FEATURE_DIM};
 use crate::models::imagenet_classes::IMAGENET_CLASSES;
-use crate::towers::Precision;
+use crate::towers::TowerPrecision;
 
 /// Largest image accepted by default, in decoded pixels: a 40-megapixel photo. Anything larger
 /// is refused before decoding, so a small file claiming huge dimensions (a decompression bomb)
@@ -65,7 +65,7 @@ pub struct ImageTowerConfig {
     pub max_batch: usize,
     /// The CPU kernels' arithmetic.
     #[serde(default)]
-    pub precision: Precision,
+    pub precision: TowerPrecision,
 }
 
 impl ImageTowerConfig {
@@ -75,7 +75,7 @@ impl ImageTowerConfig {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
-            precision: Precision::F32,
+            precision: TowerPrecision::F32,
         }
     }
 
@@ -106,7 +106,7 @@ impl ImageTowerConfig {
         self
     }
 
-    pub fn with_precision(mut self, precision: Precision) -> Self {
+    pub fn with_precision(mut self, precision: TowerPrecision) -> Self {
         self.precision = precision;
         self
     }
@@ -469,7 +469,7 @@ impl ImageTower {
     pub fn load(weights_path: &Path, config: &ImageTowerConfig, device: &Device) -> Result<Self> {
         let vb = crate::weights::var_builder(weights_path, candle_core::DType::F32, device)?;
         let mut model = EfficientNetLite::load(vb, &config.model)?;
-        if config.precision == Precision::Bf16 {
+        if config.precision == TowerPrecision::Bf16 {
             if !device.is_cpu() {
                 return Err(Error::InvalidArgument(
                     "bf16 precision is for the CPU kernels; other devices run f32".into(),
@@ -566,22 +566,21 @@ impl ImageTower {
     }
 
     /// The frozen features and those of `tuned` (a fine-tuned top of this network) for each
-    /// image, from one pass through the shared bottom: what ingest stores, and what the model
-    /// that owns `tuned` reads. The frozen half runs this network's own top on the same
-    /// activations, the same operations as [`ImageTower::embed`].
+    /// image: what ingest stores, and what the model that owns `tuned` reads. The frozen half
+    /// is [`ImageTower::embed`]'s own features, bit for bit (on the CPU that is the fused
+    /// network, in the tower's precision); the tuned half reads the layer-by-layer activations
+    /// entering its first block, as fine-tuning saw them.
     pub fn embed_with_tuned(
         &self,
         images: &[PreparedImage],
         tuned: &Top,
     ) -> Result<TunedEmbeddings> {
-        let own_top = self.model.top(tuned.first_block())?;
-        let mut frozen = Vec::with_capacity(images.len());
+        let frozen = self.embed(images)?.features;
         let mut tuned_features = Vec::with_capacity(images.len());
         for input in self.batches(images)? {
             let x = self
                 .model
                 .activations_before(&input?, tuned.first_block())?;
-            frozen.extend(own_top.forward(&x)?.to_vec2::<f32>()?);
             tuned_features.extend(tuned.forward(&x)?.to_vec2::<f32>()?);
         }
         Ok(TunedEmbeddings {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The arithmetic of the towers' matrix products on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Precision {
+pub enum TowerPrecision {
     /// Single precision throughout.
     #[default]
     F32,
@@ -23,28 +23,28 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
+impl TowerPrecision {
     pub fn as_str(self) -> &'static str {
         match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
+            TowerPrecision::F32 => "f32",
+            TowerPrecision::Bf16 => "bf16",
         }
     }
 }
 
-impl std::fmt::Display for Precision {
+impl std::fmt::Display for TowerPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl std::str::FromStr for Precision {
+impl std::str::FromStr for TowerPrecision {
     type Err = crate::error::Error;
 
     fn from_str(s: &str) -> crate::error::Result<Self> {
         match s {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
+            "f32" => Ok(TowerPrecision::F32),
+            "bf16" => Ok(TowerPrecision::Bf16),
             _ => Err(crate::error::Error::InvalidArgument(format!(
                 "unknown precision `{s}`: expected f32 or bf16"
             ))),

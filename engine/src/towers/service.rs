@@ -17,7 +17,7 @@ use crate::towers::image::{
     ImageTower, ImageTowerConfig, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS,
 };
 use crate::towers::text::TextTower;
-use crate::towers::Precision;
+use crate::towers::TowerPrecision;
 
 /// Where the two towers' weights are, and the image tower's settings. Built from the fetched
 /// `TRIO_HOME` by default, or from folders the user brings.
@@ -35,7 +35,7 @@ pub struct TowerSettings {
     pub max_file_bytes: u64,
     /// Both towers' CPU arithmetic.
     #[serde(default)]
-    pub precision: Precision,
+    pub precision: TowerPrecision,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -51,7 +51,7 @@ impl TowerSettings {
             text_model_dir: home.text_model_dir(),
             max_pixels: DEFAULT_MAX_PIXELS,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            precision: Precision::F32,
+            precision: TowerPrecision::F32,
         }
     }
 
@@ -71,8 +71,8 @@ impl TowerSettings {
     /// The text encoder's backend for these settings' precision.
     pub fn text_backend(&self) -> Backend {
         match self.precision {
-            Precision::F32 => Backend::Auto,
-            Precision::Bf16 => Backend::FusedBf16,
+            TowerPrecision::F32 => Backend::Auto,
+            TowerPrecision::Bf16 => Backend::FusedBf16,
         }
     }
 }

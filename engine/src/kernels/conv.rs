@@ -17,6 +17,39 @@
 
 use std::sync::Arc;
 
+/// Runs `block` with its row and vector counts as const parameters: one monomorphised kernel per
+/// tile shape, for the f32 and bf16 blocks alike.
+macro_rules! run_block {
+    ($block:expr, $rows:expr, $vectors:expr) => {
+        match ($rows, $vectors) {
+            (6, 4) => $block.run::<6, 4>(),
+            (6, 3) => $block.run::<6, 3>(),
+            (6, 2) => $block.run::<6, 2>(),
+            (6, _) => $block.run::<6, 1>(),
+            (5, 4) => $block.run::<5, 4>(),
+            (5, 3) => $block.run::<5, 3>(),
+            (5, 2) => $block.run::<5, 2>(),
+            (5, _) => $block.run::<5, 1>(),
+            (4, 4) => $block.run::<4, 4>(),
+            (4, 3) => $block.run::<4, 3>(),
+            (4, 2) => $block.run::<4, 2>(),
+            (4, _) => $block.run::<4, 1>(),
+            (3, 4) => $block.run::<3, 4>(),
+            (3, 3) => $block.run::<3, 3>(),
+            (3, 2) => $block.run::<3, 2>(),
+            (3, _) => $block.run::<3, 1>(),
+            (2, 4) => $block.run::<2, 4>(),
+            (2, 3) => $block.run::<2, 3>(),
+            (2, 2) => $block.run::<2, 2>(),
+            (2, _) => $block.run::<2, 1>(),
+            (_, 4) => $block.run::<1, 4>(),
+            (_, 3) => $block.run::<1, 3>(),
+            (_, 2) => $block.run::<1, 2>(),
+            (_, _) => $block.run::<1, 1>(),
+        }
+    };
+}
+
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -926,34 +959,7 @@ mod avx512 {
                 // `r0 .. r0 + count` (< rows) and columns `c0 .. c0 + width` (<= n), and the
                 // last vector's lanes past `width` are masked off, so no access leaves the
                 // slices. AVX-512F is enabled on this function.
-                unsafe {
-                    match ((rows - r0).min(ROWS), vectors) {
-                        (6, 4) => block.run::<6, 4>(),
-                        (6, 3) => block.run::<6, 3>(),
-                        (6, 2) => block.run::<6, 2>(),
-                        (6, _) => block.run::<6, 1>(),
-                        (5, 4) => block.run::<5, 4>(),
-                        (5, 3) => block.run::<5, 3>(),
-                        (5, 2) => block.run::<5, 2>(),
-                        (5, _) => block.run::<5, 1>(),
-                        (4, 4) => block.run::<4, 4>(),
-                        (4, 3) => block.run::<4, 3>(),
-                        (4, 2) => block.run::<4, 2>(),
-                        (4, _) => block.run::<4, 1>(),
-                        (3, 4) => block.run::<3, 4>(),
-                        (3, 3) => block.run::<3, 3>(),
-                        (3, 2) => block.run::<3, 2>(),
-                        (3, _) => block.run::<3, 1>(),
-                        (2, 4) => block.run::<2, 4>(),
-                        (2, 3) => block.run::<2, 3>(),
-                        (2, 2) => block.run::<2, 2>(),
-                        (2, _) => block.run::<2, 1>(),
-                        (_, 4) => block.run::<1, 4>(),
-                        (_, 3) => block.run::<1, 3>(),
-                        (_, 2) => block.run::<1, 2>(),
-                        (_, _) => block.run::<1, 1>(),
-                    }
-                }
+                unsafe { run_block!(block, (rows - r0).min(ROWS), vectors) }
             }
         }
     }
@@ -1146,34 +1152,7 @@ pub(crate) mod avx512bf16 {
                     // SAFETY: as in the f32 kernel: the assertion sizes every operand, the
                     // block stays inside rows `r0 ..< rows` and columns `c0 ..< c0 + width`,
                     // and masks cover the last vector's tail.
-                    unsafe {
-                        match ((rows - r0).min(ROWS), vectors) {
-                            (6, 4) => block.run::<6, 4>(),
-                            (6, 3) => block.run::<6, 3>(),
-                            (6, 2) => block.run::<6, 2>(),
-                            (6, _) => block.run::<6, 1>(),
-                            (5, 4) => block.run::<5, 4>(),
-                            (5, 3) => block.run::<5, 3>(),
-                            (5, 2) => block.run::<5, 2>(),
-                            (5, _) => block.run::<5, 1>(),
-                            (4, 4) => block.run::<4, 4>(),
-                            (4, 3) => block.run::<4, 3>(),
-                            (4, 2) => block.run::<4, 2>(),
-                            (4, _) => block.run::<4, 1>(),
-                            (3, 4) => block.run::<3, 4>(),
-                            (3, 3) => block.run::<3, 3>(),
-                            (3, 2) => block.run::<3, 2>(),
-                            (3, _) => block.run::<3, 1>(),
-                            (2, 4) => block.run::<2, 4>(),
-                            (2, 3) => block.run::<2, 3>(),
-                            (2, 2) => block.run::<2, 2>(),
-                            (2, _) => block.run::<2, 1>(),
-                            (_, 4) => block.run::<1, 4>(),
-                            (_, 3) => block.run::<1, 3>(),
-                            (_, 2) => block.run::<1, 2>(),
-                            (_, _) => block.run::<1, 1>(),
-                        }
-                    }
+                    unsafe { run_block!(block, (rows - r0).min(ROWS), vectors) }
                 }
             }
         };

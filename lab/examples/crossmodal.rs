@@ -7,10 +7,9 @@
 //! ```
 //!
 //! Splits the catalogue per class with emoji kept whole (`emoji_key`), as `trio train` does,
-//! and trains the fused model on the same split three ways: unaligned (joint heads left as
-//! initialised), the previous design (joint heads on the classifier's branch outputs, InfoNCE
-//! beside the classification loss), and the default (joint heads on the frozen features,
-//! aligned after the classifier, `train::align`). The gallery is every item's image-only fused
+//! and trains the fused model on the same split two ways: unaligned (joint heads left as
+//! initialised) and the default (joint heads on the frozen features, aligned beside the
+//! classifier, `train::align`). The gallery is every item's image-only fused
 //! vector; the queries are the test emoji's names through the text tower (`trio search
 //! --text`'s path). A query hits when any render of its emoji (either vendor, any skin tone) is
 //! among the k nearest; the strict figure counts only the base (no skin tone) renders. The
@@ -30,7 +29,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use trio_engine::catalog::Catalog;
 use trio_engine::fetch::{Home, LiteVariant};
-use trio_engine::models::fusion::{FusionConfig, JointInput};
+use trio_engine::models::fusion::FusionConfig;
 use trio_engine::towers::service::TowerSettings;
 use trio_engine::train::trainer::FUSED;
 use trio_engine::train::{split, InputSet, TrainConfig, Trainer};
@@ -247,26 +246,9 @@ fn main() -> anyhow::Result<()> {
         align_epochs: 0,
         ..cfg.clone()
     };
-    let previous = TrainConfig {
-        align_epochs: 0,
-        model: FusionConfig {
-            joint_input: JointInput::BranchOutputs,
-            contrastive_weight: 0.5,
-            temperature: 0.1,
-            ..cfg.model.clone()
-        },
-        ..cfg.clone()
-    };
     let mut runs = vec![("aligned (default: heads on frozen features)", cfg.clone())];
     if !args.default_only {
         runs.insert(0, ("unaligned (joint heads untrained)", unaligned));
-        runs.insert(
-            1,
-            (
-                "previous: heads on branch outputs, InfoNCE weight 0.5",
-                previous,
-            ),
-        );
     }
     let mut variants = Vec::new();
     for (name, train_cfg) in runs {

@@ -234,8 +234,10 @@ pub(crate) fn align_joint_heads(
         let data = varmap.data().lock().map_err(|_| {
             Error::InvalidArgument("the model's variable map was poisoned by a panic".into())
         })?;
-        let mut named: Vec<(&String, &Var)> =
-            data.iter().filter(|(k, _)| cfg.is_joint_var(k)).collect();
+        let mut named: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(k, _)| FusionConfig::is_joint_var(k))
+            .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         named.into_iter().map(|(_, v)| v.clone()).collect()
     };

@@ -176,6 +176,14 @@ fn check_settings_are_current(header: &serde_json::Value) -> Result<()> {
             .get("config")
             .and_then(|c| c.as_object())
             .ok_or_else(|| format_error(format!("`{variant}` has no settings")))?;
+        // Joint heads on the branch outputs were an alternative design, since removed: such a
+        // model's search heads have no counterpart today.
+        if stored.get("joint_input").and_then(|v| v.as_str()) == Some("branch_outputs") {
+            return Err(format_error(format!(
+                "`{variant}` has joint heads on branch outputs (`joint_input: branch_outputs`), \
+                 which this Trio no longer has; retrain it with `trio train`"
+            )));
+        }
         if let Some(missing) = current.keys().find(|k| !stored.contains_key(*k)) {
             return Err(format_error(format!(
                 "`{variant}` was stored by an older Trio (its settings have no `{missing}`); \
@@ -518,14 +526,23 @@ mod tests {
         assert!(check_settings_are_current(&header(current.clone(), vec![])).is_ok());
 
         let mut old = current.clone();
-        old.as_object_mut().expect("object").remove("joint_input");
+        old.as_object_mut().expect("object").remove("image_weight");
         let err = check_settings_are_current(&header(old.clone(), vec![]))
-            .expect_err("a model without joint_input is older");
+            .expect_err("a model without image_weight is older");
         let text = err.to_string();
         assert!(
-            text.contains("joint_input") && text.contains("trio train"),
+            text.contains("image_weight") && text.contains("trio train"),
             "{text}"
         );
+
+        let mut branch_heads = current.clone();
+        branch_heads
+            .as_object_mut()
+            .expect("object")
+            .insert("joint_input".into(), "branch_outputs".into());
+        let err = check_settings_are_current(&header(branch_heads, vec![]))
+            .expect_err("joint heads on branch outputs are gone");
+        assert!(err.to_string().contains("branch_outputs"), "{err}");
 
         let baseline = serde_json::json!({"variant": "text-only", "config": old});
         let err = check_settings_are_current(&header(current, vec![baseline]))

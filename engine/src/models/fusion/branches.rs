@@ -1,36 +1,24 @@
 //! The input branches (tuning layer, presence gate) and the two experts' heads on them.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::FusionConfig;
 use crate::error::Result;
 use crate::models::frozen_input::linear_on_frozen;
 
-/// One input branch: tuning layer, optional joint head.
+/// One input branch: the tuning layer on a frozen input.
 #[derive(Debug, Clone)]
 pub(super) struct Branch {
     pub(super) tuning: Linear,
-    pub(super) joint: Option<Linear>,
     pub(super) span: tracing::Span,
 }
 
 impl Branch {
-    pub(super) fn load(
-        vb: VarBuilder,
-        in_dim: usize,
-        out_dim: usize,
-        joint_dim: Option<usize>,
-        name: &str,
-    ) -> Result<Self> {
+    pub(super) fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Self> {
         let tuning = linear(in_dim, out_dim, vb.pp("tuning"))?;
-        let joint = match joint_dim {
-            Some(j) => Some(linear(out_dim, j, vb.pp("joint"))?),
-            None => None,
-        };
         Ok(Self {
             tuning,
-            joint,
             span: tracing::trace_span!("fusion.branch", name = name),
         })
     }
@@ -49,14 +37,6 @@ impl Branch {
     /// reads as "no evidence" (a learned "missing" vector measured no better: BENCHMARKS.md).
     pub(super) fn gate(&self, h: &Tensor, visible: &Tensor) -> Result<Tensor> {
         Ok(h.broadcast_mul(visible)?)
-    }
-
-    /// The unit joint-space vector of `h` (a head on the branch output).
-    pub(super) fn joint(&self, h: &Tensor) -> Result<Option<Tensor>> {
-        match &self.joint {
-            Some(j) => Ok(Some(l2_normalise(&j.forward(h)?)?)),
-            None => Ok(None),
-        }
     }
 }
 

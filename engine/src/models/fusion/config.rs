@@ -24,23 +24,13 @@ pub struct FusionConfig {
     pub text_tuning_dim: usize,
     /// Width of the shared image–text search space.
     pub joint_dim: usize,
-    /// What the joint heads read.
-    pub joint_input: JointInput,
-    /// Hidden width of the joint heads on frozen features (`Linear+ReLU` before the output
-    /// layer); 0 makes each head one linear layer. Unused with `joint_input = branch_outputs`.
+    /// Hidden width of the joint heads (`Linear+ReLU` before the output layer); 0 makes each
+    /// head one linear layer.
     pub joint_hidden: usize,
     /// Dropout on each branch output while training.
     pub dropout: f32,
-    /// Weight of the image–text InfoNCE loss beside the classification loss; only heads on the
-    /// branch outputs train there (heads on frozen features are aligned after the classifier).
-    pub contrastive_weight: f32,
-    /// Softmax temperature of the InfoNCE loss (beside the classifier and in `train::align`).
+    /// Softmax temperature of the InfoNCE loss that aligns the joint heads (`train::align`).
     pub temperature: f32,
-    /// Whether the InfoNCE gradient also reaches the tuning layers. Off by default: on
-    /// synthetic catalogues, letting instance-level alignment shape the branches cost the
-    /// classifier several points of top-1, while alignment through the joint heads alone
-    /// still puts a title near the images of its class.
-    pub align_branches: bool,
     /// Number of classes; 0 until the trainer fills it in from the label map.
     pub num_classes: usize,
     /// Weight of the image expert's log-probabilities beside the text expert's where an item
@@ -73,12 +63,9 @@ impl FusionConfig {
             image_proj_dim: 128,
             text_tuning_dim: 128,
             joint_dim: 128,
-            joint_input: JointInput::Features,
             joint_hidden: JOINT_HIDDEN,
             dropout: 0.2,
-            contrastive_weight: 0.5,
             temperature: TEMPERATURE,
-            align_branches: false,
             num_classes,
             image_weight: IMAGE_WEIGHT,
             image_dropout: Some(0.5),
@@ -95,20 +82,10 @@ impl FusionConfig {
         self.use_image && !self.text_fields.is_empty()
     }
 
-    /// Whether the InfoNCE loss is added to the classification loss (heads on branch outputs
-    /// with a positive weight); heads on frozen features are aligned on their own afterwards.
-    pub fn aligns_with_classifier(&self) -> bool {
-        self.has_joint()
-            && self.joint_input == JointInput::BranchOutputs
-            && self.contrastive_weight > 0.0
-    }
-
-    /// Whether the variable `name` belongs to the joint heads (what `train::align` trains).
-    pub fn is_joint_var(&self, name: &str) -> bool {
-        match self.joint_input {
-            JointInput::BranchOutputs => name.contains(".joint."),
-            JointInput::Features => name.starts_with("joint."),
-        }
+    /// Whether the variable `name` belongs to the joint heads (what `train::align` trains; the
+    /// classifier's loss never reaches them).
+    pub fn is_joint_var(name: &str) -> bool {
+        name.starts_with("joint.")
     }
 
     /// Width of the concatenation layer.
@@ -176,25 +153,11 @@ impl FusionConfig {
         if !(self.image_weight > 0.0 && self.image_weight.is_finite()) {
             return bad("image_weight", "must be a positive number");
         }
-        if self.contrastive_weight < 0.0 {
-            return bad("contrastive_weight", "must not be negative");
-        }
         if self.temperature <= 0.0 {
             return bad("temperature", "must be positive");
         }
         Ok(())
     }
-}
-
-/// What the joint (search) heads read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JointInput {
-    /// One linear head per branch on its tuning-layer output, trained beside the classifier
-    /// with weight `contrastive_weight`.
-    BranchOutputs,
-    /// An image head and one shared text head on the L2-normalised frozen features.
-    Features,
 }
 
 /// Default hidden width of the joint heads on frozen features: linear heads, the smallest that

@@ -1,12 +1,12 @@
-//! The joint image–text space: heads on the frozen features (or on the branch outputs), the
-//! model's joint embeddings, and the InfoNCE loss that aligns them.
+//! The joint image–text space: heads on the frozen features, the model's joint embeddings, and
+//! the InfoNCE loss that aligns them.
 
 use candle_core::{Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use super::branches::{l2_normalise, Branch};
-use super::inputs::{FusionBatch, Modality};
-use super::{FusedModel, FusionConfig, JointInput};
+use super::branches::l2_normalise;
+use super::inputs::FusionBatch;
+use super::{FusedModel, FusionConfig};
 use crate::error::{Error, Result};
 use crate::models::frozen_input::linear_on_frozen;
 
@@ -62,28 +62,14 @@ pub(super) struct FeatureHeads {
 }
 
 impl FusedModel {
-    /// The joint heads' inputs for `batch`, detached from the graph: the frozen features, or the
-    /// branches' tuning-layer outputs (no dropout, no presence gate) for heads on branch outputs.
-    /// `train::align` caches them once and trains the heads on the cache.
+    /// The joint heads' inputs for `batch`, detached from the graph: the frozen features of the
+    /// inputs the model reads. `train::align` caches them once and trains the heads on the cache.
     pub fn joint_inputs(&self, batch: &FusionBatch) -> Result<(Option<Tensor>, Vec<Tensor>)> {
-        let on_features = self.cfg.joint_input == JointInput::Features;
-        let input = |b: &Branch, m: &Modality| -> Result<Tensor> {
-            Ok(if on_features {
-                m.features.detach()
-            } else {
-                b.hidden(&m.features, None)?.detach()
-            })
-        };
         let image = match (&self.image, &batch.image) {
-            (Some(b), Some(m)) => Some(input(b, m)?),
+            (Some(_), Some(m)) => Some(m.features.detach()),
             _ => None,
         };
-        let text = self
-            .text
-            .iter()
-            .zip(&batch.text)
-            .map(|(b, m)| input(b, m))
-            .collect::<Result<Vec<_>>>()?;
+        let text = batch.text.iter().map(|m| m.features.detach()).collect();
         Ok((image, text))
     }
 
@@ -98,8 +84,8 @@ impl FusedModel {
     ) -> Result<(Tensor, Tensor)> {
         let ji = self.joint_image_from_input(image)?;
         let mut sum: Option<Tensor> = None;
-        for (f, (x, p)) in text.iter().zip(text_present).enumerate() {
-            let g = self.joint_text_from_input(f, x)?.broadcast_mul(p)?;
+        for (x, p) in text.iter().zip(text_present) {
+            let g = self.joint_text_from_input(x)?.broadcast_mul(p)?;
             sum = Some(match sum {
                 Some(s) => (s + g)?,
                 None => g,
@@ -109,38 +95,24 @@ impl FusedModel {
         Ok((ji, l2_normalise(&sum)?))
     }
 
-    fn joint_image_from_input(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(heads) = &self.feature_heads {
-            return heads.image.forward(x);
-        }
-        self.image
+    fn heads(&self) -> Result<&FeatureHeads> {
+        self.feature_heads
             .as_ref()
-            .map(|b| b.joint(x))
-            .transpose()?
-            .flatten()
             .ok_or_else(|| no_joint(&self.cfg))
     }
 
-    /// The unit joint vector of text field number `field`'s head input.
-    fn joint_text_from_input(&self, field: usize, x: &Tensor) -> Result<Tensor> {
-        if let Some(heads) = &self.feature_heads {
-            return heads.text.forward(x);
-        }
-        self.text
-            .get(field)
-            .map(|b| b.joint(x))
-            .transpose()?
-            .flatten()
-            .ok_or_else(|| no_joint(&self.cfg))
+    fn joint_image_from_input(&self, x: &Tensor) -> Result<Tensor> {
+        self.heads()?.image.forward(x)
+    }
+
+    /// The unit joint vector of a text field's features (one head serves every field).
+    fn joint_text_from_input(&self, x: &Tensor) -> Result<Tensor> {
+        self.heads()?.text.forward(x)
     }
 
     /// Unit joint-space vectors of image features `[batch, image_dim]`.
     pub fn embed_joint_image(&self, features: &Tensor) -> Result<Tensor> {
-        if self.feature_heads.is_some() {
-            return self.joint_image_from_input(features);
-        }
-        let branch = self.image.as_ref().ok_or_else(|| no_joint(&self.cfg))?;
-        self.joint_image_from_input(&branch.hidden(features, None)?)
+        self.joint_image_from_input(features)
     }
 
     /// Unit joint-space vectors of text: `fields` pairs a configured field name with its
@@ -151,19 +123,12 @@ impl FusedModel {
         }
         let mut sum: Option<Tensor> = None;
         for (name, x) in fields {
-            let f = self
-                .cfg
-                .text_fields
-                .iter()
-                .position(|c| c == name)
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!("the model has no text field `{name}`"))
-                })?;
-            let g = if self.feature_heads.is_some() {
-                self.joint_text_from_input(f, x)?
-            } else {
-                self.joint_text_from_input(f, &self.text[f].hidden(x, None)?)?
-            };
+            if !self.cfg.text_fields.iter().any(|c| c == name) {
+                return Err(Error::InvalidArgument(format!(
+                    "the model has no text field `{name}`"
+                )));
+            }
+            let g = self.joint_text_from_input(x)?;
             sum = Some(match sum {
                 Some(s) => (s + g)?,
                 None => g,

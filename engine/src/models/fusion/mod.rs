@@ -39,7 +39,7 @@ mod model;
 use candle_core::DType;
 
 pub use branches::l2_normalise;
-pub use config::{FusionConfig, JointInput};
+pub use config::FusionConfig;
 pub use inputs::{
     batch_from_inputs, partial_batch_from_inputs, FusionBatch, FusionInput, Modality,
     ModalityInputs, TrainNoise,
@@ -131,31 +131,33 @@ mod tests {
     }
 
     #[test]
-    fn joint_heads_on_branch_outputs_or_on_features_name_their_variables(
+    fn variables_are_named_by_branch_expert_and_joint_head(
     ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-        // A partial settings file takes every default, including heads on features.
-        let partial: FusionConfig = serde_json::from_str(r#"{"dropout": 0.3}"#)?;
-        assert_eq!(partial.joint_input, JointInput::Features);
-        assert_eq!(small_cfg().joint_input, JointInput::Features);
-        let cfg = FusionConfig {
-            joint_input: JointInput::BranchOutputs,
-            ..small_cfg()
-        };
-        let names =
-            |cfg: &FusionConfig| -> std::result::Result<Vec<String>, Box<dyn std::error::Error>> {
-                let varmap = candle_nn::VarMap::new();
-                FusedModel::load(VarBuilder::from_varmap(&varmap, DTYPE, &Device::Cpu), cfg)?;
-                let data = varmap.data().lock().map_err(|_| "poisoned")?;
-                Ok(data.keys().cloned().collect())
-            };
-        let old = names(&cfg)?;
-        assert!(old.iter().any(|n| n == "image.joint.weight"));
-        assert!(old.iter().any(|n| n == "text.title.joint.weight"));
-        assert!(!old.iter().any(|n| n.starts_with("joint.")));
-        let new = names(&small_cfg())?;
-        assert!(new.iter().any(|n| n == "joint.image.out.weight"));
-        assert!(new.iter().any(|n| n == "joint.text.out.weight"));
-        assert!(!new.iter().any(|n| n.contains(".joint.")));
+        let varmap = candle_nn::VarMap::new();
+        FusedModel::load(
+            VarBuilder::from_varmap(&varmap, DTYPE, &Device::Cpu),
+            &small_cfg(),
+        )?;
+        let data = varmap.data().lock().map_err(|_| "poisoned")?;
+        let names: Vec<&String> = data.keys().collect();
+        for want in [
+            "image.tuning.weight",
+            "text.title.tuning.weight",
+            "heads.image.weight",
+            "heads.text.title.weight",
+            "joint.image.out.weight",
+            "joint.text.out.weight",
+        ] {
+            assert!(
+                names.iter().any(|n| *n == want),
+                "{want} missing: {names:?}"
+            );
+        }
+        let joint = names
+            .iter()
+            .filter(|n| FusionConfig::is_joint_var(n))
+            .count();
+        assert_eq!(joint, 4, "two joint heads, weight and bias each: {names:?}");
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use super::branches::{l2_normalise, Branch, ExpertHeads};
 use super::inputs::{batch_from_inputs, FusionBatch, ModalityInputs, TrainNoise};
 use super::joint::{FeatureHeads, JointHead};
-use super::{FusionConfig, JointInput};
+use super::FusionConfig;
 use crate::error::{Error, Result};
 
 /// Everything one forward pass produces.
@@ -19,14 +19,14 @@ pub struct FusionOutput {
     /// The concatenation layer, `[batch, concat_dim]`: what the experts' heads read.
     pub concat: Tensor,
     /// Unit image vectors in the joint space, `[batch, joint]`, when the model has joint heads
-    /// (not computed while training heads on frozen features, which align on their own). Rows
+    /// (not computed while training: the heads align on their own, `train::align`). Rows
     /// of items without an image are meaningless; mask them with the presence column.
     pub joint_image: Option<Tensor>,
     /// Unit text vectors in the joint space (normalised mean of the present fields), zero rows
     /// for items without text.
     pub joint_text: Option<Tensor>,
-    /// The unit search vector, `[batch, search_dim]` (without training noise; while training
-    /// heads on frozen features it is the normalised concatenation layer).
+    /// The unit search vector, `[batch, search_dim]` (without training noise; while training it
+    /// is the normalised concatenation layer).
     pub search: Tensor,
     /// Each expert's logits beside the rows where its input was visible (`[batch, 1]`), for
     /// the experts' own losses: the image expert, then the text expert.
@@ -39,7 +39,7 @@ pub struct FusedModel {
     pub(super) cfg: FusionConfig,
     pub(super) image: Option<Branch>,
     pub(super) text: Vec<Branch>,
-    /// Present with `joint_input = features` on a model with both modalities.
+    /// The joint (search) heads, on a model with both modalities.
     pub(super) feature_heads: Option<FeatureHeads>,
     pub(super) heads: ExpertHeads,
     pub(super) device: Device,
@@ -48,14 +48,11 @@ pub struct FusedModel {
 
 impl FusedModel {
     /// Builds the model from `vb`. Variable names: `image.tuning.{weight,bias}`,
-    /// `text.<field>.tuning.…`, the experts' heads `heads.{image,all_text}.{weight,bias}`; the
-    /// joint heads: `joint.{image,text}.{hidden,out}.…` on features, or `image.joint.…`,
-    /// `text.<field>.joint.…` on branch outputs.
+    /// `text.<field>.tuning.…`, the experts' heads `heads.image.…` and `heads.text.<field>.…`;
+    /// the joint heads `joint.{image,text}.{hidden,out}.…`.
     pub fn load(vb: VarBuilder, cfg: &FusionConfig) -> Result<Self> {
         cfg.validate()?;
-        let joint = (cfg.has_joint() && cfg.joint_input == JointInput::BranchOutputs)
-            .then_some(cfg.joint_dim);
-        let feature_heads = if cfg.has_joint() && cfg.joint_input == JointInput::Features {
+        let feature_heads = if cfg.has_joint() {
             Some(FeatureHeads {
                 image: JointHead::load(vb.pp("joint").pp("image"), cfg.image_dim, cfg, "image")?,
                 text: JointHead::load(vb.pp("joint").pp("text"), cfg.text_dim, cfg, "text")?,
@@ -68,7 +65,6 @@ impl FusedModel {
                 vb.pp("image"),
                 cfg.image_dim,
                 cfg.image_proj_dim,
-                joint,
                 "image",
             )?)
         } else {
@@ -77,15 +73,7 @@ impl FusedModel {
         let text = cfg
             .text_fields
             .iter()
-            .map(|f| {
-                Branch::load(
-                    vb.pp("text").pp(f),
-                    cfg.text_dim,
-                    cfg.text_tuning_dim,
-                    joint,
-                    f,
-                )
-            })
+            .map(|f| Branch::load(vb.pp("text").pp(f), cfg.text_dim, cfg.text_tuning_dim, f))
             .collect::<Result<Vec<_>>>()?;
         let heads = ExpertHeads::load(vb.pp("heads"), cfg)?;
         Ok(Self {
@@ -118,18 +106,7 @@ impl FusedModel {
             )));
         }
         let mut parts = Vec::with_capacity(1 + self.text.len());
-        // The joint heads' inputs: frozen features, or branch outputs (detached unless
-        // `align_branches`, so the InfoNCE loss does not reshape the classifier's layers).
-        let on_features = self.cfg.joint_input == JointInput::Features;
-        let joint_in = |features: &Tensor, h: &Tensor| -> Tensor {
-            if on_features {
-                features.clone()
-            } else if self.cfg.align_branches {
-                h.clone()
-            } else {
-                h.detach()
-            }
-        };
+        // The joint heads read the frozen features.
         let mut image_in = None;
         // Each branch's output and the rows where its input is present, for the experts.
         let mut image_seen = None;
@@ -144,7 +121,7 @@ impl FusedModel {
             let h = branch.hidden(&m.features, noise.and_then(|n| n.image_dropout.as_ref()))?;
             let visible = m.present.clone();
             parts.push(branch.gate(&h, &visible)?);
-            image_in = Some(joint_in(&m.features, &h));
+            image_in = Some(m.features.clone());
             image_present = Some(m.present.clone());
             image_seen = Some((h, visible));
         }
@@ -154,7 +131,7 @@ impl FusedModel {
             let h = branch.hidden(&m.features, dropout)?;
             let visible = m.present.clone();
             parts.push(branch.gate(&h, &visible)?);
-            text_in.push(joint_in(&m.features, &h));
+            text_in.push(m.features.clone());
             text_seen.push((h, visible));
         }
         let concat = Tensor::cat(&parts, 1)?;
@@ -199,10 +176,9 @@ impl FusedModel {
         // for label-noise ranking and confidences; the ranking of classes is the product's.
         let logits = votes.broadcast_div(&weights.clamp(1f32, f32::MAX)?)?;
         let text_present: Vec<Tensor> = batch.text.iter().map(|m| m.present.clone()).collect();
-        // Heads on frozen features are aligned on their own (`train::align`): training the
-        // classifier has no use for them.
-        let joint_wanted = noise.is_none() || self.cfg.aligns_with_classifier();
-        let (joint_image, joint_text) = if self.cfg.has_joint() && joint_wanted {
+        // The joint heads are aligned on their own (`train::align`): training the classifier
+        // has no use for them.
+        let (joint_image, joint_text) = if self.cfg.has_joint() && noise.is_none() {
             match &image_in {
                 Some(i) => {
                     let (ji, jt) = self.joint_from_inputs(i, &text_in, &text_present)?;

@@ -5,8 +5,8 @@ use super::jobs::*;
 use super::*;
 
 impl Trainer {
-    /// Trains `run`'s classifier (every variable but joint heads on frozen features, which
-    /// its loss does not reach and the alignment owns).
+    /// Trains `run`'s classifier (every variable but the joint heads, which its loss does not
+    /// reach and the alignment owns).
     pub(super) fn classify(
         &self,
         run: &FusedRun,
@@ -16,7 +16,7 @@ impl Trainer {
     ) -> Result<FitOutcome> {
         let (cfg, model) = (&run.cfg, &run.model);
         let step = |rows: &[usize], rng: &mut StdRng| -> Result<Tensor> {
-            let (batch, image_host, text_host) = table.fusion_batch(rows, cfg, None)?;
+            let (batch, _, _) = table.fusion_batch(rows, cfg, None)?;
             let noise = TrainNoise::sample(cfg, rows.len(), rng, &self.device)?;
             let out = model.forward(&batch, Some(&noise))?;
             let labels = table.label_tensor(rows)?;
@@ -28,30 +28,12 @@ impl Trainer {
                     loss = (loss + expert)?;
                 }
             }
-            if let (Some(ji), Some(jt)) = (&out.joint_image, &out.joint_text) {
-                if cfg.aligns_with_classifier() {
-                    let both: Vec<u32> = (0..rows.len())
-                        .filter(|&i| image_host[i] && text_host.iter().any(|t| t[i]))
-                        .map(|i| i as u32)
-                        .collect();
-                    if both.len() >= 2 {
-                        let idx = Tensor::from_vec(both.clone(), both.len(), &self.device)?;
-                        let nce = info_nce(
-                            &ji.index_select(&idx, 0)?,
-                            &jt.index_select(&idx, 0)?,
-                            cfg.temperature,
-                        )?;
-                        loss = (loss + (nce * f64::from(cfg.contrastive_weight))?)?;
-                    }
-                }
-            }
             Ok(loss)
         };
         let eval = |rows: &[usize]| -> Result<Vec<Vec<f32>>> {
             fused_logits(model, table, cfg, rows, None)
         };
-        let on_features = cfg.joint_input == JointInput::Features;
-        let vars = sorted_vars(&run.varmap, |name| !(on_features && cfg.is_joint_var(name)))?;
+        let vars = sorted_vars(&run.varmap, |name| !FusionConfig::is_joint_var(name))?;
         self.fit(
             vars,
             &run.train_rows,

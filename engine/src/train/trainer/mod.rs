@@ -31,7 +31,7 @@ use super::optim::{AdamWParams, HostAdamW};
 use super::split::{self, Split};
 use super::{fingerprint, Example};
 use crate::error::{Error, Result};
-use crate::models::fusion::{info_nce, FusedModel, FusionConfig, JointInput, TrainNoise, DTYPE};
+use crate::models::fusion::{FusedModel, FusionConfig, TrainNoise, DTYPE};
 use crate::progress::Progress;
 
 /// Variant names used in reports and stored models.

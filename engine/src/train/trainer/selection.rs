@@ -182,14 +182,11 @@ impl Trainer {
         })
     }
 
-    /// Whether `run`'s joint heads align on frozen features, apart from the classifier: then
-    /// the classifier's loss never reaches them and the alignment never reads the classifier,
-    /// so the two can train at once. Heads on branch outputs align on what the classifier
-    /// trained, after it.
+    /// Whether `run` has joint heads to align. They read frozen features, so the classifier's
+    /// loss never reaches them and the alignment never reads the classifier: the two train at
+    /// once.
     pub(super) fn aligns_apart(&self, run: &FusedRun) -> bool {
-        run.cfg.has_joint()
-            && run.cfg.joint_input == JointInput::Features
-            && self.cfg.align_epochs > 0
+        run.cfg.has_joint() && self.cfg.align_epochs > 0
     }
 }
 
@@ -200,7 +197,7 @@ pub(super) fn copy_joint_vars(from: &FusedRun, to: &FusedRun) -> Result<()> {
         || Error::InvalidArgument("the model's variable map was poisoned by a panic".into());
     let source = from.varmap.data().lock().map_err(|_| poisoned())?;
     let target = to.varmap.data().lock().map_err(|_| poisoned())?;
-    for (name, var) in source.iter().filter(|(n, _)| from.cfg.is_joint_var(n)) {
+    for (name, var) in source.iter().filter(|(n, _)| FusionConfig::is_joint_var(n)) {
         let dest = target.get(name).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "joint head `{name}` is missing from the chosen model"

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use trio_engine::catalog::{group_id, Catalog, MapOptions, NoiseOptions, Space};
 use trio_engine::quality::duplicates::DuplicateOptions;
+use trio_engine::quality::noise::LabelNoiseOptions;
 use trio_engine::train::TrainConfig;
 
 use super::review;
@@ -84,6 +85,13 @@ pub struct NoiseArgs {
     group_field: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Weight of the neighbours' label vote against the out-of-fold probabilities, in [0, 1]:
+    /// 0 ranks on the model alone, 1 on the neighbours alone.
+    #[arg(long, default_value_t = LabelNoiseOptions::default().neighbour_weight)]
+    neighbour_weight: f32,
+    /// Neighbours voting on each item's label (fused space).
+    #[arg(long, default_value_t = NoiseOptions::default().neighbours)]
+    neighbours: usize,
     /// Also write the out-of-fold probabilities (JSON: label_names, ids, labels, probs), e.g.
     /// to run cleanlab on the same ones.
     #[arg(long)]
@@ -106,7 +114,11 @@ pub fn noise(args: NoiseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         },
         group_field: args.group_field.clone(),
         keep_out_of_fold: args.export_oof.is_some(),
-        ..NoiseOptions::default()
+        neighbours: args.neighbours,
+        noise: LabelNoiseOptions {
+            neighbour_weight: args.neighbour_weight,
+            ..LabelNoiseOptions::default()
+        },
     };
     let bars = Bars::new(!global.show_progress());
     let mut out = catalog.noise(&opts, &bars)?;

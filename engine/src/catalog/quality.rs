@@ -265,8 +265,9 @@ impl Catalog {
     }
 
     /// Ranks labelled items by how likely their label is wrong: out-of-fold probabilities from
-    /// cross-validated heads (an item is never scored by a model trained on it) combined with the
-    /// label vote of its neighbours in the fused space (when a model is trained).
+    /// cross-validated heads (an item is never scored by a model trained on it), mixed with the
+    /// label vote of its neighbours in the fused space when `opts.noise.neighbour_weight` is
+    /// positive and a model is trained.
     pub fn noise(&self, opts: &NoiseOptions, progress: &dyn Progress) -> Result<NoiseOutcome> {
         let examples = self.examples(&opts.train.label_field, opts.group_field.as_deref())?;
         let labelled: Vec<_> = examples.into_iter().filter(|e| e.label.is_some()).collect();

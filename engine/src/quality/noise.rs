@@ -47,7 +47,10 @@ pub struct LabelIssue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelNoiseOptions {
     /// Weight of the neighbours' vote against the model's probabilities, in `[0, 1]`:
-    /// 0 is confident learning on the model alone, 1 on the neighbours alone.
+    /// 0 is confident learning on the model alone, 1 on the neighbours alone. Default 0: on a
+    /// validation planting of the demo (20% of labels flipped, seed 1) the fused model's
+    /// out-of-fold probabilities alone found the flips best (F1 0.920; 0.915, 0.900, 0.892 at
+    /// 0.25, 0.5, 0.75). The vote pays where the model underfits its classes (see the tests).
     pub neighbour_weight: f32,
     /// Return every item ranked, not only the flagged ones.
     pub rank_all: bool,
@@ -56,7 +59,7 @@ pub struct LabelNoiseOptions {
 impl Default for LabelNoiseOptions {
     fn default() -> Self {
         Self {
-            neighbour_weight: 0.5,
+            neighbour_weight: 0.0,
             rank_all: false,
         }
     }

@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use super::quantized::{Int8Kernel, QuantizedRows, QuantizedWeight};
+
 /// Below this many multiply-adds a GEMM runs on the calling thread: waking the pool costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Rows of elementwise work (layer norm, activation) per parallel task.
@@ -93,13 +95,13 @@ avx512_versions! {
 
 /// A pointer that may cross threads: each task writes a disjoint part of the buffer behind it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: users guarantee that concurrent tasks touch disjoint elements.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     // A method, not field access, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -343,6 +345,8 @@ enum PackedWeight {
     /// `2i, 2i + 1` of one output, so a panel is `ceil(inputs / 2) × NR` words.
     #[cfg(target_arch = "x86_64")]
     PanelsBf16(AlignedBuf),
+    /// Int8 per output channel, for the int8 kernels (`super::quantized`).
+    Int8(QuantizedWeight),
 }
 
 impl PackedLinear {
@@ -413,6 +417,24 @@ impl PackedLinear {
         }
     }
 
+    /// Quantises `weight` (PyTorch layout `[outputs, inputs]`) to int8 for `kernel`; each
+    /// forward pass quantises its input rows to u8 on the way in.
+    pub(crate) fn quantized(
+        weight: &[f32],
+        bias: &[f32],
+        outputs: usize,
+        inputs: usize,
+        kernel: Int8Kernel,
+    ) -> Self {
+        assert_eq!(bias.len(), outputs, "bias size does not match the weight");
+        PackedLinear {
+            inputs,
+            outputs,
+            weight: PackedWeight::Int8(QuantizedWeight::new(weight, outputs, inputs, kernel)),
+            bias: bias.to_vec(),
+        }
+    }
+
     pub(crate) fn outputs(&self) -> usize {
         self.outputs
     }
@@ -436,6 +458,11 @@ impl PackedLinear {
             1
         };
         match &self.weight {
+            PackedWeight::Int8(w) => {
+                let mut rows_q = QuantizedRows::default();
+                rows_q.quantize(input, k, w.kernel());
+                w.forward(&rows_q, out, &self.bias, residual, gelu, threads);
+            }
             PackedWeight::RowMajor(w) => {
                 let parallelism = if threads > 1 {
                     gemm::Parallelism::Rayon(threads)
@@ -575,7 +602,7 @@ impl AlignedBuf {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{erf_coeffs, SendPtr};
@@ -675,7 +702,8 @@ mod avx512 {
         }
     }
 
-    fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
+    /// Lane masks for a panel whose last `valid` (at most 32) columns are real.
+    pub(in crate::kernels) fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
         let low = if valid >= 16 {
             0xffff
         } else {
@@ -1129,7 +1157,7 @@ mod avx512 {
     /// The erf GELU of 16 lanes, with the same rational erf as `super::erf_fast`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(super) fn gelu_erf(x: __m512) -> __m512 {
+    pub(in crate::kernels) fn gelu_erf(x: __m512) -> __m512 {
         let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
         let z2 = _mm512_mul_ps(z, z);

@@ -467,6 +467,13 @@ pub struct ImageTower {
 impl ImageTower {
     /// Loads the network from a weights file (`.pth` or `.safetensors`) onto `device`.
     pub fn load(weights_path: &Path, config: &ImageTowerConfig, device: &Device) -> Result<Self> {
+        if config.precision == TowerPrecision::Int8 {
+            return Err(Error::InvalidArgument(
+                "tower precision int8 (--tower-precision int8) is for the text tower only; \
+                 the image tower runs f32 or bf16"
+                    .into(),
+            ));
+        }
         let vb = crate::weights::var_builder(weights_path, candle_core::DType::F32, device)?;
         let mut model = EfficientNetLite::load(vb, &config.model)?;
         if config.precision == TowerPrecision::Bf16 {

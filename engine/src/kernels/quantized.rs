@@ -81,9 +81,9 @@ impl QuantizedRows {
         self.zero.clear();
         self.zero.resize(rows, 0);
         let run = |x: &[f32], q: &mut [u8], s: &mut [f32], z: &mut [i32]| match kernel {
-            // SAFETY: `Int8Kernel::Vnni` exists only where AVX-512F was detected.
+            // SAFETY: `Int8Kernel::Vnni` exists only where AVX-512F and BW were detected.
             #[cfg(target_arch = "x86_64")]
-            Int8Kernel::Vnni => unsafe { quantize_rows_avx512(x, k, q, s, z) },
+            Int8Kernel::Vnni => unsafe { vnni::quantize_rows(x, k, q, s, z) },
             Int8Kernel::Portable => quantize_rows(x, k, q, s, z),
         };
         if rows <= ROWS_PER_TASK {
@@ -102,23 +102,8 @@ impl QuantizedRows {
     }
 }
 
-/// [`quantize_rows`] compiled for AVX-512, so its loops use 16-lane registers; the arithmetic,
-/// and so every byte, is the portable function's.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn quantize_rows_avx512(
-    x: &[f32],
-    k: usize,
-    q: &mut [u8],
-    scale: &mut [f32],
-    zero: &mut [i32],
-) {
-    quantize_rows(x, k, q, scale, zero)
-}
-
 /// Each row's range, widened to hold 0 so that zero stays exact, split into 255 steps; values
 /// round to the nearest step (ties to even).
-#[inline(always)]
 fn quantize_rows(x: &[f32], k: usize, q: &mut [u8], scale: &mut [f32], zero: &mut [i32]) {
     let depth = padded_depth(k);
     for (((x, q), s), z) in x
@@ -416,6 +401,61 @@ mod vnni {
     use super::super::encoder::avx512::{column_masks, gelu_erf};
     use super::{depth_block, SendPtr, NR};
 
+    /// The portable `quantize_rows` in 16-lane registers, the same operations in the same
+    /// order (min and max are exact in any order), so every byte, scale and zero point agrees.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512BW must be available.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_rows(
+        x: &[f32],
+        k: usize,
+        q: &mut [u8],
+        scale: &mut [f32],
+        zero: &mut [i32],
+    ) {
+        let depth = k.next_multiple_of(4);
+        assert!(q.len() >= x.len() / k * depth && scale.len() >= x.len() / k);
+        let mask = |i: usize| ((1u32 << (k - i).min(16)) - 1) as __mmask16;
+        for (r, x) in x.chunks_exact(k).enumerate() {
+            let x = x.as_ptr();
+            // SAFETY: masked loads stay inside the row's `k` values and masked stores inside
+            // its `depth` bytes of `q` (asserted above).
+            unsafe {
+                let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for i in (0..k).step_by(16) {
+                    let v = _mm512_maskz_loadu_ps(mask(i), x.add(i));
+                    lo = _mm512_min_ps(lo, v);
+                    hi = _mm512_max_ps(hi, v);
+                }
+                let (min, max) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+                let row = q.as_mut_ptr().add(r * depth);
+                let step = (max - min) / 255.0;
+                if step.is_nan() || step <= 0.0 {
+                    std::ptr::write_bytes(row, 0, depth);
+                    (scale[r], zero[r]) = (1.0, 0);
+                    continue;
+                }
+                let inv = 1.0 / step;
+                let zero_point = (-min * inv).round_ties_even().clamp(0.0, 255.0);
+                let (inv_v, zp) = (_mm512_set1_ps(inv), _mm512_set1_ps(zero_point));
+                let (floor, ceil) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+                for i in (0..depth).step_by(16) {
+                    let v = _mm512_maskz_loadu_ps(mask(i.min(k)), x.add(i.min(k)));
+                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        _mm512_mul_ps(v, inv_v),
+                    );
+                    let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, zp), floor), ceil);
+                    // Lanes past `k` (padding up to `depth`) store zero.
+                    let bytes = _mm512_maskz_mov_epi32(mask(i.min(k)), _mm512_cvttps_epi32(v));
+                    let store = ((1u32 << (depth - i).min(16)) - 1) as __mmask16;
+                    _mm512_mask_cvtepi32_storeu_epi8(row.add(i).cast(), store, bytes);
+                }
+                (scale[r], zero[r]) = (step, zero_point as i32);
+            }
+        }
+    }
+
     /// Rows per register tile: 12 × 2 accumulators + 2 weight vectors + 1 broadcast ≤ 32 zmm.
     const MR: usize = 12;
     /// Row block: its bytes (at most 240 × 1536) stay in L2 while the panels sweep past.
@@ -458,6 +498,7 @@ mod vnni {
             let c = self.c.get().cast::<i32>();
             let panels = n.div_ceil(NR);
             let kc_max = depth_block(depth);
+            let mut finished = Sums([[0; NR]; MR]);
             // SAFETY (all pointer arithmetic below): offsets stay inside the buffers whose
             // extents the caller guarantees; word offsets are a quarter of byte offsets.
             unsafe {
@@ -477,25 +518,33 @@ mod vnni {
                                 let row0 = i0 + t * MR;
                                 let ct = c.add(row0 * n + col);
                                 let a = self.a.add(row0 * depth + kb);
-                                tile(rows, (a, depth, b, kc / 4, ct, n, !first, masks));
-                                if let (true, Some(d)) = (last, &self.dequant) {
-                                    let residual = if d.residual.is_null() {
-                                        d.residual
-                                    } else {
-                                        d.residual.add(row0 * n + col)
-                                    };
-                                    dequantize(
-                                        rows,
-                                        ct,
-                                        n,
-                                        (d.row_scale.add(row0), d.row_zero.add(row0)),
-                                        (d.column_scale.add(col), d.column_sum.add(col)),
-                                        d.bias.add(col),
-                                        residual,
-                                        d.gelu,
-                                        masks,
-                                    );
-                                }
+                                let from = (ct.cast_const(), n, !first, masks);
+                                let Some(d) = self.dequant.as_ref().filter(|_| last) else {
+                                    tile(rows, (a, depth, b, kc / 4, from, (ct, n, masks)));
+                                    continue;
+                                };
+                                // The finished sums go to an aligned stack tile in whole
+                                // registers: re-reading masked stores from `c` would stall on
+                                // store forwarding.
+                                let sums = finished.0.as_mut_ptr().cast::<i32>();
+                                let to = (sums, NR, (0xffff, 0xffff));
+                                tile(rows, (a, depth, b, kc / 4, from, to));
+                                let residual = if d.residual.is_null() {
+                                    d.residual
+                                } else {
+                                    d.residual.add(row0 * n + col)
+                                };
+                                dequantize(
+                                    rows,
+                                    sums,
+                                    (ct.cast(), n),
+                                    (d.row_scale.add(row0), d.row_zero.add(row0)),
+                                    (d.column_scale.add(col), d.column_sum.add(col)),
+                                    d.bias.add(col),
+                                    residual,
+                                    d.gelu,
+                                    masks,
+                                );
                             }
                         }
                     }
@@ -504,15 +553,20 @@ mod vnni {
         }
     }
 
+    /// A register tile's sums, 64-byte aligned so each row is two whole-register loads.
+    #[repr(C, align(64))]
+    struct Sums([[i32; NR]; MR]);
+
+    /// Inputs (stride in bytes), a panel block (groups of four depths), where the sums so far
+    /// are (read when the flag is set) and where the tile's sums go, each with its stride and
+    /// column masks.
     type TileArgs = (
         *const u8,
         usize,
         *const u32,
         usize,
-        *mut i32,
-        usize,
-        bool,
-        (__mmask16, __mmask16),
+        (*const i32, usize, bool, (__mmask16, __mmask16)),
+        (*mut i32, usize, (__mmask16, __mmask16)),
     );
 
     /// `rows` × 32 sums at `c` (+= when accumulating), by the kernel unrolled for `rows`.
@@ -542,12 +596,14 @@ mod vnni {
     macro_rules! tile_kernel {
         ($name:ident, $($r:literal)+) => {
             #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-            unsafe fn $name((a, lda, b, kc4, c, ldc, accumulate, (mask0, mask1)): TileArgs) {
+            unsafe fn $name(
+                (a, lda, b, kc4, (c, ldc, accumulate, (mask0, mask1)), (d, ldd, (dmask0, dmask1))): TileArgs,
+            ) {
                 let mut acc0 = [_mm512_setzero_si512(); MR];
                 let mut acc1 = [_mm512_setzero_si512(); MR];
                 // SAFETY: the caller guarantees that `a` covers the tile's rows (stride `lda`
-                // bytes) to 4·kc4 bytes, `b` kc4 × 32 words and `c` the tile's rows; the masks
-                // keep loads and stores inside the output's columns.
+                // bytes) to 4·kc4 bytes, `b` kc4 × 32 words, and `c` and `d` the tile's rows;
+                // the masks keep loads and stores inside their columns.
                 unsafe {
                     if accumulate {
                         $(
@@ -567,8 +623,8 @@ mod vnni {
                         )+
                     }
                     $(
-                        _mm512_mask_storeu_epi32(c.add($r * ldc), mask0, acc0[$r]);
-                        _mm512_mask_storeu_epi32(c.add($r * ldc + 16), mask1, acc1[$r]);
+                        _mm512_mask_storeu_epi32(d.add($r * ldd), dmask0, acc0[$r]);
+                        _mm512_mask_storeu_epi32(d.add($r * ldd + 16), dmask1, acc1[$r]);
                     )+
                 }
             }
@@ -588,15 +644,15 @@ mod vnni {
     tile_kernel!(tile_11, 0 1 2 3 4 5 6 7 8 9 10);
     tile_kernel!(tile_12, 0 1 2 3 4 5 6 7 8 9 10 11);
 
-    /// A finished tile's sums to f32 in place: `(acc − zx·Σqw) · (sx·sw) + bias (+ residual)`,
-    /// then GELU; the portable `finish_row`'s operations in its order.
+    /// A finished tile's sums (rows of `NR` at `sums`) to f32 in `c`: `(acc − zx·Σqw) · (sx·sw)
+    /// + bias (+ residual)`, then GELU; the portable `finish_row`'s operations in its order.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     #[target_feature(enable = "avx512f")]
     unsafe fn dequantize(
         rows: usize,
-        c: *mut i32,
-        ldc: usize,
+        sums: *const i32,
+        (c, ldc): (*mut f32, usize),
         (row_scale, row_zero): (*const f32, *const i32),
         (column_scale, column_sum): (*const f32, *const i32),
         bias: *const f32,
@@ -615,11 +671,10 @@ mod vnni {
                 let sum = _mm512_maskz_loadu_epi32(k, column_sum.add(off));
                 let b = _mm512_maskz_loadu_ps(k, bias.add(off));
                 for r in 0..rows {
-                    let at = c.add(r * ldc + off);
                     let zx = _mm512_set1_epi32(*row_zero.add(r));
                     let scale = _mm512_mul_ps(_mm512_set1_ps(*row_scale.add(r)), sw);
                     let acc = _mm512_sub_epi32(
-                        _mm512_maskz_loadu_epi32(k, at),
+                        _mm512_load_si512(sums.add(r * NR + off).cast()),
                         _mm512_mullo_epi32(zx, sum),
                     );
                     let mut v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), scale), b);
@@ -629,7 +684,7 @@ mod vnni {
                     if gelu {
                         v = gelu_erf(v);
                     }
-                    _mm512_mask_storeu_ps(at.cast(), k, v);
+                    _mm512_mask_storeu_ps(c.add(r * ldc + off), k, v);
                 }
             }
         }

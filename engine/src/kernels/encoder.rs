@@ -10,6 +10,8 @@
 //! and one packed-weight layout, and each fast kernel sits beside the portable one it is tested
 //! against.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::quantized::{Int8Kernel, QuantizedRows, QuantizedWeight};
@@ -18,6 +20,21 @@ use super::quantized::{Int8Kernel, QuantizedRows, QuantizedWeight};
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Rows of elementwise work (layer norm, activation) per parallel task.
 const ROWS_PER_TASK: usize = 64;
+/// Below this many multiply-adds attention runs on the calling thread. Lower than the GEMMs'
+/// bar: one short text's heads are enough to keep the second thread busy between products
+/// instead of letting it fall asleep and waking it for the next one.
+const ATTENTION_PARALLEL_MIN_MACS: usize = 1 << 15;
+/// Per-thread scratch buffers (activations, rounded or quantised inputs) larger than this are
+/// freed after use rather than kept: catalogue batches (32 texts of ~14 tokens need ~7 MiB)
+/// reuse theirs, a batch of long texts does not pin tens of MiB on every thread.
+pub(crate) const KEEP_SCRATCH_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// The bf16 products' rounded inputs, reused across calls (taken while in use).
+    static ROUNDED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    /// The int8 products' quantised inputs, reused across calls (taken while in use).
+    static QUANTIZED: Cell<Option<QuantizedRows>> = const { Cell::new(None) };
+}
 
 /// The instruction set the fused kernels use, detected once when the model loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,9 +476,12 @@ impl PackedLinear {
         };
         match &self.weight {
             PackedWeight::Int8(w) => {
-                let mut rows_q = QuantizedRows::default();
+                let mut rows_q = QUANTIZED.with(Cell::take).unwrap_or_default();
                 rows_q.quantize(input, k, w.kernel());
                 w.forward(&rows_q, out, &self.bias, residual, gelu, threads);
+                if rows_q.bytes() <= KEEP_SCRATCH_BYTES {
+                    QUANTIZED.with(|q| q.set(Some(rows_q)));
+                }
             }
             PackedWeight::RowMajor(w) => {
                 let parallelism = if threads > 1 {
@@ -513,7 +533,9 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             PackedWeight::PanelsBf16(panels) => {
                 let k2 = k.div_ceil(2);
-                let mut rounded = vec![0u32; rows * k2];
+                let mut rounded = ROUNDED.with(Cell::take);
+                rounded.clear();
+                rounded.resize(rows * k2, 0);
                 // SAFETY: these panels exist only where `Isa::has_bf16` found the instructions.
                 unsafe { avx512::round_rows_bf16(input, k, &mut rounded) };
                 let job = avx512::GemmBf16 {
@@ -537,6 +559,9 @@ impl PackedLinear {
                         // SAFETY: as above; tasks own disjoint panel (column) ranges.
                         unsafe { job.run(count * t / tasks, count * (t + 1) / tasks) };
                     });
+                }
+                if rounded.capacity() * 4 <= KEEP_SCRATCH_BYTES {
+                    ROUNDED.with(|r| r.set(rounded));
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -702,6 +727,36 @@ pub(super) mod avx512 {
         }
     }
 
+    /// A masked store, unmasked when it keeps every lane (every panel of a width that is a
+    /// multiple of 32): the epilogue's load of the same bytes right after is then forwarded
+    /// from the store buffer, where after a masked store it waits for the store to retire.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_ps(p: *mut f32, mask: __mmask16, v: __m512) {
+        // SAFETY: the caller guarantees the masked lanes; a full mask means all 16.
+        unsafe {
+            if mask == 0xffff {
+                _mm512_storeu_ps(p, v)
+            } else {
+                _mm512_mask_storeu_ps(p, mask, v)
+            }
+        }
+    }
+
+    /// The load matching [`store_ps`]: unmasked when every lane is kept.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_ps(mask: __mmask16, p: *const f32) -> __m512 {
+        // SAFETY: as for `store_ps`.
+        unsafe {
+            if mask == 0xffff {
+                _mm512_loadu_ps(p)
+            } else {
+                _mm512_maskz_loadu_ps(mask, p)
+            }
+        }
+    }
+
     /// Lane masks for a panel whose last `valid` (at most 32) columns are real.
     pub(in crate::kernels) fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
         let low = if valid >= 16 {
@@ -799,8 +854,8 @@ pub(super) mod avx512 {
                         )+
                     }
                     $(
-                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
-                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                        store_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        store_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
                     )+
                 }
             }
@@ -990,8 +1045,8 @@ pub(super) mod avx512 {
                         )+
                     }
                     $(
-                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
-                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                        store_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        store_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
                     )+
                 }
             }
@@ -1031,8 +1086,8 @@ pub(super) mod avx512 {
             let bias1 = _mm512_maskz_loadu_ps(mask1, bias.add(16));
             for r in 0..rows {
                 let row = c.add(r * ldc);
-                let mut v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask0, row), bias0);
-                let mut v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask1, row.add(16)), bias1);
+                let mut v0 = _mm512_add_ps(load_ps(mask0, row), bias0);
+                let mut v1 = _mm512_add_ps(load_ps(mask1, row.add(16)), bias1);
                 if !residual.is_null() {
                     let res = residual.add(r * ldc);
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, res));
@@ -1294,7 +1349,7 @@ pub(crate) fn attention(
     };
     let tasks = sequences.len() * heads;
     let work: usize = sequences.iter().map(|s| s.1 * s.1).sum::<usize>() * hidden;
-    if work < PARALLEL_MIN_MACS {
+    if work < ATTENTION_PARALLEL_MIN_MACS || tasks < 2 {
         let mut scratch = Vec::new();
         for t in 0..tasks {
             attend(isa, &task(t), &mut scratch);

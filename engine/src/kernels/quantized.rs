@@ -100,6 +100,11 @@ impl QuantizedRows {
     fn rows(&self) -> usize {
         self.scale.len()
     }
+
+    /// The bytes its buffers hold on to.
+    pub(crate) fn bytes(&self) -> usize {
+        self.values.capacity() + 8 * self.scale.capacity()
+    }
 }
 
 /// Each row's range, widened to hold 0 so that zero stays exact, split into 255 steps; values

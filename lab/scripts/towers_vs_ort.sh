@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trio's towers against ONNX Runtime in one run, alternating: for each round, `trio bench` in f32
 # and in bf16, the text tower alone in int8 (`--tower-precision int8` is text-only), then
-# `lab/reference/ort_bench.py bench` (f32 image, f32 and int8 MiniLM), all on 2 threads, the five
+# `lab/reference/ort_bench.py bench` (f32 image, f32 and int8 MiniLM), all on 2 threads (THREADS
+# to change; 1 compares per-core speed on a machine others are loading), the five
 # test photos and `benches/text_sentences.txt`, batches 1, 8 and 32. Prints each round's rates,
 # the median over rounds as a Markdown table, and Trio's text rates over ORT int8's.
 #
@@ -14,7 +15,8 @@ python="${2:-/work/venvs/ort/bin/python}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 trio="${TRIO:-$root/target/debug/trio}"
 out="$(mktemp -d)"
-export RAYON_NUM_THREADS=2
+threads="${THREADS:-2}"
+export RAYON_NUM_THREADS="$threads"
 for round in $(seq "$rounds"); do
     for precision in f32 bf16 int8; do
         only=()
@@ -22,7 +24,7 @@ for round in $(seq "$rounds"); do
         "$trio" bench --texts-file "$root/benches/text_sentences.txt" --tower-precision "$precision" \
             "${only[@]}" --json > "$out/trio-$precision-$round.json"
     done
-    "$python" "$root/lab/reference/ort_bench.py" bench --json > "$out/ort-$round.json"
+    "$python" "$root/lab/reference/ort_bench.py" bench --threads "$threads" --json > "$out/ort-$round.json"
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys

@@ -633,6 +633,19 @@ mod tests {
         bytes
     }
 
+    #[test]
+    fn int8_precision_is_refused_naming_the_setting() {
+        // Refused before the weights are read: the file need not exist.
+        let config = ImageTowerConfig::lite0().with_precision(TowerPrecision::Int8);
+        let err = ImageTower::load(Path::new("/nonexistent.pth"), &config, &Device::Cpu)
+            .err()
+            .expect("int8 is refused");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("--tower-precision int8")),
+            "{err}"
+        );
+    }
+
     fn problem(result: Result<PreparedImage>) -> ImageProblem {
         match result {
             Err(Error::Image { problem, .. }) => problem,

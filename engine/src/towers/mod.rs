@@ -56,3 +56,21 @@ impl std::str::FromStr for TowerPrecision {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precisions_parse_from_their_names() {
+        for p in [
+            TowerPrecision::F32,
+            TowerPrecision::Bf16,
+            TowerPrecision::Int8,
+        ] {
+            assert_eq!(p.as_str().parse::<TowerPrecision>().unwrap(), p);
+        }
+        let err = "fp16".parse::<TowerPrecision>().unwrap_err().to_string();
+        assert!(err.contains("f32, bf16 or int8"), "{err}");
+    }
+}

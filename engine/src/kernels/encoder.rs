@@ -959,7 +959,11 @@ pub(super) mod avx512 {
                                 let row0 = i0 + t * MR;
                                 let ct = c.add(row0 * n + col);
                                 let a = self.a.add(row0 * k2 + kb / 2);
-                                tile_bf16(rows, (a, k2, b, kc2, ct, n, !first, masks));
+                                // The first tile of a panel pulls the next panel's weights
+                                // towards L1 while it computes: with few rows (one short
+                                // text) the products wait on the weights, not on the FMAs.
+                                let prefetch = if t == 0 { b.wrapping_add(kc2 * NR) } else { b };
+                                tile_bf16(rows, (a, k2, b, kc2, ct, n, !first, masks, prefetch));
                                 if last {
                                     let res = if self.residual.is_null() {
                                         self.residual
@@ -993,6 +997,7 @@ pub(super) mod avx512 {
         usize,
         bool,
         (__mmask16, __mmask16),
+        *const u32,
     );
 
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -1020,12 +1025,15 @@ pub(super) mod avx512 {
     macro_rules! tile_bf16_kernel {
         ($name:ident, $($r:literal)+) => {
             #[target_feature(enable = "avx512f,avx512bf16")]
-            unsafe fn $name((a, lda2, b, kc2, c, ldc, accumulate, (mask0, mask1)): TileBf16Args) {
+            unsafe fn $name(
+                (a, lda2, b, kc2, c, ldc, accumulate, (mask0, mask1), prefetch): TileBf16Args,
+            ) {
                 let mut acc0 = [_mm512_setzero_ps(); MR];
                 let mut acc1 = [_mm512_setzero_ps(); MR];
                 // SAFETY: the caller guarantees that `a` covers the tile's rows (stride `lda2`
                 // words) to `kc2` words, `b` kc2 × 32 words and `c` the tile's rows; the masks
-                // keep loads and stores inside the output's columns.
+                // keep loads and stores inside the output's columns. Prefetches never fault, so
+                // `prefetch` may point anywhere (it is only offset with wrapping arithmetic).
                 unsafe {
                     if accumulate {
                         $(
@@ -1037,6 +1045,8 @@ pub(super) mod avx512 {
                         let b0: __m512bh = std::mem::transmute(_mm512_load_si512(b.add(kk * NR).cast()));
                         let b1: __m512bh =
                             std::mem::transmute(_mm512_load_si512(b.add(kk * NR + 16).cast()));
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR + 16).cast());
                         $(
                             let av: __m512bh =
                                 std::mem::transmute(_mm512_set1_epi32(*a.add($r * lda2 + kk) as i32));

@@ -65,8 +65,10 @@ pub struct TowerArgs {
     /// Largest image file read, in bytes (checked before the file is read).
     #[arg(long = "max-file-bytes", default_value_t = DEFAULT_MAX_FILE_BYTES)]
     pub max_file_bytes: u64,
-    /// Arithmetic of both towers on the CPU: f32, or bf16 (AVX512_BF16 CPUs: the 1x1
-    /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation).
+    /// Arithmetic of the towers on the CPU: f32; bf16 (AVX512_BF16 CPUs: the 1x1
+    /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation); or
+    /// int8, text tower only (the encoder's matrix products in int8, AVX-512 VNNI where the
+    /// CPU has it; commands that load the image tower refuse it).
     #[arg(long, default_value = "f32")]
     pub tower_precision: TowerPrecision,
 }

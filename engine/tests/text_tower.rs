@@ -28,12 +28,13 @@ fn model_dir() -> PathBuf {
 
 /// One tower per backend, shared by the tests (loading costs about a second).
 fn tower(backend: Backend) -> &'static TextTower {
-    static TOWERS: [OnceLock<TextTower>; 4] = [const { OnceLock::new() }; 4];
+    static TOWERS: [OnceLock<TextTower>; 5] = [const { OnceLock::new() }; 5];
     let slot = match backend {
         Backend::Auto => 0,
         Backend::FusedPortable => 1,
         Backend::Candle => 2,
         Backend::FusedBf16 => 3,
+        Backend::FusedInt8 => 4,
     };
     TOWERS[slot].get_or_init(|| {
         TextTower::load_with(&model_dir(), &Device::Cpu, backend)
@@ -278,4 +279,45 @@ fn bf16_encoder_keeps_the_f32_vectors_direction() {
     let pair = cosine(&got[n - 2], &got[n - 1]);
     eprintln!("bf16 vs f32: worst cosine {worst:.5}; published pair {pair:.4}");
     assert!((pair - 0.7553).abs() < 0.005, "bf16 pair cosine {pair}");
+}
+
+/// The int8 encoder against the f32 one on catalogue text: the text bench's sentences and the
+/// demo catalogue's titles and descriptions (Google's emoji). Every vector within cosine 0.97 of f32's, the mean above 0.99, and the published
+/// pair's similarity within 0.02; the figures print with `--nocapture`. The int8 kernel is the
+/// one this CPU runs (VNNI or portable: the same integers, `kernels::quantized`'s tests).
+#[test]
+fn int8_encoder_keeps_the_f32_vectors_direction() {
+    let home = PathBuf::from(std::env::var_os("TRIO_HOME").expect("TRIO_HOME"));
+    let catalogue = trio_engine::ingest::demo::load(
+        &home.join("data").join("emoji"),
+        &[trio_engine::ingest::demo::Vendor::Google],
+    )
+    .unwrap_or_else(|e| panic!("the demo catalogue (run `trio fetch`): {e}"))
+    .into_iter()
+    .flat_map(|r| [r.title, r.description])
+    .flatten()
+    .filter(|t| !t.trim().is_empty())
+    .collect::<Vec<_>>();
+    let texts: Vec<&str> = include_str!("../../benches/text_sentences.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .chain(catalogue.iter().map(String::as_str))
+        .chain(["A man is eating food.", "A man is eating a piece of bread."])
+        .collect();
+    let want = tower(Backend::Auto).embed(&texts).unwrap();
+    let got = tower(Backend::FusedInt8).embed(&texts).unwrap();
+    let mut worst = 1f32;
+    let mut sum = 0f64;
+    for (text, (g, w)) in texts.iter().zip(got.iter().zip(&want)) {
+        let cos = cosine(g, w);
+        worst = worst.min(cos);
+        sum += f64::from(cos);
+        assert!(cos > 0.97, "{text:?}: int8 cosine {cos} to f32");
+    }
+    let n = texts.len();
+    let mean = sum / n as f64;
+    let pair = cosine(&got[n - 2], &got[n - 1]);
+    eprintln!("int8 vs f32 on {n} texts: worst cosine {worst:.4}, mean {mean:.4}; pair {pair:.4}");
+    assert!(mean > 0.99, "int8 mean cosine {mean}");
+    assert!((pair - 0.7553).abs() < 0.02, "int8 pair cosine {pair}");
 }

@@ -10,12 +10,31 @@
 //! and one packed-weight layout, and each fast kernel sits beside the portable one it is tested
 //! against.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
+
+use super::quantized::{Int8Kernel, QuantizedRows, QuantizedWeight};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: waking the pool costs more.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// Rows of elementwise work (layer norm, activation) per parallel task.
 const ROWS_PER_TASK: usize = 64;
+/// Below this many multiply-adds attention runs on the calling thread. Lower than the GEMMs'
+/// bar: one short text's heads are enough to keep the second thread busy between products
+/// instead of letting it fall asleep and waking it for the next one.
+const ATTENTION_PARALLEL_MIN_MACS: usize = 1 << 15;
+/// Per-thread scratch buffers (activations, rounded or quantised inputs) larger than this are
+/// freed after use rather than kept: catalogue batches (32 texts of ~14 tokens need ~7 MiB)
+/// reuse theirs, a batch of long texts does not pin tens of MiB on every thread.
+pub(crate) const KEEP_SCRATCH_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// The bf16 products' rounded inputs, reused across calls (taken while in use).
+    static ROUNDED: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    /// The int8 products' quantised inputs, reused across calls (taken while in use).
+    static QUANTIZED: Cell<Option<QuantizedRows>> = const { Cell::new(None) };
+}
 
 /// The instruction set the fused kernels use, detected once when the model loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +112,13 @@ avx512_versions! {
 
 /// A pointer that may cross threads: each task writes a disjoint part of the buffer behind it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: users guarantee that concurrent tasks touch disjoint elements.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     // A method, not field access, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -343,6 +362,8 @@ enum PackedWeight {
     /// `2i, 2i + 1` of one output, so a panel is `ceil(inputs / 2) × NR` words.
     #[cfg(target_arch = "x86_64")]
     PanelsBf16(AlignedBuf),
+    /// Int8 per output channel, for the int8 kernels (`super::quantized`).
+    Int8(QuantizedWeight),
 }
 
 impl PackedLinear {
@@ -413,6 +434,24 @@ impl PackedLinear {
         }
     }
 
+    /// Quantises `weight` (PyTorch layout `[outputs, inputs]`) to int8 for `kernel`; each
+    /// forward pass quantises its input rows to u8 on the way in.
+    pub(crate) fn quantized(
+        weight: &[f32],
+        bias: &[f32],
+        outputs: usize,
+        inputs: usize,
+        kernel: Int8Kernel,
+    ) -> Self {
+        assert_eq!(bias.len(), outputs, "bias size does not match the weight");
+        PackedLinear {
+            inputs,
+            outputs,
+            weight: PackedWeight::Int8(QuantizedWeight::new(weight, outputs, inputs, kernel)),
+            bias: bias.to_vec(),
+        }
+    }
+
     pub(crate) fn outputs(&self) -> usize {
         self.outputs
     }
@@ -436,6 +475,14 @@ impl PackedLinear {
             1
         };
         match &self.weight {
+            PackedWeight::Int8(w) => {
+                let mut rows_q = QUANTIZED.with(Cell::take).unwrap_or_default();
+                rows_q.quantize(input, k, w.kernel());
+                w.forward(&rows_q, out, &self.bias, residual, gelu, threads);
+                if rows_q.bytes() <= KEEP_SCRATCH_BYTES {
+                    QUANTIZED.with(|q| q.set(Some(rows_q)));
+                }
+            }
             PackedWeight::RowMajor(w) => {
                 let parallelism = if threads > 1 {
                     gemm::Parallelism::Rayon(threads)
@@ -486,7 +533,9 @@ impl PackedLinear {
             #[cfg(target_arch = "x86_64")]
             PackedWeight::PanelsBf16(panels) => {
                 let k2 = k.div_ceil(2);
-                let mut rounded = vec![0u32; rows * k2];
+                let mut rounded = ROUNDED.with(Cell::take);
+                rounded.clear();
+                rounded.resize(rows * k2, 0);
                 // SAFETY: these panels exist only where `Isa::has_bf16` found the instructions.
                 unsafe { avx512::round_rows_bf16(input, k, &mut rounded) };
                 let job = avx512::GemmBf16 {
@@ -510,6 +559,9 @@ impl PackedLinear {
                         // SAFETY: as above; tasks own disjoint panel (column) ranges.
                         unsafe { job.run(count * t / tasks, count * (t + 1) / tasks) };
                     });
+                }
+                if rounded.capacity() * 4 <= KEEP_SCRATCH_BYTES {
+                    ROUNDED.with(|r| r.set(rounded));
                 }
             }
             #[cfg(target_arch = "x86_64")]
@@ -575,7 +627,7 @@ impl AlignedBuf {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{erf_coeffs, SendPtr};
@@ -675,7 +727,38 @@ mod avx512 {
         }
     }
 
-    fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
+    /// A masked store, unmasked when it keeps every lane (every panel of a width that is a
+    /// multiple of 32): the epilogue's load of the same bytes right after is then forwarded
+    /// from the store buffer, where after a masked store it waits for the store to retire.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_ps(p: *mut f32, mask: __mmask16, v: __m512) {
+        // SAFETY: the caller guarantees the masked lanes; a full mask means all 16.
+        unsafe {
+            if mask == 0xffff {
+                _mm512_storeu_ps(p, v)
+            } else {
+                _mm512_mask_storeu_ps(p, mask, v)
+            }
+        }
+    }
+
+    /// The load matching [`store_ps`]: unmasked when every lane is kept.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_ps(mask: __mmask16, p: *const f32) -> __m512 {
+        // SAFETY: as for `store_ps`.
+        unsafe {
+            if mask == 0xffff {
+                _mm512_loadu_ps(p)
+            } else {
+                _mm512_maskz_loadu_ps(mask, p)
+            }
+        }
+    }
+
+    /// Lane masks for a panel whose last `valid` (at most 32) columns are real.
+    pub(in crate::kernels) fn column_masks(valid: usize) -> (__mmask16, __mmask16) {
         let low = if valid >= 16 {
             0xffff
         } else {
@@ -771,8 +854,8 @@ mod avx512 {
                         )+
                     }
                     $(
-                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
-                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                        store_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        store_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
                     )+
                 }
             }
@@ -876,7 +959,11 @@ mod avx512 {
                                 let row0 = i0 + t * MR;
                                 let ct = c.add(row0 * n + col);
                                 let a = self.a.add(row0 * k2 + kb / 2);
-                                tile_bf16(rows, (a, k2, b, kc2, ct, n, !first, masks));
+                                // The first tile of a panel pulls the next panel's weights
+                                // towards L1 while it computes: with few rows (one short
+                                // text) the products wait on the weights, not on the FMAs.
+                                let prefetch = if t == 0 { b.wrapping_add(kc2 * NR) } else { b };
+                                tile_bf16(rows, (a, k2, b, kc2, ct, n, !first, masks, prefetch));
                                 if last {
                                     let res = if self.residual.is_null() {
                                         self.residual
@@ -910,6 +997,7 @@ mod avx512 {
         usize,
         bool,
         (__mmask16, __mmask16),
+        *const u32,
     );
 
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -937,12 +1025,15 @@ mod avx512 {
     macro_rules! tile_bf16_kernel {
         ($name:ident, $($r:literal)+) => {
             #[target_feature(enable = "avx512f,avx512bf16")]
-            unsafe fn $name((a, lda2, b, kc2, c, ldc, accumulate, (mask0, mask1)): TileBf16Args) {
+            unsafe fn $name(
+                (a, lda2, b, kc2, c, ldc, accumulate, (mask0, mask1), prefetch): TileBf16Args,
+            ) {
                 let mut acc0 = [_mm512_setzero_ps(); MR];
                 let mut acc1 = [_mm512_setzero_ps(); MR];
                 // SAFETY: the caller guarantees that `a` covers the tile's rows (stride `lda2`
                 // words) to `kc2` words, `b` kc2 × 32 words and `c` the tile's rows; the masks
-                // keep loads and stores inside the output's columns.
+                // keep loads and stores inside the output's columns. Prefetches never fault, so
+                // `prefetch` may point anywhere (it is only offset with wrapping arithmetic).
                 unsafe {
                     if accumulate {
                         $(
@@ -954,6 +1045,8 @@ mod avx512 {
                         let b0: __m512bh = std::mem::transmute(_mm512_load_si512(b.add(kk * NR).cast()));
                         let b1: __m512bh =
                             std::mem::transmute(_mm512_load_si512(b.add(kk * NR + 16).cast()));
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(kk * NR + 16).cast());
                         $(
                             let av: __m512bh =
                                 std::mem::transmute(_mm512_set1_epi32(*a.add($r * lda2 + kk) as i32));
@@ -962,8 +1055,8 @@ mod avx512 {
                         )+
                     }
                     $(
-                        _mm512_mask_storeu_ps(c.add($r * ldc), mask0, acc0[$r]);
-                        _mm512_mask_storeu_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
+                        store_ps(c.add($r * ldc), mask0, acc0[$r]);
+                        store_ps(c.add($r * ldc + 16), mask1, acc1[$r]);
                     )+
                 }
             }
@@ -1003,8 +1096,8 @@ mod avx512 {
             let bias1 = _mm512_maskz_loadu_ps(mask1, bias.add(16));
             for r in 0..rows {
                 let row = c.add(r * ldc);
-                let mut v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask0, row), bias0);
-                let mut v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask1, row.add(16)), bias1);
+                let mut v0 = _mm512_add_ps(load_ps(mask0, row), bias0);
+                let mut v1 = _mm512_add_ps(load_ps(mask1, row.add(16)), bias1);
                 if !residual.is_null() {
                     let res = residual.add(r * ldc);
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, res));
@@ -1129,7 +1222,7 @@ mod avx512 {
     /// The erf GELU of 16 lanes, with the same rational erf as `super::erf_fast`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(super) fn gelu_erf(x: __m512) -> __m512 {
+    pub(in crate::kernels) fn gelu_erf(x: __m512) -> __m512 {
         let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
         let z = _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(-4.0)), _mm512_set1_ps(4.0));
         let z2 = _mm512_mul_ps(z, z);
@@ -1266,7 +1359,7 @@ pub(crate) fn attention(
     };
     let tasks = sequences.len() * heads;
     let work: usize = sequences.iter().map(|s| s.1 * s.1).sum::<usize>() * hidden;
-    if work < PARALLEL_MIN_MACS {
+    if work < ATTENTION_PARALLEL_MIN_MACS || tasks < 2 {
         let mut scratch = Vec::new();
         for t in 0..tasks {
             attend(isa, &task(t), &mut scratch);

@@ -1,7 +1,8 @@
 //! Every hand-written CPU kernel, behind small safe functions. Models, the index and the query
 //! paths call these; a kernel never imports a model. Each module picks its instruction set at
-//! run time (AVX-512, AVX-512 VNNI, AVX512_BF16 when bf16 is asked for, AVX2, or portable
-//! code), so one binary runs on any x86-64 and still uses the CPU it lands on.
+//! run time (AVX-512, AVX-512 VNNI, AVX512_BF16 when bf16 is asked for, VNNI's int8 products
+//! when int8 is, AVX2, or portable code), so one binary runs on any x86-64 and still uses the
+//! CPU it lands on.
 
 /// Fused channels-last convolutions (pointwise and depthwise) as candle custom ops.
 pub(crate) mod conv;
@@ -9,5 +10,7 @@ pub(crate) mod conv;
 pub(crate) mod encoder;
 /// MobileNet-style network bodies on plain slices, each inverted-residual block fused.
 pub(crate) mod mbconv;
+/// Int8 matrix products (weights per output channel, inputs per row) for the text encoder.
+pub(crate) mod quantized;
 /// Dot products and normalisation of vectors, the inner loop of every search.
 pub(crate) mod vector;

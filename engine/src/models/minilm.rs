@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use self::fused::{FusedEncoder, FusedLayer, Norm as FusedNorm};
 use crate::error::{Error, Result};
 use crate::kernels::encoder::{Activation, Isa, PackedLinear};
+use crate::kernels::quantized::Int8Kernel;
 
 /// A BERT `config.json`. Fields that some checkpoints omit take BERT's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +141,10 @@ pub enum Backend {
     /// The fused encoder with its matrix products in bfloat16 (AVX512_BF16, f32 accumulation);
     /// an error on CPUs without it.
     FusedBf16,
+    /// The fused encoder with its linear layers in int8 (weights per output channel, inputs
+    /// per row, i32 sums): AVX-512 VNNI where the CPU has it, portable integer loops that
+    /// compute the same integers elsewhere. Attention, GELU and LayerNorm stay in f32.
+    FusedInt8,
     /// candle tensor ops on the `VarBuilder`'s device, on padded, masked batches.
     Candle,
 }
@@ -172,25 +177,28 @@ impl MiniLm {
             vb
         };
         let on_cpu = vb.device().is_cpu();
-        let isa = match backend {
-            Backend::Auto if on_cpu => Some(Isa::detect()),
-            Backend::FusedPortable if on_cpu => Some(Isa::Portable),
+        let arithmetic = match backend {
+            Backend::Auto if on_cpu => Some(Arithmetic::Float(Isa::detect())),
+            Backend::FusedPortable if on_cpu => Some(Arithmetic::Float(Isa::Portable)),
             #[cfg(target_arch = "x86_64")]
-            Backend::FusedBf16 if on_cpu && Isa::has_bf16() => Some(Isa::Avx512Bf16),
+            Backend::FusedBf16 if on_cpu && Isa::has_bf16() => {
+                Some(Arithmetic::Float(Isa::Avx512Bf16))
+            }
+            Backend::FusedInt8 if on_cpu => Some(Arithmetic::Int8(Int8Kernel::detect())),
             Backend::FusedBf16 if on_cpu => {
                 return Err(Error::InvalidArgument(
                     "this CPU has no AVX512_BF16 for the bf16 MiniLM backend".into(),
                 ))
             }
-            Backend::FusedPortable | Backend::FusedBf16 => {
+            Backend::FusedPortable | Backend::FusedBf16 | Backend::FusedInt8 => {
                 return Err(Error::InvalidArgument(
                     "the fused MiniLM backend runs on the CPU only".into(),
                 ))
             }
             Backend::Auto | Backend::Candle => None,
         };
-        let engine = match isa {
-            Some(isa) => Engine::Fused(load_fused(vb, config, isa)?),
+        let engine = match arithmetic {
+            Some(arithmetic) => Engine::Fused(load_fused(vb, config, arithmetic)?),
             None => Engine::Candle(CandleEncoder::load(vb, config)?),
         };
         Ok(MiniLm {
@@ -246,15 +254,15 @@ impl Linear {
             .broadcast_add(&self.bias)
     }
 
-    fn packed(&self, isa: Isa) -> candle_core::Result<PackedLinear> {
+    fn packed(&self, arithmetic: Arithmetic) -> candle_core::Result<PackedLinear> {
         let (outputs, inputs) = self.weight.dims2()?;
-        Ok(PackedLinear::new(
-            &to_host(&self.weight)?,
-            &to_host(&self.bias)?,
-            outputs,
-            inputs,
-            isa,
-        ))
+        let (weight, bias) = (to_host(&self.weight)?, to_host(&self.bias)?);
+        Ok(match arithmetic {
+            Arithmetic::Float(isa) => PackedLinear::new(&weight, &bias, outputs, inputs, isa),
+            Arithmetic::Int8(kernel) => {
+                PackedLinear::quantized(&weight, &bias, outputs, inputs, kernel)
+            }
+        })
     }
 }
 
@@ -398,13 +406,13 @@ impl Layer {
             .forward(&(self.output.forward(&inter)? + x)?)
     }
 
-    fn into_fused(self, isa: Isa) -> candle_core::Result<FusedLayer> {
+    fn into_fused(self, arithmetic: Arithmetic) -> candle_core::Result<FusedLayer> {
         Ok(FusedLayer {
-            qkv: self.qkv.packed(isa)?,
-            attention_out: self.attention_out.packed(isa)?,
+            qkv: self.qkv.packed(arithmetic)?,
+            attention_out: self.attention_out.packed(arithmetic)?,
             attention_norm: self.attention_norm.fused()?,
-            intermediate: self.intermediate.packed(isa)?,
-            output: self.output.packed(isa)?,
+            intermediate: self.intermediate.packed(arithmetic)?,
+            output: self.output.packed(arithmetic)?,
             output_norm: self.output_norm.fused()?,
         })
     }
@@ -469,9 +477,24 @@ impl CandleEncoder {
     }
 }
 
+/// The fused encoder's arithmetic: the kernels of its linear layers.
+#[derive(Debug, Clone, Copy)]
+enum Arithmetic {
+    /// f32 or bf16 products, and `Isa`'s elementwise kernels.
+    Float(Isa),
+    /// Int8 products; elementwise kernels in f32, portable with the portable int8 kernel.
+    Int8(Int8Kernel),
+}
+
 /// Builds the fused encoder block by block, dropping each block's tensors once packed, so
 /// loading never holds two full copies of the weights.
-fn load_fused(vb: VarBuilder, config: &Config, isa: Isa) -> Result<FusedEncoder> {
+fn load_fused(vb: VarBuilder, config: &Config, arithmetic: Arithmetic) -> Result<FusedEncoder> {
+    let isa = match arithmetic {
+        Arithmetic::Float(isa) => isa,
+        Arithmetic::Int8(Int8Kernel::Portable) => Isa::Portable,
+        #[cfg(target_arch = "x86_64")]
+        Arithmetic::Int8(Int8Kernel::Vnni) => Isa::detect(),
+    };
     let h = config.hidden_size;
     let emb = Embeddings::load(vb.pp("embeddings"), config)?;
     let token_type0 = to_host(&emb.token_type.get(0)?)?;
@@ -485,7 +508,7 @@ fn load_fused(vb: VarBuilder, config: &Config, isa: Isa) -> Result<FusedEncoder>
     let embedding_norm = emb.norm.fused()?;
     drop(emb);
     let layers = (0..config.num_hidden_layers)
-        .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config)?.into_fused(isa))
+        .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config)?.into_fused(arithmetic))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let act = match config.hidden_act {
         HiddenAct::Gelu => Activation::GeluErf,
@@ -629,6 +652,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The int8 encoder with each kernel forced, against f32 on random weights (mean-pooled
+    /// vectors within cosine 0.99), and the two kernels against each other: the same integers,
+    /// so their vectors differ only by the f32 elementwise kernels' rounding (cosine 0.9999).
+    #[test]
+    fn int8_encoder_tracks_f32_on_every_kernel() {
+        let cosine = |a: &[f32], b: &[f32]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b))
+        };
+        let config = tiny_config(HiddenAct::Gelu);
+        let weights = tiny_weights(&config, "");
+        let vb = || VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        let seqs = sequences();
+        let seqs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let reference = MiniLm::load_with(vb(), &config, Backend::FusedPortable)
+            .unwrap()
+            .mean_pooled(&seqs)
+            .unwrap();
+        let mut kernels = vec![Int8Kernel::Portable];
+        if Int8Kernel::has_vnni() {
+            kernels.push(Int8Kernel::detect());
+        }
+        let mut runs = Vec::new();
+        for kernel in kernels {
+            let encoder = load_fused(vb(), &config, Arithmetic::Int8(kernel)).unwrap();
+            let got = encoder.mean_pooled(&seqs).unwrap();
+            for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+                let cos = cosine(g, r);
+                assert!(cos > 0.99, "{kernel:?} sequence {i}: cosine {cos} to f32");
+            }
+            runs.push(got);
+        }
+        for other in &runs[1..] {
+            for (a, b) in other.iter().zip(&runs[0]) {
+                let cos = cosine(a, b);
+                assert!(cos > 0.9999, "VNNI vs portable int8: cosine {cos}");
+            }
+        }
+        let via_backend = MiniLm::load_with(vb(), &config, Backend::FusedInt8)
+            .unwrap()
+            .mean_pooled(&seqs)
+            .unwrap();
+        assert_eq!(
+            &via_backend,
+            runs.last().unwrap(),
+            "FusedInt8 is the detected kernel"
+        );
     }
 
     #[test]

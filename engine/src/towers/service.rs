@@ -33,7 +33,7 @@ pub struct TowerSettings {
     /// Largest image file read, in bytes.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
-    /// Both towers' CPU arithmetic.
+    /// Both towers' CPU arithmetic (int8 is the text tower's alone: the image tower refuses it).
     #[serde(default)]
     pub precision: TowerPrecision,
 }
@@ -73,6 +73,7 @@ impl TowerSettings {
         match self.precision {
             TowerPrecision::F32 => Backend::Auto,
             TowerPrecision::Bf16 => Backend::FusedBf16,
+            TowerPrecision::Int8 => Backend::FusedInt8,
         }
     }
 }

@@ -5,8 +5,41 @@
 //! sequence and head, so no token ever attends to padding and no mask is needed. This is the
 //! same arithmetic as a padded, masked batch, minus the padding's wasted work.
 
+use std::cell::Cell;
+
 use crate::error::{Error, Result};
 use crate::kernels::encoder::{self as kernels, Activation, Epilogue, Isa, PackedLinear};
+
+/// A forward pass's activations, kept per thread between calls so that encoding one short text
+/// after another does not fault in fresh pages for every buffer.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    tmp: Vec<f32>,
+    ctx: Vec<f32>,
+    qkv: Vec<f32>,
+    inter: Vec<f32>,
+}
+
+impl Buffers {
+    fn bytes(&self) -> usize {
+        let all = [&self.x, &self.tmp, &self.ctx, &self.qkv, &self.inter];
+        all.iter().map(|v| v.capacity()).sum::<usize>() * std::mem::size_of::<f32>()
+    }
+}
+
+thread_local! {
+    /// Taken for a pass and put back after it: a pass that starts on this thread while another
+    /// waits in a join (rayon may run it there) finds it empty and allocates its own.
+    static BUFFERS: Cell<Buffers> = Cell::new(Buffers::default());
+}
+
+/// `v` as `len` zeros, reusing its allocation.
+fn zeroed(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
 
 pub(super) struct Norm {
     pub gamma: Vec<f32>,
@@ -71,11 +104,17 @@ impl FusedEncoder {
             return Ok(Vec::new());
         }
         let intermediate = self.layers.first().map_or(0, |l| l.intermediate.outputs());
-        let mut x = vec![0.0f32; rows * h];
-        let mut tmp = vec![0.0f32; rows * h];
-        let mut ctx = vec![0.0f32; rows * h];
-        let mut qkv = vec![0.0f32; rows * 3 * h];
-        let mut inter = vec![0.0f32; rows * intermediate];
+        let mut buffers = BUFFERS.with(Cell::take);
+        let Buffers {
+            x,
+            tmp,
+            ctx,
+            qkv,
+            inter,
+        } = &mut buffers;
+        let (x, tmp) = (zeroed(x, rows * h), zeroed(tmp, rows * h));
+        let (ctx, qkv) = (zeroed(ctx, rows * h), zeroed(qkv, rows * 3 * h));
+        let inter = zeroed(inter, rows * intermediate);
 
         let _span =
             tracing::trace_span!("minilm_fused", rows, sequences = sequences.len()).entered();
@@ -93,35 +132,33 @@ impl FusedEncoder {
             }
         }
         let norm = &self.embedding_norm;
-        kernels::layer_norm(self.isa, &tmp, &mut x, &norm.gamma, &norm.beta, self.eps);
+        kernels::layer_norm(self.isa, tmp, x, &norm.gamma, &norm.beta, self.eps);
 
         for layer in &self.layers {
-            layer.qkv.forward(&x, rows, &mut qkv, Epilogue::Bias);
-            kernels::attention(self.isa, &qkv, &spans, h, self.heads, &mut ctx);
+            layer.qkv.forward(x, rows, qkv, Epilogue::Bias);
+            kernels::attention(self.isa, qkv, &spans, h, self.heads, ctx);
             layer
                 .attention_out
-                .forward(&ctx, rows, &mut tmp, Epilogue::BiasResidual(&x));
+                .forward(ctx, rows, tmp, Epilogue::BiasResidual(x));
             let norm = &layer.attention_norm;
-            kernels::layer_norm(self.isa, &tmp, &mut x, &norm.gamma, &norm.beta, self.eps);
+            kernels::layer_norm(self.isa, tmp, x, &norm.gamma, &norm.beta, self.eps);
 
             if self.act == Activation::GeluErf {
                 layer
                     .intermediate
-                    .forward(&x, rows, &mut inter, Epilogue::BiasGelu);
+                    .forward(x, rows, inter, Epilogue::BiasGelu);
             } else {
-                layer
-                    .intermediate
-                    .forward(&x, rows, &mut inter, Epilogue::Bias);
-                kernels::activate(self.isa, &mut inter, intermediate, self.act);
+                layer.intermediate.forward(x, rows, inter, Epilogue::Bias);
+                kernels::activate(self.isa, inter, intermediate, self.act);
             }
             layer
                 .output
-                .forward(&inter, rows, &mut tmp, Epilogue::BiasResidual(&x));
+                .forward(inter, rows, tmp, Epilogue::BiasResidual(x));
             let norm = &layer.output_norm;
-            kernels::layer_norm(self.isa, &tmp, &mut x, &norm.gamma, &norm.beta, self.eps);
+            kernels::layer_norm(self.isa, tmp, x, &norm.gamma, &norm.beta, self.eps);
         }
 
-        Ok(spans
+        let pooled = spans
             .iter()
             .map(|&(start, len)| {
                 let mut mean = vec![0.0f32; h];
@@ -134,6 +171,10 @@ impl FusedEncoder {
                 mean.iter_mut().for_each(|m| *m *= inv);
                 mean
             })
-            .collect())
+            .collect();
+        if buffers.bytes() <= kernels::KEEP_SCRATCH_BYTES {
+            BUFFERS.with(|b| b.set(buffers));
+        }
+        Ok(pooled)
     }
 }

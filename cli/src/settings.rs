@@ -67,8 +67,8 @@ pub struct TowerArgs {
     pub max_file_bytes: u64,
     /// Arithmetic of the towers on the CPU: f32; bf16 (AVX512_BF16 CPUs: the 1x1
     /// convolutions and the text encoder's matrix products in bfloat16, f32 accumulation); or
-    /// int8, text tower only (the encoder's matrix products in int8, AVX-512 VNNI where the
-    /// CPU has it; commands that load the image tower refuse it).
+    /// int8 for the text tower (the encoder's matrix products in int8, AVX-512 VNNI where the
+    /// CPU has it) with the image tower in f32.
     #[arg(long, default_value = "f32")]
     pub tower_precision: TowerPrecision,
 }

@@ -467,13 +467,7 @@ pub struct ImageTower {
 impl ImageTower {
     /// Loads the network from a weights file (`.pth` or `.safetensors`) onto `device`.
     pub fn load(weights_path: &Path, config: &ImageTowerConfig, device: &Device) -> Result<Self> {
-        if config.precision == TowerPrecision::Int8 {
-            return Err(Error::InvalidArgument(
-                "tower precision int8 (--tower-precision int8) is for the text tower only; \
-                 the image tower runs f32 or bf16"
-                    .into(),
-            ));
-        }
+        // int8 is the text tower's: the image network has no int8 path and runs f32 then.
         let vb = crate::weights::var_builder(weights_path, candle_core::DType::F32, device)?;
         let mut model = EfficientNetLite::load(vb, &config.model)?;
         if config.precision == TowerPrecision::Bf16 {
@@ -631,19 +625,6 @@ mod tests {
             .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
             .unwrap();
         bytes
-    }
-
-    #[test]
-    fn int8_precision_is_refused_naming_the_setting() {
-        // Refused before the weights are read: the file need not exist.
-        let config = ImageTowerConfig::lite0().with_precision(TowerPrecision::Int8);
-        let err = ImageTower::load(Path::new("/nonexistent.pth"), &config, &Device::Cpu)
-            .err()
-            .expect("int8 is refused");
-        assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("--tower-precision int8")),
-            "{err}"
-        );
     }
 
     fn problem(result: Result<PreparedImage>) -> ImageProblem {

@@ -33,7 +33,7 @@ pub struct TowerSettings {
     /// Largest image file read, in bytes.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
-    /// Both towers' CPU arithmetic (int8 is the text tower's alone: the image tower refuses it).
+    /// Both towers' CPU arithmetic (int8 is the text tower's alone: the image tower runs f32).
     #[serde(default)]
     pub precision: TowerPrecision,
 }

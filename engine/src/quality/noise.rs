@@ -508,8 +508,14 @@ mod tests {
         let alone =
             rank_label_issues(&labels, &probs, &[], &LabelNoiseOptions::default()).expect("ok");
         assert!(alone.is_empty(), "{alone:?}");
-        let with = rank_label_issues(&labels, &probs, &neighbours, &LabelNoiseOptions::default())
+        let off = rank_label_issues(&labels, &probs, &neighbours, &LabelNoiseOptions::default())
             .expect("ok");
+        assert!(off.is_empty(), "the vote is off by default: {off:?}");
+        let half = LabelNoiseOptions {
+            neighbour_weight: 0.5,
+            ..LabelNoiseOptions::default()
+        };
+        let with = rank_label_issues(&labels, &probs, &neighbours, &half).expect("ok");
         assert_eq!(with.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0]);
         assert_eq!(with[0].neighbour_agreement, Some(0.0));
         assert!((with[0].score - 0.75).abs() < 1e-6, "{:?}", with[0]);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trio's towers against ONNX Runtime in one run, alternating: for each round, `trio bench` in f32
-# and in bf16, the text tower alone in int8 (`--tower-precision int8` is text-only), then
+# and in bf16, the text tower alone in int8 (the image tower has no int8 path), then
 # `lab/reference/ort_bench.py bench` (f32 image, f32 and int8 MiniLM), all on 2 threads (THREADS
 # to change; 1 compares per-core speed on a machine others are loading), the five
 # test photos and `benches/text_sentences.txt`, batches 1, 8 and 32. Prints each round's rates,

@@ -6,6 +6,8 @@
 
 /// Fused channels-last convolutions (pointwise and depthwise) as candle custom ops.
 pub(crate) mod conv;
+/// The erf GELU, panel lane masks and the shared output pointer of the encoder's products.
+pub(crate) mod elementwise;
 /// The fused transformer encoder's packed matrix products, attention, layer norm, activations.
 pub(crate) mod encoder;
 /// MobileNet-style network bodies on plain slices, each inverted-residual block fused.

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::encoder::{gelu_erf, SendPtr};
+use super::elementwise::{gelu_erf, SendPtr};
 
 /// Rows of the input quantised per parallel task.
 const ROWS_PER_TASK: usize = 64;
@@ -403,8 +403,8 @@ fn depth_block(depth: usize) -> usize {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::super::encoder::avx512::{column_masks, gelu_erf};
     use super::{depth_block, SendPtr, NR};
+    use crate::kernels::elementwise::avx512::{column_masks, gelu_erf};
 
     /// The portable `quantize_rows` in 16-lane registers, the same operations in the same
     /// order (min and max are exact in any order), so every byte, scale and zero point agrees.

@@ -227,7 +227,6 @@ impl CustomOp1 for GroupedInfoNce {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::fusion::info_nce;
     use candle_core::{Device, Var};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -241,6 +240,17 @@ mod tests {
             })
             .collect();
         Ok(Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu)?)
+    }
+
+    /// Plain symmetric InfoNCE, row `i` of each side the positive pair: the reference the
+    /// grouped loss must reduce to.
+    fn info_nce(image: &Tensor, text: &Tensor, temperature: f32) -> Result<Tensor> {
+        let n = image.dim(0)?;
+        let targets = Tensor::arange(0u32, n as u32, image.device())?;
+        let sim = (image.matmul(&text.t()?)? / f64::from(temperature))?;
+        let a = candle_nn::loss::cross_entropy(&sim, &targets)?;
+        let b = candle_nn::loss::cross_entropy(&sim.t()?.contiguous()?, &targets)?;
+        Ok(((a + b)? * 0.5)?)
     }
 
     #[test]

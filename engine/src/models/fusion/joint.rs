@@ -1,5 +1,5 @@
-//! The joint image–text space: heads on the frozen features, the model's joint embeddings, and
-//! the InfoNCE loss that aligns them.
+//! The joint image–text space: heads on the frozen features and the model's joint embeddings
+//! (aligned by `train::align`).
 
 use candle_core::{Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
@@ -146,15 +146,4 @@ pub(super) fn no_joint(cfg: &FusionConfig) -> Error {
         "this model has no joint image–text space (image: {}, text fields: {:?}); it was trained on one modality",
         cfg.use_image, cfg.text_fields
     ))
-}
-
-/// Symmetric InfoNCE between unit image and unit text vectors of the same rows: row `i` of each
-/// is the positive pair, every other row a negative.
-pub fn info_nce(image: &Tensor, text: &Tensor, temperature: f32) -> Result<Tensor> {
-    let n = image.dim(0)?;
-    let targets = Tensor::arange(0u32, n as u32, image.device())?;
-    let sim = (image.matmul(&text.t()?)? / f64::from(temperature))?;
-    let a = candle_nn::loss::cross_entropy(&sim, &targets)?;
-    let b = candle_nn::loss::cross_entropy(&sim.t()?.contiguous()?, &targets)?;
-    Ok(((a + b)? * 0.5)?)
 }

@@ -1,30 +1,29 @@
 //! The fused model: small trainable layers on top of the frozen towers' features.
 //!
 //! ```text
-//!  image features (1280) ─ Linear+ReLU+dropout ─ h_img ─────────────── image head ─┐ × image_weight
-//!  title  (384)          ─ Linear+ReLU+dropout ─ h_ti ─┬─ concat ─ text head ──────┤ (log-probabilities,
-//!  description (384)     ─ Linear+ReLU+dropout ─ h_de ─┘                            ┘  added: prediction)
+//!  image features (1280) ─ Linear+ReLU+dropout ─ h_img ─ image head ───────┐ × image_weight
+//!  title  (384)          ─ Linear+ReLU+dropout ─ h_ti  ─ title head ───────┤ (log-probabilities,
+//!  description (384)     ─ Linear+ReLU+dropout ─ h_de  ─ description head ─┘  weighted mean: prediction)
 //!         [h_img, h_ti, h_de] = the concatenation layer (zeros for an absent input)
 //!  L2-normalised features ─ joint heads (image head, one text head shared by the fields)
 //!                          ─ L2-norm ─ ĝ_img, ĝ_ti, ĝ_de ─ search vector
 //! ```
 //!
-//! The study's branches (a tuning layer per input, concatenated), fused late: an image expert
-//! and a text expert each classify from their own branches, each trained with its own loss on
-//! the rows where it sees its input, and the prediction is the weighted mean of their
-//! log-probabilities (a product of experts, as sure as one expert), the image's weighted by
-//! `image_weight` where some text votes too. A dense classifier on
-//! the whole concatenation layer (early fusion) learns how the modalities co-occur in the
-//! training pictures, and that does not carry to pictures of another style; measured on both
-//! evaluation protocols, late fusion kept the lead over text that early fusion lost
-//! (BENCHMARKS.md, "Fused model: ablation"). What a catalogue with gaps needs:
+//! The study's branches (a tuning layer per input, concatenated), fused late: one expert per
+//! input classifies from its own branch, each trained with its own loss on the rows where it
+//! sees its input, and the prediction is the weighted mean of their log-probabilities (a
+//! product of experts, as sure as one expert), the image's weighted by `image_weight` where
+//! some text votes too. A dense classifier on the whole concatenation layer (early fusion)
+//! learns how the modalities co-occur in the training pictures, and that does not carry to
+//! pictures of another style; measured on both evaluation protocols, late fusion kept the lead
+//! over text that early fusion lost (BENCHMARKS.md, "Fused model: ablation"). What a catalogue
+//! with gaps needs:
 //!
 //! - an absent input is zeros in the concatenation layer and its expert does not vote, so an
-//!   item without an image is classified by the text expert alone ([`branches`]);
-//! - modality dropout hides text fields while training (never all of an item's), so the text
-//!   expert answers from whichever fields an item has ([`inputs`]);
-//! - joint heads into one image–text space, aligned with InfoNCE, whose normalised sum is the
-//!   item's search vector ([`joint`]).
+//!   item with any subset of inputs is classified by exactly the experts trained for those
+//!   inputs ([`branches`]);
+//! - joint heads into one image–text space, aligned with InfoNCE (`train::align`), whose
+//!   normalised sum is the item's search vector ([`joint`]).
 //!
 //! The model takes a `VarBuilder` (weights come from training or from a stored model);
 //! training-time randomness comes in through [`TrainNoise`], drawn from a seeded generator by
@@ -44,7 +43,6 @@ pub use inputs::{
     batch_from_inputs, partial_batch_from_inputs, FusionBatch, FusionInput, Modality,
     ModalityInputs, TrainNoise,
 };
-pub use joint::info_nce;
 pub use model::{FusedModel, FusionOutput};
 
 /// The dtype every fused-model tensor uses.

@@ -11,7 +11,7 @@
 //! ```sh
 //! TRIO_HOME=~/.cache/trio RAYON_NUM_THREADS=2 \
 //!     cargo run -p trio-lab --example image_layers -- [--seconds 3] [--batch 1,8,32] \
-//!         [--precision f32|bf16]
+//!         [--precision f32|bf16] [--path layers,fused]
 //! ```
 //!
 //! Inputs are the five test photos cycled, prepared once. A span's time is summed over every
@@ -82,11 +82,26 @@ fn main() -> anyhow::Result<()> {
     let mut seconds = 3.0f64;
     let mut batches = vec![1usize, 8, 32];
     let mut precision = TowerPrecision::F32;
+    let mut paths = vec!["layers".to_string(), "fused".to_string()];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
             "--precision" => precision = args.next().context("--precision f32|bf16")?.parse()?,
+            "--path" => {
+                paths = args
+                    .next()
+                    .context("--path layers,fused")?
+                    .split(',')
+                    .map(String::from)
+                    .collect();
+                if let Some(bad) = paths
+                    .iter()
+                    .find(|p| !["layers", "fused"].contains(&p.as_str()))
+                {
+                    anyhow::bail!("--path: {bad} is neither layers nor fused")
+                }
+            }
             "--batch" => {
                 batches = args
                     .next()
@@ -133,9 +148,9 @@ fn main() -> anyhow::Result<()> {
         KINDS.join(" | ")
     );
     println!("|---|---:|---:|{}---:|", "---:|".repeat(KINDS.len()));
-    for (path, batch) in ["layers", "fused"]
-        .into_iter()
-        .flat_map(|p| batches.iter().map(move |&b| (p, b)))
+    for (path, batch) in paths
+        .iter()
+        .flat_map(|p| batches.iter().map(move |&b| (p.as_str(), b)))
     {
         let input = &images[..batch.min(images.len())];
         run(path, input)?;

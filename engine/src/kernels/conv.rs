@@ -554,14 +554,37 @@ fn depthwise_row_avx2(
     depthwise_row::<true>(weight, bias, image, g, oy, out)
 }
 
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The AVX-512 depthwise kernel's ring of zero-padded input rows.
+    static RING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` zeroed floats of this thread's ring buffer.
+#[cfg(target_arch = "x86_64")]
+fn with_ring<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    RING.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            buf[..len].fill(0.0);
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 /// The AVX-512 depthwise kernel for output rows `oy ..` (as many as `out` holds), 16 channels at
-/// a time down all rows. Pixels whose window lies inside the row's width go through
-/// register blocks of up to 8 pixels x 16 channels: each weight vector loaded serves every
-/// pixel of the block, and the accumulators stay in registers over all taps (the portable
-/// loop reloads and stores each pixel's channels once per tap). Border pixels keep their
-/// accumulators in registers too, one pixel at a time over the taps inside the image (at 7x7
-/// with 5x5 taps, four of seven columns are borders). Channel counts that are not a multiple
-/// of 16 take the portable loop.
+/// a time down all rows.
+///
+/// For each slice of 16 channels, the input rows under the taps are copied once into a ring of
+/// `k` rows with the "SAME" padding written out as zero columns, so every output pixel, border
+/// or not, goes through the same register block: 8 pixels whose accumulators stay in
+/// registers over all taps, each input vector loaded once per tap row and reused by every
+/// (pixel, tap column) pair that reads it, each weight vector by all 8 pixels. A last block
+/// past the row's end computes on zero columns and stores only the real pixels. Channel
+/// counts that are not a multiple of 16 take the portable loop.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn depthwise_row_avx512(
@@ -576,20 +599,12 @@ fn depthwise_row_avx512(
     let c = g.c;
     let ow = same_padding(g.w, g.k, g.s).0;
     let rows = out.len() / (ow * c);
-    if !c.is_multiple_of(16) {
+    if !c.is_multiple_of(16) || ow == 0 {
         for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
             depthwise_pixels::<true>(weight, bias, image, g, oy + r, row, 0..ow);
         }
         return;
     }
-    // Output columns whose taps all fall inside the input's width.
-    let lo = g.pad_left.div_ceil(g.s).min(ow);
-    let hi = if g.w + g.pad_left >= g.k {
-        ((g.w + g.pad_left - g.k) / g.s + 1).min(ow)
-    } else {
-        0
-    }
-    .max(lo);
     assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
     for r in 0..rows {
         let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
@@ -599,122 +614,108 @@ fn depthwise_row_avx512(
                     && image.len() >= ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w * c
         );
     }
+    const P: usize = 8;
+    let blocks = ow.div_ceil(P);
+    // Padded columns per ring row: every tap of every block, and the whole input row.
+    let cols = ((blocks * P - 1) * g.s + g.k).max(g.pad_left + g.w);
+    let slot = cols * 16;
 
-    /// `P` pixels from column `ox`, channels `cv .. cv + 16`.
+    /// `P` pixels from padded column `column` of the ring rows, channels `cv .. cv + 16`, into
+    /// `acc` (which holds the bias). `K` and `S` fix the kernel side and stride for the
+    /// common shapes (0: read them from `dims`).
     ///
     /// # Safety
-    /// AVX-512F; the pixels' taps (rows `ky0..ky1`, all `k` columns) inside `image`.
+    /// AVX-512F; `rows[ky]` holds at least `column + (P - 1) * s + k` padded columns for every
+    /// tap row in `ky0..ky1`; `taps` points at the weights of channel `cv`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const P: usize>(
-        weight: &[f32],
-        bias: __m512,
-        image: &[f32],
-        g: &Geometry,
-        oy: usize,
+    unsafe fn block<const K: usize, const S: usize>(
+        acc: &mut [__m512; P],
+        rows: &[*const f32],
+        column: usize,
         (ky0, ky1): (usize, usize),
-        ox: usize,
-        cv: usize,
-        out: &mut [f32],
+        taps: *const f32,
+        (k, s, c): (usize, usize, usize),
     ) {
-        let c = g.c;
-        let mut acc = [bias; P];
-        // SAFETY: the caller's window keeps every input index inside `image` and every output
-        // index inside `out`; the assertion in the caller bounds the weights.
+        // SAFETY: the caller's contract.
         unsafe {
             for ky in ky0..ky1 {
-                let row = image
-                    .as_ptr()
-                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
-                let taps = weight.as_ptr().add(ky * g.k * c + cv);
-                for kx in 0..g.k {
-                    let w = _mm512_loadu_ps(taps.add(kx * c));
-                    let first = ox * g.s + kx - g.pad_left;
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        let x = _mm512_loadu_ps(row.add((first + p * g.s) * c));
-                        *a = _mm512_fmadd_ps(x, w, *a);
+                let row = rows[ky].add(column * 16);
+                let taps = taps.add(ky * k * c);
+                if K > 0 {
+                    let mut xs = [_mm512_setzero_ps(); 24];
+                    for (j, x) in xs.iter_mut().enumerate().take((P - 1) * S + K) {
+                        *x = _mm512_loadu_ps(row.add(j * 16));
+                    }
+                    for kx in 0..K {
+                        let w = _mm512_loadu_ps(taps.add(kx * c));
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(xs[p * S + kx], w, *a);
+                        }
+                    }
+                } else {
+                    for kx in 0..k {
+                        let w = _mm512_loadu_ps(taps.add(kx * c));
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            let x = _mm512_loadu_ps(row.add((p * s + kx) * 16));
+                            *a = _mm512_fmadd_ps(x, w, *a);
+                        }
                     }
                 }
             }
-            let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-            for (p, a) in acc.iter().enumerate() {
-                let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
-                _mm512_storeu_ps(out.as_mut_ptr().add((ox + p) * c + cv), y);
-            }
         }
     }
 
-    /// One border pixel at column `ox`, channels `cv .. cv + 16`, over its taps inside the
-    /// image.
-    ///
-    /// # Safety
-    /// As for `block`, with the column taps clipped to the width.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn edge(
-        weight: &[f32],
-        bias: __m512,
-        image: &[f32],
-        g: &Geometry,
-        oy: usize,
-        (ky0, ky1): (usize, usize),
-        ox: usize,
-        cv: usize,
-        out: &mut [f32],
-    ) {
-        let c = g.c;
-        let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
-        let mut acc = bias;
-        // SAFETY: the clipped taps stay inside the window and the row; the caller bounds the
-        // weights and the output column.
-        unsafe {
-            for ky in ky0..ky1 {
-                let row = image
-                    .as_ptr()
-                    .add((oy * g.s + ky - g.pad_top - g.row0) * g.w * c + cv);
-                let taps = weight.as_ptr().add(ky * g.k * c + cv);
-                for kx in kx0..kx1 {
-                    let w = _mm512_loadu_ps(taps.add(kx * c));
-                    let x = _mm512_loadu_ps(row.add((ox * g.s + kx - g.pad_left) * c));
-                    acc = _mm512_fmadd_ps(x, w, acc);
+    with_ring(g.k * slot, |ring| {
+        let mut starts = vec![std::ptr::null::<f32>(); g.k];
+        for cv in (0..c).step_by(16) {
+            // SAFETY: `cv + 16 <= c <= bias.len()`.
+            let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
+            let mut next = 0usize;
+            for (r, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+                let oy = oy + r;
+                let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+                // Input rows under the taps not yet in the ring: each is copied once per
+                // channel slice, into slot `row % k`, which held a row no tap needs now.
+                let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
+                for iy in next.max(lo)..hi {
+                    let src = &image[(iy - g.row0) * g.w * c + cv..];
+                    let ring_row = &mut ring[(iy % g.k) * slot + g.pad_left * 16..][..g.w * 16];
+                    for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                        d.copy_from_slice(&src[x * c..x * c + 16]);
+                    }
                 }
-            }
-            let y = _mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
-            _mm512_storeu_ps(out.as_mut_ptr().add(ox * c + cv), y);
-        }
-    }
-
-    for cv in (0..c).step_by(16) {
-        // SAFETY: `cv + 16 <= c <= bias.len()`.
-        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
-        for (r, out) in out.chunks_exact_mut(ow * c).enumerate() {
-            let oy = oy + r;
-            let taps = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-            let mut ox = lo;
-            for edge_ox in (0..lo).chain(hi..ow) {
-                // SAFETY: border columns, taps clipped by `tap_range` inside `edge`.
-                unsafe { edge(weight, b, image, g, oy, taps, edge_ox, cv, out) };
-            }
-            // SAFETY: columns `lo..hi` have every tap inside the width; rows come from
-            // `tap_range`, and the window holds them (asserted above).
-            unsafe {
-                while ox + 8 <= hi {
-                    block::<8>(weight, b, image, g, oy, taps, ox, cv, out);
-                    ox += 8;
+                next = next.max(hi);
+                for (ky, start) in starts.iter_mut().enumerate().take(ky1).skip(ky0) {
+                    let iy = oy * g.s + ky - g.pad_top;
+                    *start = ring[(iy % g.k) * slot..].as_ptr();
                 }
-                while ox + 4 <= hi {
-                    block::<4>(weight, b, image, g, oy, taps, ox, cv, out);
-                    ox += 4;
-                }
-                while ox < hi {
-                    block::<1>(weight, b, image, g, oy, taps, ox, cv, out);
-                    ox += 1;
+                for blk in 0..blocks {
+                    let ox = blk * P;
+                    let mut acc = [b; P];
+                    let (column, taps, dims) = (ox * g.s, weight[cv..].as_ptr(), (g.k, g.s, c));
+                    let ky = (ky0, ky1);
+                    // SAFETY: the ring rows of `ky0..ky1` hold `cols` padded columns, enough
+                    // for every block's taps; the weights were bounds-checked above.
+                    unsafe {
+                        match (g.k, g.s) {
+                            (3, 1) => block::<3, 1>(&mut acc, &starts, column, ky, taps, dims),
+                            (5, 1) => block::<5, 1>(&mut acc, &starts, column, ky, taps, dims),
+                            (3, 2) => block::<3, 2>(&mut acc, &starts, column, ky, taps, dims),
+                            (5, 2) => block::<5, 2>(&mut acc, &starts, column, ky, taps, dims),
+                            _ => block::<0, 0>(&mut acc, &starts, column, ky, taps, dims),
+                        }
+                    }
+                    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+                    for (p, a) in acc.iter().enumerate().take(ow - ox) {
+                        let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                        // SAFETY: pixel `ox + p < ow`, channels `cv + 16 <= c`.
+                        unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox + p) * c + cv), y) };
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 /// One output row: every pixel starts from the bias, adds its in-bounds taps one at a time
@@ -790,26 +791,23 @@ impl CustomOp1 for Depthwise {
         }
         let x = contiguous_f32(storage, layout, "depthwise")?;
         let (k, s) = (self.kernel, self.stride);
-        let (oh, pad_top, _) = same_padding(h, k, s);
-        let (ow, pad_left, _) = same_padding(w, k, s);
-        let g = Geometry {
-            row0: 0,
-            h,
-            w,
-            c,
-            k,
-            s,
-            pad_top,
-            pad_left,
-        };
+        let oh = same_padding(h, k, s).0;
+        let ow = same_padding(w, k, s).0;
         let isa = Isa::detect();
         let mut out = vec![0f32; b * oh * ow * c];
         if !out.is_empty() {
-            out.par_chunks_mut(ow * c).enumerate().for_each(|(r, dst)| {
-                let (image, oy) = (r / oh, r % oh);
-                let image = &x[image * h * w * c..(image + 1) * h * w * c];
-                self.row(isa, image, &g, oy, dst);
-            });
+            // Bands of a few rows per task: the AVX-512 kernel copies the input rows under a
+            // band's taps once per channel slice.
+            let band = oh.div_ceil(4).max(1);
+            out.par_chunks_mut(oh * ow * c)
+                .zip(x.par_chunks(h * w * c))
+                .for_each(|(dst, image)| {
+                    dst.par_chunks_mut(band * ow * c)
+                        .enumerate()
+                        .for_each(|(i, rows)| {
+                            self.rows(isa, image, 0, (h, w), i * band, rows);
+                        });
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, c))))
     }
@@ -1534,6 +1532,9 @@ mod tests {
             (5, 2, 11, 41, 48),
             (5, 1, 7, 7, 64),
             (3, 2, 8, 28, 16),
+            // Shapes without a specialised register block.
+            (7, 1, 9, 12, 16),
+            (3, 3, 10, 13, 32),
         ] {
             let x = Tensor::randn(0f32, 1., (2, h, w, c), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();

@@ -639,8 +639,8 @@ fn depthwise_row_avx512(
     ) {
         // SAFETY: the caller's contract.
         unsafe {
-            for ky in ky0..ky1 {
-                let row = rows[ky].add(column * 16);
+            for (ky, row) in rows.iter().enumerate().take(ky1).skip(ky0) {
+                let row = row.add(column * 16);
                 let taps = taps.add(ky * k * c);
                 if K > 0 {
                     let mut xs = [_mm512_setzero_ps(); 24];

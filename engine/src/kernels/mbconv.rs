@@ -20,7 +20,8 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use super::conv::{same_padding, Depthwise, Isa, Patches, Pointwise};
+use super::conv::{same_padding, Isa, Patches, Pointwise};
+use super::depthwise::Depthwise;
 
 /// The working set of one fused step: expanded window plus depthwise output. Half the L2 of
 /// the development machine's cores (1 MiB), leaving room for the block's weights.

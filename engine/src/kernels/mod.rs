@@ -4,8 +4,10 @@
 //! when int8 is, AVX2, or portable code), so one binary runs on any x86-64 and still uses the
 //! CPU it lands on.
 
-/// Fused channels-last convolutions (pointwise and depthwise) as candle custom ops.
+/// Fused channels-last 1x1 convolutions, the stem's patches and the instruction-set choice.
 pub(crate) mod conv;
+/// Depthwise channels-last convolutions: inference (f32 and bf16) and fine-tuning's gradient.
+pub(crate) mod depthwise;
 /// The erf GELU, panel lane masks and the shared output pointer of the encoder's products.
 pub(crate) mod elementwise;
 /// The fused transformer encoder's packed matrix products, attention, layer norm, activations.

@@ -317,7 +317,7 @@ struct Depthwise {
     bias: Tensor,
     kernel: usize,
     stride: usize,
-    cpu: Option<conv_cpu::Depthwise>,
+    cpu: Option<crate::kernels::depthwise::Depthwise>,
     /// Run the CPU kernel that has a gradient (a copy being fine-tuned on the CPU).
     trainable_cpu: bool,
 }
@@ -349,7 +349,7 @@ impl Depthwise {
     ) -> candle_core::Result<Self> {
         let kernel = weight.dim(0)?;
         let cpu = (kernels && weight.device().is_cpu())
-            .then(|| conv_cpu::Depthwise::new(&weight, &bias, stride))
+            .then(|| crate::kernels::depthwise::Depthwise::new(&weight, &bias, stride))
             .transpose()?;
         Ok(Self {
             weight,
@@ -374,7 +374,7 @@ impl Depthwise {
         if self.trainable_cpu {
             let y = x.contiguous()?.apply_op2(
                 &self.weight,
-                conv_cpu::DepthwiseGrad {
+                crate::kernels::depthwise::DepthwiseGrad {
                     stride: self.stride,
                 },
             )?;

@@ -1,0 +1,646 @@
+//! Depthwise "SAME" convolutions on channels-last (NHWC) activations: the inference kernel
+//! (bias and ReLU6 fused, every instruction set a CPU may offer, bf16 where asked) and the
+//! bias-free op with its gradient that fine-tuning runs.
+//!
+//! candle has no depthwise convolution (grouped convolutions run one group at a time), and
+//! built from tensor operations each of the `k * k` taps is a pass over memory. Here all taps
+//! of a pixel accumulate in registers, 16 channels at a time.
+
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::{contiguous_f32, host_vec, same_padding, tap_range, Isa};
+
+/// Shape and padding of one depthwise call.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    /// The absolute image row that the input slice starts at: the fused blocks hold a window
+    /// of rows, the whole-tensor op the full image (0).
+    row0: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+/// Depthwise `k x k` convolution with "SAME" padding, bias and ReLU6 on NHWC input.
+#[derive(Clone)]
+pub(crate) struct Depthwise {
+    /// Row-major `(k, k, channels)`.
+    weight: Arc<[f32]>,
+    bias: Arc<[f32]>,
+    kernel: usize,
+    stride: usize,
+    channels: usize,
+}
+
+impl Depthwise {
+    /// `weight` is `(k, k, channels)`, `bias` is `(channels)`.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor, stride: usize) -> Result<Self> {
+        let (k, k2, channels) = weight.dims3()?;
+        if k != k2 || bias.dims1()? != channels || stride == 0 {
+            bail!(
+                "depthwise: weight {:?}, bias {:?}, stride {stride}",
+                weight.shape(),
+                bias.shape()
+            )
+        }
+        Ok(Self {
+            weight: host_vec(weight)?,
+            bias: host_vec(bias)?,
+            kernel: k,
+            stride,
+            channels,
+        })
+    }
+
+    /// `x` is `(batch, height, width, channels)`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    /// Output rows `oy0 .. oy0 + out.len() / (ow * c)` of one `h x w` image of which `input`
+    /// holds rows `row0 ..` (a window is enough: only the rows under the taps are read).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rows(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        row0: usize,
+        (h, w): (usize, usize),
+        oy0: usize,
+        out: &mut [f32],
+    ) {
+        let (k, s, c) = (self.kernel, self.stride, self.channels);
+        let (_, pad_top, _) = same_padding(h, k, s);
+        let (ow, pad_left, _) = same_padding(w, k, s);
+        let g = Geometry {
+            row0,
+            h,
+            w,
+            c,
+            k,
+            s,
+            pad_top,
+            pad_left,
+        };
+        match isa {
+            // All rows in one call: the kernel walks 16 channels at a time down every row, so
+            // an input row's lines serve each output row over it while still in L1.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 => {
+                // SAFETY: `Isa::supported` found AVX-512F before this ISA could be chosen.
+                unsafe { depthwise_row_avx512(&self.weight, &self.bias, input, &g, oy0, out) }
+            }
+            _ => {
+                for (i, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+                    self.row(isa, input, &g, oy0 + i, dst);
+                }
+            }
+        }
+    }
+
+    /// Kernel side, stride and channels.
+    pub(crate) fn shape(&self) -> (usize, usize, usize) {
+        (self.kernel, self.stride, self.channels)
+    }
+
+    fn row(&self, isa: Isa, image: &[f32], g: &Geometry, oy: usize, out: &mut [f32]) {
+        let (w, b) = (&self.weight[..], &self.bias[..]);
+        match isa {
+            Isa::Baseline => depthwise_row::<false>(w, b, image, g, oy, out),
+            // SAFETY: `Isa::detect` found these instruction sets on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { depthwise_row_avx2(w, b, image, g, oy, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+                depthwise_row_avx512(w, b, image, g, oy, out)
+            },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn depthwise_row_avx2(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    depthwise_row::<true>(weight, bias, image, g, oy, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The AVX-512 depthwise kernel's ring of zero-padded input rows.
+    static RING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` zeroed floats of this thread's ring buffer.
+#[cfg(target_arch = "x86_64")]
+fn with_ring<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    RING.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            buf[..len].fill(0.0);
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// The AVX-512 depthwise kernel for output rows `oy ..` (as many as `out` holds), 16 channels at
+/// a time down all rows.
+///
+/// For each slice of 16 channels, the input rows under the taps are copied once into a ring of
+/// `k` rows with the "SAME" padding written out as zero columns, so every output pixel, border
+/// or not, goes through the same register block: 8 pixels whose accumulators stay in
+/// registers over all taps, each input vector loaded once per tap row and reused by every
+/// (pixel, tap column) pair that reads it, each weight vector by all 8 pixels. A last block
+/// past the row's end computes on zero columns and stores only the real pixels. Channel
+/// counts that are not a multiple of 16 take the portable loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn depthwise_row_avx512(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let c = g.c;
+    let ow = same_padding(g.w, g.k, g.s).0;
+    let rows = out.len() / (ow * c);
+    if !c.is_multiple_of(16) || ow == 0 {
+        for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
+            depthwise_pixels::<true>(weight, bias, image, g, oy + r, row, 0..ow);
+        }
+        return;
+    }
+    assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
+    for r in 0..rows {
+        let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+        assert!(
+            ky0 == ky1
+                || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
+                    && image.len() >= ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w * c
+        );
+    }
+    const P: usize = 8;
+    let blocks = ow.div_ceil(P);
+    // Padded columns per ring row: every tap of every block, and the whole input row.
+    let cols = ((blocks * P - 1) * g.s + g.k).max(g.pad_left + g.w);
+    let slot = cols * 16;
+
+    /// `P` pixels from padded column `column` of the ring rows, channels `cv .. cv + 16`, into
+    /// `acc` (which holds the bias). `K` and `S` fix the kernel side and stride for the
+    /// common shapes (0: read them from `dims`).
+    ///
+    /// # Safety
+    /// AVX-512F; `rows[ky]` holds at least `column + (P - 1) * s + k` padded columns for every
+    /// tap row in `ky0..ky1`; `taps` points at the weights of channel `cv`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const K: usize, const S: usize>(
+        acc: &mut [__m512; P],
+        rows: &[*const f32],
+        column: usize,
+        (ky0, ky1): (usize, usize),
+        taps: *const f32,
+        (k, s, c): (usize, usize, usize),
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            for (ky, row) in rows.iter().enumerate().take(ky1).skip(ky0) {
+                let row = row.add(column * 16);
+                let taps = taps.add(ky * k * c);
+                if K > 0 {
+                    let mut xs = [_mm512_setzero_ps(); 24];
+                    for (j, x) in xs.iter_mut().enumerate().take((P - 1) * S + K) {
+                        *x = _mm512_loadu_ps(row.add(j * 16));
+                    }
+                    for kx in 0..K {
+                        let w = _mm512_loadu_ps(taps.add(kx * c));
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(xs[p * S + kx], w, *a);
+                        }
+                    }
+                } else {
+                    for kx in 0..k {
+                        let w = _mm512_loadu_ps(taps.add(kx * c));
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            let x = _mm512_loadu_ps(row.add((p * s + kx) * 16));
+                            *a = _mm512_fmadd_ps(x, w, *a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    with_ring(g.k * slot, |ring| {
+        let mut starts = vec![std::ptr::null::<f32>(); g.k];
+        for cv in (0..c).step_by(16) {
+            // SAFETY: `cv + 16 <= c <= bias.len()`.
+            let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
+            let mut next = 0usize;
+            for (r, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+                let oy = oy + r;
+                let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+                // Input rows under the taps not yet in the ring: each is copied once per
+                // channel slice, into slot `row % k`, which held a row no tap needs now.
+                let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
+                for iy in next.max(lo)..hi {
+                    let src = &image[(iy - g.row0) * g.w * c + cv..];
+                    let ring_row = &mut ring[(iy % g.k) * slot + g.pad_left * 16..][..g.w * 16];
+                    for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                        d.copy_from_slice(&src[x * c..x * c + 16]);
+                    }
+                }
+                next = next.max(hi);
+                for (ky, start) in starts.iter_mut().enumerate().take(ky1).skip(ky0) {
+                    let iy = oy * g.s + ky - g.pad_top;
+                    *start = ring[(iy % g.k) * slot..].as_ptr();
+                }
+                for blk in 0..blocks {
+                    let ox = blk * P;
+                    let mut acc = [b; P];
+                    let (column, taps, dims) = (ox * g.s, weight[cv..].as_ptr(), (g.k, g.s, c));
+                    let ky = (ky0, ky1);
+                    // SAFETY: the ring rows of `ky0..ky1` hold `cols` padded columns, enough
+                    // for every block's taps; the weights were bounds-checked above.
+                    unsafe {
+                        match (g.k, g.s) {
+                            (3, 1) => block::<3, 1>(&mut acc, &starts, column, ky, taps, dims),
+                            (5, 1) => block::<5, 1>(&mut acc, &starts, column, ky, taps, dims),
+                            (3, 2) => block::<3, 2>(&mut acc, &starts, column, ky, taps, dims),
+                            (5, 2) => block::<5, 2>(&mut acc, &starts, column, ky, taps, dims),
+                            _ => block::<0, 0>(&mut acc, &starts, column, ky, taps, dims),
+                        }
+                    }
+                    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+                    for (p, a) in acc.iter().enumerate().take(ow - ox) {
+                        let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                        // SAFETY: pixel `ox + p < ow`, channels `cv + 16 <= c`.
+                        unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox + p) * c + cv), y) };
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One output row: every pixel starts from the bias, adds its in-bounds taps one at a time
+/// across all channels (a loop the compiler turns into vector multiply-adds), then is
+/// clamped by ReLU6. A pixel's channels stay in L1 cache throughout.
+#[inline(always)]
+fn depthwise_row<const FMA: bool>(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+) {
+    let ow = out.len() / g.c;
+    depthwise_pixels::<FMA>(weight, bias, image, g, oy, out, 0..ow)
+}
+
+/// [`depthwise_row`] for the output columns in `columns` only (`out` is the whole row).
+#[inline(always)]
+fn depthwise_pixels<const FMA: bool>(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    g: &Geometry,
+    oy: usize,
+    out: &mut [f32],
+    columns: std::ops::Range<usize>,
+) {
+    let c = g.c;
+    let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+    for ox in columns {
+        let px = &mut out[ox * c..(ox + 1) * c];
+        let (kx0, kx1) = tap_range(ox, g.s, g.pad_left, g.k, g.w);
+        px.copy_from_slice(&bias[..c]);
+        for ky in ky0..ky1 {
+            let iy = oy * g.s + ky - g.pad_top;
+            for kx in kx0..kx1 {
+                let ix = ox * g.s + kx - g.pad_left;
+                let src = &image[((iy - g.row0) * g.w + ix) * c..][..c];
+                let wt = &weight[(ky * g.k + kx) * c..][..c];
+                for ((d, &x), &y) in px.iter_mut().zip(src).zip(wt) {
+                    *d = if FMA { x.mul_add(y, *d) } else { *d + x * y };
+                }
+            }
+        }
+        for d in px.iter_mut() {
+            *d = d.clamp(0.0, 6.0);
+        }
+    }
+}
+
+impl CustomOp1 for Depthwise {
+    fn name(&self) -> &'static str {
+        "nhwc-depthwise-relu6"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, h, w, c) = layout.shape().dims4()?;
+        if c != self.channels {
+            bail!(
+                "depthwise: input has {c} channels, weights expect {}",
+                self.channels
+            )
+        }
+        let x = contiguous_f32(storage, layout, "depthwise")?;
+        let (k, s) = (self.kernel, self.stride);
+        let oh = same_padding(h, k, s).0;
+        let ow = same_padding(w, k, s).0;
+        let isa = Isa::detect();
+        let mut out = vec![0f32; b * oh * ow * c];
+        if !out.is_empty() {
+            // Bands of a few rows per task: the AVX-512 kernel copies the input rows under a
+            // band's taps once per channel slice.
+            let band = oh.div_ceil(4).max(1);
+            out.par_chunks_mut(oh * ow * c)
+                .zip(x.par_chunks(h * w * c))
+                .for_each(|(dst, image)| {
+                    dst.par_chunks_mut(band * ow * c)
+                        .enumerate()
+                        .for_each(|(i, rows)| {
+                            self.rows(isa, image, 0, (h, w), i * band, rows);
+                        });
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, oh, ow, c))))
+    }
+}
+
+/// A depthwise "SAME" convolution without bias or activation, with its gradient: what a copy of
+/// the image tower being fine-tuned runs on the CPU. Built from tensor operations instead, each
+/// of the `k * k` taps is a pass over the activations forward and several back (candle's
+/// gradient of a slice is a zero-filled copy), which dominated fine-tuning.
+pub(crate) struct DepthwiseGrad {
+    pub(crate) stride: usize,
+}
+
+/// Shapes of one depthwise convolution: input `(b, h, w, c)`, kernel `k`, stride `s`.
+#[derive(Clone, Copy)]
+struct DwShape {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    s: usize,
+    oh: usize,
+    ow: usize,
+    top: usize,
+    left: usize,
+}
+
+impl DwShape {
+    fn new(x: &[usize], weight: &[usize], s: usize) -> Result<Self> {
+        let (&[b, h, w, c], &[k, k2, wc]) = (x, weight) else {
+            bail!("depthwise: input {x:?} and weight {weight:?} are not (b, h, w, c) and (k, k, c)")
+        };
+        if k != k2 || wc != c {
+            bail!("depthwise: weight {weight:?} does not fit input {x:?}")
+        }
+        let (oh, top, _) = same_padding(h, k, s);
+        let (ow, left, _) = same_padding(w, k, s);
+        Ok(Self {
+            b,
+            h,
+            w,
+            c,
+            k,
+            s,
+            oh,
+            ow,
+            top,
+            left,
+        })
+    }
+
+    /// Input row and column under output pixel `(oy, ox)` and tap `(ky, kx)`, if inside.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.s + ky).checked_sub(self.top)?;
+        let ix = (ox * self.s + kx).checked_sub(self.left)?;
+        (iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+}
+
+fn dw_forward(x: &[f32], weight: &[f32], d: DwShape) -> Vec<f32> {
+    let c = d.c;
+    let mut out = vec![0f32; d.b * d.oh * d.ow * c];
+    out.par_chunks_mut(d.ow * c)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (image, oy) = (r / d.oh, r % d.oh);
+            let x = &x[image * d.h * d.w * c..(image + 1) * d.h * d.w * c];
+            for ox in 0..d.ow {
+                let dst = &mut row[ox * c..(ox + 1) * c];
+                for ky in 0..d.k {
+                    for kx in 0..d.k {
+                        let Some((iy, ix)) = d.source(oy, ox, ky, kx) else {
+                            continue;
+                        };
+                        let src = &x[(iy * d.w + ix) * c..(iy * d.w + ix + 1) * c];
+                        let tap = &weight[(ky * d.k + kx) * c..(ky * d.k + kx + 1) * c];
+                        for ((o, v), t) in dst.iter_mut().zip(src).zip(tap) {
+                            *o += v * t;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Gradients of the input and the weight, one image per task (each image's input gradient is
+/// its own; the weight gradients are summed after).
+fn dw_backward(x: &[f32], weight: &[f32], grad: &[f32], d: DwShape) -> (Vec<f32>, Vec<f32>) {
+    let c = d.c;
+    let (in_size, out_size, taps) = (d.h * d.w * c, d.oh * d.ow * c, d.k * d.k * c);
+    let mut gx = vec![0f32; d.b * in_size];
+    let gw_parts: Vec<Vec<f32>> = gx
+        .par_chunks_mut(in_size.max(1))
+        .enumerate()
+        .map(|(image, gx)| {
+            let x = &x[image * in_size..(image + 1) * in_size];
+            let g = &grad[image * out_size..(image + 1) * out_size];
+            let mut gw = vec![0f32; taps];
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    let go = &g[(oy * d.ow + ox) * c..(oy * d.ow + ox + 1) * c];
+                    for ky in 0..d.k {
+                        for kx in 0..d.k {
+                            let Some((iy, ix)) = d.source(oy, ox, ky, kx) else {
+                                continue;
+                            };
+                            let at = (iy * d.w + ix) * c;
+                            let t = (ky * d.k + kx) * c;
+                            for j in 0..c {
+                                gx[at + j] += go[j] * weight[t + j];
+                                gw[t + j] += go[j] * x[at + j];
+                            }
+                        }
+                    }
+                }
+            }
+            gw
+        })
+        .collect();
+    let mut gw = vec![0f32; taps];
+    for part in gw_parts {
+        for (a, b) in gw.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    (gx, gw)
+}
+
+impl CustomOp2 for DepthwiseGrad {
+    fn name(&self) -> &'static str {
+        "nhwc-depthwise-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = DwShape::new(l1.dims(), l2.dims(), self.stride)?;
+        let x = contiguous_f32(s1, l1, "depthwise")?;
+        let w = contiguous_f32(s2, l2, "depthwise")?;
+        let out = dw_forward(x, w, d);
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.oh, d.ow, d.c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = DwShape::new(x.dims(), weight.dims(), self.stride)?;
+        let (gx, gw) = dw_backward(&host_vec(x)?, &host_vec(weight)?, &host_vec(grad)?, d);
+        Ok((
+            Some(Tensor::from_vec(gx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(gw, weight.shape(), weight.device())?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn depthwise_matches_a_naive_convolution() {
+        let dev = Device::Cpu;
+        // Widths that fill 8- and 4-pixel register blocks and leave remainders, channel
+        // counts that are and are not a multiple of the 16-lane vector.
+        for (k, s, h, w, c) in [
+            (3, 2, 9, 8, 12),
+            (5, 1, 6, 7, 16),
+            (5, 2, 10, 10, 3),
+            (3, 1, 5, 30, 32),
+            (5, 2, 11, 41, 48),
+            (5, 1, 7, 7, 64),
+            (3, 2, 8, 28, 16),
+            // Shapes without a specialised register block.
+            (7, 1, 9, 12, 16),
+            (3, 3, 10, 13, 32),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, h, w, c), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1., (k, k, c), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.1, c, &dev).unwrap();
+            let layer = Depthwise::new(&wt, &b, s).unwrap();
+            let got = layer.forward(&x).unwrap();
+
+            // Reference: candle's grouped conv2d in NCHW on explicitly padded input.
+            let (oh, t, bo) = same_padding(h, k, s);
+            let (ow, l, r) = same_padding(w, k, s);
+            let nchw = x.permute((0, 3, 1, 2)).unwrap();
+            let padded = nchw
+                .pad_with_zeros(2, t, bo)
+                .unwrap()
+                .pad_with_zeros(3, l, r)
+                .unwrap();
+            let kernel = wt
+                .permute((2, 0, 1))
+                .unwrap()
+                .reshape((c, 1, k, k))
+                .unwrap();
+            let want = padded
+                .conv2d(&kernel, 0, s, 1, c)
+                .unwrap()
+                .broadcast_add(&b.reshape((c, 1, 1)).unwrap())
+                .unwrap()
+                .clamp(0f32, 6f32)
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap();
+            assert_eq!(got.dims(), [2, oh, ow, c]);
+            // Every instruction set's row kernel, image by image, from a window that starts
+            // one row in (as the fused blocks hold them) where the taps allow.
+            let want_rows = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for isa in Isa::available() {
+                for image in 0..2 {
+                    let src = &input[image * h * w * c..(image + 1) * h * w * c];
+                    let mut out = vec![f32::NAN; oh * ow * c];
+                    layer.rows(isa, src, 0, (h, w), 0, &mut out);
+                    let want = &want_rows[image * oh * ow * c..(image + 1) * oh * ow * c];
+                    let diff = out
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff < 1e-4, "{isa:?} k{k} s{s} {h}x{w}x{c}: {diff}");
+                    // Rows from oy = 1 on read input rows from `1 * s - top` on.
+                    let first = s.saturating_sub(t);
+                    let mut tail = vec![f32::NAN; (oh - 1) * ow * c];
+                    layer.rows(isa, &src[first * w * c..], first, (h, w), 1, &mut tail);
+                    let diff = tail
+                        .iter()
+                        .zip(&want[ow * c..])
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-4,
+                        "{isa:?} k{k} s{s} {h}x{w}x{c} from row 1: {diff}"
+                    );
+                }
+            }
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                diff.to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    < 1e-4,
+                "k{k} s{s}"
+            );
+        }
+    }
+}

@@ -217,27 +217,17 @@ impl Network {
         self.head.outputs()
     }
 
-    /// Pooled head features, `(batch, features_dim)` row-major, of `batch` NCHW images of
-    /// `(channels_in, h, w)` laid end to end in `images`.
-    pub(crate) fn features(
-        &self,
-        isa: Isa,
-        images: &[f32],
-        batch: usize,
-        hw: (usize, usize),
-    ) -> Vec<f32> {
+    /// Pooled head features, `(images.len(), features_dim)` row-major, of NCHW images of
+    /// `(channels_in, h, w)`, each its own slice (read in place, never gathered into a batch).
+    pub(crate) fn features(&self, isa: Isa, images: &[&[f32]], hw: (usize, usize)) -> Vec<f32> {
         let n = self.head.outputs();
-        let mut out = vec![0f32; batch * n];
-        if batch == 0 {
-            return out;
-        }
-        let image_len = images.len() / batch;
-        if batch >= rayon::current_num_threads() {
+        let mut out = vec![0f32; images.len() * n];
+        if images.len() >= rayon::current_num_threads() {
             out.par_chunks_mut(n)
-                .zip(images.par_chunks(image_len))
+                .zip(images.par_iter())
                 .for_each(|(f, image)| self.image(isa, image, hw, f, false));
         } else {
-            for (f, image) in out.chunks_mut(n).zip(images.chunks(image_len)) {
+            for (f, image) in out.chunks_mut(n).zip(images) {
                 self.image(isa, image, hw, f, true);
             }
         }

@@ -728,21 +728,16 @@ impl EfficientNetLite {
     /// Runs a batch of normalised images, `(batch, 3, height, width)` f32, and returns the
     /// pooled features `(batch, 1280)` and the ImageNet logits `(batch, classes)`.
     pub fn forward(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (_, channels, _, _) = images.dims4()?;
-        if channels != 3 {
-            return Err(Error::InvalidArgument(format!(
-                "{} expects 3-channel images, got {channels}",
-                self.config.name
-            )));
-        }
+        let (b, channels, h, w) = images.dims4()?;
+        self.check_channels(channels)?;
         let features = match (&self.network, self.cpu_kernels) {
             (Some(network), true) => {
-                let (b, _, h, w) = images.dims4()?;
                 let pixels = images
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let features = network.features(self.isa, &pixels, b, (h, w));
+                let slices: Vec<&[f32]> = pixels.chunks(pixels.len() / b.max(1)).collect();
+                let features = network.features(self.isa, &slices, (h, w));
                 Tensor::from_vec(features, (b, network.features_dim()), &self.device)?
             }
             _ => {
@@ -751,6 +746,54 @@ impl EfficientNetLite {
                 pool(&self.head.forward(&x, None, self.cpu_kernels)?)?
             }
         };
+        self.with_logits(features)
+    }
+
+    /// [`Self::forward`] on normalised NCHW images of `3 x h x w` floats, one slice each: on
+    /// the CPU kernels they are read where they lie, with no batch tensor assembled (at batch
+    /// 32 that copy is 19 MB, and fresh memory for it page-faults on every call).
+    pub fn forward_images(
+        &self,
+        images: &[&[f32]],
+        (h, w): (usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        if let Some(bad) = images.iter().position(|im| im.len() != 3 * h * w) {
+            return Err(Error::InvalidArgument(format!(
+                "image {bad} has {} values, not 3 x {h} x {w}",
+                images[bad].len()
+            )));
+        }
+        match (&self.network, self.cpu_kernels) {
+            (Some(network), true) => {
+                let features = network.features(self.isa, images, (h, w));
+                let features = Tensor::from_vec(
+                    features,
+                    (images.len(), network.features_dim()),
+                    &self.device,
+                )?;
+                self.with_logits(features)
+            }
+            _ => {
+                let data: Vec<f32> = images.iter().flat_map(|im| im.iter().copied()).collect();
+                let batch = Tensor::from_vec(data, (images.len(), 3, h, w), &Device::Cpu)?
+                    .to_device(&self.device)?;
+                self.forward(&batch)
+            }
+        }
+    }
+
+    fn check_channels(&self, channels: usize) -> Result<()> {
+        if channels != 3 {
+            return Err(Error::InvalidArgument(format!(
+                "{} expects 3-channel images, got {channels}",
+                self.config.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pooled features and the ImageNet logits computed from them.
+    fn with_logits(&self, features: Tensor) -> Result<(Tensor, Tensor)> {
         let logits = {
             let _enter = self.classifier_span.enter();
             features

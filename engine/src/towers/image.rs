@@ -518,10 +518,8 @@ impl ImageTower {
     }
 
     /// The input batches for `images`, `max_batch` at a time, on the tower's device.
-    fn batches<'a>(
-        &'a self,
-        images: &'a [PreparedImage],
-    ) -> Result<impl Iterator<Item = Result<Tensor>> + 'a> {
+    /// The tower's input side, once every image is found prepared at it.
+    fn check_sizes(&self, images: &[PreparedImage]) -> Result<usize> {
         let size = self.preprocessor.image_size();
         if let Some((i, bad)) = images.iter().enumerate().find(|(_, im)| im.size != size) {
             return Err(Error::InvalidArgument(format!(
@@ -529,6 +527,14 @@ impl ImageTower {
                 bad.size
             )));
         }
+        Ok(size)
+    }
+
+    fn batches<'a>(
+        &'a self,
+        images: &'a [PreparedImage],
+    ) -> Result<impl Iterator<Item = Result<Tensor>> + 'a> {
+        let size = self.check_sizes(images)?;
         Ok(images
             .chunks(self.config.max_batch.max(1))
             .map(move |batch| {
@@ -596,8 +602,10 @@ impl ImageTower {
             features: Vec::with_capacity(images.len()),
             probabilities: Vec::with_capacity(images.len()),
         };
-        for input in self.batches(images)? {
-            let (features, logits) = self.model.forward(&input?)?;
+        let size = self.check_sizes(images)?;
+        for batch in images.chunks(self.config.max_batch.max(1)) {
+            let pixels: Vec<&[f32]> = batch.iter().map(|im| &im.pixels[..]).collect();
+            let (features, logits) = self.model.forward_images(&pixels, (size, size))?;
             let probabilities = EfficientNetLite::probabilities(&logits)?;
             out.features.extend(features.to_vec2::<f32>()?);
             out.probabilities.extend(probabilities.to_vec2::<f32>()?);

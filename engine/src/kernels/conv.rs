@@ -478,8 +478,12 @@ impl CustomOp1 for Patches {
 
 impl Patches {
     /// The patches of output rows `oy0 ..` (as many as `out` holds) of one NCHW image of
-    /// `(c, h, w)`; `out` must be zeroed where windows leave the image (only taps inside are
-    /// written).
+    /// `(c, h, w)`, every value written (zero where a window leaves the image).
+    ///
+    /// The input rows under the taps are first interleaved channels-last into a ring of `k`
+    /// rows, each row once per call, with the "SAME" padding as zero columns; a patch's taps
+    /// along one kernel row are then `k * c` contiguous floats, copied in one move (the stem's
+    /// 3 x 3 taps over 3 channels are 9), not gathered one by one from `c` planes.
     pub(crate) fn rows(
         &self,
         image: &[f32],
@@ -490,19 +494,44 @@ impl Patches {
         let (k, s) = (self.kernel, self.stride);
         let (_, pad_top, _) = same_padding(h, k, s);
         let (ow, pad_left, _) = same_padding(w, k, s);
-        let cols = k * k * c;
+        let (cols, span) = (k * k * c, k * c);
+        if ow == 0 || cols == 0 {
+            return;
+        }
+        let row_len = ((ow - 1) * s + k).max(pad_left + w) * c;
+        let mut ring = vec![0f32; k * row_len];
+        let mut next = 0;
         for (i, dst) in out.chunks_exact_mut(ow * cols).enumerate() {
             let oy = oy0 + i;
             let (ky0, ky1) = tap_range(oy, s, pad_top, k, h);
-            for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
-                let (kx0, kx1) = tap_range(ox, s, pad_left, k, w);
-                for ky in ky0..ky1 {
-                    let iy = oy * s + ky - pad_top;
-                    for kx in kx0..kx1 {
-                        let ix = ox * s + kx - pad_left;
-                        for ch in 0..c {
-                            patch[(ky * k + kx) * c + ch] = image[(ch * h + iy) * w + ix];
+            if ky0 < ky1 {
+                let (lo, hi) = (oy * s + ky0 - pad_top, oy * s + ky1 - pad_top);
+                for iy in next.max(lo)..hi {
+                    let row = &mut ring[(iy % k) * row_len..][pad_left * c..][..w * c];
+                    for ch in 0..c {
+                        let plane = &image[(ch * h + iy) * w..][..w];
+                        for (px, &v) in row.chunks_exact_mut(c).zip(plane) {
+                            px[ch] = v;
                         }
+                    }
+                }
+                next = next.max(hi);
+            }
+            for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
+                for (ky, taps) in patch.chunks_exact_mut(span).enumerate() {
+                    if ky < ky0 || ky >= ky1 {
+                        taps.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * s + ky - pad_top;
+                    let src = &ring[(iy % k) * row_len + ox * s * c..][..span];
+                    if span == 9 {
+                        // A fixed length compiles to two moves instead of a `memcpy` call.
+                        let src: &[f32; 9] = src.try_into().expect("span is 9");
+                        let taps: &mut [f32; 9] = taps.try_into().expect("span is 9");
+                        *taps = *src;
+                    } else {
+                        taps.copy_from_slice(src);
                     }
                 }
             }
@@ -893,6 +922,55 @@ mod tests {
         // 5x5, stride 1, pad 2: first output skips two taps.
         assert_eq!(tap_range(0, 1, 2, 5, 14), (2, 5));
         assert_eq!(tap_range(13, 1, 2, 5, 14), (0, 3));
+    }
+
+    #[test]
+    fn patches_match_a_naive_gather() {
+        // The stem's shape (9-float kernel rows), others through the general copy, odd sizes
+        // and strides, asked for whole and in bands of rows (as the fused stem asks).
+        for (k, s, c, h, w) in [
+            (3, 2, 3, 9, 12),
+            (3, 2, 3, 8, 7),
+            (5, 1, 2, 6, 9),
+            (2, 3, 4, 10, 11),
+        ] {
+            let image: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
+            let (oh, pad_top, _) = same_padding(h, k, s);
+            let (ow, pad_left, _) = same_padding(w, k, s);
+            let cols = k * k * c;
+            let mut want = vec![0f32; oh * ow * cols];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let (iy, ix) = (oy * s + ky, ox * s + kx);
+                            if iy < pad_top
+                                || ix < pad_left
+                                || iy - pad_top >= h
+                                || ix - pad_left >= w
+                            {
+                                continue;
+                            }
+                            for ch in 0..c {
+                                want[((oy * ow + ox) * k * k + ky * k + kx) * c + ch] =
+                                    image[(ch * h + iy - pad_top) * w + ix - pad_left];
+                            }
+                        }
+                    }
+                }
+            }
+            let patches = Patches {
+                kernel: k,
+                stride: s,
+            };
+            for band in [oh, 2, 1] {
+                let mut got = vec![f32::NAN; oh * ow * cols];
+                for (i, rows) in got.chunks_mut(band * ow * cols).enumerate() {
+                    patches.rows(&image, (c, h, w), i * band, rows);
+                }
+                assert_eq!(got, want, "k{k} s{s} c{c} {h}x{w}, bands of {band}");
+            }
+        }
     }
 
     #[test]

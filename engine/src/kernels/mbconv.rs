@@ -90,7 +90,6 @@ impl Stem {
             for a in (0..rows).step_by(chunk) {
                 let b = (a + chunk).min(rows);
                 let p = &mut patches[..(b - a) * ow * cols];
-                p.fill(0.0);
                 let _span = tracing::trace_span!("stem").entered();
                 self.patches
                     .rows(image, (self.channels_in, h, w), oy0 + a, p);

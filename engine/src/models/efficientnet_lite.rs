@@ -595,6 +595,8 @@ pub struct EfficientNetLite {
     cpu_kernels: bool,
     /// The whole network on plain slices, blocks fused (on the CPU): what `forward` runs.
     network: Option<mbconv::Network>,
+    /// The classifier on the CPU 1x1 kernel, beside `network`.
+    cpu_classifier: Option<CpuClassifier>,
     /// The instruction set its kernels use.
     isa: conv_cpu::Isa,
 }
@@ -652,6 +654,9 @@ impl EfficientNetLite {
             .map_err(wrap)?;
         let device = vb.device().clone();
         let network = cpu_network(&stem, &blocks, &head);
+        let cpu_classifier = network
+            .as_ref()
+            .and_then(|_| CpuClassifier::new(&fc_weight, &fc_bias).ok());
         Ok(Self {
             config: cfg.clone(),
             stem,
@@ -663,6 +668,7 @@ impl EfficientNetLite {
             classifier_span: tracing::trace_span!("classifier"),
             cpu_kernels: device.is_cpu(),
             network,
+            cpu_classifier,
             isa: conv_cpu::Isa::detect(),
             device,
         })
@@ -794,11 +800,23 @@ impl EfficientNetLite {
 
     /// Pooled features and the ImageNet logits computed from them.
     fn with_logits(&self, features: Tensor) -> Result<(Tensor, Tensor)> {
-        let logits = {
-            let _enter = self.classifier_span.enter();
-            features
+        let _enter = self.classifier_span.enter();
+        let logits = match (&self.cpu_classifier, self.cpu_kernels) {
+            (Some(classifier), true) => {
+                let batch = features.dim(0)?;
+                let x = features.flatten_all()?.to_vec1::<f32>()?;
+                // f32 even in bf16 mode: the class probabilities stay those of the f32 network.
+                let isa = if self.isa.is_bf16() {
+                    conv_cpu::Isa::detect()
+                } else {
+                    self.isa
+                };
+                let logits = classifier.logits(isa, &x, batch);
+                Tensor::from_vec(logits, (batch, classifier.classes), &self.device)?
+            }
+            _ => features
                 .matmul(&self.fc_weight)?
-                .broadcast_add(&self.fc_bias)?
+                .broadcast_add(&self.fc_bias)?,
         };
         Ok((features, logits))
     }
@@ -851,6 +869,64 @@ impl EfficientNetLite {
     /// Softmax over the last axis, for turning logits into class probabilities.
     pub fn probabilities(logits: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::softmax_last_dim(logits)?)
+    }
+}
+
+/// The ImageNet classifier as column blocks of the CPU 1x1 kernel, run side by side on the
+/// thread pool: each block's weights are read in place once per call, where candle's matrix
+/// product repacks all 1280 x 1000 of them on every call (at batch 8, more time than the
+/// product itself).
+struct CpuClassifier {
+    parts: Vec<conv_cpu::Pointwise>,
+    classes: usize,
+}
+
+impl CpuClassifier {
+    /// Output columns per block: a multiple of the kernel's 64-wide register block.
+    const PART: usize = 256;
+
+    /// `weight` is `(features, classes)`, `bias` `(classes)`.
+    fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
+        let classes = weight.dim(1)?;
+        let parts = (0..classes)
+            .step_by(Self::PART)
+            .map(|c0| {
+                let len = Self::PART.min(classes - c0);
+                conv_cpu::Pointwise::new(
+                    &weight.narrow(1, c0, len)?.contiguous()?,
+                    &bias.narrow(0, c0, len)?,
+                    false,
+                )
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { parts, classes })
+    }
+
+    /// `(batch, classes)` logits of `(batch, features)` rows.
+    fn logits(&self, isa: conv_cpu::Isa, features: &[f32], batch: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let blocks: Vec<Vec<f32>> = self
+            .parts
+            .par_iter()
+            .map(|part| {
+                let mut out = vec![0f32; batch * part.outputs()];
+                part.run_tile(isa, features, None, &mut out);
+                out
+            })
+            .collect();
+        let mut logits = vec![0f32; batch * self.classes];
+        let mut c0 = 0;
+        for (part, block) in self.parts.iter().zip(&blocks) {
+            let n = part.outputs();
+            for (row, src) in logits
+                .chunks_exact_mut(self.classes)
+                .zip(block.chunks_exact(n))
+            {
+                row[c0..c0 + n].copy_from_slice(src);
+            }
+            c0 += n;
+        }
+        logits
     }
 }
 

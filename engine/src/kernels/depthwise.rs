@@ -200,24 +200,44 @@ unsafe fn depthwise_rows_avx512(
     let slot = cols * 16;
     let dims = (g.k, g.s, c);
 
+    // Only the padding columns need zeros: every input column is written before it is read.
     let mut ring = RING.take();
-    ring.clear();
-    ring.resize(g.k * slot, 0.0);
+    ring.resize(ring.len().max(g.k * slot), 0.0);
+    for row in ring[..g.k * slot].chunks_exact_mut(slot) {
+        row[..g.pad_left * 16].fill(0.0);
+        row[(g.pad_left + g.w) * 16..].fill(0.0);
+    }
+    // Per output row, the same for every channel slice: the input rows to copy into the ring
+    // first (row, offset of its slot), and the ring offset of each tap row. Worked out once
+    // here, so the slices' loops do no division (`row % k`).
+    let mut fills: Vec<Vec<(usize, usize)>> = Vec::with_capacity(rows);
+    let mut offsets = vec![0usize; rows * g.k];
+    let mut next = 0usize;
+    for r in 0..rows {
+        let oy = oy + r;
+        let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+        let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
+        // Each input row goes into slot `row % k`, which held a row no tap needs now.
+        fills.push(
+            (next.max(lo)..hi)
+                .map(|iy| (iy, (iy % g.k) * slot))
+                .collect(),
+        );
+        next = next.max(hi);
+        for ky in ky0..ky1 {
+            offsets[r * g.k + ky] = ((oy * g.s + ky - g.pad_top) % g.k) * slot;
+        }
+    }
     let mut starts = vec![std::ptr::null::<f32>(); g.k];
     for cv in (0..c).step_by(16) {
         // SAFETY: `cv + 16 <= c <= bias.len()`.
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
         let taps = weight[cv..].as_ptr();
-        let mut next = 0usize;
         for (r, dst) in out.chunks_exact_mut(ow * c).enumerate() {
-            let oy = oy + r;
-            let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-            // Input rows under the taps not yet in the ring: each is copied once per channel
-            // slice, into slot `row % k`, which held a row no tap needs now.
-            let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
-            for iy in next.max(lo)..hi {
+            let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+            for &(iy, at) in &fills[r] {
                 let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
-                let ring_row = &mut ring[(iy % g.k) * slot + g.pad_left * 16..][..g.w * 16];
+                let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
                 for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
                     // SAFETY: pixel `x < w` of `src` has 16 channels from `cv`.
                     unsafe {
@@ -225,10 +245,8 @@ unsafe fn depthwise_rows_avx512(
                     };
                 }
             }
-            next = next.max(hi);
-            for (ky, start) in starts.iter_mut().enumerate().take(ky1).skip(ky0) {
-                let iy = oy * g.s + ky - g.pad_top;
-                *start = ring[(iy % g.k) * slot..].as_ptr();
+            for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
+                *start = ring[at..].as_ptr();
             }
             for blk in 0..blocks {
                 let ox = blk * P;

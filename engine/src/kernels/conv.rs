@@ -167,6 +167,41 @@ impl Pointwise {
         let (k, n) = (self.k, self.n);
         let rows = dst.len() / n;
         assert!(x.len() == rows * k && residual.is_none_or(|r| r.len() == dst.len()));
+        self.run_tile_into(isa, x, residual, dst, None)
+    }
+
+    /// [`Self::run_tile`] with the output blocked by 16 channels: pixel `p`'s channels
+    /// `16 j .. 16 j + 16` at `dst[j * slice + p * 16 ..]`. What a depthwise convolution reads
+    /// best, one contiguous run per block of channels. Only the AVX-512 kernels write this
+    /// layout, and only for a multiple of 16 outputs ([`Self::writes_blocked`]).
+    pub(crate) fn run_tile_blocked(&self, isa: Isa, x: &[f32], dst: &mut [f32], slice: usize) {
+        assert!(
+            self.writes_blocked(isa),
+            "{isa:?} cannot write blocked output"
+        );
+        self.run_tile_into(isa, x, None, dst, Some(slice))
+    }
+
+    /// Whether [`Self::run_tile_blocked`] runs with `isa`.
+    pub(crate) fn writes_blocked(&self, isa: Isa) -> bool {
+        let wide = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 => true,
+            _ => false,
+        };
+        wide && self.n.is_multiple_of(16)
+    }
+
+    fn run_tile_into(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+        out_slices: Option<usize>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let rows = x.len() / k;
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -178,6 +213,7 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
+                    out_slices,
                 };
                 // SAFETY: `Isa::Avx512` is only chosen where `Isa::supported` found AVX-512F.
                 unsafe { avx512::pointwise(&tile, dst) }
@@ -195,12 +231,14 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
+                    out_slices,
                 };
                 // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found
                 // AVX-512F, AVX-512VL and AVX512_BF16.
                 unsafe { avx512bf16::pointwise(&tile, dst) }
             }
             _ => {
+                assert!(out_slices.is_none(), "{isa:?} writes rows only");
                 matmul(dst, x, &self.weight, rows, k, n, gemm::Parallelism::None);
                 self.finish_tile(dst, 0, residual);
             }
@@ -244,6 +282,7 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
+                    out_slices: None,
                 };
                 // SAFETY: `Isa::detect` found AVX-512F on this CPU before choosing this path.
                 unsafe { avx512::pointwise(&tile, dst) }
@@ -539,6 +578,38 @@ impl Patches {
     }
 }
 
+/// Whether `len` floats hold `rows` output rows of `n` channels, row-major or (with `slices`)
+/// blocked by 16 channels, each block `slices` floats after the previous.
+#[cfg(target_arch = "x86_64")]
+fn out_fits(slices: Option<usize>, rows: usize, n: usize, len: usize) -> bool {
+    match slices {
+        None => len == rows * n,
+        Some(slice) => {
+            n.is_multiple_of(16)
+                && slice >= rows * 16
+                && (n == 0 || len >= (n / 16 - 1) * slice + rows * 16)
+        }
+    }
+}
+
+/// Where output row `r0`, channel `c0` (a multiple of 16 when blocked) starts.
+#[cfg(target_arch = "x86_64")]
+fn out_at(slices: Option<usize>, n: usize, r0: usize, c0: usize) -> usize {
+    match slices {
+        None => r0 * n + c0,
+        Some(slice) => c0 / 16 * slice + r0 * 16,
+    }
+}
+
+/// Floats from one output row to the next, and from one 16-channel vector to the next.
+#[cfg(target_arch = "x86_64")]
+fn out_strides(slices: Option<usize>, n: usize) -> (usize, usize) {
+    match slices {
+        None => (n, 16),
+        Some(slice) => (16, slice),
+    }
+}
+
 /// A register-blocked 1x1-convolution kernel for AVX-512: 6 pixels x 64 output channels
 /// accumulate in 24 vector registers while the input channels stream past, so each weight
 /// vector loaded serves six pixels. Unlike a general matrix product it needs no packing, which
@@ -563,6 +634,9 @@ mod avx512 {
         pub k: usize,
         pub n: usize,
         pub relu6: bool,
+        /// Channel-blocked output: 16 channels of every pixel in a row, each block of 16
+        /// channels this many floats after the previous one (`None`: rows of `n`).
+        pub out_slices: Option<usize>,
     }
 
     /// `dst = act(x @ weight + bias (+ residual))` for the tile's rows.
@@ -572,13 +646,13 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn pointwise(t: &Tile, dst: &mut [f32]) {
         let (k, n) = (t.k, t.n);
-        let rows = dst.len() / n;
+        let rows = t.x.len() / k.max(1);
         assert!(
             k > 0
                 && t.x.len() == rows * k
                 && t.weight.len() == k * n
                 && t.bias.len() == n
-                && dst.len() == rows * n
+                && super::out_fits(t.out_slices, rows, n, dst.len())
                 && t.residual.is_none_or(|r| r.len() == rows * n)
         );
         for c0 in (0..n).step_by(COLS) {
@@ -598,7 +672,8 @@ mod avx512 {
                     residual: t
                         .residual
                         .map_or(std::ptr::null(), |r| r[r0 * n + c0..].as_ptr()),
-                    out: dst[r0 * n + c0..].as_mut_ptr(),
+                    out: dst[super::out_at(t.out_slices, n, r0, c0)..].as_mut_ptr(),
+                    out_strides: super::out_strides(t.out_slices, n),
                     k,
                     n,
                     last,
@@ -620,6 +695,8 @@ mod avx512 {
         bias: *const f32,
         residual: *const f32,
         out: *mut f32,
+        /// Floats from one output row to the next, and from one vector to the next.
+        out_strides: (usize, usize),
         k: usize,
         n: usize,
         last: __mmask16,
@@ -671,7 +748,8 @@ mod avx512 {
                         if self.relu6 {
                             y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
                         }
-                        _mm512_mask_storeu_ps(self.out.add(r * n + v * LANES), m, y);
+                        let (row, vector) = self.out_strides;
+                        _mm512_mask_storeu_ps(self.out.add(r * row + v * vector), m, y);
                     }
                 }
             }
@@ -751,6 +829,9 @@ pub(crate) mod avx512bf16 {
         pub k: usize,
         pub n: usize,
         pub relu6: bool,
+        /// Channel-blocked output: 16 channels of every pixel in a row, each block of 16
+        /// channels this many floats after the previous one (`None`: rows of `n`).
+        pub out_slices: Option<usize>,
     }
 
     thread_local! {
@@ -763,13 +844,13 @@ pub(crate) mod avx512bf16 {
     pub(crate) unsafe fn pointwise(t: &Tile, dst: &mut [f32]) {
         let (k, n) = (t.k, t.n);
         let k2 = k.div_ceil(2);
-        let rows = dst.len() / n;
+        let rows = t.x.len() / k.max(1);
         assert!(
             k > 0
                 && t.x.len() == rows * k
                 && t.packed.len() == k2 * n
                 && t.bias.len() == n
-                && dst.len() == rows * n
+                && super::out_fits(t.out_slices, rows, n, dst.len())
                 && t.residual.is_none_or(|r| r.len() == rows * n)
         );
         let mut run = |xb: &mut [u32]| {
@@ -792,7 +873,8 @@ pub(crate) mod avx512bf16 {
                         residual: t
                             .residual
                             .map_or(std::ptr::null(), |r| r[r0 * n + c0..].as_ptr()),
-                        out: dst[r0 * n + c0..].as_mut_ptr(),
+                        out: dst[super::out_at(t.out_slices, n, r0, c0)..].as_mut_ptr(),
+                        out_strides: super::out_strides(t.out_slices, n),
                         k2,
                         n,
                         last,
@@ -822,6 +904,8 @@ pub(crate) mod avx512bf16 {
         bias: *const f32,
         residual: *const f32,
         out: *mut f32,
+        /// Floats from one output row to the next, and from one vector to the next.
+        out_strides: (usize, usize),
         k2: usize,
         n: usize,
         last: __mmask16,
@@ -876,7 +960,8 @@ pub(crate) mod avx512bf16 {
                         if self.relu6 {
                             y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
                         }
-                        _mm512_mask_storeu_ps(self.out.add(r * n + v * LANES), m, y);
+                        let (row, vector) = self.out_strides;
+                        _mm512_mask_storeu_ps(self.out.add(r * row + v * vector), m, y);
                     }
                 }
             }
@@ -969,6 +1054,39 @@ mod tests {
                     patches.rows(&image, (c, h, w), i * band, rows);
                 }
                 assert_eq!(got, want, "k{k} s{s} c{c} {h}x{w}, bands of {band}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_output_holds_the_same_values() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(13, 24, 48), (6, 7, 16), (40, 96, 144)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37) % 23) as f32 / 23.0 - 0.4)
+                .collect();
+            let w = Tensor::randn(0f32, 0.3, (k, n), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.1, n, &dev).unwrap();
+            let layer = Pointwise::new(&w, &b, true).unwrap();
+            for isa in Isa::available() {
+                if !layer.writes_blocked(isa) {
+                    continue;
+                }
+                let mut rows = vec![0f32; m * n];
+                layer.run_tile(isa, &x, None, &mut rows);
+                // Slices further apart than the rows need, as a window with spare rows has.
+                let slice = (m + 3) * 16;
+                let mut blocked = vec![f32::NAN; n / 16 * slice];
+                layer.run_tile_blocked(isa, &x, &mut blocked, slice);
+                for p in 0..m {
+                    for ch in 0..n {
+                        assert_eq!(
+                            blocked[ch / 16 * slice + p * 16 + ch % 16],
+                            rows[p * n + ch],
+                            "{isa:?} {m}x{k}x{n}: pixel {p} channel {ch}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -76,32 +76,76 @@ impl Depthwise {
         oy0: usize,
         out: &mut [f32],
     ) {
-        let (k, s, c) = (self.kernel, self.stride, self.channels);
-        let (_, pad_top, _) = same_padding(h, k, s);
-        let (ow, pad_left, _) = same_padding(w, k, s);
-        let g = Geometry {
-            row0,
-            h,
-            w,
-            c,
-            k,
-            s,
-            pad_top,
-            pad_left,
-        };
+        let g = self.geometry(row0, (h, w));
         match isa {
             // All rows in one call: the kernel walks 16 channels at a time down every row, so
             // an input row's lines serve each output row over it while still in L1.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx512Bf16 => {
                 // SAFETY: `Isa::supported` found AVX-512F before this ISA could be chosen.
-                unsafe { depthwise_rows_avx512(&self.weight, &self.bias, input, &g, oy0, out) }
+                unsafe {
+                    depthwise_rows_avx512(&self.weight, &self.bias, input, None, &g, oy0, out)
+                }
             }
             _ => {
-                for (i, dst) in out.chunks_exact_mut(ow * c).enumerate() {
+                let ow = same_padding(w, g.k, g.s).0;
+                for (i, dst) in out.chunks_exact_mut(ow * g.c).enumerate() {
                     self.row(isa, input, &g, oy0 + i, dst);
                 }
             }
+        }
+    }
+
+    /// [`Self::rows`] from input blocked by 16 channels (as [`Pointwise::run_tile_blocked`]
+    /// writes it): row `r`, pixel `x`, channels `16 j ..` at `input[j * slice + (r * w + x) *
+    /// 16 ..]`, `r` counted from `row0`. AVX-512 only, and channels a multiple of 16
+    /// ([`Self::reads_blocked`]).
+    ///
+    /// [`Pointwise::run_tile_blocked`]: super::conv::Pointwise::run_tile_blocked
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rows_blocked(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        slice: usize,
+        row0: usize,
+        (h, w): (usize, usize),
+        oy0: usize,
+        out: &mut [f32],
+    ) {
+        assert!(self.reads_blocked(isa), "{isa:?} cannot read blocked input");
+        let g = self.geometry(row0, (h, w));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `reads_blocked` found an AVX-512 instruction set, which `Isa::supported`
+        // checked on this CPU.
+        unsafe {
+            depthwise_rows_avx512(&self.weight, &self.bias, input, Some(slice), &g, oy0, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (input, slice, g, oy0, out);
+    }
+
+    /// Whether [`Self::rows_blocked`] runs with `isa`.
+    pub(crate) fn reads_blocked(&self, isa: Isa) -> bool {
+        let wide = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 => true,
+            _ => false,
+        };
+        wide && self.channels.is_multiple_of(16)
+    }
+
+    fn geometry(&self, row0: usize, (h, w): (usize, usize)) -> Geometry {
+        let (k, s, c) = (self.kernel, self.stride, self.channels);
+        Geometry {
+            row0,
+            h,
+            w,
+            c,
+            k,
+            s,
+            pad_top: same_padding(h, k, s).1,
+            pad_left: same_padding(w, k, s).1,
         }
     }
 
@@ -119,7 +163,7 @@ impl Depthwise {
             Isa::Avx2Fma => unsafe { depthwise_row_avx2(w, b, image, g, oy, out) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
-                depthwise_rows_avx512(w, b, image, g, oy, out)
+                depthwise_rows_avx512(w, b, image, None, g, oy, out)
             },
         }
     }
@@ -171,6 +215,7 @@ unsafe fn depthwise_rows_avx512(
     weight: &[f32],
     bias: &[f32],
     image: &[f32],
+    blocked: Option<usize>,
     g: &Geometry,
     oy: usize,
     out: &mut [f32],
@@ -179,7 +224,14 @@ unsafe fn depthwise_rows_avx512(
     let c = g.c;
     let ow = same_padding(g.w, g.k, g.s).0;
     let rows = out.len() / (ow * c);
-    if !c.is_multiple_of(16) || ow == 0 {
+    if ow == 0 {
+        return;
+    }
+    if !c.is_multiple_of(16) {
+        assert!(
+            blocked.is_none(),
+            "blocked input needs channels in sixteens"
+        );
         for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
             depthwise_pixels::<true>(weight, bias, image, g, oy + r, row, 0..ow);
         }
@@ -188,10 +240,18 @@ unsafe fn depthwise_rows_avx512(
     assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
     for r in 0..rows {
         let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+        // Floats of the input rows up to the last one under the taps, per block of channels.
+        let held = || ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w;
         assert!(
             ky0 == ky1
                 || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
-                    && image.len() >= ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w * c
+                    && match blocked {
+                        None => image.len() >= held() * c,
+                        Some(slice) => {
+                            held() * 16 <= slice
+                                && image.len() >= (c / 16 - 1) * slice + held() * 16
+                        }
+                    }
         );
     }
     let blocks = ow.div_ceil(P);
@@ -236,13 +296,24 @@ unsafe fn depthwise_rows_avx512(
         for (r, dst) in out.chunks_exact_mut(ow * c).enumerate() {
             let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
             for &(iy, at) in &fills[r] {
-                let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
                 let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
-                for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
-                    // SAFETY: pixel `x < w` of `src` has 16 channels from `cv`.
-                    unsafe {
-                        _mm512_storeu_ps(d.as_mut_ptr(), _mm512_loadu_ps(src.as_ptr().add(x * c)))
-                    };
+                match blocked {
+                    // One contiguous run: what the hardware prefetcher streams best.
+                    Some(slice) => ring_row.copy_from_slice(
+                        &image[cv / 16 * slice + (iy - g.row0) * g.w * 16..][..g.w * 16],
+                    ),
+                    None => {
+                        let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
+                        for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                            // SAFETY: pixel `x < w` of `src` has 16 channels from `cv`.
+                            unsafe {
+                                _mm512_storeu_ps(
+                                    d.as_mut_ptr(),
+                                    _mm512_loadu_ps(src.as_ptr().add(x * c)),
+                                )
+                            };
+                        }
+                    }
                 }
             }
             for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
@@ -655,6 +726,20 @@ mod tests {
                         diff < 1e-4,
                         "{isa:?} k{k} s{s} {h}x{w}x{c} from row 1: {diff}"
                     );
+                    if layer.reads_blocked(isa) {
+                        // The same rows from input blocked by 16 channels, slices spaced
+                        // wider than the rows need (as a window with spare rows is).
+                        let slice = (h + 2) * w * 16;
+                        let mut blocked = vec![f32::NAN; c / 16 * slice];
+                        for p in 0..h * w {
+                            for ch in 0..c {
+                                blocked[ch / 16 * slice + p * 16 + ch % 16] = src[p * c + ch];
+                            }
+                        }
+                        let mut got = vec![f32::NAN; oh * ow * c];
+                        layer.rows_blocked(isa, &blocked, slice, 0, (h, w), 0, &mut got);
+                        assert_eq!(got, out, "{isa:?} k{k} s{s} {h}x{w}x{c} blocked");
+                    }
                 }
             }
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();

@@ -155,9 +155,16 @@ impl Block {
         } else {
             0
         };
+        // On AVX-512 the window is blocked by 16 channels (each block a contiguous run of
+        // `window_rows` rows), so the depthwise kernel streams each block's rows instead of
+        // gathering 64 bytes from every pixel.
+        let blocked = self.expand.as_ref().is_some_and(|e| e.writes_blocked(isa))
+            && self.depthwise.reads_blocked(isa);
+        let slice = window_rows * w * 16;
         with_buffer(&SCRATCH, window_len + chunk * ow * hidden, |scratch| {
             let (window, dw) = scratch.split_at_mut(window_len);
-            // Input rows `held.0 .. held.1` are expanded in `window`, the first at its start.
+            // Input rows `held.0 .. held.1` are expanded in `window`, the first at its start
+            // (of each block of channels, when blocked).
             let mut held = (0usize, 0usize);
             for a in (oy0..oy0 + rows).step_by(chunk) {
                 let b = (a + chunk).min(oy0 + rows);
@@ -166,28 +173,50 @@ impl Block {
                     Some(expand) => {
                         let lo = (a * s).saturating_sub(pad_top);
                         let hi = ((b - 1) * s + k).saturating_sub(pad_top).min(h);
+                        // Rows still needed move to the start; rows in floats per block of
+                        // channels when blocked, per row otherwise.
+                        let per_row = if blocked { w * 16 } else { row_len };
                         if lo >= held.1 {
                             held = (lo, lo);
                         } else if lo > held.0 {
-                            window.copy_within(
-                                (lo - held.0) * row_len..(held.1 - held.0) * row_len,
-                                0,
-                            );
+                            let keep = (lo - held.0) * per_row..(held.1 - held.0) * per_row;
+                            if blocked {
+                                for block in window.chunks_exact_mut(slice) {
+                                    block.copy_within(keep.clone(), 0);
+                                }
+                            } else {
+                                window.copy_within(keep, 0);
+                            }
                             held.0 = lo;
                         }
                         if hi > held.1 {
-                            let dst =
-                                &mut window[(held.1 - held.0) * row_len..(hi - held.0) * row_len];
+                            let at = (held.1 - held.0) * per_row;
+                            let src = &x[held.1 * w * cin..hi * w * cin];
                             let _span = tracing::trace_span!("expand").entered();
-                            expand.run_tile(isa, &x[held.1 * w * cin..hi * w * cin], None, dst);
+                            if blocked {
+                                expand.run_tile_blocked(isa, src, &mut window[at..], slice);
+                            } else {
+                                let dst = &mut window[at..(hi - held.0) * row_len];
+                                expand.run_tile(isa, src, None, dst);
+                            }
                             held.1 = hi;
                         }
-                        (&window[..(held.1 - held.0) * row_len], held.0)
+                        let len = if blocked {
+                            window_len
+                        } else {
+                            (held.1 - held.0) * row_len
+                        };
+                        (&window[..len], held.0)
                     }
                 };
                 let dw = &mut dw[..(b - a) * ow * hidden];
                 let span = tracing::trace_span!("depthwise").entered();
-                self.depthwise.rows(isa, input, row0, (h, w), a, dw);
+                if blocked {
+                    self.depthwise
+                        .rows_blocked(isa, input, slice, row0, (h, w), a, dw);
+                } else {
+                    self.depthwise.rows(isa, input, row0, (h, w), a, dw);
+                }
                 let residual = self.residual.then(|| &x[a * w * cin..b * w * cin]);
                 let dst = &mut out[(a - oy0) * ow * cout..(b - oy0) * ow * cout];
                 drop(span);

@@ -24,6 +24,9 @@ use std::sync::Arc;
 macro_rules! run_block {
     ($block:expr, $rows:expr, $vectors:expr) => {
         match ($rows, $vectors) {
+            (12, 1) => $block.run::<12, 1>(),
+            (12, 2) => $block.run::<12, 2>(),
+            (8, 3) => $block.run::<8, 3>(),
             (6, 4) => $block.run::<6, 4>(),
             (6, 3) => $block.run::<6, 3>(),
             (6, 2) => $block.run::<6, 2>(),
@@ -578,6 +581,37 @@ impl Patches {
     }
 }
 
+/// Pixels per register block of the 1x1 kernels for `vectors` 16-channel vectors of output:
+/// at least 12 accumulators, so that a narrow output (16 to 48 channels, as in the project
+/// convolutions) still hides the multiply-add latency instead of waiting on it.
+#[cfg(target_arch = "x86_64")]
+fn block_rows(vectors: usize) -> usize {
+    match vectors {
+        1 | 2 => 12,
+        3 => 8,
+        _ => 6,
+    }
+}
+
+/// `(first row, rows)` of each register block over `rows` pixels: full blocks of
+/// [`block_rows`], the remainder in blocks of at most 6 (the shapes `run_block!` compiles).
+#[cfg(target_arch = "x86_64")]
+fn row_blocks(rows: usize, vectors: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = block_rows(vectors);
+    let mut r0 = 0;
+    std::iter::from_fn(move || {
+        (r0 < rows).then(|| {
+            let count = if rows - r0 >= full {
+                full
+            } else {
+                (rows - r0).min(6)
+            };
+            r0 += count;
+            (r0 - count, count)
+        })
+    })
+}
+
 /// Whether `len` floats hold `rows` output rows of `n` channels, row-major or (with `slices`)
 /// blocked by 16 channels, each block `slices` floats after the previous.
 #[cfg(target_arch = "x86_64")]
@@ -612,7 +646,8 @@ fn out_strides(slices: Option<usize>, n: usize) -> (usize, usize) {
 
 /// A register-blocked 1x1-convolution kernel for AVX-512: 6 pixels x 64 output channels
 /// accumulate in 24 vector registers while the input channels stream past, so each weight
-/// vector loaded serves six pixels. Unlike a general matrix product it needs no packing, which
+/// vector loaded serves six pixels (12 pixels, 8 for 48 channels, where the output is
+/// narrow). Unlike a general matrix product it needs no packing, which
 /// dominates at the small channel counts of mobile networks, and it adds bias and residual and
 /// clamps before the single store.
 #[cfg(target_arch = "x86_64")]
@@ -664,7 +699,7 @@ mod avx512 {
             } else {
                 (1u16 << tail) - 1
             };
-            for r0 in (0..rows).step_by(ROWS) {
+            for (r0, count) in super::row_blocks(rows, vectors) {
                 let block = Block {
                     x: t.x[r0 * k..].as_ptr(),
                     weight: t.weight[c0..].as_ptr(),
@@ -683,7 +718,7 @@ mod avx512 {
                 // `r0 .. r0 + count` (< rows) and columns `c0 .. c0 + width` (<= n), and the
                 // last vector's lanes past `width` are masked off, so no access leaves the
                 // slices. AVX-512F is enabled on this function.
-                unsafe { run_block!(block, (rows - r0).min(ROWS), vectors) }
+                unsafe { run_block!(block, count, vectors) }
             }
         }
     }
@@ -766,7 +801,6 @@ mod avx512 {
 pub(crate) mod avx512bf16 {
     use std::arch::x86_64::*;
 
-    const ROWS: usize = 6;
     const COLS: usize = 64;
     const LANES: usize = 16;
 
@@ -865,7 +899,7 @@ pub(crate) mod avx512bf16 {
                 } else {
                     (1u16 << tail) - 1
                 };
-                for r0 in (0..rows).step_by(ROWS) {
+                for (r0, count) in super::row_blocks(rows, vectors) {
                     let block = Block {
                         x: xb[r0 * k2..].as_ptr(),
                         weight: t.packed[c0..].as_ptr(),
@@ -883,7 +917,7 @@ pub(crate) mod avx512bf16 {
                     // SAFETY: as in the f32 kernel: the assertion sizes every operand, the
                     // block stays inside rows `r0 ..< rows` and columns `c0 ..< c0 + width`,
                     // and masks cover the last vector's tail.
-                    unsafe { run_block!(block, (rows - r0).min(ROWS), vectors) }
+                    unsafe { run_block!(block, count, vectors) }
                 }
             }
         };
@@ -1129,8 +1163,8 @@ mod tests {
         }
     }
 
-    /// Every instruction set's one-tile kernel against a naive product: rows around the 6-row
-    /// block, widths around the 16-lane vector and 64-wide block, odd depths (the bf16 kernel
+    /// Every instruction set's one-tile kernel against a naive product: rows around the 6-, 8-
+    /// and 12-row blocks, widths around the 16-lane vector and 64-wide block, odd depths (the bf16 kernel
     /// pads its pairs). The bf16 kernel is checked against the exact product of its operands
     /// rounded to bf16, the only approximation it makes, to the same tolerance.
     #[test]
@@ -1144,6 +1178,10 @@ mod tests {
             (13, 27, 32),
             (49, 320, 200),
             (6, 96, 64),
+            // Narrow outputs take 12- and 8-pixel blocks, with remainders of up to 11.
+            (35, 40, 16),
+            (23, 17, 24),
+            (29, 64, 40),
         ] {
             let mut random =
                 |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect() };

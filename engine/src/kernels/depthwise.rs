@@ -260,16 +260,20 @@ unsafe fn depthwise_rows_avx512(
     let slot = cols * 16;
     let dims = (g.k, g.s, c);
 
+    // Stride-1 rows go in pairs (two output rows share all but one input row), which needs
+    // one ring row more than the taps.
+    let paired = g.s == 1 && matches!(g.k, 3 | 5);
+    let ring_rows = g.k + usize::from(paired);
     // Only the padding columns need zeros: every input column is written before it is read.
     let mut ring = RING.take();
-    ring.resize(ring.len().max(g.k * slot), 0.0);
-    for row in ring[..g.k * slot].chunks_exact_mut(slot) {
+    ring.resize(ring.len().max(ring_rows * slot), 0.0);
+    for row in ring[..ring_rows * slot].chunks_exact_mut(slot) {
         row[..g.pad_left * 16].fill(0.0);
         row[(g.pad_left + g.w) * 16..].fill(0.0);
     }
     // Per output row, the same for every channel slice: the input rows to copy into the ring
     // first (row, offset of its slot), and the ring offset of each tap row. Worked out once
-    // here, so the slices' loops do no division (`row % k`).
+    // here, so the slices' loops do no division (`row % ring_rows`).
     let mut fills: Vec<Vec<(usize, usize)>> = Vec::with_capacity(rows);
     let mut offsets = vec![0usize; rows * g.k];
     let mut next = 0usize;
@@ -277,48 +281,100 @@ unsafe fn depthwise_rows_avx512(
         let oy = oy + r;
         let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
         let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
-        // Each input row goes into slot `row % k`, which held a row no tap needs now.
+        // Each input row goes into slot `row % ring_rows`, which held a row no tap of this
+        // output row (or of the one paired with it) needs.
         fills.push(
             (next.max(lo)..hi)
-                .map(|iy| (iy, (iy % g.k) * slot))
+                .map(|iy| (iy, (iy % ring_rows) * slot))
                 .collect(),
         );
         next = next.max(hi);
         for ky in ky0..ky1 {
-            offsets[r * g.k + ky] = ((oy * g.s + ky - g.pad_top) % g.k) * slot;
+            offsets[r * g.k + ky] = ((oy * g.s + ky - g.pad_top) % ring_rows) * slot;
         }
     }
+    let fill = |ring: &mut [f32], r: usize, cv: usize| {
+        for &(iy, at) in &fills[r] {
+            let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
+            match blocked {
+                // One contiguous run: what the hardware prefetcher streams best.
+                Some(slice) => ring_row.copy_from_slice(
+                    &image[cv / 16 * slice + (iy - g.row0) * g.w * 16..][..g.w * 16],
+                ),
+                None => {
+                    let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
+                    for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                        d.copy_from_slice(&src[x * c..x * c + 16]);
+                    }
+                }
+            }
+        }
+    };
     let mut starts = vec![std::ptr::null::<f32>(); g.k];
+    let mut pair_rows = [std::ptr::null::<f32>(); 6];
     for cv in (0..c).step_by(16) {
         // SAFETY: `cv + 16 <= c <= bias.len()`.
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
         let taps = weight[cv..].as_ptr();
-        for (r, dst) in out.chunks_exact_mut(ow * c).enumerate() {
-            let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
-            for &(iy, at) in &fills[r] {
-                let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
-                match blocked {
-                    // One contiguous run: what the hardware prefetcher streams best.
-                    Some(slice) => ring_row.copy_from_slice(
-                        &image[cv / 16 * slice + (iy - g.row0) * g.w * 16..][..g.w * 16],
-                    ),
-                    None => {
-                        let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
-                        for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
-                            // SAFETY: pixel `x < w` of `src` has 16 channels from `cv`.
-                            unsafe {
-                                _mm512_storeu_ps(
-                                    d.as_mut_ptr(),
-                                    _mm512_loadu_ps(src.as_ptr().add(x * c)),
-                                )
-                            };
-                        }
-                    }
+        let store = |dst: &mut [f32], ox: usize, acc: &[__m512; P]| {
+            // SAFETY: AVX-512F (this function's); pixel `ox + p < ow`, channels
+            // `cv + 16 <= c`.
+            unsafe {
+                let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+                for (p, a) in acc.iter().enumerate().take(ow - ox) {
+                    let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                    _mm512_storeu_ps(dst.as_mut_ptr().add((ox + p) * c + cv), y);
                 }
             }
+        };
+        let mut r = 0;
+        while r < rows {
+            if paired && r + 1 < rows {
+                fill(&mut ring, r, cv);
+                fill(&mut ring, r + 1, cv);
+                // Input rows `oy - pad_top + t`, t in 0..=k: tap row t of output row `r`,
+                // tap row t - 1 of row `r + 1`; `None` above or below the image.
+                let (ky0, ky1) = tap_range(oy + r, 1, g.pad_top, g.k, g.h);
+                let (ny0, ny1) = tap_range(oy + r + 1, 1, g.pad_top, g.k, g.h);
+                let mut present = 0u8;
+                for t in 0..=g.k {
+                    let at = if t < g.k && (ky0..ky1).contains(&t) {
+                        Some(offsets[r * g.k + t])
+                    } else if t >= 1 && (ny0..ny1).contains(&(t - 1)) {
+                        Some(offsets[(r + 1) * g.k + t - 1])
+                    } else {
+                        None
+                    };
+                    if let Some(at) = at {
+                        pair_rows[t] = ring[at..].as_ptr();
+                        present |= 1 << t;
+                    }
+                }
+                let (top, bottom) = out[r * ow * c..(r + 2) * ow * c].split_at_mut(ow * c);
+                for blk in 0..blocks {
+                    let ox = blk * P;
+                    let (mut first, mut second) = ([b; P], [b; P]);
+                    let (one, two, at) = (&mut first, &mut second, (c, ox));
+                    // SAFETY: every present ring row holds `cols` padded columns, enough for
+                    // every block's taps; the weights were bounds-checked above.
+                    unsafe {
+                        match g.k {
+                            3 => block_pair::<3>(one, two, &pair_rows, present, taps, at),
+                            _ => block_pair::<5>(one, two, &pair_rows, present, taps, at),
+                        }
+                    }
+                    store(top, ox, &first);
+                    store(bottom, ox, &second);
+                }
+                r += 2;
+                continue;
+            }
+            fill(&mut ring, r, cv);
+            let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
             for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
                 *start = ring[at..].as_ptr();
             }
+            let dst = &mut out[r * ow * c..(r + 1) * ow * c];
             for blk in 0..blocks {
                 let ox = blk * P;
                 let mut acc = [b; P];
@@ -334,16 +390,64 @@ unsafe fn depthwise_rows_avx512(
                         _ => block::<0, 0>(a, &starts, column, ky, taps, dims),
                     }
                 }
-                let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-                for (p, a) in acc.iter().enumerate().take(ow - ox) {
-                    let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
-                    // SAFETY: pixel `ox + p < ow`, channels `cv + 16 <= c`.
-                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((ox + p) * c + cv), y) };
+                store(dst, ox, &acc);
+            }
+            r += 1;
+        }
+    }
+    RING.set(ring);
+}
+
+/// Two stride-1 output rows at once, `P` pixels each from padded column `column`: input row
+/// `t` (of `K + 1`) is loaded once and serves tap row `t` of the first output row and tap row
+/// `t - 1` of the second, so each load feeds twice the multiply-adds, and the 16 accumulators
+/// give the multiply-add units twice the independent chains of one row.
+///
+/// # Safety
+/// AVX-512F; `rows[t]` for every bit `t` set in `present` holds at least `column + P - 1 + K`
+/// padded columns; `taps` points at the weights of channel `cv`, row stride `K * c`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_pair<const K: usize>(
+    first: &mut [std::arch::x86_64::__m512; P],
+    second: &mut [std::arch::x86_64::__m512; P],
+    rows: &[*const f32; 6],
+    present: u8,
+    taps: *const f32,
+    (c, column): (usize, usize),
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        for (t, row) in rows.iter().enumerate().take(K + 1) {
+            if present & (1 << t) == 0 {
+                continue;
+            }
+            let row = row.add(column * 16);
+            let mut xs = [_mm512_setzero_ps(); 16];
+            for (j, x) in xs.iter_mut().enumerate().take(P + K - 1) {
+                *x = _mm512_loadu_ps(row.add(j * 16));
+            }
+            if t < K {
+                let taps = taps.add(t * K * c);
+                for kx in 0..K {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    for (p, a) in first.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(xs[p + kx], w, *a);
+                    }
+                }
+            }
+            if t >= 1 {
+                let taps = taps.add((t - 1) * K * c);
+                for kx in 0..K {
+                    let w = _mm512_loadu_ps(taps.add(kx * c));
+                    for (p, a) in second.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(xs[p + kx], w, *a);
+                    }
                 }
             }
         }
     }
-    RING.set(ring);
 }
 
 /// `P` pixels from padded column `column` of the ring rows, channels `cv .. cv + 16`, into

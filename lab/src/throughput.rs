@@ -95,7 +95,7 @@ pub fn image_throughput(
         min_items,
         min_time,
         |indices| {
-            let chunk: Vec<PreparedImage> = indices.iter().map(|&i| images[i].clone()).collect();
+            let chunk: Vec<&PreparedImage> = indices.iter().map(|&i| &images[i]).collect();
             tower.embed(&chunk).map(|_| ())
         },
     )

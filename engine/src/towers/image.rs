@@ -15,6 +15,7 @@
 //! `image_size` with a Catmull-Rom (bicubic) filter, and map pixel values to `(v - 127) / 128`,
 //! the normalisation the Lite models were trained with. EXIF orientation is applied.
 
+use std::borrow::Borrow;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -519,9 +520,10 @@ impl ImageTower {
 
     /// The input batches for `images`, `max_batch` at a time, on the tower's device.
     /// The tower's input side, once every image is found prepared at it.
-    fn check_sizes(&self, images: &[PreparedImage]) -> Result<usize> {
+    fn check_sizes<I: Borrow<PreparedImage>>(&self, images: &[I]) -> Result<usize> {
         let size = self.preprocessor.image_size();
-        if let Some((i, bad)) = images.iter().enumerate().find(|(_, im)| im.size != size) {
+        let images = images.iter().map(Borrow::borrow);
+        if let Some((i, bad)) = images.enumerate().find(|(_, im)| im.size != size) {
             return Err(Error::InvalidArgument(format!(
                 "image {i} was prepared at {0}x{0}, this tower takes {size}x{size}",
                 bad.size
@@ -596,15 +598,17 @@ impl ImageTower {
         })
     }
 
-    /// Features and class probabilities for each image, computed `max_batch` at a time.
-    pub fn embed(&self, images: &[PreparedImage]) -> Result<ImageEmbeddings> {
+    /// Features and class probabilities for each image, computed `max_batch` at a time. The
+    /// images may be borrowed (`&[&PreparedImage]`): the network reads each in place, so a
+    /// caller picking images out of a larger set need not copy them into a batch.
+    pub fn embed<I: Borrow<PreparedImage>>(&self, images: &[I]) -> Result<ImageEmbeddings> {
         let mut out = ImageEmbeddings {
             features: Vec::with_capacity(images.len()),
             probabilities: Vec::with_capacity(images.len()),
         };
         let size = self.check_sizes(images)?;
         for batch in images.chunks(self.config.max_batch.max(1)) {
-            let pixels: Vec<&[f32]> = batch.iter().map(|im| &im.pixels[..]).collect();
+            let pixels: Vec<&[f32]> = batch.iter().map(|im| &im.borrow().pixels[..]).collect();
             let (features, logits) = self.model.forward_images(&pixels, (size, size))?;
             let probabilities = EfficientNetLite::probabilities(&logits)?;
             out.features.extend(features.to_vec2::<f32>()?);

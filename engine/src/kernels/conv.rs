@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 
+use super::aligned::Aligned;
+
 /// Runs `block` with its row and vector counts as const parameters: one monomorphised kernel per
 /// tile shape, for the f32 and bf16 blocks alike.
 macro_rules! run_block {
@@ -74,8 +76,11 @@ pub(super) fn contiguous_f32<'a>(
     }
 }
 
-pub(super) fn host_vec(t: &Tensor) -> Result<Arc<[f32]>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?.into())
+/// A tensor's values on the host, starting on a cache line (weights the kernels stream).
+pub(super) fn host_vec(t: &Tensor) -> Result<Arc<Aligned<f32>>> {
+    Ok(Arc::new(Aligned::from_slice(
+        &t.flatten_all()?.to_vec1::<f32>()?,
+    )))
 }
 
 /// Rows of the pixel matrix per task: small enough that a tile of the output stays in the
@@ -87,13 +92,13 @@ const MIN_TILE_ROWS: usize = 16;
 #[derive(Clone)]
 pub(crate) struct Pointwise {
     /// Row-major `(k, n)`.
-    weight: Arc<[f32]>,
-    bias: Arc<[f32]>,
+    weight: Arc<Aligned<f32>>,
+    bias: Arc<Aligned<f32>>,
     k: usize,
     n: usize,
     relu6: bool,
     /// The weights packed for the bf16 kernel, on its first use.
-    bf16: Arc<std::sync::OnceLock<Vec<u32>>>,
+    bf16: Arc<std::sync::OnceLock<Aligned<u32>>>,
 }
 
 impl Pointwise {
@@ -225,7 +230,7 @@ impl Pointwise {
             Isa::Avx512Bf16 => {
                 let packed = self
                     .bf16
-                    .get_or_init(|| avx512bf16::pack(&self.weight, k, n));
+                    .get_or_init(|| Aligned::from_slice(&avx512bf16::pack(&self.weight, k, n)));
                 let tile = avx512bf16::Tile {
                     x,
                     packed,

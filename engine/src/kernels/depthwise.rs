@@ -11,6 +11,7 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::conv::{contiguous_f32, host_vec, same_padding, tap_range, Isa};
 
 /// Shape and padding of one depthwise call.
@@ -32,8 +33,8 @@ struct Geometry {
 #[derive(Clone)]
 pub(crate) struct Depthwise {
     /// Row-major `(k, k, channels)`.
-    weight: Arc<[f32]>,
-    bias: Arc<[f32]>,
+    weight: Arc<Aligned<f32>>,
+    bias: Arc<Aligned<f32>>,
     kernel: usize,
     stride: usize,
     channels: usize,
@@ -265,9 +266,9 @@ unsafe fn depthwise_rows_avx512(
     let paired = g.s == 1 && matches!(g.k, 3 | 5);
     let ring_rows = g.k + usize::from(paired);
     // Only the padding columns need zeros: every input column is written before it is read.
-    let mut ring = RING.take();
-    ring.resize(ring.len().max(ring_rows * slot), 0.0);
-    for row in ring[..ring_rows * slot].chunks_exact_mut(slot) {
+    let mut ring_buf = RING.take();
+    let ring = super::aligned::aligned_prefix(&mut ring_buf, ring_rows * slot);
+    for row in ring.chunks_exact_mut(slot) {
         row[..g.pad_left * 16].fill(0.0);
         row[(g.pad_left + g.w) * 16..].fill(0.0);
     }
@@ -330,8 +331,8 @@ unsafe fn depthwise_rows_avx512(
         let mut r = 0;
         while r < rows {
             if paired && r + 1 < rows {
-                fill(&mut ring, r, cv);
-                fill(&mut ring, r + 1, cv);
+                fill(ring, r, cv);
+                fill(ring, r + 1, cv);
                 // Input rows `oy - pad_top + t`, t in 0..=k: tap row t of output row `r`,
                 // tap row t - 1 of row `r + 1`; `None` above or below the image.
                 let (ky0, ky1) = tap_range(oy + r, 1, g.pad_top, g.k, g.h);
@@ -369,7 +370,7 @@ unsafe fn depthwise_rows_avx512(
                 r += 2;
                 continue;
             }
-            fill(&mut ring, r, cv);
+            fill(ring, r, cv);
             let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
             for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
                 *start = ring[at..].as_ptr();
@@ -395,7 +396,7 @@ unsafe fn depthwise_rows_avx512(
             r += 1;
         }
     }
-    RING.set(ring);
+    RING.set(ring_buf);
 }
 
 /// Two stride-1 output rows at once, `P` pixels each from padded column `column`: input row

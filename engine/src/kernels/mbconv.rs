@@ -20,6 +20,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
+use super::aligned::aligned_prefix;
 use super::conv::{same_padding, Isa, Patches, Pointwise};
 use super::depthwise::Depthwise;
 
@@ -43,13 +44,8 @@ fn with_buffer<R>(
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
+        Ok(mut buf) => f(aligned_prefix(&mut buf, len)),
+        Err(_) => f(aligned_prefix(&mut Vec::new(), len)),
     })
 }
 

@@ -4,6 +4,8 @@
 //! when int8 is, AVX2, or portable code), so one binary runs on any x86-64 and still uses the
 //! CPU it lands on.
 
+/// Buffers and weights that start on a cache line, so no vector access straddles two.
+pub(crate) mod aligned;
 /// Fused channels-last 1x1 convolutions, the stem's patches and the instruction-set choice.
 pub(crate) mod conv;
 /// Depthwise channels-last convolutions: inference (f32 and bf16) and fine-tuning's gradient.

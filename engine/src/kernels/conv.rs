@@ -178,16 +178,22 @@ impl Pointwise {
         self.run_tile_into(isa, x, residual, dst, None)
     }
 
-    /// [`Self::run_tile`] with the output blocked by 16 channels: pixel `p`'s channels
-    /// `16 j .. 16 j + 16` at `dst[j * slice + p * 16 ..]`. What a depthwise convolution reads
-    /// best, one contiguous run per block of channels. Only the AVX-512 kernels write this
-    /// layout, and only for a multiple of 16 outputs ([`Self::writes_blocked`]).
-    pub(crate) fn run_tile_blocked(&self, isa: Isa, x: &[f32], dst: &mut [f32], slice: usize) {
+    /// [`Self::run_tile`] with the output blocked by 16 channels as `layout` places them. What
+    /// a depthwise convolution reads best: one contiguous run per block of channels, its
+    /// padding columns already in place. Only the AVX-512 kernels write this layout, and only
+    /// for a multiple of 16 outputs ([`Self::writes_blocked`]).
+    pub(crate) fn run_tile_blocked(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        dst: &mut [f32],
+        layout: BlockedOut,
+    ) {
         assert!(
             self.writes_blocked(isa),
             "{isa:?} cannot write blocked output"
         );
-        self.run_tile_into(isa, x, None, dst, Some(slice))
+        self.run_tile_into(isa, x, None, dst, Some(layout))
     }
 
     /// Whether [`Self::run_tile_blocked`] runs with `isa`.
@@ -206,7 +212,7 @@ impl Pointwise {
         x: &[f32],
         residual: Option<&[f32]>,
         dst: &mut [f32],
-        out_slices: Option<usize>,
+        blocked: Option<BlockedOut>,
     ) {
         let (k, n) = (self.k, self.n);
         let rows = x.len() / k;
@@ -221,7 +227,7 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
-                    out_slices,
+                    blocked,
                 };
                 // SAFETY: `Isa::Avx512` is only chosen where `Isa::supported` found AVX-512F.
                 unsafe { avx512::pointwise(&tile, dst) }
@@ -239,14 +245,14 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
-                    out_slices,
+                    blocked,
                 };
                 // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found
                 // AVX-512F, AVX-512VL and AVX512_BF16.
                 unsafe { avx512bf16::pointwise(&tile, dst) }
             }
             _ => {
-                assert!(out_slices.is_none(), "{isa:?} writes rows only");
+                assert!(blocked.is_none(), "{isa:?} writes rows only");
                 matmul(dst, x, &self.weight, rows, k, n, gemm::Parallelism::None);
                 self.finish_tile(dst, 0, residual);
             }
@@ -290,7 +296,7 @@ impl Pointwise {
                     k,
                     n,
                     relu6: self.relu6,
-                    out_slices: None,
+                    blocked: None,
                 };
                 // SAFETY: `Isa::detect` found AVX-512F on this CPU before choosing this path.
                 unsafe { avx512::pointwise(&tile, dst) }
@@ -617,36 +623,72 @@ fn row_blocks(rows: usize, vectors: usize) -> impl Iterator<Item = (usize, usize
     })
 }
 
-/// Whether `len` floats hold `rows` output rows of `n` channels, row-major or (with `slices`)
-/// blocked by 16 channels, each block `slices` floats after the previous.
+/// Where a channel-blocked 1x1 output puts each pixel's channels `16 j .. 16 j + 16`: at
+/// `j * slice` plus the pixel's place within the block, where the tile's pixels run along
+/// image rows of `width` pixels, each row `stride` pixels after the previous, the first pixel
+/// of each `left` pixels in. The columns around each row are left alone: the depthwise kernel
+/// keeps its zero padding there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockedOut {
+    pub slice: usize,
+    pub width: usize,
+    pub stride: usize,
+    pub left: usize,
+}
+
+impl BlockedOut {
+    /// Floats from a block's start to the tile's pixel `p`.
+    #[cfg(target_arch = "x86_64")]
+    fn pixel(&self, p: usize) -> usize {
+        (p / self.width * self.stride + self.left + p % self.width) * 16
+    }
+}
+
+/// Whether `len` floats hold `rows` output rows of `n` channels, row-major or blocked.
 #[cfg(target_arch = "x86_64")]
-fn out_fits(slices: Option<usize>, rows: usize, n: usize, len: usize) -> bool {
-    match slices {
+fn out_fits(blocked: Option<BlockedOut>, rows: usize, n: usize, len: usize) -> bool {
+    match blocked {
         None => len == rows * n,
-        Some(slice) => {
+        Some(b) => {
+            let end = if rows == 0 { 0 } else { b.pixel(rows - 1) + 16 };
             n.is_multiple_of(16)
-                && slice >= rows * 16
-                && (n == 0 || len >= (n / 16 - 1) * slice + rows * 16)
+                && b.width > 0
+                && b.left + b.width <= b.stride
+                && end <= b.slice
+                && (n == 0 || len >= (n / 16 - 1) * b.slice + end)
         }
     }
 }
 
-/// Where output row `r0`, channel `c0` (a multiple of 16 when blocked) starts.
+/// Where output pixel `p`, channel `c0` (a multiple of 16 when blocked) starts.
 #[cfg(target_arch = "x86_64")]
-fn out_at(slices: Option<usize>, n: usize, r0: usize, c0: usize) -> usize {
-    match slices {
-        None => r0 * n + c0,
-        Some(slice) => c0 / 16 * slice + r0 * 16,
+fn out_at(blocked: Option<BlockedOut>, n: usize, p: usize, c0: usize) -> usize {
+    match blocked {
+        None => p * n + c0,
+        Some(b) => c0 / 16 * b.slice + b.pixel(p),
     }
 }
 
-/// Floats from one output row to the next, and from one 16-channel vector to the next.
+/// Floats from one 16-channel output vector of a pixel to the next.
 #[cfg(target_arch = "x86_64")]
-fn out_strides(slices: Option<usize>, n: usize) -> (usize, usize) {
-    match slices {
-        None => (n, 16),
-        Some(slice) => (16, slice),
+fn vector_stride(blocked: Option<BlockedOut>) -> usize {
+    blocked.map_or(16, |b| b.slice)
+}
+
+/// Where each of a register block's output rows starts, from `dst`: pixels `r0 ..` (`count`
+/// of them), channel `c0`.
+#[cfg(target_arch = "x86_64")]
+fn block_rows_at(
+    blocked: Option<BlockedOut>,
+    n: usize,
+    (r0, count): (usize, usize),
+    c0: usize,
+) -> [usize; 12] {
+    let mut at = [0; 12];
+    for (r, a) in at.iter_mut().enumerate().take(count) {
+        *a = out_at(blocked, n, r0 + r, c0);
     }
+    at
 }
 
 /// A register-blocked 1x1-convolution kernel for AVX-512: 6 pixels x 64 output channels
@@ -674,9 +716,8 @@ mod avx512 {
         pub k: usize,
         pub n: usize,
         pub relu6: bool,
-        /// Channel-blocked output: 16 channels of every pixel in a row, each block of 16
-        /// channels this many floats after the previous one (`None`: rows of `n`).
-        pub out_slices: Option<usize>,
+        /// Channel-blocked output (`None`: rows of `n`).
+        pub blocked: Option<super::BlockedOut>,
     }
 
     /// `dst = act(x @ weight + bias (+ residual))` for the tile's rows.
@@ -692,7 +733,7 @@ mod avx512 {
                 && t.x.len() == rows * k
                 && t.weight.len() == k * n
                 && t.bias.len() == n
-                && super::out_fits(t.out_slices, rows, n, dst.len())
+                && super::out_fits(t.blocked, rows, n, dst.len())
                 && t.residual.is_none_or(|r| r.len() == rows * n)
         );
         for c0 in (0..n).step_by(COLS) {
@@ -712,17 +753,19 @@ mod avx512 {
                     residual: t
                         .residual
                         .map_or(std::ptr::null(), |r| r[r0 * n + c0..].as_ptr()),
-                    out: dst[super::out_at(t.out_slices, n, r0, c0)..].as_mut_ptr(),
-                    out_strides: super::out_strides(t.out_slices, n),
+                    out: dst.as_mut_ptr(),
+                    rows_at: super::block_rows_at(t.blocked, n, (r0, count), c0),
+                    vector: super::vector_stride(t.blocked),
                     k,
                     n,
                     last,
                     relu6: t.relu6,
                 };
-                // SAFETY: the assertion above sizes every operand; the block covers rows
-                // `r0 .. r0 + count` (< rows) and columns `c0 .. c0 + width` (<= n), and the
-                // last vector's lanes past `width` are masked off, so no access leaves the
-                // slices. AVX-512F is enabled on this function.
+                // SAFETY: the assertion above sizes every operand (`out_fits` bounds every
+                // pixel's place in `dst`); the block covers rows `r0 .. r0 + count` (< rows)
+                // and columns `c0 .. c0 + width` (<= n), and the last vector's lanes past
+                // `width` are masked off, so no access leaves the slices. AVX-512F is enabled
+                // on this function.
                 unsafe { run_block!(block, count, vectors) }
             }
         }
@@ -734,9 +777,11 @@ mod avx512 {
         weight: *const f32,
         bias: *const f32,
         residual: *const f32,
+        /// The whole output; row `r` of the block starts `rows_at[r]` floats in, and each of
+        /// its vectors `vector` floats after the previous.
         out: *mut f32,
-        /// Floats from one output row to the next, and from one vector to the next.
-        out_strides: (usize, usize),
+        rows_at: [usize; 12],
+        vector: usize,
         k: usize,
         n: usize,
         last: __mmask16,
@@ -748,8 +793,9 @@ mod avx512 {
         ///
         /// # Safety
         /// AVX-512F must be available, and rows `0..R` of `x` (stride `k`), rows `0..k` of
-        /// `weight` and rows `0..R` of `residual` and `out` (stride `n`) must be readable (and
-        /// `out` writable) for the `V` vectors' unmasked lanes.
+        /// `weight`, rows `0..R` of `residual` (stride `n`) and of `out` (at `rows_at`, vectors
+        /// `vector` apart) must be readable (and `out` writable) for the `V` vectors' unmasked
+        /// lanes.
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn run<const R: usize, const V: usize>(&self) {
@@ -788,8 +834,8 @@ mod avx512 {
                         if self.relu6 {
                             y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
                         }
-                        let (row, vector) = self.out_strides;
-                        _mm512_mask_storeu_ps(self.out.add(r * row + v * vector), m, y);
+                        let at = self.rows_at[r] + v * self.vector;
+                        _mm512_mask_storeu_ps(self.out.add(at), m, y);
                     }
                 }
             }
@@ -868,9 +914,8 @@ pub(crate) mod avx512bf16 {
         pub k: usize,
         pub n: usize,
         pub relu6: bool,
-        /// Channel-blocked output: 16 channels of every pixel in a row, each block of 16
-        /// channels this many floats after the previous one (`None`: rows of `n`).
-        pub out_slices: Option<usize>,
+        /// Channel-blocked output (`None`: rows of `n`).
+        pub blocked: Option<super::BlockedOut>,
     }
 
     thread_local! {
@@ -889,7 +934,7 @@ pub(crate) mod avx512bf16 {
                 && t.x.len() == rows * k
                 && t.packed.len() == k2 * n
                 && t.bias.len() == n
-                && super::out_fits(t.out_slices, rows, n, dst.len())
+                && super::out_fits(t.blocked, rows, n, dst.len())
                 && t.residual.is_none_or(|r| r.len() == rows * n)
         );
         let mut run = |xb: &mut [u32]| {
@@ -912,8 +957,9 @@ pub(crate) mod avx512bf16 {
                         residual: t
                             .residual
                             .map_or(std::ptr::null(), |r| r[r0 * n + c0..].as_ptr()),
-                        out: dst[super::out_at(t.out_slices, n, r0, c0)..].as_mut_ptr(),
-                        out_strides: super::out_strides(t.out_slices, n),
+                        out: dst.as_mut_ptr(),
+                        rows_at: super::block_rows_at(t.blocked, n, (r0, count), c0),
+                        vector: super::vector_stride(t.blocked),
                         k2,
                         n,
                         last,
@@ -942,9 +988,11 @@ pub(crate) mod avx512bf16 {
         weight: *const u32,
         bias: *const f32,
         residual: *const f32,
+        /// The whole output; row `r` of the block starts `rows_at[r]` floats in, and each of
+        /// its vectors `vector` floats after the previous.
         out: *mut f32,
-        /// Floats from one output row to the next, and from one vector to the next.
-        out_strides: (usize, usize),
+        rows_at: [usize; 12],
+        vector: usize,
         k2: usize,
         n: usize,
         last: __mmask16,
@@ -954,8 +1002,9 @@ pub(crate) mod avx512bf16 {
     impl Block {
         /// # Safety
         /// AVX512_BF16 must be available; rows `0..R` of `x` (stride `k2` words), word rows
-        /// `0..k2` of `weight` and rows `0..R` of `residual` and `out` (stride `n`) must be
-        /// readable (`out` writable) for the `V` vectors' unmasked lanes.
+        /// `0..k2` of `weight`, rows `0..R` of `residual` (stride `n`) and of `out` (at
+        /// `rows_at`, vectors `vector` apart) must be readable (`out` writable) for the `V`
+        /// vectors' unmasked lanes.
         #[target_feature(enable = "avx512f,avx512bf16")]
         #[inline]
         unsafe fn run<const R: usize, const V: usize>(&self) {
@@ -999,8 +1048,8 @@ pub(crate) mod avx512bf16 {
                         if self.relu6 {
                             y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
                         }
-                        let (row, vector) = self.out_strides;
-                        _mm512_mask_storeu_ps(self.out.add(r * row + v * vector), m, y);
+                        let at = self.rows_at[r] + v * self.vector;
+                        _mm512_mask_storeu_ps(self.out.add(at), m, y);
                     }
                 }
             }
@@ -1113,16 +1162,36 @@ mod tests {
                 }
                 let mut rows = vec![0f32; m * n];
                 layer.run_tile(isa, &x, None, &mut rows);
-                // Slices further apart than the rows need, as a window with spare rows has.
-                let slice = (m + 3) * 16;
+                // Image rows of 5 pixels, 2 pixels in, 8 apart, as padded rows in a window;
+                // slices further apart than the rows need, as a window with spare rows has.
+                let (width, stride, left) = (5, 8, 2);
+                let slice = (m.div_ceil(width) + 1) * stride * 16;
+                let layout = BlockedOut {
+                    slice,
+                    width,
+                    stride,
+                    left,
+                };
                 let mut blocked = vec![f32::NAN; n / 16 * slice];
-                layer.run_tile_blocked(isa, &x, &mut blocked, slice);
+                layer.run_tile_blocked(isa, &x, &mut blocked, layout);
                 for p in 0..m {
+                    let at = (p / width * stride + left + p % width) * 16;
                     for ch in 0..n {
                         assert_eq!(
-                            blocked[ch / 16 * slice + p * 16 + ch % 16],
+                            blocked[ch / 16 * slice + at + ch % 16],
                             rows[p * n + ch],
                             "{isa:?} {m}x{k}x{n}: pixel {p} channel {ch}"
+                        );
+                    }
+                }
+                // The columns around the rows are not touched.
+                let written = (0..m).map(|p| (p / width * stride + left + p % width) * 16);
+                let written: std::collections::HashSet<usize> = written.collect();
+                for (i, v) in blocked.iter().enumerate() {
+                    if !written.contains(&(i % slice / 16 * 16)) {
+                        assert!(
+                            v.is_nan(),
+                            "{isa:?}: float {i} outside the rows was written"
                         );
                     }
                 }

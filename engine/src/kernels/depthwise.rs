@@ -97,10 +97,11 @@ impl Depthwise {
         }
     }
 
-    /// [`Self::rows`] from input blocked by 16 channels (as [`Pointwise::run_tile_blocked`]
-    /// writes it): row `r`, pixel `x`, channels `16 j ..` at `input[j * slice + (r * w + x) *
-    /// 16 ..]`, `r` counted from `row0`. AVX-512 only, and channels a multiple of 16
-    /// ([`Self::reads_blocked`]).
+    /// [`Self::rows`] from input blocked by 16 channels in zero-padded rows (as
+    /// [`Pointwise::run_tile_blocked`] writes it): row `r` (counted from `row0`), column `x`,
+    /// channels `16 j ..` at `input[j * slice + (r * cols + left + x) * 16 ..]` with `(cols,
+    /// left)` from [`Self::padded_row`], and zeros in the columns around each row. Read in
+    /// place, no copy. AVX-512 only, and channels a multiple of 16 ([`Self::reads_blocked`]).
     ///
     /// [`Pointwise::run_tile_blocked`]: super::conv::Pointwise::run_tile_blocked
     #[allow(clippy::too_many_arguments)]
@@ -124,6 +125,12 @@ impl Depthwise {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (input, slice, g, oy0, out);
+    }
+
+    /// The padded row [`Self::rows_blocked`] reads for an input `w` pixels wide: its columns
+    /// and the first image column's place among them.
+    pub(crate) fn padded_row(&self, w: usize) -> (usize, usize) {
+        padded_columns(w, self.kernel, self.stride)
     }
 
     /// Whether [`Self::rows_blocked`] runs with `isa`.
@@ -190,8 +197,16 @@ thread_local! {
 }
 
 /// Pixels per register block of the AVX-512 kernel.
-#[cfg(target_arch = "x86_64")]
 const P: usize = 8;
+
+/// Columns of a zero-padded input row as the AVX-512 kernel reads it, and where the image's
+/// first column sits among them: every tap of every 8-pixel block (the last block may run
+/// past the row's end), and the whole input row.
+fn padded_columns(w: usize, k: usize, s: usize) -> (usize, usize) {
+    let (ow, pad_left, _) = same_padding(w, k, s);
+    let cols = ((ow.div_ceil(P) * P).max(1) - 1) * s + k;
+    (cols.max(pad_left + w), pad_left)
+}
 
 /// The AVX-512 depthwise kernel for output rows `oy ..` (as many as `out` holds), 16 channels at
 /// a time down all rows.
@@ -239,32 +254,35 @@ unsafe fn depthwise_rows_avx512(
         return;
     }
     assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
+    let blocks = ow.div_ceil(P);
+    let cols = padded_columns(g.w, g.k, g.s).0;
     for r in 0..rows {
         let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
-        // Floats of the input rows up to the last one under the taps, per block of channels.
-        let held = || ((oy + r) * g.s + ky1 - g.pad_top - g.row0) * g.w;
+        // Input rows up to the last one under the taps.
+        let held = || (oy + r) * g.s + ky1 - g.pad_top - g.row0;
         assert!(
             ky0 == ky1
                 || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
                     && match blocked {
-                        None => image.len() >= held() * c,
+                        None => image.len() >= held() * g.w * c,
                         Some(slice) => {
-                            held() * 16 <= slice
-                                && image.len() >= (c / 16 - 1) * slice + held() * 16
+                            held() * cols * 16 <= slice
+                                && image.len() >= (c / 16 - 1) * slice + held() * cols * 16
                         }
                     }
         );
     }
-    let blocks = ow.div_ceil(P);
-    // Padded columns per ring row: every tap of every block, and the whole input row.
-    let cols = ((blocks * P - 1) * g.s + g.k).max(g.pad_left + g.w);
+    // Floats per padded row of one block of channels (in the ring, or the blocked input).
     let slot = cols * 16;
     let dims = (g.k, g.s, c);
 
     // Stride-1 rows go in pairs (two output rows share all but one input row), which needs
-    // one ring row more than the taps.
+    // one ring row more than the taps. Blocked input is read in place: no ring.
     let paired = g.s == 1 && matches!(g.k, 3 | 5);
-    let ring_rows = g.k + usize::from(paired);
+    let ring_rows = match blocked {
+        Some(_) => 0,
+        None => g.k + usize::from(paired),
+    };
     // Only the padding columns need zeros: every input column is written before it is read.
     let mut ring_buf = RING.take();
     let ring = super::aligned::aligned_prefix(&mut ring_buf, ring_rows * slot);
@@ -284,36 +302,38 @@ unsafe fn depthwise_rows_avx512(
         let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
         // Each input row goes into slot `row % ring_rows`, which held a row no tap of this
         // output row (or of the one paired with it) needs.
-        fills.push(
-            (next.max(lo)..hi)
-                .map(|iy| (iy, (iy % ring_rows) * slot))
-                .collect(),
-        );
+        let place = |iy: usize| match blocked {
+            Some(_) => (iy - g.row0) * slot,
+            None => (iy % ring_rows) * slot,
+        };
+        if blocked.is_none() {
+            fills.push((next.max(lo)..hi).map(|iy| (iy, place(iy))).collect());
+        }
         next = next.max(hi);
         for ky in ky0..ky1 {
-            offsets[r * g.k + ky] = ((oy * g.s + ky - g.pad_top) % ring_rows) * slot;
+            offsets[r * g.k + ky] = place(oy * g.s + ky - g.pad_top);
         }
     }
     let fill = |ring: &mut [f32], r: usize, cv: usize| {
-        for &(iy, at) in &fills[r] {
+        for &(iy, at) in fills.get(r).map_or(&[][..], |f| &f[..]) {
             let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
-            match blocked {
-                // One contiguous run: what the hardware prefetcher streams best.
-                Some(slice) => ring_row.copy_from_slice(
-                    &image[cv / 16 * slice + (iy - g.row0) * g.w * 16..][..g.w * 16],
-                ),
-                None => {
-                    let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
-                    for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
-                        d.copy_from_slice(&src[x * c..x * c + 16]);
-                    }
-                }
+            let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
+            for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                d.copy_from_slice(&src[x * c..x * c + 16]);
             }
         }
     };
     let mut starts = vec![std::ptr::null::<f32>(); g.k];
     let mut pair_rows = [std::ptr::null::<f32>(); 6];
     for cv in (0..c).step_by(16) {
+        // The padded input row `at` floats into this slice's rows: the ring's, or the
+        // blocked input's own.
+        let source = |ring: &[f32], at: usize| -> *const f32 {
+            match blocked {
+                Some(slice) => image[cv / 16 * slice + at..].as_ptr(),
+                None => ring[at..].as_ptr(),
+            }
+        };
         // SAFETY: `cv + 16 <= c <= bias.len()`.
         let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
         let taps = weight[cv..].as_ptr();
@@ -347,7 +367,7 @@ unsafe fn depthwise_rows_avx512(
                         None
                     };
                     if let Some(at) = at {
-                        pair_rows[t] = ring[at..].as_ptr();
+                        pair_rows[t] = source(ring, at);
                         present |= 1 << t;
                     }
                 }
@@ -373,7 +393,7 @@ unsafe fn depthwise_rows_avx512(
             fill(ring, r, cv);
             let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
             for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
-                *start = ring[at..].as_ptr();
+                *start = source(ring, at);
             }
             let dst = &mut out[r * ow * c..(r + 1) * ow * c];
             for blk in 0..blocks {
@@ -832,13 +852,19 @@ mod tests {
                         "{isa:?} k{k} s{s} {h}x{w}x{c} from row 1: {diff}"
                     );
                     if layer.reads_blocked(isa) {
-                        // The same rows from input blocked by 16 channels, slices spaced
-                        // wider than the rows need (as a window with spare rows is).
-                        let slice = (h + 2) * w * 16;
+                        // The same rows from input blocked by 16 channels in zero-padded
+                        // rows, slices spaced wider than the rows need (as a window with
+                        // spare rows is); what lies past the last row is never read.
+                        let (cols, left) = layer.padded_row(w);
+                        let slice = (h + 2) * cols * 16;
                         let mut blocked = vec![f32::NAN; c / 16 * slice];
-                        for p in 0..h * w {
-                            for ch in 0..c {
-                                blocked[ch / 16 * slice + p * 16 + ch % 16] = src[p * c + ch];
+                        for (j, block) in blocked.chunks_exact_mut(slice).enumerate() {
+                            for (y, row) in block.chunks_exact_mut(cols * 16).take(h).enumerate() {
+                                row.fill(0.0);
+                                for x in 0..w {
+                                    let px = &src[(y * w + x) * c + j * 16..][..16];
+                                    row[(left + x) * 16..][..16].copy_from_slice(px);
+                                }
                             }
                         }
                         let mut got = vec![f32::NAN; oh * ow * c];

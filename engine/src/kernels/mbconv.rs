@@ -21,7 +21,7 @@ use std::thread::LocalKey;
 use rayon::prelude::*;
 
 use super::aligned::aligned_prefix;
-use super::conv::{same_padding, Isa, Patches, Pointwise};
+use super::conv::{same_padding, BlockedOut, Isa, Patches, Pointwise};
 use super::depthwise::Depthwise;
 
 /// The working set of one fused step: expanded window plus depthwise output. Half the L2 of
@@ -137,7 +137,19 @@ impl Block {
         let (_, ow, cout) = self.out_shape((h, w));
         let cin = x.len() / (h * w);
         let rows = out.len() / (ow * cout);
-        let row_len = w * hidden;
+        // On AVX-512 the window is blocked by 16 channels (each block a contiguous run of
+        // `window_rows` rows), its rows zero-padded as the depthwise kernel reads them, so
+        // that kernel reads each block's rows in place instead of gathering 64 bytes from
+        // every pixel into a padded copy.
+        let blocked = self.expand.as_ref().is_some_and(|e| e.writes_blocked(isa))
+            && self.depthwise.reads_blocked(isa);
+        // Columns per window row, and the first image column's place among them.
+        let (cols, left) = if blocked {
+            self.depthwise.padded_row(w)
+        } else {
+            (w, 0)
+        };
+        let row_len = cols * hidden;
         // Output rows per step: as many as keep the window and the depthwise rows in budget.
         let by_window = match self.expand {
             Some(_) => (WINDOW_FLOATS / row_len).saturating_sub(k) / s + 1,
@@ -151,12 +163,7 @@ impl Block {
         } else {
             0
         };
-        // On AVX-512 the window is blocked by 16 channels (each block a contiguous run of
-        // `window_rows` rows), so the depthwise kernel streams each block's rows instead of
-        // gathering 64 bytes from every pixel.
-        let blocked = self.expand.as_ref().is_some_and(|e| e.writes_blocked(isa))
-            && self.depthwise.reads_blocked(isa);
-        let slice = window_rows * w * 16;
+        let slice = window_rows * cols * 16;
         with_buffer(&SCRATCH, window_len + chunk * ow * hidden, |scratch| {
             let (window, dw) = scratch.split_at_mut(window_len);
             // Input rows `held.0 .. held.1` are expanded in `window`, the first at its start
@@ -171,7 +178,7 @@ impl Block {
                         let hi = ((b - 1) * s + k).saturating_sub(pad_top).min(h);
                         // Rows still needed move to the start; rows in floats per block of
                         // channels when blocked, per row otherwise.
-                        let per_row = if blocked { w * 16 } else { row_len };
+                        let per_row = if blocked { cols * 16 } else { row_len };
                         if lo >= held.1 {
                             held = (lo, lo);
                         } else if lo > held.0 {
@@ -190,7 +197,20 @@ impl Block {
                             let src = &x[held.1 * w * cin..hi * w * cin];
                             let _span = tracing::trace_span!("expand").entered();
                             if blocked {
-                                expand.run_tile_blocked(isa, src, &mut window[at..], slice);
+                                let layout = BlockedOut {
+                                    slice,
+                                    width: w,
+                                    stride: cols,
+                                    left,
+                                };
+                                expand.run_tile_blocked(isa, src, &mut window[at..], layout);
+                                let end = (hi - held.0) * per_row;
+                                for block in window.chunks_exact_mut(slice) {
+                                    for row in block[at..end].chunks_exact_mut(per_row) {
+                                        row[..left * 16].fill(0.0);
+                                        row[(left + w) * 16..].fill(0.0);
+                                    }
+                                }
                             } else {
                                 let dst = &mut window[at..(hi - held.0) * row_len];
                                 expand.run_tile(isa, src, None, dst);

@@ -660,15 +660,6 @@ fn out_fits(blocked: Option<BlockedOut>, rows: usize, n: usize, len: usize) -> b
     }
 }
 
-/// Where output pixel `p`, channel `c0` (a multiple of 16 when blocked) starts.
-#[cfg(target_arch = "x86_64")]
-fn out_at(blocked: Option<BlockedOut>, n: usize, p: usize, c0: usize) -> usize {
-    match blocked {
-        None => p * n + c0,
-        Some(b) => c0 / 16 * b.slice + b.pixel(p),
-    }
-}
-
 /// Floats from one 16-channel output vector of a pixel to the next.
 #[cfg(target_arch = "x86_64")]
 fn vector_stride(blocked: Option<BlockedOut>) -> usize {
@@ -676,8 +667,10 @@ fn vector_stride(blocked: Option<BlockedOut>) -> usize {
 }
 
 /// Where each of a register block's output rows starts, from `dst`: pixels `r0 ..` (`count`
-/// of them), channel `c0`.
+/// of them), channel `c0`. Walks the image rows without a division per pixel: this runs once
+/// per register block.
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn block_rows_at(
     blocked: Option<BlockedOut>,
     n: usize,
@@ -685,8 +678,23 @@ fn block_rows_at(
     c0: usize,
 ) -> [usize; 12] {
     let mut at = [0; 12];
-    for (r, a) in at.iter_mut().enumerate().take(count) {
-        *a = out_at(blocked, n, r0 + r, c0);
+    match blocked {
+        None => {
+            for (r, a) in at.iter_mut().enumerate().take(count) {
+                *a = (r0 + r) * n + c0;
+            }
+        }
+        Some(b) => {
+            let (mut y, mut x) = (r0 / b.width, r0 % b.width);
+            let base = c0 / 16 * b.slice;
+            for a in at.iter_mut().take(count) {
+                *a = base + (y * b.stride + b.left + x) * 16;
+                x += 1;
+                if x == b.width {
+                    (y, x) = (y + 1, 0);
+                }
+            }
+        }
     }
     at
 }

@@ -196,6 +196,42 @@ impl Pointwise {
         self.run_tile_into(isa, x, None, dst, Some(layout))
     }
 
+    /// [`Self::run_tile`] (into rows of `n`) from pixels already rounded to bf16 pairs,
+    /// `ceil(k / 2)` words each, as `Depthwise::rows_blocked_bf16` stores them. AVX512_BF16
+    /// only.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn run_tile_rounded(
+        &self,
+        isa: Isa,
+        x: &[u32],
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+    ) {
+        assert_eq!(isa, Isa::Avx512Bf16, "{isa:?} does not read bf16 pixels");
+        let (k, n) = (self.k, self.n);
+        let packed = self.packed_bf16();
+        let tile = avx512bf16::Tile {
+            x: avx512bf16::Pixels::Rounded(x),
+            packed,
+            bias: &self.bias,
+            residual,
+            k,
+            n,
+            relu6: self.relu6,
+            blocked: None,
+        };
+        // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found AVX-512F,
+        // AVX-512VL and AVX512_BF16.
+        unsafe { avx512bf16::pointwise(&tile, dst) }
+    }
+
+    /// The weights packed for the bf16 kernel (on first use).
+    #[cfg(target_arch = "x86_64")]
+    fn packed_bf16(&self) -> &Aligned<u32> {
+        self.bf16
+            .get_or_init(|| Aligned::from_slice(&avx512bf16::pack(&self.weight, self.k, self.n)))
+    }
+
     /// Whether [`Self::run_tile_blocked`] runs with `isa`.
     pub(crate) fn writes_blocked(&self, isa: Isa) -> bool {
         let wide = match isa {
@@ -234,11 +270,9 @@ impl Pointwise {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => {
-                let packed = self
-                    .bf16
-                    .get_or_init(|| Aligned::from_slice(&avx512bf16::pack(&self.weight, k, n)));
+                let packed = self.packed_bf16();
                 let tile = avx512bf16::Tile {
-                    x,
+                    x: avx512bf16::Pixels::F32(x),
                     packed,
                     bias: &self.bias,
                     residual,
@@ -913,9 +947,16 @@ pub(crate) mod avx512bf16 {
         }
     }
 
+    /// A tile's input pixels: f32 rows of `k`, or rows already rounded to bf16 pairs of
+    /// `ceil(k / 2)` words (as the depthwise kernel can store them).
+    pub(crate) enum Pixels<'a> {
+        F32(&'a [f32]),
+        Rounded(&'a [u32]),
+    }
+
     /// One tile: `dst = act(x @ w + bias (+ residual))`, `w` packed by [`pack`].
     pub(crate) struct Tile<'a> {
-        pub x: &'a [f32],
+        pub x: Pixels<'a>,
         pub packed: &'a [u32],
         pub bias: &'a [f32],
         pub residual: Option<&'a [f32]>,
@@ -936,18 +977,22 @@ pub(crate) mod avx512bf16 {
     pub(crate) unsafe fn pointwise(t: &Tile, dst: &mut [f32]) {
         let (k, n) = (t.k, t.n);
         let k2 = k.div_ceil(2);
-        let rows = t.x.len() / k.max(1);
+        let rows = match t.x {
+            Pixels::F32(x) => x.len() / k.max(1),
+            Pixels::Rounded(xb) => xb.len() / k2.max(1),
+        };
         assert!(
             k > 0
-                && t.x.len() == rows * k
+                && match t.x {
+                    Pixels::F32(x) => x.len() == rows * k,
+                    Pixels::Rounded(xb) => xb.len() == rows * k2,
+                }
                 && t.packed.len() == k2 * n
                 && t.bias.len() == n
                 && super::out_fits(t.blocked, rows, n, dst.len())
                 && t.residual.is_none_or(|r| r.len() == rows * n)
         );
-        let mut run = |xb: &mut [u32]| {
-            // SAFETY: AVX512_BF16 is enabled on this function; `xb` holds rows × k2 words.
-            unsafe { round_rows(t.x, k, xb) };
+        let mut run = |xb: &[u32]| {
             for c0 in (0..n).step_by(COLS) {
                 let width = (n - c0).min(COLS);
                 let vectors = width.div_ceil(LANES);
@@ -980,14 +1025,23 @@ pub(crate) mod avx512bf16 {
                 }
             }
         };
+        let x = match t.x {
+            Pixels::Rounded(xb) => return run(xb),
+            Pixels::F32(x) => x,
+        };
+        let mut round_and_run = |xb: &mut [u32]| {
+            // SAFETY: AVX512_BF16 is enabled on this function; `xb` holds rows × k2 words.
+            unsafe { round_rows(x, k, xb) };
+            run(xb)
+        };
         ROUNDED.with(|cell| match cell.try_borrow_mut() {
             Ok(mut buf) => {
                 if buf.len() < rows * k2 {
                     buf.resize(rows * k2, 0);
                 }
-                run(&mut buf[..rows * k2])
+                round_and_run(&mut buf[..rows * k2])
             }
-            Err(_) => run(&mut vec![0; rows * k2]),
+            Err(_) => round_and_run(&mut vec![0; rows * k2]),
         });
     }
 
@@ -1290,6 +1344,22 @@ mod tests {
                 let (xr, wr) = (round(&x), round(&w));
                 let mut got = vec![f32::NAN; m * n];
                 layer.run_tile(isa, &x, Some(&r), &mut got);
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx512Bf16 {
+                    // Pixels handed over already rounded (odd depths padded with a zero) give
+                    // the very same outputs.
+                    let bf = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
+                    let words: Vec<u32> = x
+                        .chunks_exact(k)
+                        .flat_map(|row| {
+                            row.chunks(2)
+                                .map(|p| bf(p[0]) | p.get(1).map_or(0, |&v| bf(v)) << 16)
+                        })
+                        .collect();
+                    let mut from_words = vec![f32::NAN; m * n];
+                    layer.run_tile_rounded(isa, &words, Some(&r), &mut from_words);
+                    assert_eq!(from_words, got, "{isa:?} {m}x{k}x{n} from rounded pixels");
+                }
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f32 = (0..k).map(|t| xr[i * k + t] * wr[t * n + j]).sum();

@@ -133,6 +133,41 @@ impl Depthwise {
         padded_columns(w, self.kernel, self.stride)
     }
 
+    /// [`Self::rows_blocked`] with the outputs rounded to bf16 pairs as
+    /// [`Pointwise::run_tile_rounded`] reads them. AVX512_BF16 only ([`Self::writes_bf16`]).
+    ///
+    /// [`Pointwise::run_tile_rounded`]: super::conv::Pointwise::run_tile_rounded
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rows_blocked_bf16(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        slice: usize,
+        row0: usize,
+        (h, w): (usize, usize),
+        oy0: usize,
+        out: &mut [u32],
+    ) {
+        assert!(self.writes_bf16(isa), "{isa:?} cannot write bf16");
+        let g = self.geometry(row0, (h, w));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `writes_bf16` found AVX512_BF16, which `Isa::supported` checked on this CPU.
+        unsafe {
+            depthwise_rows_avx512_bf16(&self.weight, &self.bias, input, Some(slice), &g, oy0, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (input, slice, g, oy0, out);
+    }
+
+    /// Whether [`Self::rows_blocked_bf16`] runs with `isa`.
+    pub(crate) fn writes_bf16(&self, isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let bf16 = isa == Isa::Avx512Bf16;
+        #[cfg(not(target_arch = "x86_64"))]
+        let bf16 = false;
+        bf16 && self.reads_blocked(isa)
+    }
+
     /// Whether [`Self::rows_blocked`] runs with `isa`.
     pub(crate) fn reads_blocked(&self, isa: Isa) -> bool {
         let wide = match isa {
@@ -208,6 +243,192 @@ fn padded_columns(w: usize, k: usize, s: usize) -> (usize, usize) {
     (cols.max(pad_left + w), pad_left)
 }
 
+/// The body of both AVX-512 depthwise kernels (channels a multiple of 16), expanded inside
+/// each: a closure takes its instruction sets from the function it is written in, so the
+/// body's closures must be written inside the functions that enable them.
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_avx512 {
+    ($weight:expr, $bias:expr, $image:expr, $blocked:expr, $g:expr, $oy:expr, $out:expr) => {{
+        let (weight, bias, image): (&[f32], &[f32], &[f32]) = ($weight, $bias, $image);
+        let (blocked, g, oy): (Option<usize>, &Geometry, usize) = ($blocked, $g, $oy);
+        let mut out: Out = $out;
+        use std::arch::x86_64::*;
+        let c = g.c;
+        let ow = same_padding(g.w, g.k, g.s).0;
+        if ow == 0 {
+            return;
+        }
+        let rows = out.values() / (ow * c);
+        assert!(
+            c.is_multiple_of(16)
+                && bias.len() >= c
+                && weight.len() >= g.k * g.k * c
+                && out.values() == rows * ow * c
+        );
+        let blocks = ow.div_ceil(P);
+        let cols = padded_columns(g.w, g.k, g.s).0;
+        for r in 0..rows {
+            let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+            // Input rows up to the last one under the taps.
+            let held = || (oy + r) * g.s + ky1 - g.pad_top - g.row0;
+            assert!(
+                ky0 == ky1
+                    || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
+                        && match blocked {
+                            None => image.len() >= held() * g.w * c,
+                            Some(slice) => {
+                                held() * cols * 16 <= slice
+                                    && image.len() >= (c / 16 - 1) * slice + held() * cols * 16
+                            }
+                        }
+            );
+        }
+        // Floats per padded row of one block of channels (in the ring, or the blocked input).
+        let slot = cols * 16;
+        let dims = (g.k, g.s, c);
+
+        // Stride-1 rows go in pairs (two output rows share all but one input row), which needs
+        // one ring row more than the taps. Blocked input is read in place: no ring.
+        let paired = g.s == 1 && matches!(g.k, 3 | 5);
+        let ring_rows = match blocked {
+            Some(_) => 0,
+            None => g.k + usize::from(paired),
+        };
+        // Only the padding columns need zeros: every input column is written before it is read.
+        let mut ring_buf = RING.take();
+        let ring = super::aligned::aligned_prefix(&mut ring_buf, ring_rows * slot);
+        for row in ring.chunks_exact_mut(slot) {
+            row[..g.pad_left * 16].fill(0.0);
+            row[(g.pad_left + g.w) * 16..].fill(0.0);
+        }
+        // Per output row, the same for every channel slice: the input rows to copy into the ring
+        // first (row, offset of its slot), and the ring offset of each tap row. Worked out once
+        // here, so the slices' loops do no division (`row % ring_rows`).
+        let mut fills: Vec<Vec<(usize, usize)>> = Vec::with_capacity(rows);
+        let mut offsets = vec![0usize; rows * g.k];
+        let mut next = 0usize;
+        for r in 0..rows {
+            let oy = oy + r;
+            let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
+            let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
+            // Each input row goes into slot `row % ring_rows`, which held a row no tap of this
+            // output row (or of the one paired with it) needs.
+            let place = |iy: usize| match blocked {
+                Some(_) => (iy - g.row0) * slot,
+                None => (iy % ring_rows) * slot,
+            };
+            if blocked.is_none() {
+                fills.push((next.max(lo)..hi).map(|iy| (iy, place(iy))).collect());
+            }
+            next = next.max(hi);
+            for ky in ky0..ky1 {
+                offsets[r * g.k + ky] = place(oy * g.s + ky - g.pad_top);
+            }
+        }
+        let fill = |ring: &mut [f32], r: usize, cv: usize| {
+            for &(iy, at) in fills.get(r).map_or(&[][..], |f| &f[..]) {
+                let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
+                let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
+                for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
+                    d.copy_from_slice(&src[x * c..x * c + 16]);
+                }
+            }
+        };
+        let mut starts = vec![std::ptr::null::<f32>(); g.k];
+        let mut pair_rows = [std::ptr::null::<f32>(); 6];
+        for cv in (0..c).step_by(16) {
+            // The padded input row `at` floats into this slice's rows: the ring's, or the
+            // blocked input's own.
+            let source = |ring: &[f32], at: usize| -> *const f32 {
+                match blocked {
+                    Some(slice) => image[cv / 16 * slice + at..].as_ptr(),
+                    None => ring[at..].as_ptr(),
+                }
+            };
+            // SAFETY: `cv + 16 <= c <= bias.len()`.
+            let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
+            let taps = weight[cv..].as_ptr();
+            let store = |out: &mut Out, r: usize, ox: usize, acc: &[__m512; P]| {
+                // SAFETY: AVX-512F (and AVX512_BF16 for bf16 output), the caller's; row `r <
+                // rows`, pixel `ox + p < ow`, channels `cv + 16 <= c`, `cv` even.
+                unsafe {
+                    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+                    for (p, a) in acc.iter().enumerate().take(ow - ox) {
+                        let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
+                        out.put((r * ow + ox + p) * c + cv, y);
+                    }
+                }
+            };
+            let mut r = 0;
+            while r < rows {
+                if paired && r + 1 < rows {
+                    fill(ring, r, cv);
+                    fill(ring, r + 1, cv);
+                    // Input rows `oy - pad_top + t`, t in 0..=k: tap row t of output row `r`,
+                    // tap row t - 1 of row `r + 1`; `None` above or below the image.
+                    let (ky0, ky1) = tap_range(oy + r, 1, g.pad_top, g.k, g.h);
+                    let (ny0, ny1) = tap_range(oy + r + 1, 1, g.pad_top, g.k, g.h);
+                    let mut present = 0u8;
+                    for t in 0..=g.k {
+                        let at = if t < g.k && (ky0..ky1).contains(&t) {
+                            Some(offsets[r * g.k + t])
+                        } else if t >= 1 && (ny0..ny1).contains(&(t - 1)) {
+                            Some(offsets[(r + 1) * g.k + t - 1])
+                        } else {
+                            None
+                        };
+                        if let Some(at) = at {
+                            pair_rows[t] = source(ring, at);
+                            present |= 1 << t;
+                        }
+                    }
+                    for blk in 0..blocks {
+                        let ox = blk * P;
+                        let (mut first, mut second) = ([b; P], [b; P]);
+                        let (one, two, at) = (&mut first, &mut second, (c, ox));
+                        // SAFETY: every present ring row holds `cols` padded columns, enough for
+                        // every block's taps; the weights were bounds-checked above.
+                        unsafe {
+                            match g.k {
+                                3 => block_pair::<3>(one, two, &pair_rows, present, taps, at),
+                                _ => block_pair::<5>(one, two, &pair_rows, present, taps, at),
+                            }
+                        }
+                        store(&mut out, r, ox, &first);
+                        store(&mut out, r + 1, ox, &second);
+                    }
+                    r += 2;
+                    continue;
+                }
+                fill(ring, r, cv);
+                let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
+                for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
+                    *start = source(ring, at);
+                }
+                for blk in 0..blocks {
+                    let ox = blk * P;
+                    let mut acc = [b; P];
+                    let (a, column, ky) = (&mut acc, ox * g.s, (ky0, ky1));
+                    // SAFETY: the ring rows of `ky0..ky1` hold `cols` padded columns, enough for
+                    // every block's taps; the weights were bounds-checked above.
+                    unsafe {
+                        match (g.k, g.s) {
+                            (3, 1) => block::<3, 1>(a, &starts, column, ky, taps, dims),
+                            (5, 1) => block::<5, 1>(a, &starts, column, ky, taps, dims),
+                            (3, 2) => block::<3, 2>(a, &starts, column, ky, taps, dims),
+                            (5, 2) => block::<5, 2>(a, &starts, column, ky, taps, dims),
+                            _ => block::<0, 0>(a, &starts, column, ky, taps, dims),
+                        }
+                    }
+                    store(&mut out, r, ox, &acc);
+                }
+                r += 1;
+            }
+        }
+        RING.set(ring_buf);
+    }};
+}
+
 /// The AVX-512 depthwise kernel for output rows `oy ..` (as many as `out` holds), 16 channels at
 /// a time down all rows.
 ///
@@ -221,7 +442,9 @@ fn padded_columns(w: usize, k: usize, s: usize) -> (usize, usize) {
 ///
 /// In bf16 mode this kernel stays in f32: pairing adjacent taps for `vdpbf16ps` ran no faster
 /// (the ring's conversion cost what the products saved) and took the features' cosine to f32
-/// below 0.999 on a test photo.
+/// below 0.999 on a test photo. Only its outputs are rounded, as they are stored, for the bf16
+/// project after it ([`depthwise_rows_avx512_bf16`]): the rounding that project would do
+/// anyway.
 ///
 /// # Safety
 /// AVX-512F.
@@ -236,187 +459,79 @@ unsafe fn depthwise_rows_avx512(
     oy: usize,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let c = g.c;
     let ow = same_padding(g.w, g.k, g.s).0;
-    let rows = out.len() / (ow * c);
-    if ow == 0 {
-        return;
-    }
-    if !c.is_multiple_of(16) {
+    if ow > 0 && !g.c.is_multiple_of(16) {
         assert!(
             blocked.is_none(),
             "blocked input needs channels in sixteens"
         );
-        for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
+        for (r, row) in out.chunks_exact_mut(ow * g.c).enumerate() {
             depthwise_pixels::<true>(weight, bias, image, g, oy + r, row, 0..ow);
         }
         return;
     }
-    assert!(bias.len() >= c && weight.len() >= g.k * g.k * c && out.len() == rows * ow * c);
-    let blocks = ow.div_ceil(P);
-    let cols = padded_columns(g.w, g.k, g.s).0;
-    for r in 0..rows {
-        let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
-        // Input rows up to the last one under the taps.
-        let held = || (oy + r) * g.s + ky1 - g.pad_top - g.row0;
-        assert!(
-            ky0 == ky1
-                || (oy + r) * g.s + ky0 >= g.pad_top + g.row0
-                    && match blocked {
-                        None => image.len() >= held() * g.w * c,
-                        Some(slice) => {
-                            held() * cols * 16 <= slice
-                                && image.len() >= (c / 16 - 1) * slice + held() * cols * 16
-                        }
-                    }
-        );
-    }
-    // Floats per padded row of one block of channels (in the ring, or the blocked input).
-    let slot = cols * 16;
-    let dims = (g.k, g.s, c);
+    rows_avx512!(weight, bias, image, blocked, g, oy, Out::F32(out))
+}
 
-    // Stride-1 rows go in pairs (two output rows share all but one input row), which needs
-    // one ring row more than the taps. Blocked input is read in place: no ring.
-    let paired = g.s == 1 && matches!(g.k, 3 | 5);
-    let ring_rows = match blocked {
-        Some(_) => 0,
-        None => g.k + usize::from(paired),
-    };
-    // Only the padding columns need zeros: every input column is written before it is read.
-    let mut ring_buf = RING.take();
-    let ring = super::aligned::aligned_prefix(&mut ring_buf, ring_rows * slot);
-    for row in ring.chunks_exact_mut(slot) {
-        row[..g.pad_left * 16].fill(0.0);
-        row[(g.pad_left + g.w) * 16..].fill(0.0);
-    }
-    // Per output row, the same for every channel slice: the input rows to copy into the ring
-    // first (row, offset of its slot), and the ring offset of each tap row. Worked out once
-    // here, so the slices' loops do no division (`row % ring_rows`).
-    let mut fills: Vec<Vec<(usize, usize)>> = Vec::with_capacity(rows);
-    let mut offsets = vec![0usize; rows * g.k];
-    let mut next = 0usize;
-    for r in 0..rows {
-        let oy = oy + r;
-        let (ky0, ky1) = tap_range(oy, g.s, g.pad_top, g.k, g.h);
-        let (lo, hi) = (oy * g.s + ky0 - g.pad_top, oy * g.s + ky1 - g.pad_top);
-        // Each input row goes into slot `row % ring_rows`, which held a row no tap of this
-        // output row (or of the one paired with it) needs.
-        let place = |iy: usize| match blocked {
-            Some(_) => (iy - g.row0) * slot,
-            None => (iy % ring_rows) * slot,
-        };
-        if blocked.is_none() {
-            fills.push((next.max(lo)..hi).map(|iy| (iy, place(iy))).collect());
-        }
-        next = next.max(hi);
-        for ky in ky0..ky1 {
-            offsets[r * g.k + ky] = place(oy * g.s + ky - g.pad_top);
-        }
-    }
-    let fill = |ring: &mut [f32], r: usize, cv: usize| {
-        for &(iy, at) in fills.get(r).map_or(&[][..], |f| &f[..]) {
-            let ring_row = &mut ring[at + g.pad_left * 16..][..g.w * 16];
-            let src = &image[(iy - g.row0) * g.w * c + cv..][..(g.w - 1) * c + 16];
-            for (x, d) in ring_row.chunks_exact_mut(16).enumerate() {
-                d.copy_from_slice(&src[x * c..x * c + 16]);
-            }
-        }
-    };
-    let mut starts = vec![std::ptr::null::<f32>(); g.k];
-    let mut pair_rows = [std::ptr::null::<f32>(); 6];
-    for cv in (0..c).step_by(16) {
-        // The padded input row `at` floats into this slice's rows: the ring's, or the
-        // blocked input's own.
-        let source = |ring: &[f32], at: usize| -> *const f32 {
-            match blocked {
-                Some(slice) => image[cv / 16 * slice + at..].as_ptr(),
-                None => ring[at..].as_ptr(),
-            }
-        };
-        // SAFETY: `cv + 16 <= c <= bias.len()`.
-        let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
-        let taps = weight[cv..].as_ptr();
-        let store = |dst: &mut [f32], ox: usize, acc: &[__m512; P]| {
-            // SAFETY: AVX-512F (this function's); pixel `ox + p < ow`, channels
-            // `cv + 16 <= c`.
-            unsafe {
-                let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-                for (p, a) in acc.iter().enumerate().take(ow - ox) {
-                    let y = _mm512_min_ps(_mm512_max_ps(*a, zero), six);
-                    _mm512_storeu_ps(dst.as_mut_ptr().add((ox + p) * c + cv), y);
-                }
-            }
-        };
-        let mut r = 0;
-        while r < rows {
-            if paired && r + 1 < rows {
-                fill(ring, r, cv);
-                fill(ring, r + 1, cv);
-                // Input rows `oy - pad_top + t`, t in 0..=k: tap row t of output row `r`,
-                // tap row t - 1 of row `r + 1`; `None` above or below the image.
-                let (ky0, ky1) = tap_range(oy + r, 1, g.pad_top, g.k, g.h);
-                let (ny0, ny1) = tap_range(oy + r + 1, 1, g.pad_top, g.k, g.h);
-                let mut present = 0u8;
-                for t in 0..=g.k {
-                    let at = if t < g.k && (ky0..ky1).contains(&t) {
-                        Some(offsets[r * g.k + t])
-                    } else if t >= 1 && (ny0..ny1).contains(&(t - 1)) {
-                        Some(offsets[(r + 1) * g.k + t - 1])
-                    } else {
-                        None
-                    };
-                    if let Some(at) = at {
-                        pair_rows[t] = source(ring, at);
-                        present |= 1 << t;
-                    }
-                }
-                let (top, bottom) = out[r * ow * c..(r + 2) * ow * c].split_at_mut(ow * c);
-                for blk in 0..blocks {
-                    let ox = blk * P;
-                    let (mut first, mut second) = ([b; P], [b; P]);
-                    let (one, two, at) = (&mut first, &mut second, (c, ox));
-                    // SAFETY: every present ring row holds `cols` padded columns, enough for
-                    // every block's taps; the weights were bounds-checked above.
-                    unsafe {
-                        match g.k {
-                            3 => block_pair::<3>(one, two, &pair_rows, present, taps, at),
-                            _ => block_pair::<5>(one, two, &pair_rows, present, taps, at),
-                        }
-                    }
-                    store(top, ox, &first);
-                    store(bottom, ox, &second);
-                }
-                r += 2;
-                continue;
-            }
-            fill(ring, r, cv);
-            let (ky0, ky1) = tap_range(oy + r, g.s, g.pad_top, g.k, g.h);
-            for (start, &at) in starts.iter_mut().zip(&offsets[r * g.k..(r + 1) * g.k]) {
-                *start = source(ring, at);
-            }
-            let dst = &mut out[r * ow * c..(r + 1) * ow * c];
-            for blk in 0..blocks {
-                let ox = blk * P;
-                let mut acc = [b; P];
-                let (a, column, ky) = (&mut acc, ox * g.s, (ky0, ky1));
-                // SAFETY: the ring rows of `ky0..ky1` hold `cols` padded columns, enough for
-                // every block's taps; the weights were bounds-checked above.
-                unsafe {
-                    match (g.k, g.s) {
-                        (3, 1) => block::<3, 1>(a, &starts, column, ky, taps, dims),
-                        (5, 1) => block::<5, 1>(a, &starts, column, ky, taps, dims),
-                        (3, 2) => block::<3, 2>(a, &starts, column, ky, taps, dims),
-                        (5, 2) => block::<5, 2>(a, &starts, column, ky, taps, dims),
-                        _ => block::<0, 0>(a, &starts, column, ky, taps, dims),
-                    }
-                }
-                store(dst, ox, &acc);
-            }
-            r += 1;
+/// [`depthwise_rows_avx512`] with its outputs rounded to bf16 as they are stored, in the
+/// pairs the bf16 1x1 kernel reads (`out[i]` holds output values `2 i` and `2 i + 1`): the
+/// project convolution after it then needs no rounding pass of its own.
+///
+/// # Safety
+/// AVX-512F, AVX-512VL and AVX512_BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn depthwise_rows_avx512_bf16(
+    weight: &[f32],
+    bias: &[f32],
+    image: &[f32],
+    blocked: Option<usize>,
+    g: &Geometry,
+    oy: usize,
+    out: &mut [u32],
+) {
+    assert!(
+        g.c.is_multiple_of(16),
+        "bf16 output needs channels in sixteens"
+    );
+    rows_avx512!(weight, bias, image, blocked, g, oy, Out::Bf16(out))
+}
+
+/// Where the AVX-512 depthwise kernel stores its outputs: f32, or bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+enum Out<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [u32]),
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Out<'_> {
+    /// Output values it holds.
+    fn values(&self) -> usize {
+        match self {
+            Out::F32(v) => v.len(),
+            Out::Bf16(w) => 2 * w.len(),
         }
     }
-    RING.set(ring_buf);
+
+    /// Stores 16 outputs at value `at`.
+    ///
+    /// # Safety
+    /// `at + 16 <= self.values()`, `at` even; AVX-512F, and AVX512_BF16 for `Bf16`.
+    #[inline(always)]
+    unsafe fn put(&mut self, at: usize, y: std::arch::x86_64::__m512) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self {
+                Out::F32(v) => _mm512_storeu_ps(v.as_mut_ptr().add(at), y),
+                Out::Bf16(w) => {
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(y));
+                    _mm256_storeu_si256(w.as_mut_ptr().add(at / 2).cast(), h);
+                }
+            }
+        }
+    }
 }
 
 /// Two stride-1 output rows at once, `P` pixels each from padded column `column`: input row
@@ -870,6 +985,17 @@ mod tests {
                         let mut got = vec![f32::NAN; oh * ow * c];
                         layer.rows_blocked(isa, &blocked, slice, 0, (h, w), 0, &mut got);
                         assert_eq!(got, out, "{isa:?} k{k} s{s} {h}x{w}x{c} blocked");
+                        if layer.writes_bf16(isa) {
+                            // Stored as bf16 pairs: each value the f32 kernel's, rounded.
+                            let mut words = vec![u32::MAX; oh * ow * c / 2];
+                            layer.rows_blocked_bf16(isa, &blocked, slice, 0, (h, w), 0, &mut words);
+                            let bf = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
+                            let want: Vec<u32> = out
+                                .chunks_exact(2)
+                                .map(|p| bf(p[0]) | bf(p[1]) << 16)
+                                .collect();
+                            assert_eq!(words, want, "{isa:?} k{k} s{s} {h}x{w}x{c} bf16");
+                        }
                     }
                 }
             }

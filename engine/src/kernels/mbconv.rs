@@ -226,6 +226,22 @@ impl Block {
                     }
                 };
                 let dw = &mut dw[..(b - a) * ow * hidden];
+                let residual = self.residual.then(|| &x[a * w * cin..b * w * cin]);
+                let dst = &mut out[(a - oy0) * ow * cout..(b - oy0) * ow * cout];
+                // In bf16 the depthwise kernel stores its outputs already rounded, in the
+                // pairs the project reads: no rounding pass between them, half the bytes.
+                #[cfg(target_arch = "x86_64")]
+                if blocked && self.depthwise.writes_bf16(isa) {
+                    let half = dw.len() / 2;
+                    let words: &mut [u32] = bytemuck::cast_slice_mut(&mut dw[..half]);
+                    let span = tracing::trace_span!("depthwise").entered();
+                    self.depthwise
+                        .rows_blocked_bf16(isa, input, slice, row0, (h, w), a, words);
+                    drop(span);
+                    let _span = tracing::trace_span!("project").entered();
+                    self.project.run_tile_rounded(isa, words, residual, dst);
+                    continue;
+                }
                 let span = tracing::trace_span!("depthwise").entered();
                 if blocked {
                     self.depthwise
@@ -233,8 +249,6 @@ impl Block {
                 } else {
                     self.depthwise.rows(isa, input, row0, (h, w), a, dw);
                 }
-                let residual = self.residual.then(|| &x[a * w * cin..b * w * cin]);
-                let dst = &mut out[(a - oy0) * ow * cout..(b - oy0) * ow * cout];
                 drop(span);
                 let _span = tracing::trace_span!("project").entered();
                 self.project.run_tile(isa, dw, residual, dst);

@@ -34,6 +34,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// One image's activations between blocks (two halves, ping-pong).
     static ACTIVATIONS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The stem's patches for the rows a fused first block expands.
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` floats of this thread's buffer `key` (contents unspecified), or on a fresh
@@ -96,6 +98,17 @@ impl Stem {
     }
 }
 
+/// What a block's expand step reads.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// The previous layer's activations, `(h, w, channels)`.
+    Activations(&'a [f32]),
+    /// One NCHW image of `(h, w)`: the stem stands in for the expand of a block that has
+    /// none, so the stem's output rows are made in the block's window as it needs them and
+    /// never written out whole (at 224 pixels, 1.6 MB that would go to memory and back).
+    Image(&'a Stem, &'a [f32], (usize, usize)),
+}
+
 /// One inverted-residual block: optional expand 1x1 (ReLU6), depthwise (ReLU6), project 1x1,
 /// plus the input when the shapes allow.
 #[derive(Clone)]
@@ -131,18 +144,49 @@ impl Block {
     }
 
     /// Output rows `oy0 ..` (as many as `out` holds) of one `(h, w, channels)` image `x`.
-    fn rows(&self, isa: Isa, x: &[f32], (h, w): (usize, usize), oy0: usize, out: &mut [f32]) {
+    fn rows(&self, isa: Isa, x: &[f32], hw: (usize, usize), oy0: usize, out: &mut [f32]) {
+        self.rows_from(isa, Input::Activations(x), hw, oy0, out)
+    }
+
+    /// Whether this block can take the stem as its expand ([`Input::Image`]): it has no
+    /// expand of its own, its depthwise reads the stem's channels, and the window is blocked.
+    fn fuses_stem(&self, isa: Isa, stem: &Stem) -> bool {
+        self.expand.is_none()
+            && !self.residual
+            && stem.conv.outputs() == self.depthwise.shape().2
+            && stem.conv.writes_blocked(isa)
+            && self.depthwise.reads_blocked(isa)
+    }
+
+    /// [`Self::rows`] from `input`; `(h, w)` is the size of the depthwise input (for an
+    /// image, of the stem's output).
+    fn rows_from(
+        &self,
+        isa: Isa,
+        input: Input,
+        (h, w): (usize, usize),
+        oy0: usize,
+        out: &mut [f32],
+    ) {
         let (k, s, hidden) = self.depthwise.shape();
         let (_, pad_top, _) = same_padding(h, k, s);
         let (_, ow, cout) = self.out_shape((h, w));
-        let cin = x.len() / (h * w);
+        let (x, expand) = match input {
+            Input::Activations(x) => (x, self.expand.as_ref()),
+            Input::Image(stem, ..) => (&[][..], Some(&stem.conv)),
+        };
+        // Input channels per pixel (patches of the image for the stem).
+        let cin = match input {
+            Input::Activations(x) => x.len() / (h * w),
+            Input::Image(stem, ..) => stem.conv.inputs(),
+        };
         let rows = out.len() / (ow * cout);
         // On AVX-512 the window is blocked by 16 channels (each block a contiguous run of
         // `window_rows` rows), its rows zero-padded as the depthwise kernel reads them, so
         // that kernel reads each block's rows in place instead of gathering 64 bytes from
         // every pixel into a padded copy.
-        let blocked = self.expand.as_ref().is_some_and(|e| e.writes_blocked(isa))
-            && self.depthwise.reads_blocked(isa);
+        let blocked =
+            expand.is_some_and(|e| e.writes_blocked(isa)) && self.depthwise.reads_blocked(isa);
         // Columns per window row, and the first image column's place among them.
         let (cols, left) = if blocked {
             self.depthwise.padded_row(w)
@@ -151,14 +195,14 @@ impl Block {
         };
         let row_len = cols * hidden;
         // Output rows per step: as many as keep the window and the depthwise rows in budget.
-        let by_window = match self.expand {
+        let by_window = match expand {
             Some(_) => (WINDOW_FLOATS / row_len).saturating_sub(k) / s + 1,
             None => usize::MAX,
         };
         let by_dw = WINDOW_FLOATS / (2 * ow * hidden);
         let chunk = by_window.min(by_dw).clamp(1, rows.max(1));
         let window_rows = ((chunk - 1) * s + k).min(h);
-        let window_len = if self.expand.is_some() {
+        let window_len = if expand.is_some() {
             window_rows * row_len
         } else {
             0
@@ -171,7 +215,7 @@ impl Block {
             let mut held = (0usize, 0usize);
             for a in (oy0..oy0 + rows).step_by(chunk) {
                 let b = (a + chunk).min(oy0 + rows);
-                let (input, row0) = match &self.expand {
+                let (input, row0) = match expand {
                     None => (x, 0),
                     Some(expand) => {
                         let lo = (a * s).saturating_sub(pad_top);
@@ -194,26 +238,44 @@ impl Block {
                         }
                         if hi > held.1 {
                             let at = (held.1 - held.0) * per_row;
-                            let src = &x[held.1 * w * cin..hi * w * cin];
-                            let _span = tracing::trace_span!("expand").entered();
-                            if blocked {
-                                let layout = BlockedOut {
-                                    slice,
-                                    width: w,
-                                    stride: cols,
-                                    left,
-                                };
-                                expand.run_tile_blocked(isa, src, &mut window[at..], layout);
-                                let end = (hi - held.0) * per_row;
-                                for block in window.chunks_exact_mut(slice) {
-                                    for row in block[at..end].chunks_exact_mut(per_row) {
-                                        row[..left * 16].fill(0.0);
-                                        row[(left + w) * 16..].fill(0.0);
+                            let _span = match input {
+                                Input::Image(..) => tracing::trace_span!("stem"),
+                                Input::Activations(_) => tracing::trace_span!("expand"),
+                            }
+                            .entered();
+                            let expand_rows = |src: &[f32], window: &mut [f32]| {
+                                if blocked {
+                                    let layout = BlockedOut {
+                                        slice,
+                                        width: w,
+                                        stride: cols,
+                                        left,
+                                    };
+                                    expand.run_tile_blocked(isa, src, &mut window[at..], layout);
+                                    let end = (hi - held.0) * per_row;
+                                    for block in window.chunks_exact_mut(slice) {
+                                        for row in block[at..end].chunks_exact_mut(per_row) {
+                                            row[..left * 16].fill(0.0);
+                                            row[(left + w) * 16..].fill(0.0);
+                                        }
                                     }
+                                } else {
+                                    let dst = &mut window[at..(hi - held.0) * row_len];
+                                    expand.run_tile(isa, src, None, dst);
                                 }
-                            } else {
-                                let dst = &mut window[at..(hi - held.0) * row_len];
-                                expand.run_tile(isa, src, None, dst);
+                            };
+                            match input {
+                                Input::Activations(x) => {
+                                    expand_rows(&x[held.1 * w * cin..hi * w * cin], window)
+                                }
+                                Input::Image(stem, image, hw_in) => {
+                                    let len = (hi - held.1) * w * cin;
+                                    with_buffer(&PATCHES, len, |patches| {
+                                        let chw = (stem.channels_in, hw_in.0, hw_in.1);
+                                        stem.patches.rows(image, chw, held.1, patches);
+                                        expand_rows(patches, window)
+                                    })
+                                }
                             }
                             held.1 = hi;
                         }
@@ -226,7 +288,8 @@ impl Block {
                     }
                 };
                 let dw = &mut dw[..(b - a) * ow * hidden];
-                let residual = self.residual.then(|| &x[a * w * cin..b * w * cin]);
+                let residual =
+                    (self.residual && !x.is_empty()).then(|| &x[a * w * cin..b * w * cin]);
                 let dst = &mut out[(a - oy0) * ow * cout..(b - oy0) * ow * cout];
                 // In bf16 the depthwise kernel stores its outputs already rounded, in the
                 // pairs the project reads: no rounding pass between them, half the bytes.
@@ -316,13 +379,24 @@ impl Network {
         let largest = self.largest_activation(hw);
         let run = |buffers: &mut [f32]| {
             let (mut src, mut dst) = buffers.split_at_mut(largest);
-            let (oh, ow, c) = self.stem.out_shape(hw);
-            let out = &mut src[..oh * ow * c];
-            by_rows(split, out, ow * c, |oy0, rows| {
-                self.stem.rows(isa, image, hw, oy0, rows)
-            });
-            let (mut h, mut w, mut c) = (oh, ow, c);
-            for block in &self.blocks {
+            let (mut h, mut w, mut c) = self.stem.out_shape(hw);
+            let mut blocks = &self.blocks[..];
+            match blocks.first() {
+                // The stem made row by row inside the first block's window.
+                Some(first) if first.fuses_stem(isa, &self.stem) => {
+                    let (oh, ow, oc) = first.out_shape((h, w));
+                    let input = Input::Image(&self.stem, image, hw);
+                    by_rows(split, &mut src[..oh * ow * oc], ow * oc, |oy0, rows| {
+                        first.rows_from(isa, input, (h, w), oy0, rows)
+                    });
+                    (h, w, c) = (oh, ow, oc);
+                    blocks = &blocks[1..];
+                }
+                _ => by_rows(split, &mut src[..h * w * c], w * c, |oy0, rows| {
+                    self.stem.rows(isa, image, hw, oy0, rows)
+                }),
+            }
+            for block in blocks {
                 let (oh, ow, oc) = block.out_shape((h, w));
                 let x = &src[..h * w * c];
                 by_rows(split, &mut dst[..oh * ow * oc], ow * oc, |oy0, rows| {

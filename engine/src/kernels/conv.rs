@@ -604,21 +604,28 @@ impl Patches {
                 }
                 next = next.max(hi);
             }
-            for (ox, patch) in dst.chunks_exact_mut(cols).enumerate() {
-                for (ky, taps) in patch.chunks_exact_mut(span).enumerate() {
-                    if ky < ky0 || ky >= ky1 {
-                        taps.fill(0.0);
-                        continue;
-                    }
-                    let iy = oy * s + ky - pad_top;
-                    let src = &ring[(iy % k) * row_len + ox * s * c..][..span];
-                    if span == 9 {
+            // Kernel row by kernel row, so each row's bounds and ring row are found once and
+            // the inner loop is one fixed-length copy per pixel.
+            for ky in 0..k {
+                let taps = dst
+                    .chunks_exact_mut(cols)
+                    .map(|patch| &mut patch[ky * span..][..span]);
+                if ky < ky0 || ky >= ky1 {
+                    taps.for_each(|t| t.fill(0.0));
+                    continue;
+                }
+                let iy = oy * s + ky - pad_top;
+                let row = &ring[(iy % k) * row_len..][..row_len];
+                if span == 9 {
+                    for (ox, t) in taps.enumerate() {
                         // A fixed length compiles to two moves instead of a `memcpy` call.
-                        let src: &[f32; 9] = src.try_into().expect("span is 9");
-                        let taps: &mut [f32; 9] = taps.try_into().expect("span is 9");
-                        *taps = *src;
-                    } else {
-                        taps.copy_from_slice(src);
+                        let src: &[f32; 9] = row[ox * s * c..][..9].try_into().expect("span 9");
+                        let t: &mut [f32; 9] = t.try_into().expect("span is 9");
+                        *t = *src;
+                    }
+                } else {
+                    for (ox, t) in taps.enumerate() {
+                        t.copy_from_slice(&row[ox * s * c..][..span]);
                     }
                 }
             }

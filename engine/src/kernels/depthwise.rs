@@ -101,7 +101,8 @@ impl Depthwise {
     /// [`Pointwise::run_tile_blocked`] writes it): row `r` (counted from `row0`), column `x`,
     /// channels `16 j ..` at `input[j * slice + (r * cols + left + x) * 16 ..]` with `(cols,
     /// left)` from [`Self::padded_row`], and zeros in the columns around each row. Read in
-    /// place, no copy. AVX-512 only, and channels a multiple of 16 ([`Self::reads_blocked`]).
+    /// place, no copy. AVX-512 only, and channels a multiple of 16 ([`Self::reads_blocked`]);
+    /// outputs rounded to bf16 pairs only where [`Self::writes_bf16`].
     ///
     /// [`Pointwise::run_tile_blocked`]: super::conv::Pointwise::run_tile_blocked
     #[allow(clippy::too_many_arguments)]
@@ -113,18 +114,27 @@ impl Depthwise {
         row0: usize,
         (h, w): (usize, usize),
         oy0: usize,
-        out: &mut [f32],
+        out: DepthwiseOut,
     ) {
         assert!(self.reads_blocked(isa), "{isa:?} cannot read blocked input");
         let g = self.geometry(row0, (h, w));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `reads_blocked` found an AVX-512 instruction set, which `Isa::supported`
-        // checked on this CPU.
-        unsafe {
-            depthwise_rows_avx512(&self.weight, &self.bias, input, Some(slice), &g, oy0, out)
+        let (weight, bias, blocked) = (&self.weight[..], &self.bias[..], Some(slice));
+        match out {
+            // SAFETY: `reads_blocked` found an AVX-512 instruction set, which
+            // `Isa::supported` checked on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            DepthwiseOut::F32(out) => unsafe {
+                depthwise_rows_avx512(weight, bias, input, blocked, &g, oy0, out)
+            },
+            // SAFETY: `writes_bf16` found AVX512_BF16, which `Isa::supported` checked.
+            #[cfg(target_arch = "x86_64")]
+            DepthwiseOut::Bf16(out) => {
+                assert!(self.writes_bf16(isa), "{isa:?} cannot write bf16");
+                unsafe { depthwise_rows_avx512_bf16(weight, bias, input, blocked, &g, oy0, out) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("{isa:?} reads no blocked input"),
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (input, slice, g, oy0, out);
     }
 
     /// The padded row [`Self::rows_blocked`] reads for an input `w` pixels wide: its columns
@@ -133,33 +143,8 @@ impl Depthwise {
         padded_columns(w, self.kernel, self.stride)
     }
 
-    /// [`Self::rows_blocked`] with the outputs rounded to bf16 pairs as
-    /// [`Pointwise::run_tile_rounded`] reads them. AVX512_BF16 only ([`Self::writes_bf16`]).
-    ///
-    /// [`Pointwise::run_tile_rounded`]: super::conv::Pointwise::run_tile_rounded
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rows_blocked_bf16(
-        &self,
-        isa: Isa,
-        input: &[f32],
-        slice: usize,
-        row0: usize,
-        (h, w): (usize, usize),
-        oy0: usize,
-        out: &mut [u32],
-    ) {
-        assert!(self.writes_bf16(isa), "{isa:?} cannot write bf16");
-        let g = self.geometry(row0, (h, w));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `writes_bf16` found AVX512_BF16, which `Isa::supported` checked on this CPU.
-        unsafe {
-            depthwise_rows_avx512_bf16(&self.weight, &self.bias, input, Some(slice), &g, oy0, out)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (input, slice, g, oy0, out);
-    }
-
-    /// Whether [`Self::rows_blocked_bf16`] runs with `isa`.
+    /// Whether [`Self::rows_blocked`] can store bf16 pairs ([`DepthwiseOut::Bf16`]) with
+    /// `isa`.
     pub(crate) fn writes_bf16(&self, isa: Isa) -> bool {
         #[cfg(target_arch = "x86_64")]
         let bf16 = isa == Isa::Avx512Bf16;
@@ -251,7 +236,7 @@ macro_rules! rows_avx512 {
     ($weight:expr, $bias:expr, $image:expr, $blocked:expr, $g:expr, $oy:expr, $out:expr) => {{
         let (weight, bias, image): (&[f32], &[f32], &[f32]) = ($weight, $bias, $image);
         let (blocked, g, oy): (Option<usize>, &Geometry, usize) = ($blocked, $g, $oy);
-        let mut out: Out = $out;
+        let mut out: DepthwiseOut = $out;
         use std::arch::x86_64::*;
         let c = g.c;
         let ow = same_padding(g.w, g.k, g.s).0;
@@ -348,7 +333,7 @@ macro_rules! rows_avx512 {
             // SAFETY: `cv + 16 <= c <= bias.len()`.
             let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(cv)) };
             let taps = weight[cv..].as_ptr();
-            let store = |out: &mut Out, r: usize, ox: usize, acc: &[__m512; P]| {
+            let store = |out: &mut DepthwiseOut, r: usize, ox: usize, acc: &[__m512; P]| {
                 // SAFETY: AVX-512F (and AVX512_BF16 for bf16 output), the caller's; row `r <
                 // rows`, pixel `ox + p < ow`, channels `cv + 16 <= c`, `cv` even.
                 unsafe {
@@ -470,12 +455,12 @@ unsafe fn depthwise_rows_avx512(
         }
         return;
     }
-    rows_avx512!(weight, bias, image, blocked, g, oy, Out::F32(out))
+    rows_avx512!(weight, bias, image, blocked, g, oy, DepthwiseOut::F32(out))
 }
 
 /// [`depthwise_rows_avx512`] with its outputs rounded to bf16 as they are stored, in the
-/// pairs the bf16 1x1 kernel reads (`out[i]` holds output values `2 i` and `2 i + 1`): the
-/// project convolution after it then needs no rounding pass of its own.
+/// pairs the bf16 1x1 kernel reads ([`DepthwiseOut::Bf16`]): the project convolution after it
+/// then needs no rounding pass of its own.
 ///
 /// # Safety
 /// AVX-512F, AVX-512VL and AVX512_BF16.
@@ -494,23 +479,25 @@ unsafe fn depthwise_rows_avx512_bf16(
         g.c.is_multiple_of(16),
         "bf16 output needs channels in sixteens"
     );
-    rows_avx512!(weight, bias, image, blocked, g, oy, Out::Bf16(out))
+    rows_avx512!(weight, bias, image, blocked, g, oy, DepthwiseOut::Bf16(out))
 }
 
-/// Where the AVX-512 depthwise kernel stores its outputs: f32, or bf16 pairs.
-#[cfg(target_arch = "x86_64")]
-enum Out<'a> {
+/// Where the depthwise kernel stores its outputs: f32, or bf16 pairs (`out[i]` holding output
+/// values `2 i` and `2 i + 1`, as [`Pointwise::run_tile_rounded`] reads them).
+///
+/// [`Pointwise::run_tile_rounded`]: super::conv::Pointwise::run_tile_rounded
+pub(crate) enum DepthwiseOut<'a> {
     F32(&'a mut [f32]),
     Bf16(&'a mut [u32]),
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Out<'_> {
+impl DepthwiseOut<'_> {
     /// Output values it holds.
     fn values(&self) -> usize {
         match self {
-            Out::F32(v) => v.len(),
-            Out::Bf16(w) => 2 * w.len(),
+            DepthwiseOut::F32(v) => v.len(),
+            DepthwiseOut::Bf16(w) => 2 * w.len(),
         }
     }
 
@@ -524,8 +511,8 @@ impl Out<'_> {
         // SAFETY: the caller's contract.
         unsafe {
             match self {
-                Out::F32(v) => _mm512_storeu_ps(v.as_mut_ptr().add(at), y),
-                Out::Bf16(w) => {
+                DepthwiseOut::F32(v) => _mm512_storeu_ps(v.as_mut_ptr().add(at), y),
+                DepthwiseOut::Bf16(w) => {
                     let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(y));
                     _mm256_storeu_si256(w.as_mut_ptr().add(at / 2).cast(), h);
                 }
@@ -983,12 +970,14 @@ mod tests {
                             }
                         }
                         let mut got = vec![f32::NAN; oh * ow * c];
-                        layer.rows_blocked(isa, &blocked, slice, 0, (h, w), 0, &mut got);
+                        let f32_out = DepthwiseOut::F32(&mut got);
+                        layer.rows_blocked(isa, &blocked, slice, 0, (h, w), 0, f32_out);
                         assert_eq!(got, out, "{isa:?} k{k} s{s} {h}x{w}x{c} blocked");
                         if layer.writes_bf16(isa) {
                             // Stored as bf16 pairs: each value the f32 kernel's, rounded.
                             let mut words = vec![u32::MAX; oh * ow * c / 2];
-                            layer.rows_blocked_bf16(isa, &blocked, slice, 0, (h, w), 0, &mut words);
+                            let bf16_out = DepthwiseOut::Bf16(&mut words);
+                            layer.rows_blocked(isa, &blocked, slice, 0, (h, w), 0, bf16_out);
                             let bf = |v: f32| u32::from(half::bf16::from_f32(v).to_bits());
                             let want: Vec<u32> = out
                                 .chunks_exact(2)

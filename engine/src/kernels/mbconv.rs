@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::aligned::aligned_prefix;
 use super::conv::{same_padding, BlockedOut, Isa, Patches, Pointwise};
-use super::depthwise::Depthwise;
+use super::depthwise::{Depthwise, DepthwiseOut};
 
 /// The working set of one fused step: expanded window plus depthwise output. Half the L2 of
 /// the development machine's cores (1 MiB), leaving room for the block's weights.
@@ -298,8 +298,9 @@ impl Block {
                     let half = dw.len() / 2;
                     let words: &mut [u32] = bytemuck::cast_slice_mut(&mut dw[..half]);
                     let span = tracing::trace_span!("depthwise").entered();
+                    let stored = DepthwiseOut::Bf16(words);
                     self.depthwise
-                        .rows_blocked_bf16(isa, input, slice, row0, (h, w), a, words);
+                        .rows_blocked(isa, input, slice, row0, (h, w), a, stored);
                     drop(span);
                     let _span = tracing::trace_span!("project").entered();
                     self.project.run_tile_rounded(isa, words, residual, dst);
@@ -307,8 +308,9 @@ impl Block {
                 }
                 let span = tracing::trace_span!("depthwise").entered();
                 if blocked {
+                    let stored = DepthwiseOut::F32(dw);
                     self.depthwise
-                        .rows_blocked(isa, input, slice, row0, (h, w), a, dw);
+                        .rows_blocked(isa, input, slice, row0, (h, w), a, stored);
                 } else {
                     self.depthwise.rows(isa, input, row0, (h, w), a, dw);
                 }

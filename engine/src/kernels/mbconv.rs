@@ -288,8 +288,8 @@ impl Block {
                     }
                 };
                 let dw = &mut dw[..(b - a) * ow * hidden];
-                let residual =
-                    (self.residual && !x.is_empty()).then(|| &x[a * w * cin..b * w * cin]);
+                // (A block fed the image has no residual: `fuses_stem`.)
+                let residual = self.residual.then(|| &x[a * w * cin..b * w * cin]);
                 let dst = &mut out[(a - oy0) * ow * cout..(b - oy0) * ow * cout];
                 // In bf16 the depthwise kernel stores its outputs already rounded, in the
                 // pairs the project reads: no rounding pass between them, half the bytes.

@@ -133,7 +133,10 @@ impl Depthwise {
                 unsafe { depthwise_rows_avx512_bf16(weight, bias, input, blocked, &g, oy0, out) }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!("{isa:?} reads no blocked input"),
+            _ => {
+                let _ = (weight, bias, blocked, input, g, oy0);
+                unreachable!("{isa:?} reads no blocked input")
+            }
         }
     }
 

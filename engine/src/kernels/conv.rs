@@ -197,8 +197,8 @@ impl Pointwise {
     }
 
     /// [`Self::run_tile`] (into rows of `n`) from pixels already rounded to bf16 pairs,
-    /// `ceil(k / 2)` words each, as `Depthwise::rows_blocked_bf16` stores them. AVX512_BF16
-    /// only.
+    /// `ceil(k / 2)` words each, as `Depthwise::rows_blocked` stores them with
+    /// `DepthwiseOut::Bf16`. AVX512_BF16 only.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn run_tile_rounded(
         &self,
@@ -208,28 +208,35 @@ impl Pointwise {
         dst: &mut [f32],
     ) {
         assert_eq!(isa, Isa::Avx512Bf16, "{isa:?} does not read bf16 pixels");
+        self.run_bf16(avx512bf16::Pixels::Rounded(x), residual, dst, None)
+    }
+
+    /// The bf16 kernel over `x`, its weights packed on first use.
+    #[cfg(target_arch = "x86_64")]
+    fn run_bf16(
+        &self,
+        x: avx512bf16::Pixels,
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+        blocked: Option<BlockedOut>,
+    ) {
         let (k, n) = (self.k, self.n);
-        let packed = self.packed_bf16();
+        let packed = self
+            .bf16
+            .get_or_init(|| Aligned::from_slice(&avx512bf16::pack(&self.weight, k, n)));
         let tile = avx512bf16::Tile {
-            x: avx512bf16::Pixels::Rounded(x),
+            x,
             packed,
             bias: &self.bias,
             residual,
             k,
             n,
             relu6: self.relu6,
-            blocked: None,
+            blocked,
         };
-        // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found AVX-512F,
-        // AVX-512VL and AVX512_BF16.
+        // SAFETY: callers pass here only with `Isa::Avx512Bf16`, chosen only where
+        // `Isa::supported` found AVX-512F, AVX-512VL and AVX512_BF16.
         unsafe { avx512bf16::pointwise(&tile, dst) }
-    }
-
-    /// The weights packed for the bf16 kernel (on first use).
-    #[cfg(target_arch = "x86_64")]
-    fn packed_bf16(&self) -> &Aligned<u32> {
-        self.bf16
-            .get_or_init(|| Aligned::from_slice(&avx512bf16::pack(&self.weight, self.k, self.n)))
     }
 
     /// Whether [`Self::run_tile_blocked`] runs with `isa`.
@@ -269,22 +276,7 @@ impl Pointwise {
                 unsafe { avx512::pointwise(&tile, dst) }
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => {
-                let packed = self.packed_bf16();
-                let tile = avx512bf16::Tile {
-                    x: avx512bf16::Pixels::F32(x),
-                    packed,
-                    bias: &self.bias,
-                    residual,
-                    k,
-                    n,
-                    relu6: self.relu6,
-                    blocked,
-                };
-                // SAFETY: `Isa::Avx512Bf16` is only chosen where `Isa::supported` found
-                // AVX-512F, AVX-512VL and AVX512_BF16.
-                unsafe { avx512bf16::pointwise(&tile, dst) }
-            }
+            Isa::Avx512Bf16 => self.run_bf16(avx512bf16::Pixels::F32(x), residual, dst, blocked),
             _ => {
                 assert!(blocked.is_none(), "{isa:?} writes rows only");
                 matmul(dst, x, &self.weight, rows, k, n, gemm::Parallelism::None);
